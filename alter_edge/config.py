@@ -1,0 +1,165 @@
+"""Configuration dataclasses (torch-free), validated on construction and saved as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+ADAPTER_KINDS = ("ffn", "lora", "bottleneck")
+PRIORS = ("own_shared", "overlap", "uniform")
+
+
+def _check_keys(cls, d: dict) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+
+
+@dataclass
+class MTAConfig:
+    """How the Mixture-of-Task-Adapters module is built."""
+
+    num_tasks: int
+    adapter_kind: str = "lora"  # ffn (paper: upcycled MLP experts) | lora | bottleneck
+    num_adapters: int | None = None  # K; None = num_tasks + num_shared
+    num_shared: int = 1  # adapters every task leans on (used by the own_shared prior)
+    layers: list[int] | None = None  # adapted block indices; None = the top `num_top_layers`
+    num_top_layers: int = 4  # top blocks only: everything below is a cacheable frozen prefix
+    temperature: float = 0.1  # mixture = softmax(logits[task] / temperature); paper: 0.1
+    prior: str = "own_shared"  # how mixture logits start (see alter_edge.mta.prior_logits)
+    prior_strength: float = 0.2  # logit gap between a task's own adapter and a foreign one
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    bottleneck_dim: int = 64
+    target_modules: list[str] | None = None  # lora targets; None = the model_type table
+    init_std: float = 0.0  # >0 gives the zero-initialised factor random values (tests)
+
+    def __post_init__(self) -> None:
+        if self.num_tasks < 1:
+            raise ConfigError(f"num_tasks must be >= 1, got {self.num_tasks}")
+        if self.adapter_kind not in ADAPTER_KINDS:
+            raise ConfigError(
+                f"adapter_kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}"
+            )
+        if self.num_adapters is None:
+            self.num_adapters = self.num_tasks + (self.num_shared if self.num_tasks > 1 else 0)
+        if self.num_adapters < 1:
+            raise ConfigError(f"num_adapters must be >= 1, got {self.num_adapters}")
+        if not 0 <= self.num_shared < max(self.num_adapters, 1) and self.num_adapters > 1:
+            raise ConfigError(
+                f"num_shared must be in [0, num_adapters) = [0, {self.num_adapters}), got {self.num_shared}"
+            )
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"prior {self.prior!r} is not one of {', '.join(PRIORS)}")
+        if self.num_top_layers < 1:
+            raise ConfigError(f"num_top_layers must be >= 1, got {self.num_top_layers}")
+        if self.lora_rank < 1 or self.bottleneck_dim < 1:
+            raise ConfigError("lora_rank and bottleneck_dim must be >= 1")
+        if self.layers is not None:
+            self.layers = sorted({int(i) for i in self.layers})
+            if not self.layers:
+                raise ConfigError("layers must name at least one block")
+
+    def resolve_layers(self, num_layers: int) -> list[int]:
+        if self.layers is None:
+            n = min(self.num_top_layers, num_layers)
+            return list(range(num_layers - n, num_layers))
+        bad = [i for i in self.layers if not 0 <= i < num_layers]
+        if bad:
+            raise ConfigError(f"layers {bad} out of range: the model has blocks 0..{num_layers - 1}")
+        return list(self.layers)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MTAConfig:
+        _check_keys(cls, d)
+        return cls(**d)
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what trains, for how long, how fast, on what sampling."""
+
+    name: str
+    trains: list[str]  # parameter groups: "adapters", "mixture"
+    steps: int
+    lr: float
+    warmup_steps: int = 10
+    sampling_temperature: float = 0.0  # task sampling p ~ n_task^T: 0 = balanced, 1 = natural
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.trains) - {"adapters", "mixture"})
+        if bad or not self.trains:
+            raise ConfigError(f"stage {self.name!r}: trains {self.trains} must be from adapters, mixture")
+        if self.steps < 0 or self.lr <= 0:
+            raise ConfigError(f"stage {self.name!r}: steps must be >= 0 and lr > 0")
+        if not 0.0 <= self.sampling_temperature <= 1.0:
+            raise ConfigError(f"stage {self.name!r}: sampling_temperature must be in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """A whole run. ``stages`` = 2 is the ALTER recipe; 1 trains adapters and mixture together."""
+
+    base_model: str = "smollm2-135m"
+    stages: int = 2
+    stage1_steps: int = 150
+    stage2_steps: int = 40
+    stage1_lr: float = 1e-3
+    stage2_lr: float = 5e-3
+    batch_size: int = 16
+    sampling_temperature: float = 0.0
+    max_prompt_tokens: int = 320
+    max_target_tokens: int = 48
+    dev_fraction: float = 0.1
+    split_seed: int = 0
+    seed: int = 0
+    use_cache: bool = True  # frozen-prefix activation cache
+    cache_dtype: str = "float16"
+    save_every: int = 25
+    eval_max_rows: int = 0  # 0 = whole dev split
+    eval_max_new_tokens: int = 32
+    mta: dict = field(default_factory=dict)  # MTAConfig fields except num_tasks
+
+    def __post_init__(self) -> None:
+        if self.stages not in (1, 2):
+            raise ConfigError(f"stages must be 1 or 2, got {self.stages}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise ConfigError(f"cache_dtype {self.cache_dtype!r} must be float16, bfloat16 or float32")
+        if self.max_prompt_tokens < 8 or self.max_target_tokens < 1:
+            raise ConfigError("max_prompt_tokens must be >= 8 and max_target_tokens >= 1")
+
+    def stage_plan(self) -> list[StageConfig]:
+        t = self.sampling_temperature
+        if self.stages == 1:
+            return [StageConfig("joint", ["adapters", "mixture"], self.stage1_steps + self.stage2_steps,
+                                self.stage1_lr, sampling_temperature=t)]
+        return [
+            StageConfig("stage1", ["adapters"], self.stage1_steps, self.stage1_lr, sampling_temperature=t),
+            StageConfig("stage2", ["mixture"], self.stage2_steps, self.stage2_lr,
+                        warmup_steps=min(5, self.stage2_steps), sampling_temperature=t),
+        ]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        _check_keys(cls, d)
+        return cls(**d)
+
+
+def save_json(path: Path, obj: dict) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,116 @@
+"""JSONL task data: strict loading with line-numbered errors, and a fixed stratified split.
+
+A row is ``{"task": str, "input": str, "target": str}`` (the format of the ALTER task mix).
+Loading is torch-free; the runtime's batch job reuses :func:`parse_line`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError
+
+REQUIRED_FIELDS = ("task", "input", "target")
+MAX_REPORTED = 5
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str
+    input: str
+    target: str
+    line: int = 0  # 1-based line in the source file (0 = made in code)
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "input": self.input, "target": self.target}
+
+
+def parse_line(raw: bytes, lineno: int, fields: Sequence[str] = REQUIRED_FIELDS) -> dict:
+    """Decode one JSONL line into a dict with string ``fields``; raise DataError naming the
+    line and the problem."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})") from e
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
+    missing = [f for f in fields if f not in obj]
+    if missing:
+        raise DataError(
+            f"line {lineno}: missing field(s) {', '.join(missing)}; each row needs {', '.join(fields)}"
+        )
+    for f in fields:
+        if not isinstance(obj[f], str):
+            raise DataError(f"line {lineno}: field {f!r} must be a string, got {type(obj[f]).__name__}")
+        if not obj[f].strip():
+            raise DataError(f"line {lineno}: field {f!r} is empty")
+    return obj
+
+
+def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> list[Example]:
+    """Load a task file. Blank lines are skipped; any bad line fails the whole load with an
+    error listing the first few bad lines (training on silently dropped rows hides bugs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    rows: list[Example] = []
+    errors: list[str] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = parse_line(raw.rstrip(b"\r\n"), lineno, fields)
+            except DataError as e:
+                errors.append(str(e))
+                continue
+            rows.append(Example(obj["task"], obj["input"], obj["target"], lineno))
+    if errors:
+        more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
+        raise DataError(f"{path}: {len(errors)} bad line(s): " + "; ".join(errors[:MAX_REPORTED]) + more)
+    if not rows:
+        raise DataError(f"{path}: no data rows; expected JSONL lines with fields {', '.join(fields)}")
+    return rows
+
+
+def stratified_split(
+    rows: Sequence[Example], dev_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """Split each task's rows by a seeded shuffle: ``round(n * dev_fraction)`` (at least 1 when a
+    task has 2+ rows) go to dev. Deterministic for a given file order and seed."""
+    if not 0.0 < dev_fraction < 1.0:
+        raise DataError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    by_task: dict[str, list[Example]] = defaultdict(list)
+    for r in rows:
+        by_task[r.task].append(r)
+    train: list[Example] = []
+    dev: list[Example] = []
+    for task in sorted(by_task):
+        items = list(by_task[task])
+        random.Random(f"{seed}:{task}").shuffle(items)
+        n_dev = max(1, round(len(items) * dev_fraction)) if len(items) >= 2 else 0
+        dev.extend(items[:n_dev])
+        train.extend(items[n_dev:])
+    return train, dev
+
+
+def task_counts(rows: Iterable[Example]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        counts[r.task] += 1
+    return dict(sorted(counts.items()))
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

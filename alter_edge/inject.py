@@ -1,0 +1,224 @@
+"""Injecting MTA blocks into a Hugging Face causal LM, and the MTAModel wrapper (torch).
+
+Targets come from a table keyed by ``config.model_type``; nothing forks a modeling file.
+The wrapper's ``forward(input_ids, attention_mask, task_ids, ...)`` is the one the trainer,
+the evaluator and the ONNX exporter all call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import MTAConfig
+from .errors import ConfigError
+from .mta import MTABlock, TaskContext
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    layers: str  # attribute of the backbone (model.base_model) holding the block list
+    mlp: str  # attribute of a block holding its MLP
+    lora_targets: tuple[str, ...]  # MLP projections the lora kind adapts
+
+
+# Llama-family MLPs share gate/up/down; GPT-2 uses Conv1D c_fc/c_proj.
+ARCH_TABLE: dict[str, ArchSpec] = {
+    "llama": ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj")),
+    "mistral": ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj")),
+    "qwen2": ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj")),
+    "qwen3": ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj")),
+    "gpt2": ArchSpec("h", "mlp", ("c_fc", "c_proj")),
+}
+
+
+def arch_spec(model_type: str) -> ArchSpec:
+    if model_type not in ARCH_TABLE:
+        raise ConfigError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(ARCH_TABLE))}"
+        )
+    return ARCH_TABLE[model_type]
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _InjectHidden(nn.Module):
+    """Stands in for block 0 on the cached path: ignores its input, returns the cached
+    hidden states entering the first adapted block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.hidden
+
+
+class _PassThrough(nn.Module):
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+class MTAModel(nn.Module):
+    """A frozen causal LM with MTA blocks in some of its layers."""
+
+    def __init__(self, base: nn.Module, cfg: MTAConfig):
+        super().__init__()
+        self.base = base
+        self.cfg = cfg
+        self.spec = arch_spec(base.config.model_type)
+        self.context = TaskContext()
+        n_layers = len(self._layers())
+        self.adapted_layers = cfg.resolve_layers(n_layers)
+        targets = list(cfg.target_modules or self.spec.lora_targets)
+        self.blocks = nn.ModuleDict()
+        for i in self.adapted_layers:
+            layer = self._layers()[i]
+            mlp = getattr(layer, self.spec.mlp, None)
+            if mlp is None:
+                raise ConfigError(f"block {i} of {base.config.model_type} has no {self.spec.mlp!r}")
+            block = MTABlock(mlp, cfg, targets, self.context)
+            setattr(layer, self.spec.mlp, block)
+            self.blocks[str(i)] = block
+        if not self.blocks:
+            raise ConfigError("MTA injection matched no block")
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.base.eval()
+        self._skip_layers: nn.ModuleList | None = None
+
+    # -- structure -------------------------------------------------------------------
+    def _backbone(self) -> nn.Module:
+        return self.base.base_model
+
+    def _layers(self) -> nn.ModuleList:
+        return getattr(self._backbone(), self.spec.layers)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "adapters": [p for b in self.blocks.values() for p in b.adapter_parameters()],
+            "mixture": [b.mixture.logits for b in self.blocks.values()],
+        }
+
+    def set_trainable(self, groups: list[str]) -> list[nn.Parameter]:
+        """Freeze everything, then unfreeze the named groups; returns the trainable params."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        out = []
+        for g, params in self.parameter_groups().items():
+            if g in groups:
+                for p in params:
+                    p.requires_grad_(True)
+                    out.append(p)
+        return out
+
+    def mta_state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter and mixture tensors only (what a checkpoint stores)."""
+        keep = {id(p) for ps in self.parameter_groups().values() for p in ps}
+        return {k: v.detach().contiguous() for k, v in self.named_parameters() if id(v) in keep}
+
+    def load_mta_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.named_parameters())
+        expected = set(self.mta_state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ValueError(
+                f"adapter weights do not match this MTA config: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}"
+            )
+        with torch.no_grad():
+            for k, v in state.items():
+                if own[k].shape != v.shape:
+                    raise ValueError(f"adapter weight {k}: shape {tuple(v.shape)} != {tuple(own[k].shape)}")
+                own[k].copy_(v)
+
+    def mixture_weights(self) -> dict[int, torch.Tensor]:
+        """Per adapted block: the (num_tasks, K) mixture every task uses."""
+        with torch.no_grad():
+            return {
+                int(i): torch.softmax(b.mixture.logits / b.mixture.temperature, -1)
+                for i, b in self.blocks.items()
+            }
+
+    # -- forward ---------------------------------------------------------------------
+    @contextmanager
+    def tasks(self, task_ids: torch.Tensor) -> Iterator[None]:
+        if task_ids.dtype != torch.long or task_ids.dim() != 1:
+            raise ValueError(f"task_ids must be int64 of shape [batch], got {task_ids.dtype} {tuple(task_ids.shape)}")
+        self.context.task_ids = task_ids
+        try:
+            yield
+        finally:
+            self.context.task_ids = None
+
+    def forward(self, input_ids, attention_mask=None, task_ids=None, **kwargs):
+        """The base model's forward with task ids: returns the base model's output."""
+        with self.tasks(task_ids):
+            return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def logits_at(self, input_ids, attention_mask, task_ids, positions, prefix_hidden=None):
+        """Logits only at ``positions`` (a (batch_idx, pos_idx) pair of index tensors): (N, V).
+
+        With ``prefix_hidden`` (the cached input of the first adapted block), blocks below it
+        are skipped; the result equals the full forward's."""
+        backbone = self._backbone()
+        with self.tasks(task_ids), self._prefix(prefix_hidden):
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        h = hidden[positions]  # (N, H)
+        return self.base.get_output_embeddings()(h)
+
+    @contextmanager
+    def _prefix(self, prefix_hidden: torch.Tensor | None) -> Iterator[None]:
+        if prefix_hidden is None:
+            yield
+            return
+        layers = self._layers()
+        first = self.adapted_layers[0]
+        if self._skip_layers is None:
+            skip = [_InjectHidden()] + [_PassThrough() for _ in range(first - 1)] if first > 0 else []
+            self._skip_layers = nn.ModuleList(skip + list(layers[first:]))
+        if first == 0:
+            raise ValueError("no frozen prefix: block 0 is adapted")
+        self._skip_layers[0].hidden = prefix_hidden
+        setattr(self._backbone(), self.spec.layers, self._skip_layers)
+        try:
+            yield
+        finally:
+            self._skip_layers[0].hidden = None
+            setattr(self._backbone(), self.spec.layers, layers)
+
+    @torch.no_grad()
+    def prefix_hidden(self, input_ids, attention_mask) -> torch.Tensor:
+        """Hidden states entering the first adapted block (B, T, H); stops the forward there."""
+        first = self.adapted_layers[0]
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(module, args, kwargs):
+            captured["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _StopForward
+
+        handle = self._layers()[first].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            self._backbone()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured["h"]
+
+
+def count_parameters(model: MTAModel) -> dict[str, int]:
+    groups = model.parameter_groups()
+    mta = {id(p) for ps in groups.values() for p in ps}
+    base = sum(p.numel() for p in model.parameters() if id(p) not in mta)
+    return {
+        "base": base,
+        "adapters": sum(p.numel() for p in groups["adapters"]),
+        "mixture": sum(p.numel() for p in groups["mixture"]),
+    }

@@ -1,0 +1,61 @@
+"""The reference scorer's metrics: exact-match accuracy and ROUGE-L F1 (torch-free)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def exact_match(pred: str, gold: str) -> float:
+    return float(normalize(pred) == normalize(gold))
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    if not a or not b:
+        return 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, start=1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l_f1(pred: str, gold: str) -> float:
+    """ROUGE-L F1 over lower-cased word tokens (beta = 1)."""
+    p = _TOKEN.findall(pred.lower())
+    g = _TOKEN.findall(gold.lower())
+    lcs = _lcs(p, g)
+    if lcs == 0:
+        return 0.0
+    prec, rec = lcs / len(p), lcs / len(g)
+    return 2 * prec * rec / (prec + rec)
+
+
+def task_score(kind: str, preds: Sequence[str], golds: Sequence[str]) -> float:
+    fn = exact_match if kind == "classify" else rouge_l_f1
+    if not preds:
+        return 0.0
+    return sum(fn(p, g) for p, g in zip(preds, golds, strict=True)) / len(preds)
+
+
+def overall_score(per_task: dict[str, float], groups: dict[str, list[str]] | None = None) -> float:
+    """The paper's overall score: the mean over task *groups* (each group the mean of its
+    tasks). Without groups, every task is its own group."""
+    if not per_task:
+        return 0.0
+    if not groups:
+        return sum(per_task.values()) / len(per_task)
+    means = []
+    for members in groups.values():
+        vals = [per_task[m] for m in members if m in per_task]
+        if vals:
+            means.append(sum(vals) / len(vals))
+    return sum(means) / len(means) if means else 0.0

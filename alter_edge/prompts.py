@@ -1,0 +1,37 @@
+"""How a row becomes token ids, shared by training, export validation and the runtime.
+
+The prompt and the target are tokenized separately and concatenated, so the runtime (which
+only ever sees the prompt) gets exactly the ids the model was trained on. The target is
+``" " + target`` followed by the end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .tasks import TaskSpec
+
+
+def prompt_text(task: TaskSpec, text: str) -> str:
+    return task.prompt_template.format(input=text)
+
+
+def target_text(target: str) -> str:
+    return " " + target.strip()
+
+
+def encode_example(
+    tokenizer, task: TaskSpec, text: str, target: str, eos_id: int, max_prompt_tokens: int
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids + eos). Over-long prompts keep their *last* tokens, which hold
+    the instruction's answer cue."""
+    p = tokenizer.encode(prompt_text(task, text), add_special_tokens=False).ids
+    if len(p) > max_prompt_tokens:
+        p = p[-max_prompt_tokens:]
+    t = tokenizer.encode(target_text(target), add_special_tokens=False).ids + [eos_id]
+    return p, t
+
+
+def label_token_ids(tokenizer, labels: Sequence[str], eos_id: int) -> list[list[int]]:
+    """Token ids of each label as the model emits it after the prompt (with the eos)."""
+    return [tokenizer.encode(target_text(lab), add_special_tokens=False).ids + [eos_id] for lab in labels]

@@ -1,0 +1,74 @@
+"""Builders for tiny random models, a tokenizer and a synthetic task mix (no network)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+SPECIAL = ["<pad>", "<eos>", "<unk>"]
+
+
+def _synthetic_rows(n_per_task: int = 24, seed: int = 0) -> list[dict]:
+    """A 3-task mix a tiny model can learn: 'parity' (classify), 'colour' (classify),
+    'echo' (generate: repeat the last word)."""
+    rng = random.Random(seed)
+    words = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird"]
+    colours = {"red", "blue", "green"}
+    rows = []
+    for i in range(n_per_task):
+        k = rng.randint(1, 6)
+        rows.append({"task": "parity", "input": "count " + " ".join(["x"] * k),
+                     "target": "even" if k % 2 == 0 else "odd"})
+        w = rng.choice(words)
+        rows.append({"task": "colour", "input": f"is {w} a colour",
+                     "target": "yes" if w in colours else "no"})
+        a, b = rng.choice(words), rng.choice(words)
+        rows.append({"task": "echo", "input": f"repeat {a} {b}", "target": b})
+    return rows
+
+
+TINY_ROWS = _synthetic_rows()
+
+
+def make_tokenizer(out_dir: Path) -> Path:
+    """A word-level tokenizer over the synthetic vocabulary (plus a byte-ish fallback)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL)
+    corpus = [f"{r['input']}\nAnswer: {r['target']}" for r in TINY_ROWS]
+    corpus += ["hello world what is the answer . , ? ! Answer :"]
+    tok.train_from_iterator(corpus, trainer)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    return out_dir / "tokenizer.json"
+
+
+def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """Save a 4-layer random ``arch`` ('llama' or 'gpt2') model with the tiny tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    vocab = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+    V = max(vocab.values()) + 1
+    eos, pad = vocab["<eos>"], vocab["<pad>"]
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          eos_token_id=eos, pad_token_id=pad, bos_token_id=None, tie_word_embeddings=True)
+    elif arch == "gpt2":
+        cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=256,
+                         eos_token_id=eos, pad_token_id=pad, bos_token_id=eos,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    else:
+        raise ValueError(arch)
+    model = AutoModelForCausalLM.from_config(cfg)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
+    return out_dir
