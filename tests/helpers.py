@@ -72,3 +72,32 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0)
     model.save_pretrained(out_dir)
     shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
     return out_dir
+
+
+def make_tiny_checkpoint(
+    out_dir: Path, base_dir: Path, kind: str = "lora", init_std: float = 0.2, seed: int = 0,
+    num_top_layers: int = 2,
+) -> Path:
+    """A checkpoint over a tiny base with *random* (non-zero) adapters and mixtures, so
+    parity tests can fail. No training: fast."""
+    import torch
+
+    from alter_edge.base_model import load_base_model
+    from alter_edge.config import MTAConfig, TrainConfig
+    from alter_edge.inject import MTAModel
+    from alter_edge.tasks import TaskRegistry
+    from training.checkpoint import save_checkpoint
+
+    tasks = TaskRegistry.infer(TINY_ROWS)
+    base, _tok, info = load_base_model(str(base_dir))
+    torch.manual_seed(seed)
+    cfg = MTAConfig(num_tasks=len(tasks), adapter_kind=kind, num_top_layers=num_top_layers,
+                    init_std=init_std)
+    model = MTAModel(base, cfg)
+    with torch.no_grad():
+        for b in model.blocks.values():
+            b.mixture.logits.add_(torch.randn_like(b.mixture.logits) * 0.2)
+    tc = TrainConfig(base_model=str(base_dir), stage1_steps=0, stage2_steps=0,
+                     mta={"adapter_kind": kind, "num_top_layers": num_top_layers})
+    save_checkpoint(Path(out_dir), model, tasks, tc, info, {"complete": True, "stage": 2, "step": 0})
+    return Path(out_dir)

@@ -1,0 +1,1 @@
+"""Two-stage MTA training: checkpoints, the frozen-prefix cache and the training loop (torch)."""

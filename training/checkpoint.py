@@ -1,0 +1,158 @@
+"""A checkpoint is a directory:
+
+- ``adapters.safetensors``: adapter and mixture tensors only (the base stays where it is);
+- ``mta_config.json``, ``train_config.json``, ``tasks.json``, ``tokenizer.json``;
+- ``base_model.json``: the base model's reference, local path, model_type and weight hash;
+- ``state.json``: progress (stage, step, complete), per-stage dev evaluations;
+- ``optimizer.pt``: only while a run is incomplete, for ``--resume`` (tensors and numbers
+  only, read back with ``weights_only=True``).
+
+Every save writes a sibling temp directory and renames it into place, so a killed run leaves
+either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from alter_edge.base_model import BaseModelInfo, load_base_model, load_tokenizer, weights_hash
+from alter_edge.config import MTAConfig, TrainConfig, save_json
+from alter_edge.errors import CheckpointError
+from alter_edge.inject import MTAModel
+from alter_edge.io import atomic_dir
+from alter_edge.tasks import TaskRegistry
+
+REQUIRED_FILES = (
+    "adapters.safetensors", "mta_config.json", "train_config.json", "tasks.json",
+    "tokenizer.json", "base_model.json", "state.json",
+)
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model: MTAModel
+    tasks: TaskRegistry
+    tokenizer: object  # tokenizers.Tokenizer
+    base_info: BaseModelInfo
+    train_config: TrainConfig
+    mta_config: MTAConfig
+    state: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def eos_id(self) -> int:
+        from alter_edge.base_model import special_ids
+
+        return special_ids(self.model.base.config)[0]
+
+    @property
+    def pad_id(self) -> int:
+        from alter_edge.base_model import special_ids
+
+        return special_ids(self.model.base.config)[1]
+
+
+def save_checkpoint(
+    out: Path,
+    model: MTAModel,
+    tasks: TaskRegistry,
+    train_config: TrainConfig,
+    base_info: BaseModelInfo,
+    state: dict,
+    optimizer_state: dict | None = None,
+) -> None:
+    out = Path(out)
+    with atomic_dir(out, overwrite=True) as tmp:
+        save_file(model.mta_state_dict(), str(tmp / "adapters.safetensors"),
+                  metadata={"format": "alter-edge-adapters", "version": str(CHECKPOINT_FORMAT_VERSION)})
+        save_json(tmp / "mta_config.json", model.cfg.to_dict())
+        save_json(tmp / "train_config.json", train_config.to_dict())
+        tasks.save(tmp / "tasks.json")
+        shutil.copy(Path(base_info.path) / "tokenizer.json", tmp / "tokenizer.json")
+        save_json(tmp / "base_model.json", base_info.to_dict())
+        save_json(tmp / "state.json", {"format_version": CHECKPOINT_FORMAT_VERSION, **state})
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        # keep files the caller put next to the checkpoint (logs, reports) across saves
+        if out.is_dir():
+            for p in out.iterdir():
+                if p.suffix in (".log", ".md") or p.name.startswith("report"):
+                    shutil.copy(p, tmp / p.name)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+
+
+def read_checkpoint_meta(path: Path) -> dict:
+    """The JSON parts of a checkpoint (no torch work); raises if files are missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {path} is not a directory")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete alter-edge checkpoint: missing {', '.join(missing)}")
+    return {
+        "mta_config": _read_json(path / "mta_config.json"),
+        "train_config": _read_json(path / "train_config.json"),
+        "base_model": _read_json(path / "base_model.json"),
+        "state": _read_json(path / "state.json"),
+    }
+
+
+def load_checkpoint(path: Path, base_model: str | None = None, check_hash: bool = True) -> Checkpoint:
+    """Rebuild the MTA model: load the base (``base_model`` overrides the recorded reference),
+    check its weight hash against the one recorded at training time, inject, load adapters."""
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    try:
+        tasks = TaskRegistry.load(path / "tasks.json")
+        mta_cfg = MTAConfig.from_dict(meta["mta_config"])
+        train_cfg = TrainConfig.from_dict(meta["train_config"])
+        recorded = BaseModelInfo(**meta["base_model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: config files do not parse ({e})") from e
+    ref = base_model or recorded.reference
+    base, _tok, info = load_base_model(ref if Path(ref).exists() or base_model else _prefer_path(recorded))
+    if check_hash and info.sha256 != recorded.sha256:
+        raise CheckpointError(
+            f"{path} was trained on base model {recorded.reference} (weights sha256 {recorded.sha256[:12]}), "
+            f"but {ref} has weights {info.sha256[:12]}: pass the matching --base-model"
+        )
+    model = MTAModel(base, mta_cfg)
+    try:
+        model.load_mta_state_dict(load_file(str(path / "adapters.safetensors")))
+    except Exception as e:
+        raise CheckpointError(f"{path}/adapters.safetensors does not match its mta_config.json: {e}") from e
+    tokenizer = load_tokenizer(path)
+    return Checkpoint(model, tasks, tokenizer, recorded, train_cfg, mta_cfg, meta["state"], path)
+
+
+def _prefer_path(info: BaseModelInfo) -> str:
+    """The recorded local path when it still exists (fast), else the original reference."""
+    return info.path if Path(info.path).is_dir() else info.reference
+
+
+def checkpoint_hash(path: Path) -> str:
+    """sha256 of the adapter weights + configs: identifies a trained checkpoint in bundles."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("adapters.safetensors", "mta_config.json", "tasks.json", "base_model.json"):
+        h.update(name.encode())
+        h.update((Path(path) / name).read_bytes())
+    return h.hexdigest()
+
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
+           "checkpoint_hash", "weights_hash"]
