@@ -86,7 +86,7 @@ def make_tiny_checkpoint(
     from alter_edge.config import MTAConfig, TrainConfig
     from alter_edge.inject import MTAModel
     from alter_edge.tasks import TaskRegistry
-    from training.checkpoint import save_checkpoint
+    from alter_edge.training.checkpoint import save_checkpoint
 
     tasks = TaskRegistry.infer(TINY_ROWS)
     base, _tok, info = load_base_model(str(base_dir))

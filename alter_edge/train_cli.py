@@ -1,0 +1,126 @@
+"""``alter-edge train`` and ``alter-edge eval`` (torch is imported inside the commands, so the
+CLI itself loads with a runtime-only install)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .errors import AlterEdgeError
+
+
+def _friendly(fn):
+    from .cli import friendly_errors
+
+    return friendly_errors(fn)
+
+
+@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSONL rows {task, input, target}. Default: the built-in task mix.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Checkpoint directory to create (or to continue with --resume).")
+@click.option("--base-model", default="smollm2-135m", show_default=True,
+              help="Built-in name, local Hugging Face directory, or Hub id.")
+@click.option("--adapter-kind", type=click.Choice(["ffn", "lora", "bottleneck"]), default="lora", show_default=True)
+@click.option("--num-adapters", type=int, default=None, help="K adapters per block (default: tasks + 1 shared).")
+@click.option("--layers", default=None, help="Adapted block indices, e.g. '26,27,28,29' (default: top --top-layers).")
+@click.option("--top-layers", type=int, default=None, help="Adapt the top N blocks.")
+@click.option("--rank", type=int, default=None, help="LoRA rank.")
+@click.option("--stage1-steps", type=int, default=None)
+@click.option("--stage2-steps", type=int, default=None)
+@click.option("--stages", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="2 = ALTER's two-stage recipe; 1 = adapters and mixture together.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-cache", is_flag=True, help="Run the full forward every step (no frozen-prefix cache).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank,
+              stage1_steps, stage2_steps, stages, batch_size, seed, no_cache, resume, quiet):
+    """Train an MTA model with the two-stage recipe and write a checkpoint directory.
+
+    \b
+    alter-edge train --out runs/mta                       # built-in base + task mix
+    alter-edge train --data tasks.jsonl --out runs/mta --adapter-kind ffn
+    alter-edge train --data tasks.jsonl --out runs/mta --resume
+    """
+    from .config import TrainConfig
+
+    mta: dict = {"adapter_kind": adapter_kind}
+    if num_adapters is not None:
+        mta["num_adapters"] = num_adapters
+    if layers:
+        try:
+            mta["layers"] = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError as e:
+            raise click.BadParameter(f"--layers takes comma-separated integers, got {layers!r}") from e
+    if top_layers is not None:
+        mta["num_top_layers"] = top_layers
+    if rank is not None:
+        mta["lora_rank"] = rank
+    kwargs = {"base_model": base_model, "stages": int(stages), "seed": seed, "use_cache": not no_cache, "mta": mta}
+    for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size)):
+        if v is not None:
+            kwargs[k] = v
+
+    @_friendly
+    def go():
+        from alter_edge.training.trainer import run_training
+
+        cfg = TrainConfig(**kwargs)
+        result = run_training(data, out, cfg, resume=resume, progress=not quiet)
+        for stage, ev in result.get("evals", {}).items():
+            click.echo(f"{stage}: dev overall {ev['overall']:.3f}  " +
+                       "  ".join(f"{t}={s:.3f}" for t, s in ev["per_task"].items()))
+        click.echo(f"checkpoint: {out}")
+
+    try:
+        go()
+    except AlterEdgeError as e:  # pragma: no cover - friendly_errors handles it
+        raise click.ClickException(str(e)) from e
+
+
+@click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSONL rows {task, input, target}. Default: the checkpoint's own dev split.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--max-rows", type=int, default=0, help="Score at most this many rows (0 = all).")
+@click.option("--label-scoring", is_flag=True, help="Also score classify tasks by label likelihood.")
+@click.option("--base-model", default=None, help="Override the base model recorded in the checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, quiet):
+    """Score a checkpoint per task: exact match (classify), ROUGE-L F1 (generate).
+
+    \b
+    alter-edge eval runs/mta --data dev.jsonl
+    alter-edge eval runs/mta --json
+    """
+
+    @_friendly
+    def go():
+        from alter_edge.training.trainer import evaluate_checkpoint
+
+        res = evaluate_checkpoint(checkpoint, data, max_rows=max_rows, label_scoring=label_scoring,
+                                  base_model=base_model, progress=not quiet)
+        if as_json:
+            click.echo(json.dumps(res, indent=2, sort_keys=True))
+            return
+        click.echo(format_table(res))
+
+    go()
+
+
+def format_table(res: dict) -> str:
+    lines = [f"{'task':<20} {'kind':<9} {'rows':>5} {'score':>7}" +
+             ("  label-scoring" if res.get("label_scoring") else "")]
+    for t, s in res["per_task"].items():
+        extra = ""
+        if res.get("label_scoring") and t in res["label_scoring"]:
+            extra = f"  {res['label_scoring'][t]:.3f}"
+        lines.append(f"{t:<20} {res['kinds'][t]:<9} {res['counts'][t]:>5} {s:>7.3f}{extra}")
+    lines.append(f"{'overall (mean over task groups)':<36} {res['overall']:>7.3f}")
+    return "\n".join(lines)

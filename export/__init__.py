@@ -1,0 +1,1 @@
+"""ONNX export: multi-task and per-task graphs, validation, optimization, quantization, bundles."""
