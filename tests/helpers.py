@@ -17,7 +17,7 @@ def _synthetic_rows(n_per_task: int = 24, seed: int = 0) -> list[dict]:
     words = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird"]
     colours = {"red", "blue", "green"}
     rows = []
-    for i in range(n_per_task):
+    for _ in range(n_per_task):
         k = rng.randint(1, 6)
         rows.append({"task": "parity", "input": "count " + " ".join(["x"] * k),
                      "target": "even" if k % 2 == 0 else "odd"})
@@ -25,7 +25,7 @@ def _synthetic_rows(n_per_task: int = 24, seed: int = 0) -> list[dict]:
         rows.append({"task": "colour", "input": f"is {w} a colour",
                      "target": "yes" if w in colours else "no"})
         a, b = rng.choice(words), rng.choice(words)
-        rows.append({"task": "echo", "input": f"repeat {a} {b}", "target": b})
+        rows.append({"task": "echo", "input": f"swap {a} {b}", "target": f"{b} {a}"})
     return rows
 
 
@@ -60,11 +60,12 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0)
     if arch == "llama":
         cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                          eos_token_id=eos, pad_token_id=pad, bos_token_id=None, tie_word_embeddings=True)
+                          eos_token_id=eos, pad_token_id=pad, bos_token_id=None, tie_word_embeddings=True,
+                          initializer_range=0.2)
     elif arch == "gpt2":
         cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=256,
                          eos_token_id=eos, pad_token_id=pad, bos_token_id=eos,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2)
     else:
         raise ValueError(arch)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -81,12 +82,12 @@ def make_tiny_checkpoint(
     """A checkpoint over a tiny base with *random* (non-zero) adapters and mixtures, so
     parity tests can fail. No training: fast."""
     import torch
+    from alter_edge.training.checkpoint import save_checkpoint
 
     from alter_edge.base_model import load_base_model
     from alter_edge.config import MTAConfig, TrainConfig
     from alter_edge.inject import MTAModel
     from alter_edge.tasks import TaskRegistry
-    from alter_edge.training.checkpoint import save_checkpoint
 
     tasks = TaskRegistry.infer(TINY_ROWS)
     base, _tok, info = load_base_model(str(base_dir))

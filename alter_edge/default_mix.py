@@ -1,0 +1,95 @@
+"""The built-in task mix, made in code from corpora that PyPI packages ship (offline).
+
+- ``topic`` (classify): a ChatterBot corpus question -> its category (ai, coding, emotion,
+  food, history, literature, money, movies, psychology, science, sports, trivia...).
+- ``answer`` (generate): a ChatterBot corpus question -> the corpus answer.
+- ``reply`` (generate): a turn of the BYU PCC chit-chat dataset -> the next turn.
+- ``question`` (classify): a chit-chat turn -> whether it asks something (its own text ends
+  with ``?`` is the label; the mark is removed from the input).
+
+Licenses: chatterbot-corpus is BSD-3-Clause (Gunther Cox); chitchat-dataset is MIT (BYU
+Perception, Control and Cognition lab). Rows are capped per category/task and chosen with a
+fixed seed, so the mix (and the split made from it) is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+from .data import Example
+from .errors import DataError
+
+TOPIC_PROMPT = "Which topic is this question about? Question: {q} Topics: {topics}"
+ANSWER_PROMPT = "Answer the question briefly. Question: {q}"
+REPLY_PROMPT = "Write a short friendly reply to this chat message. Message: {m}"
+QUESTION_PROMPT = "Is this chat message a question? Message: {m} Answer yes or no."
+MIN_TOPIC_ROWS = 20
+PER_TOPIC = 40
+PER_TASK = 240
+INSTALL_HINT = "pip install 'alter-edge[data]' (chatterbot-corpus==1.3.3 chitchat-dataset==0.9.0)"
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the built-in task mix needs the package {name}: {INSTALL_HINT}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _chatterbot_pairs() -> dict[str, list[tuple[str, str]]]:
+    import yaml
+
+    root = _package_dir("chatterbot_corpus") / "data" / "english"
+    out: dict[str, list[tuple[str, str]]] = {}
+    for f in sorted(root.glob("*.yml")):
+        doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        cat = f.stem
+        for conv in doc.get("conversations", []):
+            if len(conv) >= 2 and all(isinstance(x, str) for x in conv[:2]):
+                q, a = " ".join(conv[0].split()), " ".join(conv[1].split())
+                if 3 <= len(q) <= 200 and 1 <= len(a) <= 200:
+                    out.setdefault(cat, []).append((q, a))
+    return out
+
+
+def _chitchat_turns() -> list[tuple[str, str]]:
+    path = _package_dir("chitchat_dataset") / "dataset.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    pairs = []
+    for key in sorted(data):
+        msgs = [" ".join(m["text"] for m in turn).strip() for turn in data[key]["messages"]]
+        for a, b in zip(msgs, msgs[1:], strict=False):
+            if 8 <= len(a) <= 160 and 2 <= len(b) <= 80:
+                pairs.append((" ".join(a.split()), " ".join(b.split())))
+    return pairs
+
+
+def build_default_mix(seed: int = 0) -> list[Example]:
+    rng = random.Random(seed)
+    qa = _chatterbot_pairs()
+    topics = sorted(c for c, rows in qa.items() if len(rows) >= MIN_TOPIC_ROWS and c != "tech_support")
+    topic_list = ", ".join(topics)
+    rows: list[Example] = []
+    answer_pool = []
+    for c in topics:
+        pairs = list(qa[c])
+        rng.shuffle(pairs)
+        for q, _ in pairs[:PER_TOPIC]:
+            rows.append(Example("topic", TOPIC_PROMPT.format(q=q, topics=topic_list), c))
+        answer_pool.extend(pairs[:PER_TOPIC])
+    rng.shuffle(answer_pool)
+    for q, a in answer_pool[:PER_TASK]:
+        rows.append(Example("answer", ANSWER_PROMPT.format(q=q), a))
+    chat = _chitchat_turns()
+    rng.shuffle(chat)
+    for m, r in chat[:PER_TASK]:
+        rows.append(Example("reply", REPLY_PROMPT.format(m=m), r))
+    asks = [m for m, _ in chat[PER_TASK:] if m.endswith("?")]
+    says = [m for m, _ in chat[PER_TASK:] if not m.rstrip().endswith("?")]
+    half = PER_TASK // 2
+    for m, lab in [(m, "yes") for m in asks[:half]] + [(m, "no") for m in says[:half]]:
+        rows.append(Example("question", QUESTION_PROMPT.format(m=m.rstrip("?").rstrip()), lab))
+    return rows

@@ -1,0 +1,89 @@
+"""Data loading, task registry, split and metrics (torch-free)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alter_edge.data import load_jsonl, stratified_split, write_jsonl
+from alter_edge.errors import DataError, TaskError
+from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
+from alter_edge.tasks import TaskRegistry, TaskSpec
+from tests.helpers import TINY_ROWS
+
+
+def _write(tmp_path, lines: list[bytes]):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    return p
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b'{"task": "a", "input": "x"}', r"line 2: missing field\(s\) target"),
+        (b"not json", "line 2: not valid JSON"),
+        (b'{"task": "a", "input": "x", "target": "\xff\xfe"}', "line 2: not UTF-8"),
+        (b'["a", "b"]', "line 2: expected a JSON object"),
+        (b'{"task": "a", "input": "  ", "target": "y"}', "line 2: field 'input' is empty"),
+        (b'{"task": "a", "input": 3, "target": "y"}', "line 2: field 'input' must be a string"),
+    ],
+)
+def test_bad_lines_are_named(tmp_path, line, message):
+    good = json.dumps({"task": "a", "input": "x", "target": "y"}).encode()
+    with pytest.raises(DataError, match=message):
+        load_jsonl(_write(tmp_path, [good, line, good]))
+
+
+def test_empty_and_missing_files(tmp_path):
+    with pytest.raises(DataError, match="no data rows"):
+        load_jsonl(_write(tmp_path, [b"", b"  "]))
+    with pytest.raises(DataError, match="not found"):
+        load_jsonl(tmp_path / "absent.jsonl")
+
+
+def test_split_is_stratified_and_fixed(tmp_path):
+    p = tmp_path / "d.jsonl"
+    write_jsonl(p, TINY_ROWS)
+    rows = load_jsonl(p)
+    tr, dev = stratified_split(rows, 0.25, seed=1)
+    assert len(tr) + len(dev) == len(rows)
+    assert {r.task for r in dev} == {"parity", "colour", "echo"}
+    assert all(sum(r.task == t for r in dev) == 6 for t in ("parity", "colour", "echo"))
+    assert [r.line for r in dev] == [r.line for r in stratified_split(rows, 0.25, seed=1)[1]]
+    assert [r.line for r in dev] != [r.line for r in stratified_split(rows, 0.25, seed=2)[1]]
+
+
+def test_registry_inference_roundtrip_and_errors(tmp_path):
+    reg = TaskRegistry.infer(TINY_ROWS)
+    assert reg.get("parity").labels == ("even", "odd")
+    assert reg.get("echo").kind == "generate"
+    reg.save(tmp_path / "tasks.json")
+    assert TaskRegistry.load(tmp_path / "tasks.json") == reg
+    with pytest.raises(TaskError, match="unknown task 'nope'; known tasks: colour, echo, parity"):
+        reg.get("nope")
+    assert [t.name for t in reg.resolve("all")] == reg.names
+    assert [t.name for t in reg.resolve("parity,colour")] == ["colour", "parity"]
+    with pytest.raises(TaskError, match="kind"):
+        TaskSpec("x", 0, "rank")
+    with pytest.raises(TaskError, match="ids must be"):
+        TaskRegistry((TaskSpec("a", 0, "generate"), TaskSpec("b", 2, "generate")))
+
+
+def test_metrics():
+    assert exact_match(" Positive ", "positive") == 1.0
+    assert exact_match("positive.", "positive") == 0.0
+    assert rouge_l_f1("what is the capital of france", "what is the capital of france") == 1.0
+    assert rouge_l_f1("", "a b") == 0.0
+    # LCS "the cat" (2): p = 2/3, r = 2/4 -> F1 = 4/7
+    assert rouge_l_f1("the big cat", "the cat sat down") == pytest.approx(4 / 7)
+    groups = {"nli": ["nli"], "classify": ["sentiment", "question_type"], "generate": ["question_gen"]}
+    per = {"nli": 0.3, "sentiment": 0.9, "question_type": 0.5, "question_gen": 0.4}
+    assert overall_score(per, groups) == pytest.approx((0.3 + 0.7 + 0.4) / 3)
+
+
+def test_paper_grouping():
+    rows = [{"task": "nli", "input": "i", "target": lab} for lab in ["a", "b", "c"] * 3]
+    rows += [{"task": "sentiment", "input": "i", "target": lab} for lab in ["p", "n"] * 3]
+    assert TaskRegistry.infer(rows).groups() == {"nli": ["nli"], "classify": ["sentiment"]}

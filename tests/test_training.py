@@ -1,0 +1,139 @@
+"""Training: loss falls, checkpoints round-trip, resume equals an uninterrupted run,
+stage semantics, and bad output directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alter_edge.config import TrainConfig
+from alter_edge.errors import CheckpointError, ConfigError
+from alter_edge.training.checkpoint import load_checkpoint
+from alter_edge.training.trainer import batch_schedule, run_training, task_probs
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALTER_EDGE_CACHE", str(tmp_path / "cache"))
+
+
+def _cfg(base, **kw):
+    d = dict(base_model=str(base), stage1_steps=30, stage2_steps=10, batch_size=8, stage1_lr=5e-3,
+             stage2_lr=5e-2, save_every=5, eval_max_rows=6, eval_max_new_tokens=4,
+             mta={"num_top_layers": 2, "adapter_kind": "lora"})
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+def test_loss_falls_and_checkpoint_is_complete(tiny_llama_dir, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    state = run_training(tiny_data, out, _cfg(tiny_llama_dir, stage1_steps=60), progress=False)
+    losses = [h["loss"] for h in state["history"] if h["stage"] == "stage1"]
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+    assert state["complete"] and set(state["evals"]) == {"stage1", "stage2"}
+    assert not (out / "optimizer.pt").exists()
+    ck = load_checkpoint(out)
+    assert ck.tasks.names == ["colour", "echo", "parity"]
+    assert ck.tasks.get("parity").kind == "classify" and ck.tasks.get("echo").kind == "generate"
+    saved = load_file(str(out / "adapters.safetensors"))
+    own = ck.model.mta_state_dict()
+    assert saved.keys() == own.keys()
+    assert all(torch.equal(saved[k], own[k]) for k in saved)
+
+
+def test_two_stage_semantics(tiny_llama_dir, tiny_data, tmp_path):
+    """Stage 1 keeps the mixture at its prior; stage 2 keeps the adapters where stage 1 left them."""
+    cfg = _cfg(tiny_llama_dir)
+    one = run_training(tiny_data, tmp_path / "s1", _cfg(tiny_llama_dir, stage2_steps=0), progress=False)
+    assert one["complete"]
+    after1 = load_checkpoint(tmp_path / "s1").model
+    run_training(tiny_data, tmp_path / "s2", cfg, progress=False)
+    after2 = load_checkpoint(tmp_path / "s2").model
+    from alter_edge.mta import prior_logits
+
+    prior = prior_logits(after1.cfg)
+    for b in after1.blocks.values():
+        assert torch.equal(b.mixture.logits.detach(), prior)
+    g1, g2 = after1.parameter_groups(), after2.parameter_groups()
+    for a, b in zip(g1["adapters"], g2["adapters"], strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(m.detach(), prior) for m in g2["mixture"])
+
+
+def test_one_stage_trains_mixture_and_adapters_together():
+    plan = TrainConfig(stages=1, stage1_steps=7, stage2_steps=3).stage_plan()
+    assert len(plan) == 1 and set(plan[0].trains) == {"adapters", "mixture"} and plan[0].steps == 10
+    with pytest.raises(ConfigError):
+        TrainConfig(stages=3)
+
+
+def test_resume_equals_uninterrupted(tiny_llama_dir, tiny_data, tmp_path):
+    cfg = _cfg(tiny_llama_dir)
+    run_training(tiny_data, tmp_path / "full", cfg, progress=False)
+    part = run_training(tiny_data, tmp_path / "cut", cfg, progress=False, stop_after=13)
+    assert not part["complete"] and (tmp_path / "cut" / "optimizer.pt").exists()
+    with pytest.raises(CheckpointError, match="--resume"):
+        run_training(tiny_data, tmp_path / "cut", cfg, progress=False)
+    part = run_training(tiny_data, tmp_path / "cut", cfg, resume=True, progress=False, stop_after=25)
+    assert not part["complete"] and part["stage"] == 1  # crossed into stage 2
+    done = run_training(tiny_data, tmp_path / "cut", cfg, resume=True, progress=False)
+    assert done["complete"]
+    a = load_file(str(tmp_path / "full" / "adapters.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapters.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_out_dir_guards(tiny_llama_dir, tiny_data, tmp_path):
+    cfg = _cfg(tiny_llama_dir, stage1_steps=2, stage2_steps=1)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not an alter-edge run"):
+        run_training(tiny_data, other, cfg, progress=False)
+    assert (other / "notes.txt").read_text() == "mine"
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        run_training(tiny_data, tmp_path / "nope", cfg, resume=True, progress=False)
+    run_training(tiny_data, tmp_path / "r", cfg, progress=False, stop_after=1)
+    with pytest.raises(CheckpointError, match="different settings.*seed"):
+        run_training(tiny_data, tmp_path / "r", _cfg(tiny_llama_dir, stage1_steps=2, stage2_steps=1, seed=5),
+                     resume=True, progress=False)
+
+
+def test_checkpoint_from_other_base_is_refused(tiny_llama_dir, tiny_data, tmp_path, tiny_tokenizer_dir):
+    from tests.helpers import make_tiny_base
+
+    run_training(tiny_data, tmp_path / "r", _cfg(tiny_llama_dir, stage1_steps=2, stage2_steps=1), progress=False)
+    other = make_tiny_base("llama", tmp_path / "other-base", tiny_tokenizer_dir, seed=1)
+    with pytest.raises(CheckpointError, match="matching --base-model"):
+        load_checkpoint(tmp_path / "r", base_model=str(other))
+    (tmp_path / "r" / "tasks.json").unlink()
+    with pytest.raises(CheckpointError, match="missing tasks.json"):
+        load_checkpoint(tmp_path / "r")
+
+
+def test_task_sampling_balanced_and_bucketed():
+    from alter_edge.config import StageConfig
+    from alter_edge.training.trainer import Encoded
+
+    assert task_probs([940, 681, 208, 171], 0.0) == pytest.approx([0.25] * 4)
+    p = task_probs([940, 171], 1.0)
+    assert p[0] == pytest.approx(940 / 1111)
+    exs = [Encoded(0, [1] * (i % 13 + 1), [2]) for i in range(90)] + [Encoded(1, [1] * 5, [2]) for _ in range(10)]
+    stage = StageConfig("s", ["adapters"], steps=40, lr=1e-3)
+    sched = batch_schedule(exs, 2, stage, 0, 8, seed=3)
+    assert sched == batch_schedule(exs, 2, stage, 0, 8, seed=3)
+    tasks = [exs[i].task_id for b in sched for i in b]
+    assert 0.4 < sum(tasks) / len(tasks) < 0.6  # balanced although task 1 has 10% of rows
+    spread = [max(len(exs[i].ids) for i in b) - min(len(exs[i].ids) for i in b) for b in sched]
+    assert sum(spread) / len(spread) < 6  # random batches would average ~11
+
+
+def test_state_history_is_json(tiny_llama_dir, tiny_data, tmp_path):
+    run_training(tiny_data, tmp_path / "r", _cfg(tiny_llama_dir, stage1_steps=3, stage2_steps=2), progress=False)
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert [h["stage"] for h in state["history"]] == ["stage1"] * 3 + ["stage2"] * 2

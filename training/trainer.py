@@ -1,0 +1,291 @@
+"""The training loop: one loop for every stage; a stage differs only in what trains, its
+steps, learning rate and task sampling (``TrainConfig.stage_plan``).
+
+Stage 1 (ALTER): adapters train with the mixture held at its prior. Stage 2: adapters
+frozen, only the mixture trains (cheap). ``stages=1`` trains both together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from alter_edge.base_model import load_base_model, special_ids
+from alter_edge.config import MTAConfig, StageConfig, TrainConfig
+from alter_edge.data import Example, load_jsonl, stratified_split
+from alter_edge.errors import CheckpointError, DataError
+from alter_edge.inject import MTAModel, count_parameters
+from alter_edge.prompts import encode_example
+from alter_edge.tasks import TaskRegistry
+
+from .cache import build_prefix_cache, cache_bytes, pad_hidden, right_pad
+from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    task_id: int
+    prompt: list[int]
+    target: list[int]  # target tokens + eos (possibly truncated)
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt + self.target
+
+
+def encode_rows(rows: Sequence[Example], tokenizer, tasks: TaskRegistry, eos_id: int,
+                cfg: TrainConfig) -> list[Encoded]:
+    out = []
+    for r in rows:
+        spec = tasks.get(r.task)
+        p, t = encode_example(tokenizer, spec, r.input, r.target, eos_id, cfg.max_prompt_tokens)
+        out.append(Encoded(spec.id, p, t[: cfg.max_target_tokens + 1]))
+    return out
+
+
+def task_probs(counts: Sequence[int], temperature: float) -> np.ndarray:
+    """p_t ~ n_t^temperature: 0 = balanced across tasks, 1 = proportional to data."""
+    w = np.array([c**temperature if c > 0 else 0.0 for c in counts], dtype=np.float64)
+    return w / w.sum()
+
+
+def batch_schedule(examples: Sequence[Encoded], num_tasks: int, stage: StageConfig, stage_idx: int,
+                   batch_size: int, seed: int) -> list[list[int]]:
+    """Every batch of a stage, fixed by (seed, stage): tasks drawn with ``task_probs``, each
+    task's examples visited in reshuffled epochs, then groups of 8 batches sorted by length so
+    a batch holds similar lengths (less padding). Resuming at step s replays the same batches."""
+    rng = np.random.default_rng([seed, stage_idx, 7919])
+    by_task = [[i for i, e in enumerate(examples) if e.task_id == t] for t in range(num_tasks)]
+    probs = task_probs([len(b) for b in by_task], stage.sampling_temperature)
+    n = stage.steps * batch_size
+    draws = rng.choice(num_tasks, size=n, p=probs)
+    cursors = [0] * num_tasks
+    orders = [rng.permutation(len(b)) if b else np.array([], dtype=int) for b in by_task]
+    picked = []
+    for t in draws:
+        if cursors[t] == len(orders[t]):
+            orders[t], cursors[t] = rng.permutation(len(by_task[t])), 0
+        picked.append(by_task[t][orders[t][cursors[t]]])
+        cursors[t] += 1
+    batches: list[list[int]] = []
+    group = 8 * batch_size
+    for s in range(0, n, group):
+        chunk = sorted(picked[s : s + group], key=lambda i: len(examples[i].ids))
+        sub = [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+        rng.shuffle(sub)
+        batches.extend(sub)
+    return batches
+
+
+def lr_at(step: int, stage: StageConfig) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    span = max(1, stage.steps - stage.warmup_steps)
+    progress = min(1.0, (step - stage.warmup_steps) / span)
+    return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_loss(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int], pad_id: int,
+               cache: Sequence[torch.Tensor] | None) -> torch.Tensor:
+    """Mean over examples of the mean target-token cross-entropy; logits only at target
+    positions; with ``cache``, the blocks below the first adapted one are skipped."""
+    seqs = [examples[i].ids for i in idx]
+    ids, mask = right_pad(seqs, pad_id)
+    b_idx, p_idx, labels, owner = [], [], [], []
+    for j, i in enumerate(idx):
+        e = examples[i]
+        start = len(e.prompt)
+        for k, tok in enumerate(e.target):
+            b_idx.append(j)
+            p_idx.append(start - 1 + k)  # the position whose logits predict this target token
+            labels.append(tok)
+            owner.append(j)
+    positions = (torch.tensor(b_idx), torch.tensor(p_idx))
+    task_ids = torch.tensor([examples[i].task_id for i in idx], dtype=torch.long)
+    prefix = pad_hidden([cache[i] for i in idx], ids.shape[1]) if cache is not None else None
+    logits = model.logits_at(ids, mask, task_ids, positions, prefix_hidden=prefix)  # (N, V)
+    tok_loss = F.cross_entropy(logits.float(), torch.tensor(labels), reduction="none")  # (N,)
+    owner_t = torch.tensor(owner)
+    per_ex = torch.zeros(len(idx)).index_add(0, owner_t, tok_loss)
+    counts = torch.zeros(len(idx)).index_add(0, owner_t, torch.ones_like(tok_loss))
+    return (per_ex / counts).mean()
+
+
+def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
+    """Returns the saved state when resuming; raises when --out holds something else."""
+    if not out.exists():
+        if resume:
+            raise CheckpointError(f"--resume: {out} does not exist; nothing to resume (drop --resume)")
+        return None
+    if not out.is_dir():
+        raise CheckpointError(f"--out {out} exists and is not a directory")
+    if not (out / "state.json").is_file():
+        if any(out.iterdir()):
+            raise CheckpointError(f"--out {out} exists and is not an alter-edge run; choose an empty or new directory")
+        return None
+    meta = read_checkpoint_meta(out)
+    if not resume:
+        raise CheckpointError(
+            f"--out {out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    saved = meta["train_config"]
+    mine = cfg.to_dict()
+    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    if diff:
+        raise CheckpointError(
+            f"--resume: {out} was started with different settings ({', '.join(diff)}); "
+            "resume with the same options or choose another --out"
+        )
+    return meta["state"]
+
+
+def load_data(data: Path | None, cfg: TrainConfig) -> tuple[list[Example], list[Example], str]:
+    if data is None:
+        from alter_edge.default_mix import build_default_mix
+
+        rows = build_default_mix()
+        source = "built-in task mix (alter_edge.default_mix)"
+    else:
+        rows = load_jsonl(data)
+        source = str(data)
+    train, dev = stratified_split(rows, cfg.dev_fraction, cfg.split_seed)
+    if not train:
+        raise DataError(f"{source}: no training rows after the dev split")
+    return train, dev, source
+
+
+def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = False,
+                 progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train and write the checkpoint to ``out``. ``stop_after`` ends this call (resumably)
+    after that many optimizer steps: what a kill does, on purpose (tests, time-boxed jobs)."""
+    out = Path(out)
+    train_rows, dev_rows, source = load_data(data, cfg)
+    state = _check_out_dir(out, cfg, resume)
+    if state is not None and state.get("complete"):
+        log.warning("%s is already complete; nothing to do", out)
+        return state
+    all_rows = train_rows + dev_rows
+    tasks = TaskRegistry.infer([r.to_dict() for r in all_rows])
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    if state is not None:
+        ck = load_checkpoint(out)
+        model, tokenizer, info = ck.model, ck.tokenizer, ck.base_info
+        if ck.tasks.to_dict() != tasks.to_dict():
+            raise CheckpointError(f"--resume: the data's tasks differ from those in {out}/tasks.json")
+    else:
+        base, tokenizer, info = load_base_model(cfg.base_model)
+        model = MTAModel(base, MTAConfig(num_tasks=len(tasks), **cfg.mta))
+        state = {"complete": False, "stage": 0, "step": 0, "evals": {}, "history": [], "data": source,
+                 "seconds": 0.0}
+    eos_id, pad_id = special_ids(model.base.config)
+    examples = encode_rows(train_rows, tokenizer, tasks, eos_id, cfg)
+    params = count_parameters(model)
+    log.info("MTA: %s, blocks %s, K=%s; trainable adapters %d, mixture %d",
+             model.cfg.adapter_kind, model.adapted_layers, model.cfg.num_adapters,
+             params["adapters"], params["mixture"])
+    cache = None
+    if cfg.use_cache and model.adapted_layers[0] > 0:
+        t0 = time.perf_counter()
+        cache = build_prefix_cache(model, [e.ids for e in examples], pad_id, info.sha256,
+                                   cfg.cache_dtype, progress=progress)
+        state.setdefault("cache", {"seconds": round(time.perf_counter() - t0, 1),
+                                   "bytes": cache_bytes(cache)})
+    plan = cfg.stage_plan()
+    steps_this_call = 0
+    optimizer_state = None
+    if (out / "optimizer.pt").is_file():
+        optimizer_state = torch.load(out / "optimizer.pt", weights_only=True)
+    for si in range(state["stage"], len(plan)):
+        stage = plan[si]
+        trainable = model.set_trainable(stage.trains)
+        opt = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.0)
+        if optimizer_state is not None and state["step"] > 0:
+            opt.load_state_dict(optimizer_state)
+        optimizer_state = None
+        batches = batch_schedule(examples, len(tasks), stage, si, cfg.batch_size, cfg.seed)
+        bar = tqdm(total=stage.steps, initial=state["step"], desc=stage.name, unit="step",
+                   disable=not progress)
+        t_stage = time.perf_counter()
+        seen = 0
+        for step in range(state["step"], stage.steps):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, stage)
+            loss = batch_loss(model, examples, batches[step], pad_id, cache)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            seen += len(batches[step])
+            state["step"] = step + 1
+            state["history"].append({"stage": stage.name, "step": step + 1, "loss": round(loss.item(), 5)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{seen / (time.perf_counter() - t_stage):.1f}")
+            bar.update(1)
+            steps_this_call += 1
+            last = step + 1 == stage.steps
+            if stop_after is not None and steps_this_call >= stop_after and not last:
+                state["seconds"] += time.perf_counter() - t_start
+                save_checkpoint(out, model, tasks, cfg, info, state, opt.state_dict())
+                bar.close()
+                return state
+            if (step + 1) % cfg.save_every == 0 and not last:
+                save_checkpoint(out, model, tasks, cfg, info, {**state, "seconds": state["seconds"] +
+                                time.perf_counter() - t_start}, opt.state_dict())
+        bar.close()
+        if stage.name not in state["evals"] and dev_rows:
+            ev = _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg, progress)
+            state["evals"][stage.name] = ev
+            log.info("%s dev: %s", stage.name, ev)
+        state["stage"], state["step"] = si + 1, 0
+        save_checkpoint(out, model, tasks, cfg, info, {**state, "seconds": state["seconds"] +
+                        time.perf_counter() - t_start}, None)
+    state["complete"] = True
+    state["seconds"] = round(state["seconds"] + time.perf_counter() - t_start, 1)
+    state["parameters"] = params
+    save_checkpoint(out, model, tasks, cfg, info, state, None)
+    (out / "optimizer.pt").unlink(missing_ok=True)
+    return state
+
+
+def _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg: TrainConfig, progress: bool) -> dict:
+    rows = dev_rows[: cfg.eval_max_rows] if cfg.eval_max_rows else dev_rows
+    res = evaluate(model, tokenizer, tasks, rows, eos_id, pad_id, cfg.max_prompt_tokens,
+                   cfg.eval_max_new_tokens, progress=progress)
+    d = res.to_dict()
+    d["per_task"] = {k: round(v, 4) for k, v in d["per_task"].items()}
+    d["overall"] = round(d["overall"], 4)
+    return d
+
+
+def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: int = 0,
+                        label_scoring: bool = False, base_model: str | None = None,
+                        progress: bool = True) -> dict:
+    """Score a checkpoint on ``data`` (default: the dev split of the data it was trained on)."""
+    ck = load_checkpoint(Path(checkpoint), base_model=base_model)
+    if data is None:
+        src = ck.state.get("data", "")
+        _, rows, _ = load_data(None if src.startswith("built-in") else Path(src), ck.train_config)
+    else:
+        rows = load_jsonl(data)
+    ck.tasks.check_names([r.task for r in rows])
+    if max_rows:
+        rows = rows[:max_rows]
+    res = evaluate(ck.model, ck.tokenizer, ck.tasks, rows, ck.eos_id, ck.pad_id,
+                   ck.train_config.max_prompt_tokens, ck.train_config.eval_max_new_tokens,
+                   with_label_scoring=label_scoring, progress=progress)
+    d = res.to_dict()
+    d["kinds"] = {t.name: t.kind for t in ck.tasks}
+    return d
