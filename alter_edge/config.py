@@ -117,7 +117,7 @@ class TrainConfig:
     stage2_lr: float = 5e-3
     batch_size: int = 16
     sampling_temperature: float = 0.0
-    max_prompt_tokens: int = 320
+    max_prompt_tokens: int = 256  # longer prompts are cut in the middle (alter_edge.prompts)
     max_target_tokens: int = 48
     dev_fraction: float = 0.1
     split_seed: int = 0

@@ -23,13 +23,21 @@ def target_text(target: str) -> str:
 def encode_example(
     tokenizer, task: TaskSpec, text: str, target: str, eos_id: int, max_prompt_tokens: int
 ) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids + eos). Over-long prompts keep their *last* tokens, which hold
-    the instruction's answer cue."""
-    p = tokenizer.encode(prompt_text(task, text), add_special_tokens=False).ids
-    if len(p) > max_prompt_tokens:
-        p = p[-max_prompt_tokens:]
+    """(prompt ids, target ids + eos); an over-long prompt is cut in the middle."""
+    p = truncate_middle(tokenizer.encode(prompt_text(task, text), add_special_tokens=False).ids,
+                        max_prompt_tokens)
     t = tokenizer.encode(target_text(target), add_special_tokens=False).ids + [eos_id]
     return p, t
+
+
+def truncate_middle(ids: list[int], max_tokens: int) -> list[int]:
+    """Keep the first and last halves of an over-long prompt: instructions put the task's
+    key facts at the start (the answer to ask about) and the answer cue at the end (the
+    choices, "Answer:"), while the middle is passage text."""
+    if len(ids) <= max_tokens:
+        return ids
+    head = max_tokens // 2
+    return ids[:head] + ids[len(ids) - (max_tokens - head):]
 
 
 def label_token_ids(tokenizer, labels: Sequence[str], eos_id: int) -> list[list[int]]:
