@@ -157,6 +157,9 @@ def load_base_model(reference: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 135M load takes ~1 s: no bar needed
     path = resolve_base_model(reference)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.eval()

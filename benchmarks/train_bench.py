@@ -1,0 +1,85 @@
+"""Training throughput: frozen-prefix cache vs the plain full forward+backward, side by side.
+
+For the same batches (drawn by the trainer's own schedule) it alternates a cached step and a
+full step (A B A B ...), so drift of the shared machine hits both alike, and prints medians
+and their ratio. It also times building the cache and reports its size.
+
+    python benchmarks/train_bench.py --data ../shared/data/alter-mix/train.jsonl --steps 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from alter_edge.base_model import load_base_model, special_ids
+from alter_edge.config import MTAConfig, TrainConfig
+from alter_edge.inject import MTAModel
+from alter_edge.tasks import TaskRegistry
+from alter_edge.training.cache import build_prefix_cache, cache_bytes
+from alter_edge.training.trainer import batch_loss, batch_schedule, encode_rows, load_data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="JSONL task file (default: the built-in mix)")
+    ap.add_argument("--base-model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=12, help="batches timed per path")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--top-layers", type=int, default=4)
+    ap.add_argument("--kind", default="lora")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(base_model=args.base_model, batch_size=args.batch_size,
+                      mta={"adapter_kind": args.kind, "num_top_layers": args.top_layers})
+    train_rows, _, source = load_data(args.data, cfg)
+    tasks = TaskRegistry.infer([r.to_dict() for r in train_rows])
+    base, tok, info = load_base_model(cfg.base_model)
+    model = MTAModel(base, MTAConfig(num_tasks=len(tasks), **cfg.mta))
+    eos, pad = special_ids(base.config)
+    examples = encode_rows(train_rows, tok, tasks, eos, cfg)
+    t0 = time.perf_counter()
+    cache = build_prefix_cache(model, [e.ids for e in examples], pad, info.sha256, cfg.cache_dtype,
+                               use_disk=False, progress=not args.json)
+    cache_s = time.perf_counter() - t0
+    stage = cfg.stage_plan()[0]
+    stage.steps = args.steps
+    batches = batch_schedule(examples, len(tasks), stage, 0, cfg.batch_size, seed=0)
+    trainable = model.set_trainable(["adapters"])
+    times: dict[str, list[float]] = {"cached": [], "full": []}
+    tokens = []
+    for b in batches:
+        tokens.append(sum(len(examples[i].ids) for i in b))
+        for name, c in (("cached", cache), ("full", None)):
+            t = time.perf_counter()
+            loss = batch_loss(model, examples, b, pad, c)
+            loss.backward()
+            for p in trainable:
+                p.grad = None
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "data": source, "rows": len(examples), "base_model": cfg.base_model,
+        "adapted_layers": model.adapted_layers, "batch_size": cfg.batch_size,
+        "threads": args.threads, "cpu_count": os.cpu_count(),
+        "cache_build_s": round(cache_s, 1), "cache_mb": round(cache_bytes(cache) / 2**20, 1),
+        "median_step_s": {k: round(v, 3) for k, v in med.items()},
+        "speedup_cached_vs_full": round(med["full"] / med["cached"], 2),
+        "mean_tokens_per_batch": round(statistics.mean(tokens)),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            print(f"{k:>26}: {v}")
+
+
+if __name__ == "__main__":
+    main()
