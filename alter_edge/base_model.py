@@ -156,7 +156,6 @@ def load_base_model(reference: str):
     """(model in eval mode, fp32; tokenizer; BaseModelInfo)."""
     import torch
     from transformers import AutoModelForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a 135M load takes ~1 s: no bar needed

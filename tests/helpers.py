@@ -82,12 +82,12 @@ def make_tiny_checkpoint(
     """A checkpoint over a tiny base with *random* (non-zero) adapters and mixtures, so
     parity tests can fail. No training: fast."""
     import torch
-    from alter_edge.training.checkpoint import save_checkpoint
 
     from alter_edge.base_model import load_base_model
     from alter_edge.config import MTAConfig, TrainConfig
     from alter_edge.inject import MTAModel
     from alter_edge.tasks import TaskRegistry
+    from alter_edge.training.checkpoint import save_checkpoint
 
     tasks = TaskRegistry.infer(TINY_ROWS)
     base, _tok, info = load_base_model(str(base_dir))

@@ -89,6 +89,13 @@ def label_scores(
     return scores
 
 
+def _token_budget(tokenizer, task, max_new_tokens: int) -> int:
+    if task.kind != "classify":
+        return max_new_tokens
+    longest = max(len(tokenizer.encode(" " + lab, add_special_tokens=False).ids) for lab in task.labels)
+    return min(max_new_tokens, longest + 2)
+
+
 @dataclass
 class EvalResult:
     per_task: dict[str, float]
@@ -126,13 +133,19 @@ def evaluate(
         spec = tasks.get(r.task)
         p, _ = encode_example(tokenizer, spec, r.input, r.target, eos_id, max_prompt_tokens)
         enc.append((p, spec))
-    order = sorted(range(len(rows)), key=lambda i: len(enc[i][0]))  # length-bucketed batches
+    # batches of one task and similar length; a classify task needs no more new tokens than
+    # its longest label (+2 for slack): anything longer cannot be an exact match anyway
+    order = sorted(range(len(rows)), key=lambda i: (enc[i][1].id, len(enc[i][0])))
+    budget = {t.id: _token_budget(tokenizer, t, max_new_tokens) for t in tasks}
     preds: dict[int, str] = {}
     bar = tqdm(total=len(rows), desc="eval", unit="row", disable=not progress, leave=False)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    batches = []
+    for t in tasks:
+        idx_t = [i for i in order if enc[i][1].id == t.id]
+        batches += [idx_t[s : s + batch_size] for s in range(0, len(idx_t), batch_size)]
+    for idx in batches:
         outs = greedy_generate(model, [enc[i][0] for i in idx], [enc[i][1].id for i in idx],
-                               eos_id, pad_id, max_new_tokens)
+                               eos_id, pad_id, budget[enc[idx[0]][1].id])
         for i, o in zip(idx, outs, strict=True):
             preds[i] = tokenizer.decode(o, skip_special_tokens=True).strip()
         bar.update(len(idx))
