@@ -36,6 +36,7 @@ class MTAConfig:
     lora_alpha: float = 32.0
     bottleneck_dim: int = 64
     target_modules: list[str] | None = None  # lora targets; None = the model_type table
+    lora_attention: bool = False  # lora kind: also adapt the block's attention projections
     init_std: float = 0.0  # >0 gives the zero-initialised factor random values (tests)
 
     def __post_init__(self) -> None:

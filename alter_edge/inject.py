@@ -24,15 +24,19 @@ class ArchSpec:
     layers: str  # attribute of the backbone (model.base_model) holding the block list
     mlp: str  # attribute of a block holding its MLP
     lora_targets: tuple[str, ...]  # MLP projections the lora kind adapts
+    attn: str = ""  # attribute of a block holding its attention
+    attn_targets: tuple[str, ...] = ()  # attention projections (lora kind, lora_attention=True)
 
 
 # Llama-family MLPs share gate/up/down; GPT-2 uses Conv1D c_fc/c_proj.
+_LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
+_LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 ARCH_TABLE: dict[str, ArchSpec] = {
-    "llama": ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj")),
-    "mistral": ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj")),
-    "qwen2": ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj")),
-    "qwen3": ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj")),
-    "gpt2": ArchSpec("h", "mlp", ("c_fc", "c_proj")),
+    "llama": ArchSpec("layers", "mlp", _LLAMA_MLP, "self_attn", _LLAMA_ATTN),
+    "mistral": ArchSpec("layers", "mlp", _LLAMA_MLP, "self_attn", _LLAMA_ATTN),
+    "qwen2": ArchSpec("layers", "mlp", _LLAMA_MLP, "self_attn", _LLAMA_ATTN),
+    "qwen3": ArchSpec("layers", "mlp", _LLAMA_MLP, "self_attn", _LLAMA_ATTN),
+    "gpt2": ArchSpec("h", "mlp", ("c_fc", "c_proj"), "attn", ("c_attn", "c_proj")),
 }
 
 
@@ -83,7 +87,10 @@ class MTAModel(nn.Module):
             mlp = getattr(layer, self.spec.mlp, None)
             if mlp is None:
                 raise ConfigError(f"block {i} of {base.config.model_type} has no {self.spec.mlp!r}")
-            block = MTABlock(mlp, cfg, targets, self.context)
+            attn = getattr(layer, self.spec.attn, None) if cfg.lora_attention else None
+            if cfg.lora_attention and (attn is None or cfg.adapter_kind != "lora"):
+                raise ConfigError("lora_attention needs adapter_kind 'lora' and a known attention module")
+            block = MTABlock(mlp, cfg, targets, self.context, attn, self.spec.attn_targets)
             setattr(layer, self.spec.mlp, block)
             self.blocks[str(i)] = block
         if not self.blocks:

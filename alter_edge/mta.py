@@ -82,11 +82,13 @@ def _linear_shape(layer: nn.Module) -> tuple[int, int]:
 
 
 class MixedLoRA(nn.Module):
-    """K stacked LoRA factors on one projection; ``mix`` (B, K) is set by the owning block."""
+    """K stacked LoRA factors on one projection, mixed by its block's per-task weights."""
 
-    def __init__(self, base_layer: nn.Module, num_adapters: int, rank: int, alpha: float, init_std: float):
+    def __init__(self, base_layer: nn.Module, num_adapters: int, rank: int, alpha: float, init_std: float,
+                 block: MTABlock):
         super().__init__()
         self.base_layer = base_layer
+        object.__setattr__(self, "_block", block)  # the owner of the mixture; not a submodule
         in_f, out_f = _linear_shape(base_layer)
         self.num_adapters, self.rank, self.scaling = num_adapters, rank, alpha / rank
         self.lora_A = nn.Parameter(torch.empty(num_adapters * rank, in_f))  # (K*r, in)
@@ -94,13 +96,10 @@ class MixedLoRA(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         if init_std > 0:
             nn.init.normal_(self.lora_B, std=init_std)
-        self.mix: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
         y = self.base_layer(x)
-        mix = self.mix
-        if mix is None:
-            raise RuntimeError("MixedLoRA called outside its MTA block (no mixture weights set)")
+        mix = self._block.weights()  # (B, K)
         B = x.shape[0]
         h = F.linear(x, self.lora_A)  # (B, T, K*r)
         h = (h.view(B, -1, self.num_adapters, self.rank) * mix[:, None, :, None]).flatten(2)
@@ -115,7 +114,8 @@ class MixedLoRA(nn.Module):
 class MTABlock(nn.Module):
     """Replaces a block's MLP. Holds the mixture and the K adapters of one kind."""
 
-    def __init__(self, mlp: nn.Module, cfg: MTAConfig, lora_targets: list[str], context: TaskContext):
+    def __init__(self, mlp: nn.Module, cfg: MTAConfig, lora_targets: list[str], context: TaskContext,
+                 attention: nn.Module | None = None, attention_targets: tuple[str, ...] = ()):
         super().__init__()
         self.kind = cfg.adapter_kind
         self.mixture = TaskMixture(cfg)
@@ -131,12 +131,15 @@ class MTABlock(nn.Module):
         elif self.kind == "lora":
             self.mlp = mlp
             self.lora_layers: list[MixedLoRA] = []
-            for name in lora_targets:
-                base = getattr(mlp, name, None)
+            targets = [(mlp, n) for n in lora_targets]
+            if attention is not None:  # optional: the block's attention projections too
+                targets += [(attention, n) for n in attention_targets]
+            for parent, name in targets:
+                base = getattr(parent, name, None)
                 if base is None:
-                    raise ValueError(f"MLP {type(mlp).__name__} has no projection {name!r}")
-                wrapped = MixedLoRA(base, K, cfg.lora_rank, cfg.lora_alpha, cfg.init_std)
-                setattr(mlp, name, wrapped)
+                    raise ValueError(f"{type(parent).__name__} has no projection {name!r}")
+                wrapped = MixedLoRA(base, K, cfg.lora_rank, cfg.lora_alpha, cfg.init_std, self)
+                setattr(parent, name, wrapped)
                 self.lora_layers.append(wrapped)
         else:  # bottleneck
             self.mlp = mlp
@@ -151,10 +154,7 @@ class MTABlock(nn.Module):
                 nn.init.normal_(self.up, std=cfg.init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, H)
-        task_ids = self._context.task_ids
-        if task_ids is None:
-            raise RuntimeError("MTA block called without task_ids; call the model through MTAModel")
-        w = self.mixture(task_ids)  # (B, K)
+        w = self.weights()  # (B, K)
         if self.kind == "ffn":
             out = None
             for k, expert in enumerate(self.experts):
@@ -162,17 +162,18 @@ class MTABlock(nn.Module):
                 out = y if out is None else out + y
             return out
         if self.kind == "lora":
-            for layer in self.lora_layers:
-                layer.mix = w
-            try:
-                return self.mlp(x)
-            finally:
-                for layer in self.lora_layers:
-                    layer.mix = None
+            return self.mlp(x)  # its projections are MixedLoRA layers
         h = F.gelu(F.linear(x, self.down, self.down_bias))  # (B, T, K*r)
         B = x.shape[0]
         h = (h.view(B, -1, self.K, self.r) * w[:, None, :, None]).flatten(2)
         return self.mlp(x) + F.linear(h, self.up)
+
+    def weights(self) -> torch.Tensor:
+        """This batch's per-row mixture (B, K), from the task ids MTAModel put in the context."""
+        task_ids = self._context.task_ids
+        if task_ids is None:
+            raise RuntimeError("MTA block called without task_ids; call the model through MTAModel")
+        return self.mixture(task_ids)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         if self.kind == "ffn":

@@ -12,7 +12,12 @@ from alter_edge.errors import ConfigError
 from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.mta import prior_logits
 
-KINDS = ["lora", "ffn", "bottleneck"]
+KINDS = ["lora", "ffn", "bottleneck", "lora+attn"]
+
+
+def _cfg(kind: str, **kw) -> MTAConfig:
+    """'lora+attn' = the lora kind on the attention projections as well as the MLP's."""
+    return MTAConfig(num_tasks=3, adapter_kind=kind.split("+")[0], lora_attention=kind.endswith("+attn"), **kw)
 
 
 def _inputs(vocab: int, seed: int = 0):
@@ -35,7 +40,7 @@ def test_fresh_adapters_reproduce_base(tiny_base_dir, kind):
     ids, mask, tids = _inputs(base.config.vocab_size)
     with torch.no_grad():
         ref = base(input_ids=ids, attention_mask=mask).logits
-    model = MTAModel(base, MTAConfig(num_tasks=3, adapter_kind=kind, num_top_layers=2))
+    model = MTAModel(base, _cfg(kind, num_top_layers=2))
     _randomize(model)  # any mixture: zero-delta adapters (or equal experts) change nothing
     with torch.no_grad():
         out = model(ids, mask, tids).logits
@@ -48,7 +53,7 @@ def test_mixed_batch_equals_each_task_alone(tiny_base_dir, kind):
     ids, mask, tids = _inputs(base.config.vocab_size, seed=1)
     with torch.no_grad():
         ref = base(input_ids=ids, attention_mask=mask).logits
-    model = MTAModel(base, MTAConfig(num_tasks=3, adapter_kind=kind, num_top_layers=2, init_std=0.2))
+    model = MTAModel(base, _cfg(kind, num_top_layers=2, init_std=0.2))
     _randomize(model)
     with torch.no_grad():
         mixed = model(ids, mask, tids).logits
@@ -78,7 +83,7 @@ def test_only_intended_parameters_train(tiny_base_dir):
 @pytest.mark.parametrize("kind", KINDS)
 def test_cached_prefix_equals_full_forward(tiny_base_dir, kind):
     base, _, _ = load_base_model(str(tiny_base_dir))
-    model = MTAModel(base, MTAConfig(num_tasks=3, adapter_kind=kind, num_top_layers=2, init_std=0.2))
+    model = MTAModel(base, _cfg(kind, num_top_layers=2, init_std=0.2))
     _randomize(model)
     model.set_trainable(["adapters", "mixture"])
     ids, _, tids = _inputs(base.config.vocab_size, seed=2)
@@ -131,3 +136,14 @@ def test_task_ids_must_be_int64_vector(tiny_llama_dir):
     ids = torch.tensor([[5, 6, 7]])
     with pytest.raises(ValueError, match="int64"):
         model(ids, torch.ones_like(ids), torch.tensor([0], dtype=torch.int32))
+
+
+def test_attention_lora_adds_adapters_to_attention(tiny_base_dir):
+    base, _, _ = load_base_model(str(tiny_base_dir))
+    plain = count_parameters(MTAModel(base, _cfg("lora", num_top_layers=2)))["adapters"]
+    base, _, _ = load_base_model(str(tiny_base_dir))
+    model = MTAModel(base, _cfg("lora+attn", num_top_layers=2))
+    assert count_parameters(model)["adapters"] > plain
+    assert all(len(b.lora_layers) > len(model.spec.lora_targets) for b in model.blocks.values())
+    with pytest.raises(ConfigError, match="lora_attention"):
+        MTAModel(load_base_model(str(tiny_base_dir))[0], _cfg("ffn+attn", num_top_layers=1))

@@ -211,6 +211,9 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         optimizer_state = torch.load(out / "optimizer.pt", weights_only=True)
     for si in range(state["stage"], len(plan)):
         stage = plan[si]
+        if stage.steps == 0:  # an empty stage trains nothing and needs no evaluation
+            state["stage"], state["step"] = si + 1, 0
+            continue
         trainable = model.set_trainable(stage.trains)
         opt = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.0)
         if optimizer_state is not None and state["step"] > 0:
