@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
@@ -80,12 +81,12 @@ def build_prefix_cache(
     bar.close()
     if use_disk:
         try:
-            from safetensors.torch import save as save_bytes
-
-            from alter_edge.io import atomic_write_bytes
+            from safetensors.torch import save_file
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, save_bytes({f"h{i}": t for i, t in enumerate(out)}))
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            save_file({f"h{i}": t for i, t in enumerate(out)}, str(tmp))  # streams, no bytes copy
+            os.replace(tmp, path)
         except OSError as e:
             log.warning("could not write the prefix cache to %s (%s)", path, e)
     return out  # type: ignore[return-value]
