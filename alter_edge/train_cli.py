@@ -91,8 +91,9 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
 @click.option("--max-rows", type=int, default=0, help="Score at most this many rows (0 = all).")
 @click.option("--label-scoring", is_flag=True, help="Also score classify tasks by label likelihood.")
 @click.option("--base-model", default=None, help="Override the base model recorded in the checkpoint.")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast: ~3x faster on AVX512-BF16 CPUs, scores may move slightly.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, quiet):
+def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, bf16, quiet):
     """Score a checkpoint per task: exact match (classify), ROUGE-L F1 (generate).
 
     \b
@@ -105,7 +106,8 @@ def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, qui
         from alter_edge.training.trainer import evaluate_checkpoint
 
         res = evaluate_checkpoint(checkpoint, data, max_rows=max_rows, label_scoring=label_scoring,
-                                  base_model=base_model, progress=not quiet)
+                                  base_model=base_model, progress=not quiet,
+                                  compute_dtype="bfloat16" if bf16 else "float32")
         if as_json:
             click.echo(json.dumps(res, indent=2, sort_keys=True))
             return

@@ -29,7 +29,7 @@ from alter_edge.base_model import load_base_model, special_ids
 from alter_edge.config import MTAConfig, TrainConfig
 from alter_edge.inject import MTAModel
 from alter_edge.tasks import TaskRegistry
-from alter_edge.training.cache import build_prefix_cache, cache_bytes, right_pad
+from alter_edge.training.cache import autocast, build_prefix_cache, cache_bytes, right_pad
 from alter_edge.training.trainer import batch_loss, batch_schedule, encode_rows, load_data
 
 
@@ -54,10 +54,12 @@ def main() -> None:
     ap.add_argument("--top-layers", type=int, default=4)
     ap.add_argument("--kind", default="lora")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compute-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(base_model=args.base_model, batch_size=args.batch_size,
+    cfg = TrainConfig(base_model=args.base_model, batch_size=args.batch_size, compute_dtype=args.compute_dtype,
+                      cache_dtype="bfloat16" if args.compute_dtype == "bfloat16" else "float32",
                       mta={"adapter_kind": args.kind, "num_top_layers": args.top_layers})
     train_rows, _, source = load_data(args.data, cfg)
     tasks = TaskRegistry.infer([r.to_dict() for r in train_rows])
@@ -67,7 +69,7 @@ def main() -> None:
     examples = encode_rows(train_rows, tok, tasks, eos, cfg)
     t0 = time.perf_counter()
     cache = build_prefix_cache(model, [e.ids for e in examples], pad, info.sha256, cfg.cache_dtype,
-                               use_disk=False, progress=not args.json)
+                               use_disk=False, progress=not args.json, compute_dtype=cfg.compute_dtype)
     cache_s = time.perf_counter() - t0
     stage = cfg.stage_plan()[0]
     stage.steps = args.steps
@@ -79,10 +81,11 @@ def main() -> None:
         tokens.append(sum(len(examples[i].ids) for i in b))
         for name in times:
             t = time.perf_counter()
-            if name == "plain":
-                loss = plain_loss(model, examples, b, pad)
-            else:
-                loss = batch_loss(model, examples, b, pad, cache if name == "cached" else None)
+            with autocast(cfg.compute_dtype):
+                if name == "plain":
+                    loss = plain_loss(model, examples, b, pad)
+                else:
+                    loss = batch_loss(model, examples, b, pad, cache if name == "cached" else None)
             loss.backward()
             for p in trainable:
                 p.grad = None
@@ -91,7 +94,7 @@ def main() -> None:
     result = {
         "data": source, "rows": len(examples), "base_model": cfg.base_model,
         "adapted_layers": model.adapted_layers, "batch_size": cfg.batch_size,
-        "threads": args.threads, "cpu_count": os.cpu_count(),
+        "threads": args.threads, "compute_dtype": cfg.compute_dtype, "cpu_count": os.cpu_count(),
         "cache_build_s": round(cache_s, 1), "cache_mb": round(cache_bytes(cache) / 2**20, 1),
         "median_step_s": {k: round(v, 3) for k, v in med.items()},
         "speedup_cached_vs_plain": round(med["plain"] / med["cached"], 2),

@@ -52,11 +52,12 @@ def build_prefix_cache(
     batch_size: int = 16,
     use_disk: bool = True,
     progress: bool = True,
+    compute_dtype: str = "float32",
 ) -> list[torch.Tensor]:
     """One tensor (len_i, H) per sequence: the input of the first adapted block."""
     from safetensors.torch import load_file
 
-    key = cache_key(base_sha, model.adapted_layers[0], seqs, dtype)
+    key = cache_key(base_sha, model.adapted_layers[0], seqs, f"{dtype}/{compute_dtype}")
     path = cache_dir() / "prefix" / f"{key}.safetensors"
     if use_disk and path.is_file():
         try:
@@ -72,7 +73,8 @@ def build_prefix_cache(
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         ids, mask = right_pad([seqs[i] for i in idx], pad_id)
-        h = model.prefix_hidden(ids, mask)  # (B, T, H)
+        with autocast(compute_dtype):
+            h = model.prefix_hidden(ids, mask)  # (B, T, H)
         if torch_dtype == torch.float16 and h.abs().max() > 6e4:
             raise OverflowError("prefix hidden states overflow float16: use cache_dtype float32")
         for j, i in enumerate(idx):
@@ -90,6 +92,15 @@ def build_prefix_cache(
         except OSError as e:
             log.warning("could not write the prefix cache to %s (%s)", path, e)
     return out  # type: ignore[return-value]
+
+
+def autocast(compute_dtype: str):
+    """bfloat16 autocast on the CPU, or nothing for float32."""
+    import contextlib
+
+    if compute_dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=DTYPES[compute_dtype])
 
 
 def cache_bytes(cache: Sequence[torch.Tensor]) -> int:

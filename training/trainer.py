@@ -27,7 +27,7 @@ from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.prompts import encode_example
 from alter_edge.tasks import TaskRegistry
 
-from .cache import build_prefix_cache, cache_bytes, pad_hidden, right_pad
+from .cache import autocast, build_prefix_cache, cache_bytes, pad_hidden, right_pad
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .evaluate import evaluate
 
@@ -201,7 +201,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     if cfg.use_cache and model.adapted_layers[0] > 0:
         t0 = time.perf_counter()
         cache = build_prefix_cache(model, [e.ids for e in examples], pad_id, info.sha256,
-                                   cfg.cache_dtype, progress=progress)
+                                   cfg.cache_dtype, progress=progress, compute_dtype=cfg.compute_dtype)
         state.setdefault("cache", {"seconds": round(time.perf_counter() - t0, 1),
                                    "bytes": cache_bytes(cache)})
     plan = cfg.stage_plan()
@@ -227,7 +227,8 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         for step in range(state["step"], stage.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, stage)
-            loss = batch_loss(model, examples, batches[step], pad_id, cache)
+            with autocast(cfg.compute_dtype):
+                loss = batch_loss(model, examples, batches[step], pad_id, cache)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -265,7 +266,8 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
 
 def _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg: TrainConfig, progress: bool) -> dict:
     rows = dev_rows[: cfg.eval_max_rows] if cfg.eval_max_rows else dev_rows
-    res = evaluate(model, tokenizer, tasks, rows, eos_id, pad_id, cfg.max_prompt_tokens,
+    with autocast(cfg.compute_dtype):
+        res = evaluate(model, tokenizer, tasks, rows, eos_id, pad_id, cfg.max_prompt_tokens,
                    cfg.eval_max_new_tokens, progress=progress)
     d = res.to_dict()
     d["per_task"] = {k: round(v, 4) for k, v in d["per_task"].items()}
@@ -275,7 +277,7 @@ def _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg: TrainConfi
 
 def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: int = 0,
                         label_scoring: bool = False, base_model: str | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, compute_dtype: str = "float32") -> dict:
     """Score a checkpoint on ``data`` (default: the dev split of the data it was trained on)."""
     ck = load_checkpoint(Path(checkpoint), base_model=base_model)
     if data is None:
@@ -286,9 +288,10 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: in
     ck.tasks.check_names([r.task for r in rows])
     if max_rows:
         rows = rows[:max_rows]
-    res = evaluate(ck.model, ck.tokenizer, ck.tasks, rows, ck.eos_id, ck.pad_id,
-                   ck.train_config.max_prompt_tokens, ck.train_config.eval_max_new_tokens,
-                   with_label_scoring=label_scoring, progress=progress)
+    with autocast(compute_dtype):
+        res = evaluate(ck.model, ck.tokenizer, ck.tasks, rows, ck.eos_id, ck.pad_id,
+                       ck.train_config.max_prompt_tokens, ck.train_config.eval_max_new_tokens,
+                       with_label_scoring=label_scoring, progress=progress)
     d = res.to_dict()
     d["kinds"] = {t.name: t.kind for t in ck.tasks}
     return d
