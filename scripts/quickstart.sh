@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job on the built-in default, fully offline: train an MTA model on SmolLM2-135M
+# and the built-in task mix (two stages), score it on the dev split, export every task to
+# an int8 ONNX bundle, and run a few predictions through the torch-free runtime.
+# Re-running continues an interrupted training run and reuses a finished one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+OUT="${1:-runs/quickstart}"
+AE=.venv/bin/alter-edge
+CKPT="$OUT/checkpoint"
+if [ -f "$CKPT/state.json" ] && grep -q '"complete": true' "$CKPT/state.json"; then
+  echo "== training: $CKPT is complete, reusing it"
+elif [ -f "$CKPT/state.json" ]; then
+  echo "== training: resuming $CKPT"
+  "$AE" train --out "$CKPT" --resume
+else
+  echo "== training (built-in base model and task mix)"
+  "$AE" train --out "$CKPT"
+fi
+echo "== dev-split scores"
+"$AE" eval "$CKPT" --quiet
+if "$AE" export --help >/dev/null 2>&1; then
+  echo "== export: every task, int8"
+  "$AE" export "$CKPT" --task all --int8 --out "$OUT/bundle" --overwrite --quiet
+  "$AE" inspect "$OUT/bundle"
+  echo "== predictions from the bundle (onnxruntime, no torch)"
+  "$AE" run "$OUT/bundle" --task topic "who wrote the lord of the rings" "how do i write a for loop in python"
+  "$AE" run "$OUT/bundle" --task question "are you coming to the party tonight" "i had pasta for dinner"
+  "$AE" run "$OUT/bundle" --task answer "what is your favorite food"
+fi
