@@ -5,14 +5,17 @@ It follows docs/bundle-format.md: one graph for the prompt and every decode step
 computed in the graph as ``cumsum(mask) - 1``; manifest.json / tasks.json / tokenizer.json /
 validation.json beside the graphs.
 
-When the real exporter lands, ``build_bundle`` becomes a call to it (see ``BUILD_BUNDLE``):
-the runtime tests only use ``build_bundle(checkpoint_dir, out_dir, task_graphs=...)``.
+The real exporter (``alter_edge.export``, merged from branch ``export``) is what the tests use
+by default (``BUILD_BUNDLE`` below); ``ALTER_EDGE_TEST_BUNDLE=fixture`` switches them back to
+this stand-in (e.g. while the exporter is broken). The tests only call
+``BUILD_BUNDLE(checkpoint_dir, out_dir, task_graphs=...)``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -134,5 +137,13 @@ def build_bundle(checkpoint_dir: Path, out_dir: Path, task_graphs: tuple[str, ..
     return out
 
 
-# The one line to change when the real exporter lands (same signature expected).
-BUILD_BUNDLE = build_bundle
+def build_bundle_with_exporter(checkpoint_dir: Path, out_dir: Path, task_graphs: tuple[str, ...] = ()) -> Path:
+    """The real exporter (validated fp32 graphs, generation defaults from the checkpoint)."""
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+
+    export_checkpoint(Path(checkpoint_dir), Path(out_dir),
+                      ExportOptions(tasks=",".join(task_graphs) or None, progress=False))
+    return Path(out_dir)
+
+
+BUILD_BUNDLE = build_bundle if os.environ.get("ALTER_EDGE_TEST_BUNDLE") == "fixture" else build_bundle_with_exporter

@@ -25,13 +25,13 @@ def _records(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def _bad_lines():
+def _bad_lines(limit: int):
     """(line content, expected error fragment): each kind of bad row."""
     return [
         (b"{not json", "not valid JSON"),
         ({"id": "b1", "task": "echo"}, "missing field(s) input"),
         ({"id": "b2", "task": "nope", "input": "x"}, "unknown task 'nope'"),
-        ({"id": "b3", "task": "echo", "input": " ".join(["x"] * 200)}, "over the bundle's max_prompt_tokens 64"),
+        ({"id": "b3", "task": "echo", "input": " ".join(["x"] * limit)}, f"over the bundle's max_prompt_tokens {limit}"),
         ({"id": "b4", "input": "repeat cat dog"}, "no task"),
         ({"id": "b5", "task": "echo", "input": ""}, "field 'input' is empty"),
         (b"\xff\xfe", "not UTF-8"),
@@ -40,7 +40,7 @@ def _bad_lines():
 
 
 def test_bad_rows_become_error_records_and_good_rows_survive(edge_model, tmp_path):
-    bad = _bad_lines()
+    bad = _bad_lines(edge_model.bundle.max_prompt_tokens)
     lines = []
     for i, g in enumerate(GOOD):  # interleave: good, bad, good, bad, ...
         lines.append(g)
@@ -77,7 +77,8 @@ def test_batch_results_equal_the_api(edge_model, tmp_path):
 
 
 def test_default_task_and_truncate(edge_model, tmp_path):
-    inp = _write(tmp_path / "in.jsonl", [{"input": "repeat cat dog"}, {"input": " ".join(["x"] * 200)}])
+    long = " ".join(["x"] * edge_model.bundle.max_prompt_tokens)
+    inp = _write(tmp_path / "in.jsonl", [{"input": "repeat cat dog"}, {"input": long}])
     s = run_jsonl(edge_model, inp, tmp_path / "o.jsonl", BatchOptions(task="echo", truncate=True),
                   progress=False)
     assert s.failed == 0
