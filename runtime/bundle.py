@@ -1,16 +1,18 @@
 """Reading a bundle directory (docs/bundle-format.md): the manifest, its checks, graph choice.
 
 Loading checks, in order: the folder and manifest exist and parse; ``format`` and
-``format_version`` are ones this runtime reads; every listed file exists and its sha256 matches
-(the error names the file); the task registry parses; the tokenizer's vocabulary fits the
-graphs' logits and the eos/pad ids fit the vocabulary. Any failure is a :class:`BundleError`.
+``format_version`` are ones this runtime reads; every listed file exists and the sha256 of every
+non-graph file matches (the error names the file); the task registry parses. A graph's sha256
+is checked when it is first opened (hashing every graph of a big bundle would dominate start-up),
+and its logits must cover the tokenizer's vocabulary and the eos/pad ids. Any failure is a
+:class:`BundleError`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from alter_edge.errors import BundleError, TaskError
@@ -64,7 +66,13 @@ class Bundle:
     pad_id: int
     max_new_tokens: int
     max_prompt_tokens: int
-    extra: dict = field(default_factory=dict)
+    verify: bool = True  # check each graph's sha256 when it is opened
+
+    def check_graph(self, graph: GraphInfo) -> Path:
+        """The graph's path, after its hash check (when ``verify``)."""
+        if self.verify:
+            _check_hash(self.root, graph.path, graph.sha256)
+        return self.root / graph.path
 
     def graph_for(self, task: str | None, precision: str | None = None) -> GraphInfo:
         """The per-task graph of ``task`` when the bundle has one, else the multi-task graph
@@ -170,9 +178,9 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     missing = [f for f in REQUIRED_FILES if f not in files]
     if missing:
         raise BundleError(f"{root}/manifest.json: files does not list {', '.join(missing)}")
-    for rel, digest in [*files.items(), *((g.path, g.sha256) for g in graphs)]:
-        if verify:
-            _check_hash(root, rel, digest)
+    for rel in [*files, *(g.path for g in graphs)]:
+        if verify and rel in files:
+            _check_hash(root, rel, files[rel])
         elif not (root / rel).is_file():
             raise BundleError(f"{root}: file {rel} listed in manifest.json is missing")
     try:
@@ -188,7 +196,7 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         kv=_kv_layout(_field(m, "kv_cache", root), root),
         eos_id=int(_field(m, "eos_token_id", root)), pad_id=int(_field(m, "pad_token_id", root)),
         max_new_tokens=int(gen.get("max_new_tokens", 32)),
-        max_prompt_tokens=int(gen.get("max_prompt_tokens", 320)),
+        max_prompt_tokens=int(gen.get("max_prompt_tokens", 320)), verify=verify,
     )
     log.info("bundle %s: %d graph(s), %d task(s)", root, len(graphs), len(tasks))
     return bundle

@@ -86,7 +86,7 @@ class EdgeModel:
         """Check and open a bundle. ``threads``: onnxruntime intra-op threads; ``optimization``:
         disable|basic|extended|all; ``providers``: onnxruntime execution providers (checked);
         ``precision``: fp32|int8|int4 (default: the bundle's best, int8 > int4 > fp32);
-        ``verify``: check every file's sha256; ``preload``: open every graph now (default:
+        ``verify``: check sha256s (graphs when first opened); ``preload``: open every graph now (default:
         the multi-task graph now, per-task graphs on first use)."""
         t0 = time.perf_counter()
         bundle = load_bundle(bundle_dir, verify=verify)
@@ -115,7 +115,8 @@ class EdgeModel:
         with self._lock:
             r = self._runners.get(graph.path)
             if r is None:
-                r = GraphRunner(self.bundle.root / graph.path, self.bundle.kv, self._options, self._providers)
+                path = self.bundle.check_graph(graph)
+                r = GraphRunner(path, self.bundle.kv, self._options, self._providers)
                 check_vocab(self.bundle, self.tokenizer.get_vocab_size(with_added_tokens=True),
                             r.vocab_size, graph.path)
                 self._runners[graph.path] = r

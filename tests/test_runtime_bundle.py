@@ -43,12 +43,27 @@ def test_missing_file_is_named(bundle_copy, name):
         EdgeModel.load(bundle_copy)
 
 
-@pytest.mark.parametrize("name", ["tokenizer.json", "model.onnx", "tasks/echo/model.onnx"])
+@pytest.mark.parametrize("name", ["tokenizer.json", "tasks.json", "model.onnx"])
 def test_tampered_file_is_named(bundle_copy, name):
     with open(bundle_copy / name, "ab") as f:
         f.write(b" ")
     with pytest.raises(BundleError, match=f"file {name}.*does not match manifest"):
         EdgeModel.load(bundle_copy)
+
+
+def test_tampered_graph_is_caught_when_first_opened(bundle_copy):
+    """Graphs are hashed when opened: at load for the default graph (or all with preload),
+    at first use for a per-task graph."""
+    name = "tasks/echo/model.onnx"
+    with open(bundle_copy / name, "ab") as f:
+        f.write(b" ")
+    m = EdgeModel.load(bundle_copy, threads=1)
+    m.generate("is red a colour", task="colour", max_new_tokens=2)  # the multi-task graph is fine
+    with pytest.raises(BundleError, match=f"file {name}.*does not match manifest"):
+        m.generate("repeat cat dog", task="echo", max_new_tokens=2)
+    with pytest.raises(BundleError, match=f"file {name}.*does not match manifest"):
+        EdgeModel.load(bundle_copy, preload=True)
+    EdgeModel.load(bundle_copy, verify=False, preload=True)  # verification off: loads
 
 
 def test_wrong_format_version(bundle_copy):
