@@ -78,7 +78,8 @@ class TokenPicker:
             for i in range(batch)
         ]
 
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
+    def __call__(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``rows``: the original row of each logits row (whose random stream it draws from)."""
         if self.rngs is None:
             return logits.argmax(-1).astype(np.int64)
         x = logits.astype(np.float64) / self.p.temperature  # (B, V)
@@ -96,9 +97,9 @@ class TokenPicker:
             np.put_along_axis(drop, order, drop_sorted, -1)
             probs = np.where(drop, 0.0, probs)
         out = np.empty(len(probs), dtype=np.int64)
-        for i, (row, rng) in enumerate(zip(probs, self.rngs, strict=True)):
-            c = np.cumsum(row)
-            out[i] = min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), V - 1)
+        for i, (p, r) in enumerate(zip(probs, rows, strict=True)):
+            c = np.cumsum(p)
+            out[i] = min(int(np.searchsorted(c, self.rngs[r].random() * c[-1], side="right")), V - 1)
         return out
 
 
@@ -107,7 +108,10 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
            done: np.ndarray | None = None, yield_eos: bool = False) -> Iterator[tuple[int, int | None]]:
     """Yield ``(row, token_id)`` for every generated token, in step order; a row stops at its
     eos (not yielded, or yielded as ``(row, None)`` with ``yield_eos``). A caller may set
-    ``done[row] = True`` between yields (a stop string) and that row gets no more tokens."""
+    ``done[row] = True`` between yields (a stop string) and that row gets no more tokens.
+
+    When a quarter or more of the rows still in the batch have finished, they are dropped from
+    it (their KV cache rows with them), so a long answer does not drag finished rows along."""
     if any(len(p) == 0 for p in prompts):
         raise ConfigError("every prompt needs at least one token")
     ids, mask = left_pad(prompts, pad_id)
@@ -117,22 +121,28 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     pick = TokenPicker(params, B)
     past = runner.empty_past(B)
     cur = ids
+    active = np.arange(B)  # original row of each batch row
     for _ in range(params.max_new_tokens):
         logits, past = runner.step(cur, mask, tids, past)
-        nxt = pick(logits[:, -1])
-        for i in range(B):
+        nxt = pick(logits[:, -1], active)
+        for j, i in enumerate(active):
             if done[i]:
                 continue
-            if nxt[i] == eos_id and not params.ignore_eos:
+            if nxt[j] == eos_id and not params.ignore_eos:
                 done[i] = True
                 if yield_eos:
-                    yield i, None
+                    yield int(i), None
             else:
-                yield i, int(nxt[i])
-        if done.all():
+                yield int(i), int(nxt[j])
+        live = ~done[active]
+        if not live.any():
             return
-        cur = np.where(done, pad_id, nxt)[:, None]
-        mask = np.concatenate([mask, np.ones((B, 1), dtype=np.int64)], axis=1)
+        if 4 * (len(active) - int(live.sum())) >= len(active):
+            keep = np.flatnonzero(live)
+            past = runner.select_rows(past, keep)
+            active, mask, tids, nxt = active[keep], mask[keep], tids[keep], nxt[keep]
+        cur = np.where(done[active], pad_id, nxt)[:, None]
+        mask = np.concatenate([mask, np.ones((len(active), 1), dtype=np.int64)], axis=1)
 
 
 class RowText:

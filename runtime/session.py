@@ -93,6 +93,11 @@ class GraphRunner:
         v = ort.OrtValue.ortvalue_from_numpy(z)
         return [v] * len(self.kv.past_names)
 
+    @staticmethod
+    def select_rows(past: list[ort.OrtValue], rows: np.ndarray) -> list[ort.OrtValue]:
+        """The KV cache of the given batch rows only (a copy)."""
+        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows])) for v in past]
+
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, task_ids: np.ndarray | None,
              past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """Run the graph once. ``input_ids`` (B, T) int64 new tokens, ``attention_mask``

@@ -47,14 +47,23 @@ def test_single_task_uses_its_graph_mixed_uses_multi_task(edge_model):
     assert edge_model.runner_for(["echo", "colour"]).takes_task_ids
 
 
-def test_mixed_task_batch_matches_pytorch(edge_model, runtime_ckpt):
-    texts = _texts("colour", 2) + _texts("echo", 2) + _texts("parity", 2)
-    tasks = ["colour", "colour", "echo", "echo", "parity", "parity"]
-    order = [0, 2, 4, 1, 3, 5]  # interleave tasks inside the batch
+def test_mixed_task_batch_matches_pytorch(edge_model, runtime_ckpt, monkeypatch):
+    from alter_edge.runtime.session import GraphRunner
+
+    texts = _texts("colour", 4) + _texts("echo", 4) + _texts("parity", 4)
+    tasks = ["colour"] * 4 + ["echo"] * 4 + ["parity"] * 4
+    order = [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]  # interleave tasks inside the batch
     texts, tasks = [texts[i] for i in order], [tasks[i] for i in order]
     ref = _torch_greedy(runtime_ckpt, edge_model, texts, tasks)
+    compactions = []
+    select = GraphRunner.select_rows
+    monkeypatch.setattr(GraphRunner, "select_rows",
+                        staticmethod(lambda past, rows: compactions.append(len(rows)) or select(past, rows)))
     got = edge_model.generate(texts, tasks=tasks, max_new_tokens=MAX_NEW)
     assert [g.token_ids for g in got] == ref
+    assert len({len(r) for r in ref}) > 1  # rows end at different steps ...
+    assert compactions, "... so finished rows were dropped from the batch"
+    monkeypatch.undo()
     # and each row equals its own task's single-task run
     for i, (t, k) in enumerate(zip(texts, tasks, strict=True)):
         assert edge_model.generate(t, task=k, max_new_tokens=MAX_NEW).token_ids == ref[i]
