@@ -38,3 +38,16 @@ def test_bench_json(runtime_bundle):
 def test_help_lists_runtime_commands():
     r = CliRunner().invoke(main, ["--help"])
     assert "run" in r.output and "bench" in r.output
+
+
+def test_example_app(runtime_bundle, edge_model):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[1] / "examples" / "edge_cli_app.py"
+    r = subprocess.run([sys.executable, str(app), str(runtime_bundle), "--task", "colour", "--threads", "1"],
+                       input="is red a colour\nis cat a colour\n\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    want = edge_model.classify(["is red a colour", "is cat a colour"], "colour")
+    assert r.stdout.splitlines() == [f"{c.label}  ({c.probability:.2f})" for c in want]
