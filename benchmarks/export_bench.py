@@ -24,13 +24,13 @@ log = logging.getLogger("export_bench")
 
 def make_checkpoint(out: Path, data: Path, top_layers: int, seed: int = 0) -> Path:
     import torch
+    from alter_edge.training.checkpoint import save_checkpoint
 
     from alter_edge.base_model import load_base_model, resolve_base_model
     from alter_edge.config import MTAConfig, TrainConfig
     from alter_edge.data import load_jsonl
     from alter_edge.inject import MTAModel
     from alter_edge.tasks import TaskRegistry
-    from alter_edge.training.checkpoint import save_checkpoint
 
     rows = [r.to_dict() for r in load_jsonl(data)]
     tasks = TaskRegistry.infer(rows)
@@ -67,12 +67,12 @@ def main() -> None:
     for noisy in ("root", "onnxruntime", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import torch
-    from transformers import AutoModelForCausalLM
-
     from alter_edge.export.onnx_export import export_graph
     from alter_edge.export.optimize import optimize_graph
     from alter_edge.export.ortgraph import OrtGraph
     from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+    from transformers import AutoModelForCausalLM
+
     from alter_edge.tasks import TaskRegistry
 
     args.out.mkdir(parents=True, exist_ok=True)
