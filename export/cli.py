@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -61,12 +62,33 @@ def export_cmd(checkpoint, out, tasks, int8, int4, block_size, ort_format, atol,
             progress=not quiet,
         )
         manifest = export_checkpoint(checkpoint, out, opts)
-        for g in manifest["graphs"]:
-            click.echo(f"{g['path']:<40} {g.get('task') or '(multi-task)':<16} {g['precision']:<5} "
-                       f"{g['bytes'] / 1e6:9.2f} MB")
+        for line in summary_lines(manifest, json.loads((out / "validation.json").read_text())):
+            click.echo(line)
         click.echo(f"bundle: {out} (validation.json lists every check)")
 
     go()
+
+
+def summary_lines(manifest: dict, validation: dict) -> list[str]:
+    """Graphs with sizes and node counts, then per task what folding merged or pruned."""
+    lines = []
+    for g in manifest["graphs"]:
+        opt = validation.get("optimization", {}).get(g["path"], {})
+        nodes = f"{opt['nodes_before']} -> {opt['nodes_after']} nodes" if opt else ""
+        lines.append(f"{g['path']:<40} {g.get('task') or '(multi-task)':<16} {g['precision']:<5} "
+                     f"{g['bytes'] / 1e6:9.2f} MB  {nodes}")
+    for task, spec in validation.get("specialization", {}).items():
+        parts = []
+        for layer, b in spec["blocks"].items():
+            if "merged" in b:
+                parts.append(f"block {layer}: merged {','.join(b['merged'])}")
+            else:
+                parts.append(f"block {layer}: kept {b['kept']} pruned {b['pruned']}")
+        lines.append(f"task {task} ({spec['kind']}): {'; '.join(parts)}; {spec['parameters']:,} parameters")
+    checks = validation.get("checks", [])
+    lines.append(f"validation: {sum(c['passed'] for c in checks)} checks passed "
+                 f"(atol {validation.get('atol')}, {validation.get('greedy_steps')} greedy steps)")
+    return lines
 
 
 @click.command("inspect", context_settings=CONTEXT)

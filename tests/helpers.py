@@ -103,7 +103,7 @@ def make_tiny_checkpoint(
     return Path(out_dir)
 
 
-def train_tiny_base(base_dir: Path, steps: int = 120, lr: float = 3e-3, seed: int = 0) -> Path:
+def train_tiny_base(base_dir: Path, steps: int = 60, lr: float = 3e-3, seed: int = 0) -> Path:
     """Fit a tiny base on the synthetic rows (prompt + answer, teacher forcing) so its
     predictions are confident, as a trained model's are; saves it back in place. Seconds."""
     import torch
