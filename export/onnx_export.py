@@ -108,6 +108,9 @@ def export_graph(model: nn.Module, path: Path, multitask: bool, layout: KVLayout
     Returns facts about the export (seconds, opset, names)."""
     from torch.export import Dim
 
+    # torch warns once per missing torchvision kernel on every export: not our concern
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
     config = model.base.config if multitask else model.config
     layout = layout or KVLayout.from_config(config)
     wrapper = GraphWrapper(model, layout, multitask).eval()

@@ -26,8 +26,8 @@ def op_counts(path: Path) -> dict[str, int]:
 
 def graph_parameters(path: Path) -> int:
     """Number of weight elements stored in the graph's initializers."""
-    import onnx
     import numpy as np
+    import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     return int(sum(int(np.prod(i.dims)) if len(i.dims) else 1 for i in model.graph.initializer))
@@ -55,7 +55,10 @@ def optimize_graph(src: Path, dst: Path, level: str = "extended") -> dict:
 def convert_to_ort(graphs: list[Path], bundle: Path) -> dict:
     """Write ``<graph>.ort`` beside each graph and one reduced-operator config for all of them
     (``required_operators.config``, the input of onnxruntime's ``--include_ops_by_config``)."""
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
 
     written = []
     with tempfile.TemporaryDirectory() as tmp:

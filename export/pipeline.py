@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alter_edge.errors import BundleError, ConfigError
 from alter_edge.io import atomic_dir, atomic_write_text
+from alter_edge.tasks import TaskRegistry
 
 from .bundle import write_manifest
 from .onnx_export import OPSET, KVLayout, export_graph
@@ -81,12 +82,18 @@ class _Graph:
 
 def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     """Write a validated bundle for ``checkpoint`` to ``out``; returns the manifest."""
-    from alter_edge.training.checkpoint import checkpoint_hash, load_checkpoint, read_checkpoint_meta
+    from alter_edge.training.checkpoint import (
+        checkpoint_hash,
+        load_checkpoint,
+        read_checkpoint_meta,
+    )
 
     out, checkpoint = Path(out), Path(checkpoint)
     if out.exists() and not opts.overwrite:
         raise BundleError(f"{out} already exists; pass --overwrite to replace it")
     read_checkpoint_meta(checkpoint)  # missing or incomplete: CheckpointError before any torch work
+    if opts.tasks:  # an unknown task name fails before the model loads
+        TaskRegistry.load(checkpoint / "tasks.json").resolve(opts.tasks)
     t_start = time.perf_counter()
     ck = load_checkpoint(checkpoint, base_model=opts.base_model)
     specs = ck.tasks.resolve(opts.tasks) if opts.tasks else []

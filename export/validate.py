@@ -151,7 +151,6 @@ def check_onnx_vs_torch(model, graph: OrtGraph, name: str, cases: list[Case], pa
                         report: ValidationReport) -> None:
     """The multi-task graph against the PyTorch MTA model (``greedy_generate`` is the reference)."""
     import torch
-
     from alter_edge.training.evaluate import greedy_generate
 
     for case in cases:
