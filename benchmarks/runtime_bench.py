@@ -91,7 +91,6 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
-
     from alter_edge.runtime import EdgeModel
     from alter_edge.runtime.bench import synthetic_prompt, time_generation
     from alter_edge.training.checkpoint import load_checkpoint

@@ -97,8 +97,9 @@ def build_bundle(checkpoint_dir: Path, out_dir: Path, task_graphs: tuple[str, ..
                  multi_task: bool = True, max_new_tokens: int = 16, max_prompt_tokens: int = 64) -> Path:
     """A bundle of fp32 graphs: the multi-task ``model.onnx`` and ``tasks/<name>/model.onnx``
     for each name in ``task_graphs`` (the task folded in as a constant)."""
-    from alter_edge.io import sha256_file
     from alter_edge.training.checkpoint import checkpoint_hash, load_checkpoint
+
+    from alter_edge.io import sha256_file
 
     ckpt = load_checkpoint(Path(checkpoint_dir))
     out = Path(out_dir)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from alter_edge.runtime.batch import BatchOptions, run_jsonl
 from click.testing import CliRunner
 
 from alter_edge.cli import main
 from alter_edge.errors import DataError
-from alter_edge.runtime.batch import BatchOptions, run_jsonl
 from tests.helpers import TINY_ROWS
 
 GOOD = [{"id": f"r{i}", "task": r["task"], "input": r["input"]} for i, r in enumerate(TINY_ROWS[:20])]

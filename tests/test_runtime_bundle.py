@@ -6,9 +6,9 @@ import json
 import shutil
 
 import pytest
+from alter_edge.runtime import EdgeModel, load_bundle
 
 from alter_edge.errors import BundleError, ConfigError
-from alter_edge.runtime import EdgeModel, load_bundle
 
 
 @pytest.fixture()

@@ -8,8 +8,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from alter_edge.runtime import EdgeModel
+
 from tests.helpers import TINY_ROWS
 
 MAX_NEW = 12

@@ -80,9 +80,8 @@ def build_prefix_cache(
     bar.close()
     if use_disk:
         try:
-            from safetensors.torch import save as save_bytes
-
             from alter_edge.io import atomic_write_bytes
+            from safetensors.torch import save as save_bytes
 
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, save_bytes({f"h{i}": t for i, t in enumerate(out)}))
