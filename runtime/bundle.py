@@ -44,6 +44,7 @@ class GraphInfo:
     sha256: str
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    ort: str | None = None  # the graph's ORT-format twin (export --ort-format), hashed in `files`
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,21 @@ class Bundle:
     max_prompt_tokens: int
     verify: bool = True  # check each graph's sha256 when it is opened
 
-    def check_graph(self, graph: GraphInfo) -> Path:
-        """The graph's path, after its hash check (when ``verify``)."""
+    def check_graph(self, graph: GraphInfo, ort_format: bool = False) -> Path:
+        """The graph's path (its ``.ort`` twin with ``ort_format``), after its hash check
+        (when ``verify``)."""
+        if ort_format:
+            if graph.ort is None:
+                raise BundleError(f"{self.root}: graph {graph.path} has no .ort twin "
+                                  "(export with --ort-format, or load without ort_format)")
+            rel, digest = graph.ort, self.manifest["files"].get(graph.ort)
+            if digest is None:
+                raise BundleError(f"{self.root}/manifest.json: files does not list {rel}")
+        else:
+            rel, digest = graph.path, graph.sha256
         if self.verify:
-            _check_hash(self.root, graph.path, graph.sha256)
-        return self.root / graph.path
+            _check_hash(self.root, rel, digest)
+        return self.root / rel
 
     def graph_for(self, task: str | None, precision: str | None = None) -> GraphInfo:
         """The per-task graph of ``task`` when the bundle has one, else the multi-task graph
@@ -165,7 +176,7 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     for g in _field(m, "graphs", root):
         try:
             info = GraphInfo(g["path"], g.get("task"), g.get("precision", "fp32"), g["sha256"],
-                             tuple(g.get("inputs", ())), tuple(g.get("outputs", ())))
+                             tuple(g.get("inputs", ())), tuple(g.get("outputs", ())), g.get("ort"))
         except (KeyError, TypeError) as e:
             raise BundleError(f"{root}/manifest.json: a graph entry lacks {e}") from e
         if info.precision not in PRECISIONS:
@@ -178,11 +189,18 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     missing = [f for f in REQUIRED_FILES if f not in files]
     if missing:
         raise BundleError(f"{root}/manifest.json: files does not list {', '.join(missing)}")
-    for rel in [*files, *(g.path for g in graphs)]:
+    listed = {*files, *(g.path for g in graphs)}
+    for rel in sorted(listed):
         if verify and rel in files:
             _check_hash(root, rel, files[rel])
-        elif not (root / rel).is_file():
+        elif not (root / rel).is_file() and (verify or rel in REQUIRED_FILES or rel not in files):
             raise BundleError(f"{root}: file {rel} listed in manifest.json is missing")
+    if verify:
+        unlisted = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                          if p.is_file() and p.relative_to(root).as_posix() not in listed | {"manifest.json"})
+        if unlisted:
+            raise BundleError(f"{root}: file {unlisted[0]} is not listed in manifest.json "
+                              f"({len(unlisted)} unlisted): the bundle was modified")
     try:
         tasks = TaskRegistry.load(root / "tasks.json")
     except TaskError as e:

@@ -68,8 +68,9 @@ class TokenEvent:
 class EdgeModel:
     def __init__(self, bundle: Bundle, tokenizer: Tokenizer, threads: int | None = None,
                  optimization: str = "all", providers: Sequence[str] | None = None,
-                 precision: str | None = None, spinning: bool = True):
+                 precision: str | None = None, spinning: bool = True, ort_format: bool = False):
         self.bundle = bundle
+        self.ort_format = ort_format
         self.tokenizer = tokenizer
         self.precision = precision
         self._providers = check_providers(providers)
@@ -82,19 +83,21 @@ class EdgeModel:
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int | None = None, optimization: str = "all",
              providers: Sequence[str] | None = None, precision: str | None = None,
-             verify: bool = True, preload: bool = False, spinning: bool = True) -> EdgeModel:
+             verify: bool = True, preload: bool = False, spinning: bool = True,
+             ort_format: bool = False) -> EdgeModel:
         """Check and open a bundle. ``threads``: onnxruntime intra-op threads; ``optimization``:
         disable|basic|extended|all; ``providers``: onnxruntime execution providers (checked);
         ``precision``: fp32|int8|int4 (default: the bundle's best, int8 > int4 > fp32);
         ``verify``: check sha256s (graphs when first opened); ``preload``: open every graph now (default:
-        the multi-task graph now, per-task graphs on first use)."""
+        the multi-task graph now, per-task graphs on first use); ``ort_format``: open each
+        graph's ``.ort`` twin (bundles exported with --ort-format)."""
         t0 = time.perf_counter()
         bundle = load_bundle(bundle_dir, verify=verify)
         try:
             tok = Tokenizer.from_file(str(bundle.root / "tokenizer.json"))
         except Exception as e:  # tokenizers raises a plain Exception on a bad file
             raise BundleError(f"{bundle.root}/tokenizer.json cannot be loaded ({e})") from e
-        model = cls(bundle, tok, threads, optimization, providers, precision, spinning)
+        model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format)
         graphs = list(bundle.graphs) if preload else [model._default_graph()]
         for g in graphs:
             if precision is None or g.precision == precision:
@@ -115,7 +118,7 @@ class EdgeModel:
         with self._lock:
             r = self._runners.get(graph.path)
             if r is None:
-                path = self.bundle.check_graph(graph)
+                path = self.bundle.check_graph(graph, self.ort_format)
                 r = GraphRunner(path, self.bundle.kv, self._options, self._providers)
                 check_vocab(self.bundle, self.tokenizer.get_vocab_size(with_added_tokens=True),
                             r.vocab_size, graph.path)

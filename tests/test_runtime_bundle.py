@@ -113,3 +113,36 @@ def test_bad_session_options(runtime_bundle):
         EdgeModel.load(runtime_bundle, optimization="max")
     m = EdgeModel.load(runtime_bundle, optimization="disable", threads=1, preload=True)
     assert len(m._runners) == 2
+
+
+def test_unlisted_file_is_refused(bundle_copy):
+    (bundle_copy / "tasks" / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match="file tasks/extra.bin is not listed in manifest.json"):
+        EdgeModel.load(bundle_copy)
+
+
+def test_ort_format_twin(bundle_copy, edge_model):
+    """A graph's .ort twin (listed in `files`) loads with ort_format=True and answers the same."""
+    import onnxruntime as ort
+
+    from alter_edge.io import sha256_file
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(bundle_copy / "model.ort")
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(bundle_copy / "model.onnx"), so, providers=["CPUExecutionProvider"])
+
+    def add_twin(m):
+        m["graphs"][0]["ort"] = "model.ort"
+        m["files"]["model.ort"] = sha256_file(bundle_copy / "model.ort")
+
+    assert json.loads((bundle_copy / "manifest.json").read_text())["graphs"][0]["path"] == "model.onnx"
+    _edit_manifest(bundle_copy, add_twin)
+    m = EdgeModel.load(bundle_copy, threads=1, ort_format=True)
+    assert m.runner_for(["colour"]).path.name == "model.ort"
+    texts = ["is red a colour", "repeat cat dog"]
+    assert [g.token_ids for g in m.generate(texts, tasks=["colour", "parity"], max_new_tokens=6)] == \
+        [g.token_ids for g in edge_model.generate(texts, tasks=["colour", "parity"], max_new_tokens=6)]
+    with pytest.raises(BundleError, match="has no .ort twin"):
+        m.generate("repeat cat dog", task="echo")  # the per-task graph has none
