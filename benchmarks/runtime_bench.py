@@ -35,8 +35,11 @@ def build(work: Path, base: str, int8: bool) -> tuple[Path, Path]:
     if not (bundle / "manifest.json").is_file():
         from alter_edge.export.pipeline import ExportOptions, export_checkpoint
 
-        # atol 1e-3: the default 1e-4 failed at 1.01e-4 on SmolLM2-135M (30 layers) here
-        export_checkpoint(ckpt, bundle, ExportOptions(tasks="echo", int8=int8, overwrite=True, atol=1e-3))
+        # A speed benchmark on *random* adapters: the export's accuracy gates are loosened. fp32
+        # parity at the default atol 1e-4 failed at 1.01e-4 on SmolLM2-135M's 30 layers, and int8
+        # top-1 agreement / task metrics on near-uniform random-adapter outputs mean nothing.
+        export_checkpoint(ckpt, bundle, ExportOptions(tasks="echo", int8=int8, overwrite=True, atol=1e-3,
+                                                      int8_budget=100.0, min_top1_int8=0.0))
     return ckpt, bundle
 
 
