@@ -47,7 +47,7 @@ def run_bench(model: EdgeModel, task: str | None = None, prompt_tokens: int = 32
               new_tokens: int = 64, repeats: int = 3) -> dict:
     """Medians over ``repeats`` runs after one warm-up run of each measurement."""
     gen_task = task or next((t.name for t in model.tasks if t.kind == "generate"), model.tasks.names[0])
-    out: dict = {"load_s": round(getattr(model, "load_seconds", float("nan")), 3), "task": gen_task,
+    out: dict = {"load_s": round(model.load_seconds, 3), "task": gen_task,
                  "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
                  "graph": str(model.runner_for([gen_task]).path.relative_to(model.bundle.root))}
     for batch in (1, 8):

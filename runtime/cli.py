@@ -28,10 +28,12 @@ def _friendly(fn):
     return wrapper
 
 
-def _load(bundle: Path, threads: int | None, precision: str | None, optimization: str = "all"):
+def _load(bundle: Path, threads: int | None, precision: str | None, optimization: str = "all",
+          tasks: list[str] | None = None):
     from .model import EdgeModel
 
-    return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization)
+    return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization,
+                          tasks=tasks)
 
 
 def _session_options(fn):
@@ -101,7 +103,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
         raise click.UsageError("give texts to run, or --input FILE --output FILE")
     if task is None:
         raise click.UsageError("--task is required with texts")
-    model = _load(bundle, threads, precision)
+    model = _load(bundle, threads, precision, tasks=[task])
     spec = model.tasks.get(task)
     if spec.kind == "classify" and spec.labels and not generate_labels:
         for text, c in zip(texts, model.classify(list(texts), task), strict=True):
@@ -146,7 +148,7 @@ def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as
     """
     from .bench import run_bench
 
-    model = _load(bundle, threads, precision, optimization)
+    model = _load(bundle, threads, precision, optimization, tasks=[task] if task else None)
     res = run_bench(model, task, prompt_tokens, new_tokens, repeats)
     res["threads"] = threads
     if as_json:

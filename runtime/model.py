@@ -78,19 +78,21 @@ class EdgeModel:
         self._runners: dict[str, GraphRunner] = {}
         self._lock = threading.Lock()
         self._label_ids: dict[str, list[list[int]]] = {}
+        self.load_seconds = 0.0  # set by load()
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int | None = None, optimization: str = "all",
              providers: Sequence[str] | None = None, precision: str | None = None,
              verify: bool = True, preload: bool = False, spinning: bool = True,
-             ort_format: bool = False) -> EdgeModel:
+             ort_format: bool = False, tasks: Sequence[str] | None = None) -> EdgeModel:
         """Check and open a bundle. ``threads``: onnxruntime intra-op threads; ``optimization``:
         disable|basic|extended|all; ``providers``: onnxruntime execution providers (checked);
         ``precision``: fp32|int8|int4 (default: the bundle's best, int8 > int4 > fp32);
-        ``verify``: check sha256s (graphs when first opened); ``preload``: open every graph now (default:
-        the multi-task graph now, per-task graphs on first use); ``ort_format``: open each
-        graph's ``.ort`` twin (bundles exported with --ort-format)."""
+        ``verify``: check sha256s (graphs when first opened); ``preload``: open every graph now
+        (default: the multi-task graph now, per-task graphs on first use); ``ort_format``: open each
+        graph's ``.ort`` twin (bundles exported with --ort-format); ``tasks``: open only the
+        graphs serving these tasks now (an app doing one task holds one graph in memory)."""
         t0 = time.perf_counter()
         bundle = load_bundle(bundle_dir, verify=verify)
         try:
@@ -98,10 +100,14 @@ class EdgeModel:
         except Exception as e:  # tokenizers raises a plain Exception on a bad file
             raise BundleError(f"{bundle.root}/tokenizer.json cannot be loaded ({e})") from e
         model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format)
-        graphs = list(bundle.graphs) if preload else [model._default_graph()]
-        for g in graphs:
-            if precision is None or g.precision == precision:
-                model._runner(g)
+        if tasks is not None:  # only the graphs serving these tasks (one each)
+            for name in tasks:
+                model._runner(bundle.graph_for(bundle.tasks.get(name).name, precision))
+        else:
+            graphs = list(bundle.graphs) if preload else [model._default_graph()]
+            for g in graphs:
+                if precision is None or g.precision == precision:
+                    model._runner(g)
         model.load_seconds = time.perf_counter() - t0
         return model
 

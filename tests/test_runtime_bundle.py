@@ -146,3 +146,10 @@ def test_ort_format_twin(bundle_copy, edge_model):
         [g.token_ids for g in edge_model.generate(texts, tasks=["colour", "parity"], max_new_tokens=6)]
     with pytest.raises(BundleError, match="has no .ort twin"):
         m.generate("repeat cat dog", task="echo")  # the per-task graph has none
+
+
+def test_load_only_the_graphs_of_some_tasks(runtime_bundle):
+    m = EdgeModel.load(runtime_bundle, threads=1, tasks=["echo"])
+    assert list(m._runners) == ["tasks/echo/model.onnx"]
+    m = EdgeModel.load(runtime_bundle, threads=1, tasks=["colour", "parity"])
+    assert list(m._runners) == ["model.onnx"]
