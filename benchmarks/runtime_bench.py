@@ -66,11 +66,12 @@ def torch_generation(model, prompt: list[int], task_id: int, batch: int, new_tok
 
 def cold_start(bundle: Path, task: str, threads: int, precision: str | None) -> dict:
     code = (
-        "import time, resource; t0 = time.perf_counter()\n"
+        "import time; t0 = time.perf_counter()\n"
         "from alter_edge.runtime import EdgeModel\n"
-        f"m = EdgeModel.load({str(bundle)!r}, threads={threads}, precision={precision!r})\n"
+        "from alter_edge.runtime.bench import peak_rss_mb\n"
+        f"m = EdgeModel.load({str(bundle)!r}, threads={threads}, precision={precision!r}, tasks=[{task!r}])\n"
         f"m.generate('repeat cat dog', task={task!r}, max_new_tokens=1)\n"
-        "print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "print(time.perf_counter() - t0, peak_rss_mb())\n"
     )
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -104,7 +105,9 @@ def main() -> None:
     engines = {}
     for prec in ("fp32", "int8"):
         try:
-            m = EdgeModel.load(bundle, threads=args.threads, precision=prec, spinning=True)
+            # no spinning: idle onnxruntime workers would otherwise busy-wait into the next
+            # engine's turn (PyTorch's), which biases an interleaved A/B in our favour
+            m = EdgeModel.load(bundle, threads=args.threads, precision=prec, spinning=False)
         except Exception as e:  # noqa: BLE001 - a bundle without int8 graphs
             print(f"skip {prec}: {e}", file=sys.stderr)
             continue

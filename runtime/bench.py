@@ -15,7 +15,15 @@ FILLER = "the quick brown fox jumps over the lazy dog while the answer waits . "
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB)."""
+    """Peak resident memory of this process (MB). On Linux, VmHWM: getrusage's ru_maxrss
+    survives fork + exec, so a child started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KB on Linux
 
