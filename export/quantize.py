@@ -127,10 +127,14 @@ def quantize_int8(prepared: Path, dst: Path, exclude: list[str]) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=list(exclude),
+                     op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=list(exclude),
                      extra_options={"MatMulConstBOnly": True})
     check_all_quantized(dst, set(exclude), "int8")
-    return {"method": "dynamic int8, per-channel symmetric weights (MatMulInteger)", "kept_fp32": list(exclude)}
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node}
+    return {"method": "dynamic int8, per-channel symmetric weights (MatMulInteger); embedding Gather int8",
+            "embeddings_quantized": "DequantizeLinear" in ops, "kept_fp32": list(exclude)}
 
 
 def quantize_int4(prepared: Path, dst: Path, block_size: int) -> dict:

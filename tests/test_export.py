@@ -299,3 +299,28 @@ def test_cli_bad_inputs(lora_bundle, tmp_path):
     assert not (tmp_path / "o").exists()
     r = _run(["inspect", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "bundle not found" in r.output
+
+
+def test_optimize_keeps_tied_embedding_shared(tmp_path):
+    """lm_head = MatMul(x, Transpose(embedding)): optimizing must not store a transposed copy."""
+    import onnx
+    import onnxruntime as ort
+    from alter_edge.export.optimize import optimize_graph
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["h"], name="embed"),
+         helper.make_node("Transpose", ["emb"], ["embT"], name="t", perm=[1, 0]),
+         helper.make_node("MatMul", ["h", "embT"], ["logits"], name="lm_head")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3, 64])], [numpy_helper.from_array(emb, "emb")])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    info = optimize_graph(src, tmp_path / "o.onnx")
+    assert info["tied_weights_kept_shared"] == 1
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    assert sum(int(np.prod(i.dims)) for i in out.graph.initializer) == emb.size
+    ids = np.array([[1, 2, 3], [4, 5, 6]], np.int64)
+    got = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(got, emb[ids] @ emb.T, rtol=1e-5, atol=1e-5)
