@@ -210,6 +210,8 @@ def test_int8_int4_within_budget(trained_ck, tmp_path, data_file):
     int8 = tmp_path / "b" / "model.int8.onnx"
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    assert v["quantization"]["model.int8.onnx"]["embeddings_quantized"]
+    assert v["quantization"]["model.int4.onnx"]["embeddings_quantized"]  # GatherBlockQuantized
     kept = set(v["quantization"]["model.int8.onnx"]["kept_fp32"])
     assert set(weight_matmuls(int8)) <= kept  # nothing large escaped (tied lm_head included)
     int4_ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "model.int4.onnx")).graph.node}
