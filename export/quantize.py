@@ -67,10 +67,20 @@ def prepare_for_quantization(src: Path, dst: Path) -> dict:
                 continue
         new_nodes.append(node)
     del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
+    model.graph.node.extend(_without_dead_nodes(new_nodes, {o.name for o in model.graph.output}))
     _drop_unused_initializers(model)
     onnx.save(model, str(dst))
     return {"gemm_to_matmul": gemms, "untied_transposed_weights": untied}
+
+
+def _without_dead_nodes(nodes: list, graph_outputs: set[str]) -> list:
+    """Drop nodes none of whose outputs is read (the Transpose left behind by untying)."""
+    while True:
+        read = {i for n in nodes for i in n.input} | graph_outputs
+        live = [n for n in nodes if any(o in read for o in n.output)]
+        if len(live) == len(nodes):
+            return live
+        nodes = live
 
 
 def _drop_unused_initializers(model) -> None:

@@ -244,6 +244,7 @@ def test_escape_check_names_unquantized_matmul(tmp_path):
     assert info == {"gemm_to_matmul": 1, "untied_transposed_weights": 1}
     ops = [n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node]
     assert "Gemm" not in ops and ops.count("MatMul") == 2
+    assert "Transpose" not in ops  # the untied weight's Transpose is gone, not left dangling
 
 
 # -- CLI and bad input -------------------------------------------------------------------
