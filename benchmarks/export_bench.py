@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--atol", type=float, default=3e-4,
+                    help="fp32 parity tolerance (SmolLM2's 30 layers measured ~1.0e-4 on long prompts)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("root", "onnxruntime", "httpx"):
@@ -81,12 +83,13 @@ def main() -> None:
         make_checkpoint(ck, args.data, args.top_layers)
     tasks = TaskRegistry.load(ck / "tasks.json")
     task = tasks.names[0]
-    results: dict = {"task": task, "threads": args.threads, "rounds": args.rounds}
+    results: dict = {"task": task, "threads": args.threads, "rounds": args.rounds, "atol": args.atol}
 
     t0 = time.perf_counter()
     bundle = args.out / "bundle"
     manifest = export_checkpoint(ck, bundle, ExportOptions(
-        tasks=task, int8=True, int4=True, data=args.data, heldout_rows=8, overwrite=True, progress=False))
+        tasks=task, int8=True, int4=True, data=args.data, heldout_rows=8, overwrite=True, progress=False,
+        atol=args.atol))
     results["export_and_validation_seconds"] = round(time.perf_counter() - t0, 1)
     results["sizes_mb"] = {g["path"]: round(g["bytes"] / 1e6, 1) for g in manifest["graphs"]}
 

@@ -46,10 +46,43 @@ def optimize_graph(src: Path, dst: Path, level: str = "extended") -> dict:
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    model, fused = _transposed_weights_to_fused_matmul(src)
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     before, after = op_counts(src), op_counts(dst)
-    return {"level": level, "ops_before": before, "ops_after": after,
+    return {"level": level, "ops_before": before, "ops_after": after, "tied_weights_kept_shared": fused,
             "nodes_before": sum(before.values()), "nodes_after": sum(after.values())}
+
+
+def _transposed_weights_to_fused_matmul(src: Path):
+    """``MatMul(x, Transpose(W))`` on a constant ``W`` that other nodes also read (a tied
+    embedding) -> ``com.microsoft.FusedMatMul(x, W, transB=1)``. Without it, constant folding
+    stores a transposed copy of the embedding (+vocab x hidden floats)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    inits = {i.name for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, int] = collections.Counter(i for n in model.graph.node for i in n.input)
+    fused, dead = 0, set()
+    nodes = []
+    for node in model.graph.node:
+        p = producers.get(node.input[1]) if node.op_type == "MatMul" else None
+        perm = [list(a.ints) for a in p.attribute if a.name == "perm"] if p is not None else []
+        if (p is not None and p.op_type == "Transpose" and p.input[0] in inits and readers[p.input[0]] > 1
+                and perm in ([], [[1, 0]]) and readers[p.output[0]] == 1):
+            nodes.append(helper.make_node("FusedMatMul", [node.input[0], p.input[0]], list(node.output),
+                                          name=node.name, domain="com.microsoft", transB=1, alpha=1.0))
+            dead.add(id(p))
+            fused += 1
+        else:
+            nodes.append(node)
+    if fused:
+        del model.graph.node[:]
+        model.graph.node.extend(n for n in nodes if id(n) not in dead)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model, fused
 
 
 def convert_to_ort(graphs: list[Path], bundle: Path) -> dict:

@@ -116,7 +116,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work_s, atomic_dir(out, opts.overwrite) as tmp:
         work = Path(work_s)
 
-        def finish_fp32(g: _Graph, ref: OrtGraph | None) -> OrtGraph:
+        def finish_fp32(g: _Graph) -> OrtGraph:
             dst = tmp / g.rel
             info["optimization"][g.rel] = optimize_graph(g.raw, dst)
             opt = OrtGraph(dst)
@@ -129,7 +129,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
         info["export"][multi.rel] = export_graph(ck.model, multi.raw, True, layout)
         multi_raw = OrtGraph(multi.raw)
         check_onnx_vs_torch(ck.model, multi_raw, multi.rel, cases, pad, report)
-        fp32 = [(multi, finish_fp32(multi, None))]
+        fp32 = [(multi, finish_fp32(multi))]
         bar.update()
         # 2. per-task graphs, against the multi-task graph with that task id
         for spec in specs:
@@ -139,7 +139,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
             info["export"][g.rel] = export_graph(model_t, g.raw, False, layout)
             del model_t
             check_graph_pair("task_vs_multitask", multi_raw, OrtGraph(g.raw), g.rel, g.cases, pad, report)
-            opt = finish_fp32(g, None)
+            opt = finish_fp32(g)
             info["specialization"][spec.name] = {**fold.to_dict(), "graph_parameters": graph_parameters(tmp / g.rel),
                                                  "bytes": (tmp / g.rel).stat().st_size}
             fp32.append((g, opt))

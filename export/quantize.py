@@ -67,10 +67,20 @@ def prepare_for_quantization(src: Path, dst: Path) -> dict:
                 continue
         new_nodes.append(node)
     del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
+    model.graph.node.extend(_without_dead_nodes(new_nodes, {o.name for o in model.graph.output}))
     _drop_unused_initializers(model)
     onnx.save(model, str(dst))
     return {"gemm_to_matmul": gemms, "untied_transposed_weights": untied}
+
+
+def _without_dead_nodes(nodes: list, graph_outputs: set[str]) -> list:
+    """Drop nodes none of whose outputs is read (the Transpose left behind by untying)."""
+    while True:
+        read = {i for n in nodes for i in n.input} | graph_outputs
+        live = [n for n in nodes if any(o in read for o in n.output)]
+        if len(live) == len(nodes):
+            return live
+        nodes = live
 
 
 def _drop_unused_initializers(model) -> None:
@@ -127,10 +137,14 @@ def quantize_int8(prepared: Path, dst: Path, exclude: list[str]) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=list(exclude),
+                     op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=list(exclude),
                      extra_options={"MatMulConstBOnly": True})
     check_all_quantized(dst, set(exclude), "int8")
-    return {"method": "dynamic int8, per-channel symmetric weights (MatMulInteger)", "kept_fp32": list(exclude)}
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node}
+    return {"method": "dynamic int8, per-channel symmetric weights (MatMulInteger); embedding Gather int8",
+            "embeddings_quantized": "DequantizeLinear" in ops, "kept_fp32": list(exclude)}
 
 
 def quantize_int4(prepared: Path, dst: Path, block_size: int) -> dict:
@@ -141,7 +155,8 @@ def quantize_int4(prepared: Path, dst: Path, block_size: int) -> dict:
     q = MatMulNBitsQuantizer(onnx.load(str(prepared)), bits=4, block_size=block_size, is_symmetric=True,
                              op_types_to_quantize=("MatMul", "Gather"),
                              quant_axes=(("MatMul", 0), ("Gather", 1)))
-    q.process()
+    with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: the quantizer handles them
+        q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
     check_all_quantized(dst, set(), "int4")
     ops = {n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node}

@@ -78,7 +78,8 @@ def describe_failure(c: dict) -> str:
     if c.get("case"):
         what.append(f"case {c['case']}")
     if "max_abs_diff" in c and c["max_abs_diff"] > c.get("atol", float("inf")):
-        what.append(f"max |logits diff| {c['max_abs_diff']:.3g} > atol {c['atol']:g}")
+        what.append(f"max |logits diff| {c['max_abs_diff']:.3g} > atol {c['atol']:g} "
+                    "(a deep fp32 model can need a larger --atol; see docs/export.md)")
     if c.get("tokens_equal") is False:
         what.append(f"greedy tokens differ from step {c.get('first_token_mismatch')}")
     if "top1_agreement" in c and c["top1_agreement"] < c["min_top1"]:

@@ -210,6 +210,8 @@ def test_int8_int4_within_budget(trained_ck, tmp_path, data_file):
     int8 = tmp_path / "b" / "model.int8.onnx"
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    assert v["quantization"]["model.int8.onnx"]["embeddings_quantized"]
+    assert v["quantization"]["model.int4.onnx"]["embeddings_quantized"]  # GatherBlockQuantized
     kept = set(v["quantization"]["model.int8.onnx"]["kept_fp32"])
     assert set(weight_matmuls(int8)) <= kept  # nothing large escaped (tied lm_head included)
     int4_ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "model.int4.onnx")).graph.node}
@@ -242,6 +244,7 @@ def test_escape_check_names_unquantized_matmul(tmp_path):
     assert info == {"gemm_to_matmul": 1, "untied_transposed_weights": 1}
     ops = [n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node]
     assert "Gemm" not in ops and ops.count("MatMul") == 2
+    assert "Transpose" not in ops  # the untied weight's Transpose is gone, not left dangling
 
 
 # -- CLI and bad input -------------------------------------------------------------------
@@ -299,3 +302,28 @@ def test_cli_bad_inputs(lora_bundle, tmp_path):
     assert not (tmp_path / "o").exists()
     r = _run(["inspect", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "bundle not found" in r.output
+
+
+def test_optimize_keeps_tied_embedding_shared(tmp_path):
+    """lm_head = MatMul(x, Transpose(embedding)): optimizing must not store a transposed copy."""
+    import onnx
+    import onnxruntime as ort
+    from alter_edge.export.optimize import optimize_graph
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["h"], name="embed"),
+         helper.make_node("Transpose", ["emb"], ["embT"], name="t", perm=[1, 0]),
+         helper.make_node("MatMul", ["h", "embT"], ["logits"], name="lm_head")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3, 64])], [numpy_helper.from_array(emb, "emb")])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    info = optimize_graph(src, tmp_path / "o.onnx")
+    assert info["tied_weights_kept_shared"] == 1
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    assert sum(int(np.prod(i.dims)) for i in out.graph.initializer) == emb.size
+    ids = np.array([[1, 2, 3], [4, 5, 6]], np.int64)
+    got = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(got, emb[ids] @ emb.T, rtol=1e-5, atol=1e-5)
