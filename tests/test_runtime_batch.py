@@ -148,3 +148,38 @@ def test_cli_usage_errors(runtime_bundle, tmp_path):
     assert r.exit_code == 2 and "--task is required" in r.output
     r = runner.invoke(main, ["run", str(runtime_bundle), "--task", "nope", "x"])
     assert r.exit_code == 1 and "unknown task 'nope'; known tasks: colour, echo, parity" in r.output
+
+
+def test_resume_after_sigkill(runtime_bundle, tmp_path):
+    """A real kill (SIGKILL) of `alter-edge run`, then --resume: same bytes as one clean run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = [{"id": i, "task": "echo", "input": f"repeat {a} {b}"}
+            for i, (a, b) in enumerate((a, b) for a in ("cat", "dog", "sun", "moon") for b in ("red", "fish", "tree"))]
+    inp = _write(tmp_path / "in.jsonl", rows * 20)  # 240 rows
+    args = [str(runtime_bundle), "--input", str(inp), "--batch-size", "1", "--generate",
+            "--max-new-tokens", "8", "--threads", "1", "--quiet"]
+    cli = [sys.executable, "-c", "from alter_edge.cli import main; main()", "run"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    full = tmp_path / "full.jsonl"
+    subprocess.run([*cli, *args, "--output", str(full)], check=True, env=env, timeout=300)
+    out, partial = tmp_path / "out.jsonl", tmp_path / "out.jsonl.partial"
+    proc = subprocess.Popen([*cli, *args, "--output", str(out)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.is_file() and partial.read_bytes().count(b"\n") > 20:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists()
+    done = partial.read_bytes().count(b"\n") - 1
+    assert 0 < done < len(rows) * 20
+    subprocess.run([*cli, *args, "--output", str(out), "--resume"], check=True, env=env, timeout=300)
+    assert out.read_bytes() == full.read_bytes()
+    assert not partial.exists()
