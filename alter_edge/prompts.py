@@ -20,12 +20,17 @@ def target_text(target: str) -> str:
     return " " + target.strip()
 
 
+def encode_prompt(tokenizer, task: TaskSpec, text: str, max_prompt_tokens: int) -> tuple[list[int], int]:
+    """(prompt ids, untruncated length); an over-long prompt is cut in the middle."""
+    p = tokenizer.encode(prompt_text(task, text), add_special_tokens=False).ids
+    return truncate_middle(p, max_prompt_tokens), len(p)
+
+
 def encode_example(
     tokenizer, task: TaskSpec, text: str, target: str, eos_id: int, max_prompt_tokens: int
 ) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids + eos); an over-long prompt is cut in the middle."""
-    p = truncate_middle(tokenizer.encode(prompt_text(task, text), add_special_tokens=False).ids,
-                        max_prompt_tokens)
+    """(prompt ids, target ids + eos); the prompt as :func:`encode_prompt` makes it."""
+    p, _ = encode_prompt(tokenizer, task, text, max_prompt_tokens)
     t = tokenizer.encode(target_text(target), add_special_tokens=False).ids + [eos_id]
     return p, t
 

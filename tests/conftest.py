@@ -40,3 +40,35 @@ def tiny_data(tmp_path):
     p = tmp_path / "data.jsonl"
     write_jsonl(p, TINY_ROWS)
     return p
+
+
+# -- runtime: one tiny checkpoint and its bundle per test session ----------------------------
+@pytest.fixture(scope="session")
+def runtime_ckpt_dir(tmp_path_factory, tiny_llama_dir):
+    from tests.helpers import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("rt-ckpt") / "ckpt", tiny_llama_dir, kind="lora")
+
+
+@pytest.fixture(scope="session")
+def runtime_bundle(tmp_path_factory, runtime_ckpt_dir):
+    """Multi-task model.onnx + a per-task graph for 'echo' (tests/bundle_fixture.py)."""
+    from tests.bundle_fixture import BUILD_BUNDLE
+
+    return BUILD_BUNDLE(runtime_ckpt_dir, tmp_path_factory.mktemp("rt-bundle") / "bundle",
+                        task_graphs=("echo",))
+
+
+@pytest.fixture(scope="session")
+def runtime_ckpt(runtime_ckpt_dir):
+    """The same checkpoint in PyTorch: the reference the runtime must match."""
+    from alter_edge.training.checkpoint import load_checkpoint
+
+    return load_checkpoint(runtime_ckpt_dir)
+
+
+@pytest.fixture(scope="session")
+def edge_model(runtime_bundle):
+    from alter_edge.runtime import EdgeModel
+
+    return EdgeModel.load(runtime_bundle, threads=1)

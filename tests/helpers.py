@@ -48,8 +48,8 @@ def make_tokenizer(out_dir: Path) -> Path:
     return out_dir / "tokenizer.json"
 
 
-def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """Save a 4-layer random ``arch`` ('llama' or 'gpt2') model with the tiny tokenizer."""
+def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0, num_layers: int = 4) -> Path:
+    """Save a ``num_layers``-layer (default 4) random ``arch`` ('llama' or 'gpt2') model with the tiny tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
@@ -58,12 +58,12 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0)
     eos, pad = vocab["<eos>"], vocab["<pad>"]
     torch.manual_seed(seed)
     if arch == "llama":
-        cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                           eos_token_id=eos, pad_token_id=pad, bos_token_id=None, tie_word_embeddings=True,
                           initializer_range=0.2)
     elif arch == "gpt2":
-        cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=256,
+        cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=num_layers, n_head=4, n_positions=256,
                          eos_token_id=eos, pad_token_id=pad, bos_token_id=eos,
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2)
     else:
@@ -102,3 +102,42 @@ def make_tiny_checkpoint(
                      mta={"adapter_kind": kind, "num_top_layers": num_top_layers})
     save_checkpoint(Path(out_dir), model, tasks, tc, info, {"complete": True, "stage": 2, "step": 0})
     return Path(out_dir)
+
+
+def train_tiny_base(base_dir: Path, steps: int = 60, lr: float = 3e-3, seed: int = 0) -> Path:
+    """Fit a tiny base on the synthetic rows (prompt + answer, teacher forcing) so its
+    predictions are confident, as a trained model's are; saves it back in place. Seconds."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alter_edge.base_model import load_tokenizer
+    from alter_edge.tasks import TaskRegistry
+
+    base_dir = Path(base_dir)
+    tok = load_tokenizer(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    tasks = TaskRegistry.infer(TINY_ROWS)
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    seqs = []
+    for r in TINY_ROWS:
+        spec = tasks.get(r["task"])
+        text = spec.prompt_template.format(input=r["input"]) + " " + r["target"]
+        seqs.append(tok.encode(text, add_special_tokens=False).ids + [eos])
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(base_dir)
+    return base_dir

@@ -1,0 +1,118 @@
+"""``alter-edge export`` and ``alter-edge inspect`` (torch is imported inside the commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _friendly(fn):
+    from alter_edge.cli import friendly_errors
+
+    return friendly_errors(fn)
+
+
+@click.command("export", context_settings=CONTEXT)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Bundle directory to create.")
+@click.option("--task", "tasks", default="all", show_default=True,
+              help="Per-task graphs: 'all', comma-separated names, or 'none' (multi-task graph only).")
+@click.option("--int8", is_flag=True, help="Also write dynamic int8 graphs (per-channel weights).")
+@click.option("--int4", is_flag=True, help="Also write weight-only 4-bit graphs (MatMulNBits).")
+@click.option("--block-size", type=int, default=32, show_default=True, help="int4 block size.")
+@click.option("--ort-format", is_flag=True, help="Also write .ort files and a reduced-operator config.")
+@click.option("--atol", type=float, default=1e-4, show_default=True,
+              help="fp32 parity tolerance: max |logits diff| at unpadded positions.")
+@click.option("--int8-budget", type=float, default=1.0, show_default=True,
+              help="Max per-task metric drop of an int8 graph, in points.")
+@click.option("--int4-budget", type=float, default=5.0, show_default=True,
+              help="Max per-task metric drop of an int4 graph, in points.")
+@click.option("--prune-threshold", type=float, default=1e-5, show_default=True,
+              help="ffn/bottleneck: adapters with a smaller mixture weight are pruned from per-task graphs.")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The checkpoint's training JSONL: its dev split is the held-out slice for the "
+                   "quantized-metric check (without it, fp32 predictions are the reference).")
+@click.option("--base-model", default=None, help="Override the base model the checkpoint records.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export_cmd(checkpoint, out, tasks, int8, int4, block_size, ort_format, atol, int8_budget,
+               int4_budget, prune_threshold, data, base_model, overwrite, quiet):
+    """Export a checkpoint to a validated ONNX bundle (every graph is checked; a failed check
+    exits non-zero and leaves no bundle).
+
+    \b
+    alter-edge export runs/mta --task all --int8 --out bundle
+    alter-edge export runs/mta --task sentiment,nli --int4 --block-size 64 --out bundle
+    alter-edge export runs/mta --task none --ort-format --out bundle --overwrite
+    """
+
+    @_friendly
+    def go():
+        from .pipeline import ExportOptions, export_checkpoint
+
+        opts = ExportOptions(
+            tasks=None if tasks.strip() == "none" else tasks, int8=int8, int4=int4, block_size=block_size,
+            ort_format=ort_format, atol=atol, int8_budget=int8_budget, int4_budget=int4_budget,
+            prune_threshold=prune_threshold, data=data, base_model=base_model, overwrite=overwrite,
+            progress=not quiet,
+        )
+        manifest = export_checkpoint(checkpoint, out, opts)
+        for line in summary_lines(manifest, json.loads((out / "validation.json").read_text())):
+            click.echo(line)
+        click.echo(f"bundle: {out} (validation.json lists every check)")
+
+    go()
+
+
+def summary_lines(manifest: dict, validation: dict) -> list[str]:
+    """Graphs with sizes and node counts, then per task what folding merged or pruned."""
+    lines = []
+    for g in manifest["graphs"]:
+        opt = validation.get("optimization", {}).get(g["path"], {})
+        nodes = f"{opt['nodes_before']} -> {opt['nodes_after']} nodes" if opt else ""
+        lines.append(f"{g['path']:<40} {g.get('task') or '(multi-task)':<16} {g['precision']:<5} "
+                     f"{g['bytes'] / 1e6:9.2f} MB  {nodes}")
+    for task, spec in validation.get("specialization", {}).items():
+        parts = []
+        for layer, b in spec["blocks"].items():
+            if "merged" in b:
+                parts.append(f"block {layer}: merged {','.join(b['merged'])}")
+            else:
+                parts.append(f"block {layer}: kept {b['kept']} pruned {b['pruned']}")
+        lines.append(f"task {task} ({spec['kind']}): {'; '.join(parts)}; {spec['parameters']:,} parameters")
+    checks = validation.get("checks", [])
+    lines.append(f"validation: {sum(c['passed'] for c in checks)} checks passed "
+                 f"(atol {validation.get('atol')}, {validation.get('greedy_steps')} greedy steps)")
+    return lines
+
+
+@click.command("inspect", context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def inspect_cmd(bundle, as_json):
+    """Print what a bundle holds and verify every file's sha256 (a changed file is named).
+
+    \b
+    alter-edge inspect bundle
+    """
+
+    @_friendly
+    def go():
+        from .bundle import describe, verify_bundle
+
+        manifest = verify_bundle(bundle)
+        if as_json:
+            from alter_edge.cli import echo_json
+
+            echo_json(manifest)
+        else:
+            for line in describe(manifest):
+                click.echo(line)
+            click.echo("hashes: ok")
+
+    go()

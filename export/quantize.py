@@ -1,0 +1,164 @@
+"""int8 (dynamic, per-channel) and int4 (MatMulNBits) weight quantization, with a check that
+every large weight matmul was actually quantized.
+
+Two ways a weight escapes onnxruntime's quantizers, both fixed before quantizing:
+
+- ``Gemm``: dynamic int8 only rewrites ``MatMul`` (``IntegerOpsRegistry`` has no Gemm) and
+  MatMulNBits only ``MatMul`` too, so a constant-weight Gemm (GPT-2's Conv1D exports as one)
+  becomes ``MatMul`` + ``Add``.
+- ``MatMul(x, Transpose(W))`` on a constant ``W`` (a tied embedding used as lm_head): the
+  transposed weight is stored as its own initializer (an untied constant).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from alter_edge.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+LARGE_WEIGHT = 1024  # weight elements from which a MatMul/Gemm must be quantized
+
+
+class QuantizationError(BundleError):
+    """A large weight matmul escaped quantization (named in the message)."""
+
+
+def _initializers(model) -> dict:
+    return {i.name: i for i in model.graph.initializer}
+
+
+def prepare_for_quantization(src: Path, dst: Path) -> dict:
+    """Rewrite constant-weight Gemm as MatMul + Add and untie transposed constant weights."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    inits = _initializers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    new_nodes, gemms, untied = [], 0, 0
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in producers:
+            p = producers[node.input[1]]
+            if p.op_type == "Transpose" and p.input[0] in inits and len(inits[p.input[0]].dims) == 2:
+                w = numpy_helper.to_array(inits[p.input[0]]).T.copy()
+                name = f"{p.input[0]}__untied_T_{untied}"
+                model.graph.initializer.append(numpy_helper.from_array(w, name))
+                node.input[1] = name
+                untied += 1
+        if node.op_type == "Gemm" and node.input[1] in inits:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0):
+                b_name = node.input[1]
+                if attrs.get("transB", 0):
+                    w = numpy_helper.to_array(inits[b_name]).T.copy()
+                    b_name = f"{b_name}__T"
+                    model.graph.initializer.append(numpy_helper.from_array(w, b_name))
+                mm_out = node.output[0] + "__mm" if len(node.input) > 2 and node.input[2] else node.output[0]
+                new_nodes.append(helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=node.name + "_MatMul"))
+                if mm_out != node.output[0]:
+                    new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]],
+                                                      name=node.name + "_Add"))
+                gemms += 1
+                continue
+        new_nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(_without_dead_nodes(new_nodes, {o.name for o in model.graph.output}))
+    _drop_unused_initializers(model)
+    onnx.save(model, str(dst))
+    return {"gemm_to_matmul": gemms, "untied_transposed_weights": untied}
+
+
+def _without_dead_nodes(nodes: list, graph_outputs: set[str]) -> list:
+    """Drop nodes none of whose outputs is read (the Transpose left behind by untying)."""
+    while True:
+        read = {i for n in nodes for i in n.input} | graph_outputs
+        live = [n for n in nodes if any(o in read for o in n.output)]
+        if len(live) == len(nodes):
+            return live
+        nodes = live
+
+
+def _drop_unused_initializers(model) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def weight_matmuls(path: Path, min_elems: int = LARGE_WEIGHT) -> list[str]:
+    """Names of float MatMul/Gemm nodes (in graph order) whose weight is a large constant,
+    directly or through a Transpose: what a quantizer should have rewritten."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = _initializers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "FusedMatMul"):
+            continue
+        b = node.input[1]
+        if b not in inits and b in producers and producers[b].op_type == "Transpose":
+            b = producers[b].input[0]
+        init = inits.get(b)
+        if init is not None and init.data_type == onnx.TensorProto.FLOAT and int(np.prod(init.dims)) >= min_elems:
+            found.append(node.name)
+    return found
+
+
+def check_all_quantized(path: Path, allowed_fp32: set[str], precision: str) -> None:
+    escaped = [n for n in weight_matmuls(path) if n not in allowed_fp32]
+    if escaped:
+        more = f" (and {len(escaped) - 5} more)" if len(escaped) > 5 else ""
+        raise QuantizationError(
+            f"{precision} quantization left {len(escaped)} large weight matmul(s) in fp32 in {Path(path).name}: "
+            f"{', '.join(escaped[:5])}{more}"
+        )
+
+
+def sensitivity_ladder(prepared: Path) -> list[tuple[str, list[str]]]:
+    """Node sets to keep in fp32, tried in order when the int8 budget is missed: nothing, the
+    lm_head (the last weight matmul: logits are the most sensitive output), then the lm_head and
+    the last quarter / half of the weight matmuls (the top blocks, where the adapters live)."""
+    nodes = weight_matmuls(prepared)
+    if not nodes:
+        return [("none", [])]
+    n = len(nodes)
+    return [("none", []), ("lm_head", nodes[-1:]),
+            ("lm_head+top_quarter", nodes[-max(2, n // 4):]), ("lm_head+top_half", nodes[-max(2, n // 2):])]
+
+
+def quantize_int8(prepared: Path, dst: Path, exclude: list[str]) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=list(exclude),
+                     extra_options={"MatMulConstBOnly": True})
+    check_all_quantized(dst, set(exclude), "int8")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node}
+    return {"method": "dynamic int8, per-channel symmetric weights (MatMulInteger); embedding Gather int8",
+            "embeddings_quantized": "DequantizeLinear" in ops, "kept_fp32": list(exclude)}
+
+
+def quantize_int4(prepared: Path, dst: Path, block_size: int) -> dict:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    q = MatMulNBitsQuantizer(onnx.load(str(prepared)), bits=4, block_size=block_size, is_symmetric=True,
+                             op_types_to_quantize=("MatMul", "Gather"),
+                             quant_axes=(("MatMul", 0), ("Gather", 1)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: the quantizer handles them
+        q.process()
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+    check_all_quantized(dst, set(), "int4")
+    ops = {n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node}
+    return {"method": f"weight-only 4-bit MatMulNBits, symmetric, block size {block_size}",
+            "embeddings_quantized": "GatherBlockQuantized" in ops, "block_size": block_size}

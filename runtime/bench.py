@@ -1,0 +1,80 @@
+"""``alter-edge bench``: load time, time to first token, decode tokens/s at batch 1 and 8,
+classification rows/s and peak RSS, for one bundle in this process."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+
+from .generate import SamplingParams
+from .model import EdgeModel
+
+FILLER = "the quick brown fox jumps over the lazy dog while the answer waits . "
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB). On Linux, VmHWM: getrusage's ru_maxrss
+    survives fork + exec, so a child started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KB on Linux
+
+
+def synthetic_prompt(model: EdgeModel, n_tokens: int) -> list[int]:
+    """``n_tokens`` ids from repeated filler text (the prompt template is not used)."""
+    ids = model.tokenizer.encode(FILLER, add_special_tokens=False).ids or [model.bundle.pad_id]
+    return (ids * (n_tokens // len(ids) + 1))[:n_tokens]
+
+
+def time_generation(model: EdgeModel, task: str, batch: int, prompt_tokens: int,
+                    new_tokens: int) -> tuple[float, float]:
+    """(seconds to the first token, decode tokens/s over all rows after the first token)."""
+    spec = model.tasks.get(task)
+    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+    prompt = synthetic_prompt(model, prompt_tokens)
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for ev in model.stream_ids([prompt] * batch, [spec] * batch, params):
+        if ev.token_id is not None:
+            n += 1
+            first = first or time.perf_counter()
+    total = time.perf_counter()
+    return first - t0, (n - batch) / max(total - first, 1e-9)
+
+
+def run_bench(model: EdgeModel, task: str | None = None, prompt_tokens: int = 32,
+              new_tokens: int = 64, repeats: int = 3) -> dict:
+    """Medians over ``repeats`` runs after one warm-up run of each measurement."""
+    gen_task = task or next((t.name for t in model.tasks if t.kind == "generate"), model.tasks.names[0])
+    out: dict = {"load_s": round(model.load_seconds, 3), "task": gen_task,
+                 "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
+                 "graph": str(model.runner_for([gen_task]).path.relative_to(model.bundle.root))}
+    for batch in (1, 8):
+        time_generation(model, gen_task, batch, prompt_tokens, min(new_tokens, 4))  # warm-up
+        runs = [time_generation(model, gen_task, batch, prompt_tokens, new_tokens) for _ in range(repeats)]
+        if batch == 1:
+            out["ttft_ms"] = round(1000 * statistics.median(r[0] for r in runs), 2)
+        out[f"decode_tok_s_b{batch}"] = round(statistics.median(r[1] for r in runs), 2)
+    cls = task if task and model.tasks.get(task).kind == "classify" else next(
+        (t.name for t in model.tasks if t.kind == "classify"), None)
+    if cls is not None:
+        prompts = [synthetic_prompt(model, prompt_tokens)] * 8
+        model.classify_ids(prompts, cls)  # warm-up
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.classify_ids(prompts, cls)
+            rates.append(len(prompts) / (time.perf_counter() - t0))
+        out["classify_task"] = cls
+        out["classify_rows_s"] = round(statistics.median(rates), 2)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out

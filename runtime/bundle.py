@@ -1,0 +1,234 @@
+"""Reading a bundle directory (docs/bundle-format.md): the manifest, its checks, graph choice.
+
+Loading checks, in order: the folder and manifest exist and parse; ``format`` and
+``format_version`` are ones this runtime reads; every listed file exists and the sha256 of every
+non-graph file matches (the error names the file); the task registry parses. A graph's sha256
+is checked when it is first opened (hashing every graph of a big bundle would dominate start-up),
+and its logits must cover the tokenizer's vocabulary and the eos/pad ids. Any failure is a
+:class:`BundleError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from alter_edge.errors import BundleError, TaskError
+from alter_edge.io import sha256_file
+from alter_edge.tasks import TaskRegistry
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "alter-edge-bundle"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+PRECISIONS = ("fp32", "int8", "int4")
+# Which precision a request gets when the bundle holds several and the caller names none:
+# int8 first (validated, ~4x smaller weights than fp32, accurate), then int4, then fp32.
+PRECISION_PREFERENCE = ("int8", "int4", "fp32")
+DEFAULT_KV_NAMES = {
+    "past_key": "past_key_values.{i}.key",
+    "past_value": "past_key_values.{i}.value",
+    "present_key": "present.{i}.key",
+    "present_value": "present.{i}.value",
+}
+REQUIRED_FILES = ("tasks.json", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    path: str  # relative to the bundle
+    task: str | None  # None = the multi-task graph (takes task_ids)
+    precision: str
+    sha256: str
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    ort: str | None = None  # the graph's ORT-format twin (export --ort-format), hashed in `files`
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    past_names: tuple[str, ...]  # key, value for layer 0, then layer 1, ...
+    present_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict
+    tasks: TaskRegistry
+    graphs: tuple[GraphInfo, ...]
+    kv: KVLayout
+    eos_id: int
+    pad_id: int
+    max_new_tokens: int
+    max_prompt_tokens: int
+    verify: bool = True  # check each graph's sha256 when it is opened
+
+    def check_graph(self, graph: GraphInfo, ort_format: bool = False) -> Path:
+        """The graph's path (its ``.ort`` twin with ``ort_format``), after its hash check
+        (when ``verify``)."""
+        if ort_format:
+            if graph.ort is None:
+                raise BundleError(f"{self.root}: graph {graph.path} has no .ort twin "
+                                  "(export with --ort-format, or load without ort_format)")
+            rel, digest = graph.ort, self.manifest["files"].get(graph.ort)
+            if digest is None:
+                raise BundleError(f"{self.root}/manifest.json: files does not list {rel}")
+        else:
+            rel, digest = graph.path, graph.sha256
+        if self.verify:
+            _check_hash(self.root, rel, digest)
+        return self.root / rel
+
+    def graph_for(self, task: str | None, precision: str | None = None) -> GraphInfo:
+        """The per-task graph of ``task`` when the bundle has one, else the multi-task graph
+        (``task=None`` asks for the multi-task graph). Raises when neither exists."""
+        if task is not None:
+            found = self._pick([g for g in self.graphs if g.task == task], precision)
+            if found is not None:
+                return found
+        found = self._pick([g for g in self.graphs if g.task is None], precision)
+        if found is None:
+            what = f"for task {task!r} " if task else ""
+            have = ", ".join(f"{g.path} ({g.precision})" for g in self.graphs)
+            raise BundleError(
+                f"{self.root}: no graph {what}at precision {precision or 'any'} and no multi-task "
+                f"graph; the bundle has: {have}"
+            )
+        return found
+
+    @property
+    def has_multi_task_graph(self) -> bool:
+        return any(g.task is None for g in self.graphs)
+
+    @staticmethod
+    def _pick(graphs: list[GraphInfo], precision: str | None) -> GraphInfo | None:
+        order = (precision,) if precision else PRECISION_PREFERENCE
+        for p in order:
+            for g in graphs:
+                if g.precision == p:
+                    return g
+        return None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise BundleError(f"{path.parent} is not an alter-edge bundle: {path.name} is missing") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: {what} is not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise BundleError(f"{path}: {what} must be a JSON object")
+    return obj
+
+
+def _field(manifest: dict, key: str, root: Path):
+    if key not in manifest:
+        raise BundleError(f"{root}/manifest.json lacks the field {key!r}")
+    return manifest[key]
+
+
+def _check_hash(root: Path, rel: str, expected: str) -> None:
+    path = root / rel
+    if not path.is_file():
+        raise BundleError(f"{root}: file {rel} listed in manifest.json is missing")
+    got = sha256_file(path)
+    if got != expected:
+        raise BundleError(
+            f"{root}: file {rel} does not match manifest.json (sha256 {got[:12]}..., expected "
+            f"{str(expected)[:12]}...): the bundle was modified or is incomplete"
+        )
+
+
+def _kv_layout(kv: dict, root: Path) -> KVLayout:
+    try:
+        n, h, d = int(kv["num_layers"]), int(kv["num_kv_heads"]), int(kv["head_dim"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{root}/manifest.json: kv_cache needs num_layers, num_kv_heads, head_dim ({e})") from e
+    names = {k: kv.get(k, v) for k, v in DEFAULT_KV_NAMES.items()}
+    past = tuple(names[f"past_{kv_}"].format(i=i) for i in range(n) for kv_ in ("key", "value"))
+    present = tuple(names[f"present_{kv_}"].format(i=i) for i in range(n) for kv_ in ("key", "value"))
+    return KVLayout(n, h, d, past, present)
+
+
+def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
+    """Read and check a bundle directory; ``verify=False`` skips the sha256 checks (faster
+    start for a bundle already verified, e.g. on a read-only app partition)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(f"bundle not found: {root} is not a directory")
+    m = _read_json(root / "manifest.json", "the manifest")
+    if m.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{root}/manifest.json: format is {m.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    version = m.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleError(
+            f"{root}: bundle format_version {version!r} is not supported; this runtime reads "
+            f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} (re-export, or upgrade alter-edge)"
+        )
+    graphs = []
+    for g in _field(m, "graphs", root):
+        try:
+            info = GraphInfo(g["path"], g.get("task"), g.get("precision", "fp32"), g["sha256"],
+                             tuple(g.get("inputs", ())), tuple(g.get("outputs", ())), g.get("ort"))
+        except (KeyError, TypeError) as e:
+            raise BundleError(f"{root}/manifest.json: a graph entry lacks {e}") from e
+        if info.precision not in PRECISIONS:
+            raise BundleError(f"{root}: graph {info.path} has precision {info.precision!r}; "
+                              f"known: {', '.join(PRECISIONS)}")
+        graphs.append(info)
+    if not graphs:
+        raise BundleError(f"{root}/manifest.json lists no graphs")
+    files = dict(_field(m, "files", root))
+    missing = [f for f in REQUIRED_FILES if f not in files]
+    if missing:
+        raise BundleError(f"{root}/manifest.json: files does not list {', '.join(missing)}")
+    listed = {*files, *(g.path for g in graphs)}
+    for rel in sorted(listed):
+        if verify and rel in files:
+            _check_hash(root, rel, files[rel])
+        elif not (root / rel).is_file() and (verify or rel in REQUIRED_FILES or rel not in files):
+            raise BundleError(f"{root}: file {rel} listed in manifest.json is missing")
+    if verify:
+        unlisted = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                          if p.is_file() and p.relative_to(root).as_posix() not in listed | {"manifest.json"})
+        if unlisted:
+            raise BundleError(f"{root}: file {unlisted[0]} is not listed in manifest.json "
+                              f"({len(unlisted)} unlisted): the bundle was modified")
+    try:
+        tasks = TaskRegistry.load(root / "tasks.json")
+    except TaskError as e:
+        raise BundleError(f"{root}: {e}") from e
+    for g in graphs:
+        if g.task is not None and g.task not in tasks:
+            raise BundleError(f"{root}: graph {g.path} is for task {g.task!r}, which tasks.json lacks")
+    gen = m.get("generation", {})
+    bundle = Bundle(
+        root=root, manifest=m, tasks=tasks, graphs=tuple(graphs),
+        kv=_kv_layout(_field(m, "kv_cache", root), root),
+        eos_id=int(_field(m, "eos_token_id", root)), pad_id=int(_field(m, "pad_token_id", root)),
+        max_new_tokens=int(gen.get("max_new_tokens", 32)),
+        max_prompt_tokens=int(gen.get("max_prompt_tokens", 320)), verify=verify,
+    )
+    log.info("bundle %s: %d graph(s), %d task(s)", root, len(graphs), len(tasks))
+    return bundle
+
+
+def check_vocab(bundle: Bundle, tokenizer_vocab: int, graph_vocab: int | None, graph: str) -> None:
+    """The tokenizer and a graph belong together: every token id the tokenizer can produce has
+    a logit, and eos/pad are real ids."""
+    if graph_vocab is not None and tokenizer_vocab > graph_vocab:
+        raise BundleError(
+            f"{bundle.root}: tokenizer.json has {tokenizer_vocab} tokens but {graph} has "
+            f"{graph_vocab} logits: the tokenizer does not belong to this model"
+        )
+    limit = graph_vocab or tokenizer_vocab
+    for name, tid in (("eos_token_id", bundle.eos_id), ("pad_token_id", bundle.pad_id)):
+        if not 0 <= tid < limit:
+            raise BundleError(f"{bundle.root}/manifest.json: {name} {tid} is outside the vocabulary (0..{limit - 1})")

@@ -1,0 +1,158 @@
+"""``alter-edge run`` and ``alter-edge bench`` (registered by alter_edge.cli when present)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from .bundle import PRECISIONS
+from .session import OPT_LEVELS
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+EXIT_ROWS_FAILED = 3  # the batch job finished but some rows are error records
+EXIT_INTERRUPTED = 130
+
+
+def _friendly(fn):
+    """alter_edge.cli.friendly_errors, imported late (alter_edge.cli imports this module)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from alter_edge.cli import friendly_errors
+
+        return friendly_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _load(bundle: Path, threads: int | None, precision: str | None, optimization: str = "all",
+          tasks: list[str] | None = None):
+    from .model import EdgeModel
+
+    return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization,
+                          tasks=tasks)
+
+
+def _session_options(fn):
+    fn = click.option("--threads", type=click.IntRange(min=1), default=None,
+                      help="onnxruntime intra-op threads (default: one per core).")(fn)
+    fn = click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+                      help="Graph precision (default: the bundle's best: int8 > int4 > fp32).")(fn)
+    return fn
+
+
+@click.command("run", context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--task", default=None, help="Task for the texts (and rows of --input without one).")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="JSONL rows {id, task, input} to run as a batch job.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the batch job writes its JSONL records (input order).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--resume", is_flag=True, help="Skip rows an interrupted run already finished.")
+@click.option("--truncate", is_flag=True,
+              help="Cut an over-long input in the middle to max_prompt_tokens (as training did) instead of an error record.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None)
+@click.option("--generate", "generate_labels", is_flag=True,
+              help="Classify tasks: generate freely instead of scoring the label set.")
+@click.option("--stream", is_flag=True, help="Texts: print tokens as they come.")
+@click.option("--json", "as_json", is_flag=True, help="Texts: one JSON record per line.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_session_options
+@click.pass_context
+@_friendly
+def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resume, truncate,
+            max_new_tokens, generate_labels, stream, as_json, quiet, threads, precision) -> None:
+    """Run a bundle on texts, or on a JSONL file as a resumable batch job.
+
+    \b
+    alter-edge run bundle --task sentiment "a fine film" "a dull film"
+    alter-edge run bundle --input rows.jsonl --output out.jsonl --batch-size 16
+    alter-edge run bundle --input rows.jsonl --output out.jsonl --resume
+
+    A bad row becomes an error record {"id", "line", "error"}; the exit status is 3 when some
+    rows failed. Classify tasks score their labels (the answer is always a label).
+    """
+    if input_path is not None:
+        if texts:
+            raise click.UsageError("give texts or --input, not both")
+        if output_path is None:
+            raise click.UsageError("--input needs --output")
+        from .batch import BatchOptions, run_jsonl
+
+        model = _load(bundle, threads, precision)
+        opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
+        try:
+            summary = run_jsonl(model, input_path, output_path, opts, resume=resume, progress=not quiet)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; progress is saved in {output_path}.partial: rerun with --resume",
+                       err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        click.echo(f"{summary.rows} rows ({summary.resumed} resumed), {summary.failed} failed, "
+                   f"{summary.seconds:.1f}s -> {output_path}", err=True)
+        for e in summary.errors[:5]:
+            click.echo(f"  {e}", err=True)
+        if summary.failed:
+            ctx.exit(EXIT_ROWS_FAILED)
+        return
+    if not texts:
+        raise click.UsageError("give texts to run, or --input FILE --output FILE")
+    if task is None:
+        raise click.UsageError("--task is required with texts")
+    model = _load(bundle, threads, precision, tasks=[task])
+    spec = model.tasks.get(task)
+    if spec.kind == "classify" and spec.labels and not generate_labels:
+        for text, c in zip(texts, model.classify(list(texts), task), strict=True):
+            if as_json:
+                click.echo(json.dumps({"input": text, "label": c.label, "probability": c.probability,
+                                       "scores": c.scores}, ensure_ascii=False))
+            else:
+                click.echo(f"{c.label}\t{c.probability:.3f}")
+        return
+    if stream:
+        for text in texts:
+            for ev in model.stream(text, task=task, max_new_tokens=max_new_tokens):
+                click.echo(ev.text, nl=False)
+            click.echo()
+        return
+    for text, g in zip(texts, model.generate(list(texts), task=task, max_new_tokens=max_new_tokens),
+                       strict=True):
+        if as_json:
+            click.echo(json.dumps({"input": text, "output": g.text, "finish_reason": g.finish_reason},
+                                  ensure_ascii=False))
+        else:
+            click.echo(g.text)
+
+
+@click.command("bench", context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--task", default=None, help="Task to time (default: the first generate task).")
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--new-tokens", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--optimization", type=click.Choice(list(OPT_LEVELS)), default="all", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_session_options
+@_friendly
+def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as_json, threads,
+              precision) -> None:
+    """Time a bundle: load, time to first token, decode tok/s (batch 1 and 8), classify rows/s,
+    peak RSS.
+
+    \b
+    alter-edge bench bundle --threads 2 --json
+    """
+    from .bench import run_bench
+
+    model = _load(bundle, threads, precision, optimization, tasks=[task] if task else None)
+    res = run_bench(model, task, prompt_tokens, new_tokens, repeats)
+    res["threads"] = threads
+    if as_json:
+        click.echo(json.dumps(res, indent=2, sort_keys=True))
+        return
+    for k, v in res.items():
+        click.echo(f"{k:>18}: {v}")

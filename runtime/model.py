@@ -1,0 +1,260 @@
+"""EdgeModel: the Python API of the torch-free runtime.
+
+    from alter_edge.runtime import EdgeModel
+    m = EdgeModel.load("bundle", threads=2)
+    m.generate("repeat cat dog", task="echo").text
+    m.classify(["is red a colour"], task="colour")[0].label
+    for ev in m.stream("repeat cat dog", task="echo"):
+        print(ev.text, end="", flush=True)
+
+A request whose rows share one task runs on that task's specialized graph when the bundle has
+one; otherwise (or for a mixed-task request) on the multi-task graph, fed ``task_ids``. One
+EdgeModel may serve several threads at once: sessions are created once (under a lock) and
+every call keeps its state on its own stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from alter_edge.errors import BundleError, TaskError
+from alter_edge.prompts import encode_prompt, label_token_ids
+from alter_edge.tasks import TaskRegistry, TaskSpec
+
+from .bundle import Bundle, GraphInfo, check_vocab, load_bundle
+from .generate import RowText, SamplingParams, decode
+from .scoring import label_probabilities, score_labels
+from .session import GraphRunner, check_providers, session_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens)
+    task: str
+
+
+@dataclass(frozen=True)
+class Classification:
+    label: str
+    probability: float  # softmax over the labels' log-likelihoods
+    scores: dict[str, float]  # label -> log-likelihood of its tokens (with eos)
+    task: str
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One streamed step of one row: ``text`` is the new text to show (may be empty);
+    the row's last event has ``finish_reason`` set (and ``token_id`` None unless a stop
+    string ended the row on that token)."""
+
+    row: int
+    token_id: int | None
+    text: str
+    finish_reason: str | None = None
+
+
+class EdgeModel:
+    def __init__(self, bundle: Bundle, tokenizer: Tokenizer, threads: int | None = None,
+                 optimization: str = "all", providers: Sequence[str] | None = None,
+                 precision: str | None = None, spinning: bool = True, ort_format: bool = False):
+        self.bundle = bundle
+        self.ort_format = ort_format
+        self.tokenizer = tokenizer
+        self.precision = precision
+        self._providers = check_providers(providers)
+        self._options = session_options(threads, optimization, spinning)
+        self._runners: dict[str, GraphRunner] = {}
+        self._lock = threading.Lock()
+        self._label_ids: dict[str, list[list[int]]] = {}
+        self.load_seconds = 0.0  # set by load()
+
+    # -- loading ---------------------------------------------------------------------
+    @classmethod
+    def load(cls, bundle_dir: str | Path, threads: int | None = None, optimization: str = "all",
+             providers: Sequence[str] | None = None, precision: str | None = None,
+             verify: bool = True, preload: bool = False, spinning: bool = True,
+             ort_format: bool = False, tasks: Sequence[str] | None = None) -> EdgeModel:
+        """Check and open a bundle. ``threads``: onnxruntime intra-op threads; ``optimization``:
+        disable|basic|extended|all; ``providers``: onnxruntime execution providers (checked);
+        ``precision``: fp32|int8|int4 (default: the bundle's best, int8 > int4 > fp32);
+        ``verify``: check sha256s (graphs when first opened); ``preload``: open every graph now
+        (default: the multi-task graph now, per-task graphs on first use); ``ort_format``: open each
+        graph's ``.ort`` twin (bundles exported with --ort-format); ``tasks``: open only the
+        graphs serving these tasks now (an app doing one task holds one graph in memory)."""
+        t0 = time.perf_counter()
+        bundle = load_bundle(bundle_dir, verify=verify)
+        try:
+            tok = Tokenizer.from_file(str(bundle.root / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a plain Exception on a bad file
+            raise BundleError(f"{bundle.root}/tokenizer.json cannot be loaded ({e})") from e
+        model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format)
+        if tasks is not None:  # only the graphs serving these tasks (one each)
+            for name in tasks:
+                model._runner(bundle.graph_for(bundle.tasks.get(name).name, precision))
+        else:
+            graphs = list(bundle.graphs) if preload else [model._default_graph()]
+            for g in graphs:
+                if precision is None or g.precision == precision:
+                    model._runner(g)
+        model.load_seconds = time.perf_counter() - t0
+        return model
+
+    @property
+    def tasks(self) -> TaskRegistry:
+        return self.bundle.tasks
+
+    def _default_graph(self) -> GraphInfo:
+        if self.bundle.has_multi_task_graph:
+            return self.bundle.graph_for(None, self.precision)
+        return self.bundle.graph_for(self.bundle.graphs[0].task, self.precision)
+
+    def _runner(self, graph: GraphInfo) -> GraphRunner:
+        with self._lock:
+            r = self._runners.get(graph.path)
+            if r is None:
+                path = self.bundle.check_graph(graph, self.ort_format)
+                r = GraphRunner(path, self.bundle.kv, self._options, self._providers)
+                check_vocab(self.bundle, self.tokenizer.get_vocab_size(with_added_tokens=True),
+                            r.vocab_size, graph.path)
+                self._runners[graph.path] = r
+            return r
+
+    def runner_for(self, task_names: Sequence[str]) -> GraphRunner | None:
+        """The graph serving a request of these tasks, or None when rows must be split by
+        task (mixed tasks and no multi-task graph)."""
+        names = set(task_names)
+        if len(names) == 1:
+            return self._runner(self.bundle.graph_for(names.pop(), self.precision))
+        if not self.bundle.has_multi_task_graph:
+            return None
+        return self._runner(self.bundle.graph_for(None, self.precision))
+
+    # -- prompts ---------------------------------------------------------------------
+    def encode(self, text: str, task: str) -> tuple[list[int], int]:
+        """(prompt ids as in training, untruncated length)."""
+        return encode_prompt(self.tokenizer, self.tasks.get(task), text, self.bundle.max_prompt_tokens)
+
+    def _row_tasks(self, n: int, task: str | None, tasks: Sequence[str] | None) -> list[TaskSpec]:
+        if (task is None) == (tasks is None):
+            raise TaskError(f"pass task= (one for all rows) or tasks= (one per row); known tasks: "
+                            f"{', '.join(self.tasks.names)}")
+        names = [task] * n if tasks is None else list(tasks)
+        if len(names) != n:
+            raise TaskError(f"tasks= has {len(names)} names for {n} texts")
+        return [self.tasks.get(t) for t in names]
+
+    # -- generation ------------------------------------------------------------------
+    def stream(self, texts: str | Sequence[str], task: str | None = None,
+               tasks: Sequence[str] | None = None, max_new_tokens: int | None = None,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int | None = None, stop: Sequence[str] = ()) -> Iterator[TokenEvent]:
+        """Generate, yielding :class:`TokenEvent`s as tokens come (rows interleaved)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        specs = self._row_tasks(len(texts), task, tasks)
+        params = SamplingParams(max_new_tokens or self.bundle.max_new_tokens, temperature, top_k,
+                                top_p, seed, tuple(stop))
+        prompts = [self.encode(t, s.name)[0] for t, s in zip(texts, specs, strict=True)]
+        yield from self.stream_ids(prompts, specs, params)
+
+    def stream_ids(self, prompts: Sequence[Sequence[int]], specs: Sequence[TaskSpec],
+                   params: SamplingParams) -> Iterator[TokenEvent]:
+        """:meth:`stream` on token ids (prompts already built)."""
+        runner = self.runner_for([s.name for s in specs])
+        if runner is None:  # mixed tasks, per-task graphs only: one group per task
+            for name in dict.fromkeys(s.name for s in specs):
+                rows = [i for i, s in enumerate(specs) if s.name == name]
+                for ev in self.stream_ids([prompts[i] for i in rows], [specs[i] for i in rows], params):
+                    yield TokenEvent(rows[ev.row], ev.token_id, ev.text, ev.finish_reason)
+            return
+        B = len(prompts)
+        rows = [RowText(self.tokenizer, params.stop) for _ in range(B)]
+        done = np.zeros(B, dtype=bool)
+        finished = [False] * B
+        for i, tok in decode(runner, prompts, [s.id for s in specs], self.bundle.eos_id,
+                             self.bundle.pad_id, params, done, yield_eos=True):
+            if tok is None:
+                finished[i] = True
+                yield TokenEvent(i, None, rows[i].finish(), "eos")
+                continue
+            piece = rows[i].push(tok)
+            if rows[i].stopped:
+                done[i] = finished[i] = True
+                yield TokenEvent(i, tok, piece, "stop")
+            else:
+                yield TokenEvent(i, tok, piece)
+        for i in range(B):
+            if not finished[i]:
+                yield TokenEvent(i, None, rows[i].finish(), "length")
+
+    def generate(self, texts: str | Sequence[str], task: str | None = None,
+                 tasks: Sequence[str] | None = None, max_new_tokens: int | None = None,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | None = None, stop: Sequence[str] = ()) -> Generation | list[Generation]:
+        """Generate for one text (returns a :class:`Generation`) or a list (one batch; returns
+        a list). ``task`` for all rows or ``tasks`` per row; temperature 0 = greedy."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        specs = self._row_tasks(len(texts), task, tasks)
+        events = self.stream(texts, tasks=[s.name for s in specs], max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+        out = collect(events, len(texts), [s.name for s in specs])
+        return out[0] if single else out
+
+    # -- classification --------------------------------------------------------------
+    def label_ids(self, task: str) -> list[list[int]]:
+        spec = self.tasks.get(task)
+        if spec.kind != "classify" or not spec.labels:
+            classify = [t.name for t in self.tasks if t.kind == "classify"]
+            raise TaskError(f"task {task!r} has no label set (kind {spec.kind!r}); classify tasks: "
+                            f"{', '.join(classify) or 'none'}")
+        ids = self._label_ids.get(task)
+        if ids is None:
+            ids = self._label_ids[task] = label_token_ids(self.tokenizer, spec.labels, self.bundle.eos_id)
+        return ids
+
+    def classify(self, texts: str | Sequence[str], task: str) -> Classification | list[Classification]:
+        """Score every label of ``task`` after each text's prompt; the best label wins."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        prompts = [self.encode(t, task)[0] for t in texts]
+        out = self.classify_ids(prompts, task)
+        return out[0] if single else out
+
+    def classify_ids(self, prompts: Sequence[Sequence[int]], task: str) -> list[Classification]:
+        spec = self.tasks.get(task)
+        label_ids = self.label_ids(task)
+        runner = self.runner_for([task])
+        scores = score_labels(runner, prompts, [spec.id] * len(prompts), label_ids, self.bundle.pad_id)
+        probs = label_probabilities(scores)
+        out = []
+        for s, p in zip(scores, probs, strict=True):
+            j = int(np.argmax(s))
+            out.append(Classification(spec.labels[j], float(p[j]),
+                                      {lab: float(v) for lab, v in zip(spec.labels, s, strict=True)}, task))
+        return out
+
+
+def collect(events: Iterator[TokenEvent], n: int, task_names: Sequence[str]) -> list[Generation]:
+    """Gather a stream into one :class:`Generation` per row."""
+    ids: list[list[int]] = [[] for _ in range(n)]
+    text = [""] * n
+    reason = ["length"] * n
+    for ev in events:
+        if ev.token_id is not None:
+            ids[ev.row].append(ev.token_id)
+        text[ev.row] += ev.text
+        if ev.finish_reason:
+            reason[ev.row] = ev.finish_reason
+    return [Generation(text[i], ids[i], reason[i], task_names[i]) for i in range(n)]
