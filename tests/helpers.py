@@ -48,7 +48,8 @@ def make_tokenizer(out_dir: Path) -> Path:
     return out_dir / "tokenizer.json"
 
 
-def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0, num_layers: int = 4) -> Path:
+def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0, num_layers: int = 4,
+                   init_range: float = 0.02) -> Path:
     """Save a ``num_layers``-layer (default 4) random ``arch`` ('llama' or 'gpt2') model with the tiny tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
@@ -61,11 +62,11 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
         cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                           eos_token_id=eos, pad_token_id=pad, bos_token_id=None, tie_word_embeddings=True,
-                          initializer_range=0.2)
+                          initializer_range=init_range)
     elif arch == "gpt2":
         cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=num_layers, n_head=4, n_positions=256,
                          eos_token_id=eos, pad_token_id=pad, bos_token_id=eos,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2)
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=init_range)
     else:
         raise ValueError(arch)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -92,14 +93,17 @@ def make_tiny_checkpoint(
     tasks = TaskRegistry.infer(TINY_ROWS)
     base, _tok, info = load_base_model(str(base_dir))
     torch.manual_seed(seed)
-    cfg = MTAConfig(num_tasks=len(tasks), adapter_kind=kind, num_top_layers=num_top_layers,
-                    init_std=init_std)
+    # "lora+attn": the lora kind on the attention projections too
+    adapter_kind, attn = kind.split("+")[0], kind.endswith("+attn")
+    cfg = MTAConfig(num_tasks=len(tasks), adapter_kind=adapter_kind, num_top_layers=num_top_layers,
+                    init_std=init_std, lora_attention=attn)
     model = MTAModel(base, cfg)
     with torch.no_grad():
         for b in model.blocks.values():
             b.mixture.logits.add_(torch.randn_like(b.mixture.logits) * 0.2)
     tc = TrainConfig(base_model=str(base_dir), stage1_steps=0, stage2_steps=0,
-                     mta={"adapter_kind": kind, "num_top_layers": num_top_layers})
+                     mta={"adapter_kind": adapter_kind, "num_top_layers": num_top_layers,
+                          "lora_attention": attn})
     save_checkpoint(Path(out_dir), model, tasks, tc, info, {"complete": True, "stage": 2, "step": 0})
     return Path(out_dir)
 

@@ -121,7 +121,7 @@ def test_mixed_batch_equals_rows_alone_and_task_graph(lora_bundle):
     assert np.abs(other[-6:] - mixed[0, -6:]).max() > 1e-3
 
 
-@pytest.mark.parametrize("kind", ["lora", "ffn", "bottleneck"])
+@pytest.mark.parametrize("kind", ["lora", "ffn", "bottleneck", "lora+attn"])
 def test_fold_equals_mta_model_in_torch(arch_base, kind, tmp_path):
     """Folding a task (merge / concat experts / fold into up projection) keeps the logits."""
     import torch
@@ -141,6 +141,12 @@ def test_fold_equals_mta_model_in_torch(arch_base, kind, tmp_path):
             got = folded(input_ids=ids, attention_mask=mask).logits
         assert (ref - got)[mask.bool()].abs().max() < 1e-5
         outs.append(got)
+        if kind.startswith("lora"):  # merged away: the plain base architecture is left
+            from alter_edge.mta import MixedLoRA, MTABlock
+
+            assert not any(isinstance(m, (MixedLoRA, MTABlock)) for m in folded.modules())
+            n_attn = sum("attn" in name for b in report.blocks.values() for name in b["merged"])
+            assert (n_attn > 0) == kind.endswith("+attn")
         if kind == "ffn":  # all experts kept: one MLP K times as wide
             assert all(b["intermediate_size"] > 0 and not b["pruned"] for b in report.blocks.values())
     assert (outs[0] - outs[1]).abs().max() > 1e-3  # tasks differ, so the test can fail
