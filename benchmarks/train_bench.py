@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="JSONL task file (default: the built-in mix)")
     ap.add_argument("--base-model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=12, help="batches timed per path")
+    ap.add_argument("--max-rows", type=int, default=0, help="use only this many training rows (0 = all)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--top-layers", type=int, default=4)
     ap.add_argument("--kind", default="lora")
@@ -62,6 +63,8 @@ def main() -> None:
                       cache_dtype="bfloat16" if args.compute_dtype == "bfloat16" else "float32",
                       mta={"adapter_kind": args.kind, "num_top_layers": args.top_layers})
     train_rows, _, source = load_data(args.data, cfg)
+    if args.max_rows:  # every k-th row keeps the task mix
+        train_rows = train_rows[:: max(1, len(train_rows) // args.max_rows)][: args.max_rows]
     tasks = TaskRegistry.infer([r.to_dict() for r in train_rows])
     base, tok, info = load_base_model(cfg.base_model)
     model = MTAModel(base, MTAConfig(num_tasks=len(tasks), **cfg.mta))
