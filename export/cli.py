@@ -32,6 +32,10 @@ def _friendly(fn):
               help="Max per-task metric drop of an int8 graph, in points.")
 @click.option("--int4-budget", type=float, default=5.0, show_default=True,
               help="Max per-task metric drop of an int4 graph, in points.")
+@click.option("--int8-min-top1", type=float, default=0.95, show_default=True,
+              help="Min top-1 agreement of an int8 graph with fp32 at every unpadded prompt position.")
+@click.option("--int4-min-top1", type=float, default=0.85, show_default=True,
+              help="Min top-1 agreement of an int4 graph with fp32.")
 @click.option("--prune-threshold", type=float, default=1e-5, show_default=True,
               help="ffn/bottleneck: adapters with a smaller mixture weight are pruned from per-task graphs.")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -41,7 +45,7 @@ def _friendly(fn):
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export_cmd(checkpoint, out, tasks, int8, int4, block_size, ort_format, atol, int8_budget,
-               int4_budget, prune_threshold, data, base_model, overwrite, quiet):
+               int4_budget, int8_min_top1, int4_min_top1, prune_threshold, data, base_model, overwrite, quiet):
     """Export a checkpoint to a validated ONNX bundle (every graph is checked; a failed check
     exits non-zero and leaves no bundle).
 
@@ -58,6 +62,7 @@ def export_cmd(checkpoint, out, tasks, int8, int4, block_size, ort_format, atol,
         opts = ExportOptions(
             tasks=None if tasks.strip() == "none" else tasks, int8=int8, int4=int4, block_size=block_size,
             ort_format=ort_format, atol=atol, int8_budget=int8_budget, int4_budget=int4_budget,
+            min_top1_int8=int8_min_top1, min_top1_int4=int4_min_top1,
             prune_threshold=prune_threshold, data=data, base_model=base_model, overwrite=overwrite,
             progress=not quiet,
         )

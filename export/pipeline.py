@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from alter_edge.errors import BundleError, ConfigError
 from alter_edge.io import atomic_dir, atomic_write_text
 from alter_edge.tasks import TaskRegistry
@@ -204,13 +206,28 @@ def _entry(rel: str, task: str | None, precision: str, g: OrtGraph) -> dict:
     return {"path": rel, "task": task, "precision": precision, "inputs": g.input_names, "outputs": g.output_names}
 
 
+def _feeds(src: OrtGraph, cases: list, pad: int) -> list[dict]:
+    """Prompt-step inputs of the validation cases, in ``src``'s input names."""
+    from .ortgraph import left_pad_np
+
+    feeds = []
+    for case in cases:
+        ids, mask = left_pad_np(case.prompts, pad)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if src.multitask:
+            feed["task_ids"] = np.asarray(case.task_ids, np.int64)
+        feed.update(zip(src.past_names, src.empty_past(ids.shape[0]), strict=True))
+        feeds.append(feed)
+    return feeds
+
+
 def _int8_with_ladder(g: _Graph, src: OrtGraph, prepared: Path, work: Path, tmp: Path, opts: ExportOptions,
                       report: ValidationReport, ck, pad: int, eos: int, entries: list[dict]) -> dict:
     """Quantize; over budget, retry keeping the most sensitive matmuls in fp32 (see
     ``quantize.sensitivity_ladder``); fail when no rung meets the budget."""
     rel = _suffixed(g.rel, "int8")
     attempts = []
-    for rung, exclude in sensitivity_ladder(prepared):
+    for rung, exclude in sensitivity_ladder(prepared, _feeds(src, g.cases, pad)):
         q_raw = work / (g.raw.stem + ".int8.onnx")
         qinfo = quantize_int8(prepared, q_raw, exclude)
         opt_info = optimize_graph(q_raw, tmp / rel)

@@ -121,15 +121,49 @@ def check_all_quantized(path: Path, allowed_fp32: set[str], precision: str) -> N
         )
 
 
-def sensitivity_ladder(prepared: Path) -> list[tuple[str, list[str]]]:
-    """Node sets to keep in fp32, tried in order when the int8 budget is missed: nothing, the
-    lm_head (the last weight matmul: logits are the most sensitive output), then the lm_head and
-    the last quarter / half of the weight matmuls (the top blocks, where the adapters live)."""
+def activation_outliers(prepared: Path, feeds: list[dict]) -> dict[str, float]:
+    """Per weight matmul: ``max|x| / rms(x)`` of its input over ``feeds``. Dynamic int8 quantizes
+    each activation per tensor, so a matmul whose input has outliers loses the most."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(prepared))
+    names = set(weight_matmuls(prepared))
+    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in names}
+    known = {o.name for o in model.graph.output}
+    for x in sorted(set(inputs.values()) - known):
+        model.graph.output.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    wanted = sorted(set(inputs.values()))
+    peak = dict.fromkeys(wanted, 0.0)
+    for feed in feeds:
+        for x, v in zip(wanted, sess.run(wanted, feed), strict=True):
+            v = np.asarray(v, np.float32)
+            peak[x] = max(peak[x], float(np.abs(v).max() / (np.sqrt((v * v).mean()) + 1e-12)))
+    return {node: peak[x] for node, x in inputs.items()}
+
+
+def sensitivity_ladder(prepared: Path, feeds: list[dict] | None = None) -> list[tuple[str, list[str]]]:
+    """Node sets to keep in fp32, tried in order when the int8 budget is missed: nothing, then
+    the weight matmuls whose inputs carry the largest outliers (measured on ``feeds``: the
+    validation prompts), 5%, 15%, 30% of them, each with the lm_head (the last weight matmul).
+    Without feeds the ranking is positional: the lm_head, then the top quarter / half."""
     nodes = weight_matmuls(prepared)
     if not nodes:
         return [("none", [])]
-    n = len(nodes)
-    return [("none", []), ("lm_head", nodes[-1:]),
+    n, lm_head = len(nodes), nodes[-1]
+    if feeds:
+        score = activation_outliers(prepared, feeds)
+        ranked = sorted(nodes, key=lambda x: -score.get(x, 0.0))
+        rungs = [("none", [])]
+        for frac in (0.05, 0.15, 0.30):
+            k = max(1, round(n * frac))
+            rungs.append((f"outliers_top{int(frac * 100)}%+lm_head", sorted(set(ranked[:k]) | {lm_head})))
+        return rungs
+    return [("none", []), ("lm_head", [lm_head]),
             ("lm_head+top_quarter", nodes[-max(2, n // 4):]), ("lm_head+top_half", nodes[-max(2, n // 2):])]
 
 
