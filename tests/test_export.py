@@ -35,6 +35,7 @@ def _opts(**kw):
     from alter_edge.export.pipeline import ExportOptions
 
     kw.setdefault("progress", False)
+    kw.setdefault("atol", 1e-4)  # tiny models must meet the 1e-4 aim
     return ExportOptions(**kw)
 
 
