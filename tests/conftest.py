@@ -29,8 +29,15 @@ def tiny_base_dir(request, tmp_path_factory, tiny_tokenizer_dir):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir):
     d = tmp_path_factory.mktemp("base-llama-only")
-    # wider initial weights than HF's 0.02: top-block adapters then move the loss quickly,
-    # which the training tests rely on
+    make_tiny_base("llama", d, tiny_tokenizer_dir)
+    return d
+
+
+@pytest.fixture(scope="session")
+def trainable_llama_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """Wider initial weights than HF's 0.02: top-block adapters then move the loss quickly,
+    which the training tests rely on."""
+    d = tmp_path_factory.mktemp("base-llama-trainable")
     make_tiny_base("llama", d, tiny_tokenizer_dir, init_range=0.2)
     return d
 

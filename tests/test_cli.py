@@ -21,8 +21,8 @@ def _train_args(base, data, out, *extra):
             "--quiet", *extra]
 
 
-def test_train_then_eval(tiny_llama_dir, tiny_data, tmp_path):
-    r = CliRunner().invoke(main, _train_args(tiny_llama_dir, tiny_data, tmp_path / "run"))
+def test_train_then_eval(trainable_llama_dir, tiny_data, tmp_path):
+    r = CliRunner().invoke(main, _train_args(trainable_llama_dir, tiny_data, tmp_path / "run"))
     assert r.exit_code == 0, r.output
     assert "stage1: dev overall" in r.output and "stage2: dev overall" in r.output
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--data", str(tiny_data), "--json",
@@ -37,9 +37,9 @@ def test_train_then_eval(tiny_llama_dir, tiny_data, tmp_path):
     assert r.exit_code == 0 and "overall (mean over task groups)" in r.output
 
 
-def test_one_line_errors(tiny_llama_dir, tiny_data, tmp_path):
+def test_one_line_errors(trainable_llama_dir, tiny_data, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(main, _train_args(tiny_llama_dir, tmp_path / "absent.jsonl", tmp_path / "o"))
+    r = runner.invoke(main, _train_args(trainable_llama_dir, tmp_path / "absent.jsonl", tmp_path / "o"))
     assert r.exit_code == 1 and "data file not found" in r.output and "Traceback" not in r.output
     r = runner.invoke(main, _train_args(tmp_path / "no-model", tiny_data, tmp_path / "o"))
     assert r.exit_code == 1 and "not found" in r.output
@@ -48,10 +48,10 @@ def test_one_line_errors(tiny_llama_dir, tiny_data, tmp_path):
     assert not (tmp_path / "o").exists()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task": "a", "input": "x", "target": "y"}\n{"task": "a"\n')
-    r = runner.invoke(main, _train_args(tiny_llama_dir, bad, tmp_path / "o"))
+    r = runner.invoke(main, _train_args(trainable_llama_dir, bad, tmp_path / "o"))
     assert r.exit_code == 1 and "line 2: not valid JSON" in r.output
-    assert runner.invoke(main, _train_args(tiny_llama_dir, tiny_data, tmp_path / "run")).exit_code == 0
-    r = runner.invoke(main, _train_args(tiny_llama_dir, tiny_data, tmp_path / "run"))
+    assert runner.invoke(main, _train_args(trainable_llama_dir, tiny_data, tmp_path / "run")).exit_code == 0
+    r = runner.invoke(main, _train_args(trainable_llama_dir, tiny_data, tmp_path / "run"))
     assert r.exit_code == 1 and "already holds a run" in r.output
     unknown = tmp_path / "unknown.jsonl"
     unknown.write_text('{"task": "poetry", "input": "x", "target": "y"}\n')

@@ -85,7 +85,7 @@ def test_mixed_batch_without_multi_task_graph(runtime_bundle, runtime_ckpt, tmp_
     assert [g.token_ids for g in got] == _torch_greedy(runtime_ckpt, model, texts, ["echo", "echo"])
 
 
-@pytest.mark.parametrize("task", ["colour", "echo"])
+@pytest.mark.parametrize("task", ["colour", "parity"])
 def test_classify_matches_pytorch_label_scores(edge_model, runtime_ckpt, task):
     from alter_edge.training.evaluate import label_scores
 
@@ -163,7 +163,7 @@ def test_sampling_is_seeded(edge_model):
 
 def test_thread_safety(edge_model):
     jobs = [("g", _texts("echo", 2), "echo"), ("g", _texts("colour", 3), "colour"),
-            ("c", _texts("colour", 4), "colour"), ("c", _texts("echo", 3), "echo"),
+            ("c", _texts("colour", 4), "colour"), ("c", _texts("parity", 3), "parity"),
             ("g", _texts("parity", 2), "parity")] * 3
 
     def run(job):

@@ -28,9 +28,9 @@ def _cfg(base, **kw):
     return TrainConfig(**d)
 
 
-def test_loss_falls_and_checkpoint_is_complete(tiny_llama_dir, tiny_data, tmp_path):
+def test_loss_falls_and_checkpoint_is_complete(trainable_llama_dir, tiny_data, tmp_path):
     out = tmp_path / "run"
-    state = run_training(tiny_data, out, _cfg(tiny_llama_dir, stage1_steps=60), progress=False)
+    state = run_training(tiny_data, out, _cfg(trainable_llama_dir, stage1_steps=60), progress=False)
     losses = [h["loss"] for h in state["history"] if h["stage"] == "stage1"]
     assert len(losses) == 60
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
@@ -45,10 +45,10 @@ def test_loss_falls_and_checkpoint_is_complete(tiny_llama_dir, tiny_data, tmp_pa
     assert all(torch.equal(saved[k], own[k]) for k in saved)
 
 
-def test_two_stage_semantics(tiny_llama_dir, tiny_data, tmp_path):
+def test_two_stage_semantics(trainable_llama_dir, tiny_data, tmp_path):
     """Stage 1 keeps the mixture at its prior; stage 2 keeps the adapters where stage 1 left them."""
-    cfg = _cfg(tiny_llama_dir)
-    one = run_training(tiny_data, tmp_path / "s1", _cfg(tiny_llama_dir, stage2_steps=0), progress=False)
+    cfg = _cfg(trainable_llama_dir)
+    one = run_training(tiny_data, tmp_path / "s1", _cfg(trainable_llama_dir, stage2_steps=0), progress=False)
     assert one["complete"]
     after1 = load_checkpoint(tmp_path / "s1").model
     run_training(tiny_data, tmp_path / "s2", cfg, progress=False)
@@ -71,8 +71,8 @@ def test_one_stage_trains_mixture_and_adapters_together():
         TrainConfig(stages=3)
 
 
-def test_resume_equals_uninterrupted(tiny_llama_dir, tiny_data, tmp_path):
-    cfg = _cfg(tiny_llama_dir)
+def test_resume_equals_uninterrupted(trainable_llama_dir, tiny_data, tmp_path):
+    cfg = _cfg(trainable_llama_dir)
     run_training(tiny_data, tmp_path / "full", cfg, progress=False)
     part = run_training(tiny_data, tmp_path / "cut", cfg, progress=False, stop_after=13)
     assert not part["complete"] and (tmp_path / "cut" / "optimizer.pt").exists()
@@ -88,8 +88,8 @@ def test_resume_equals_uninterrupted(tiny_llama_dir, tiny_data, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
-def test_out_dir_guards(tiny_llama_dir, tiny_data, tmp_path):
-    cfg = _cfg(tiny_llama_dir, stage1_steps=2, stage2_steps=1)
+def test_out_dir_guards(trainable_llama_dir, tiny_data, tmp_path):
+    cfg = _cfg(trainable_llama_dir, stage1_steps=2, stage2_steps=1)
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -100,14 +100,14 @@ def test_out_dir_guards(tiny_llama_dir, tiny_data, tmp_path):
         run_training(tiny_data, tmp_path / "nope", cfg, resume=True, progress=False)
     run_training(tiny_data, tmp_path / "r", cfg, progress=False, stop_after=1)
     with pytest.raises(CheckpointError, match="different settings.*seed"):
-        run_training(tiny_data, tmp_path / "r", _cfg(tiny_llama_dir, stage1_steps=2, stage2_steps=1, seed=5),
+        run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=2, stage2_steps=1, seed=5),
                      resume=True, progress=False)
 
 
-def test_checkpoint_from_other_base_is_refused(tiny_llama_dir, tiny_data, tmp_path, tiny_tokenizer_dir):
+def test_checkpoint_from_other_base_is_refused(trainable_llama_dir, tiny_data, tmp_path, tiny_tokenizer_dir):
     from tests.helpers import make_tiny_base
 
-    run_training(tiny_data, tmp_path / "r", _cfg(tiny_llama_dir, stage1_steps=2, stage2_steps=1), progress=False)
+    run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=2, stage2_steps=1), progress=False)
     other = make_tiny_base("llama", tmp_path / "other-base", tiny_tokenizer_dir, seed=1)
     with pytest.raises(CheckpointError, match="matching --base-model"):
         load_checkpoint(tmp_path / "r", base_model=str(other))
@@ -133,7 +133,7 @@ def test_task_sampling_balanced_and_bucketed():
     assert sum(spread) / len(spread) < 6  # random batches would average ~11
 
 
-def test_state_history_is_json(tiny_llama_dir, tiny_data, tmp_path):
-    run_training(tiny_data, tmp_path / "r", _cfg(tiny_llama_dir, stage1_steps=3, stage2_steps=2), progress=False)
+def test_state_history_is_json(trainable_llama_dir, tiny_data, tmp_path):
+    run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=3, stage2_steps=2), progress=False)
     state = json.loads((tmp_path / "r" / "state.json").read_text())
     assert [h["stage"] for h in state["history"]] == ["stage1"] * 3 + ["stage2"] * 2
