@@ -41,7 +41,8 @@ def _friendly(fn):
               help="ffn/bottleneck: adapters with a smaller mixture weight are pruned from per-task graphs.")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The checkpoint's training JSONL: its dev split is the held-out slice for the "
-                   "quantized-metric check (without it, fp32 predictions are the reference).")
+                   "quantized-metric check. Default: the data the checkpoint records (the built-in "
+                   "mix, or its file if still there); failing that, fp32 predictions are the reference.")
 @click.option("--base-model", default=None, help="Override the base model the checkpoint records.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

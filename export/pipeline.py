@@ -102,7 +102,8 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     ck = load_checkpoint(checkpoint, base_model=opts.base_model)
     specs = ck.tasks.resolve(opts.tasks) if opts.tasks else []
     tc = ck.train_config
-    rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed)
+    rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed,
+                             recorded=ck.state.get("data"))
     inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
     cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
     heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, cases,

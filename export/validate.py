@@ -225,12 +225,21 @@ def check_quantized(src: OrtGraph, q: OrtGraph, name: str, precision: str, cases
             "budget_points": budget, "passed": passed}
 
 
-def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: float, seed: int) -> list | None:
-    """The held-out (dev) slice of ``data``, split exactly as training split it."""
-    if data is None:
-        return None
+def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: float, seed: int,
+                      recorded: str | None = None) -> list | None:
+    """The held-out (dev) slice of ``data``, split exactly as training split it. Without
+    ``data``, the data the checkpoint recorded (the built-in mix, or a file still on disk)."""
     from alter_edge.data import load_jsonl, stratified_split
 
-    rows = load_jsonl(data)
+    if data is not None:
+        rows = load_jsonl(data)
+    elif recorded and recorded.startswith("built-in"):
+        from alter_edge.default_mix import build_default_mix
+
+        rows = build_default_mix()
+    elif recorded and Path(recorded).is_file():
+        rows = load_jsonl(Path(recorded))
+    else:
+        return None
     tasks.check_names(sorted({r.task for r in rows}))
     return stratified_split(rows, dev_fraction, seed)[1]
