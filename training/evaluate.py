@@ -51,7 +51,8 @@ def greedy_generate(
     cur = ids
     for _ in range(max_new_tokens):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -cur.shape[1]:]
-        res = model(cur, mask, tids, past_key_values=past, position_ids=pos, use_cache=True)
+        res = model(cur, mask, tids, past_key_values=past, position_ids=pos, use_cache=True,
+                    logits_to_keep=1)  # only the last position: (B, 1, V), not (B, T, V)
         past = res.past_key_values
         nxt = res.logits[:, -1].argmax(-1)  # (B,)
         for i in range(B):
