@@ -187,11 +187,11 @@ class MTAModel(nn.Module):
             return
         layers = self._layers()
         first = self.adapted_layers[0]
-        if self._skip_layers is None:
-            skip = [_InjectHidden()] + [_PassThrough() for _ in range(first - 1)] if first > 0 else []
-            self._skip_layers = nn.ModuleList(skip + list(layers[first:]))
         if first == 0:
             raise ValueError("no frozen prefix: block 0 is adapted")
+        if self._skip_layers is None:
+            skip = [_InjectHidden()] + [_PassThrough() for _ in range(first - 1)]
+            self._skip_layers = nn.ModuleList(skip + list(layers[first:]))
         self._skip_layers[0].hidden = prefix_hidden
         setattr(self._backbone(), self.spec.layers, self._skip_layers)
         try:

@@ -141,11 +141,9 @@ class TaskRegistry:
         path = Path(path)
         if not path.is_file():
             raise TaskError(f"task registry not found: {path}")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TaskError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(d)
+        from .io import read_json
+
+        return cls.from_dict(read_json(path, TaskError))
 
     @classmethod
     def infer(

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import click
 
-from .errors import AlterEdgeError
-
 
 def _friendly(fn):
     from .cli import friendly_errors
@@ -77,10 +75,7 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
                        "  ".join(f"{t}={s:.3f}" for t, s in ev["per_task"].items()))
         click.echo(f"checkpoint: {out}")
 
-    try:
-        go()
-    except AlterEdgeError as e:  # pragma: no cover - friendly_errors handles it
-        raise click.ClickException(str(e)) from e
+    go()
 
 
 @click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})

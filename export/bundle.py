@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from alter_edge.errors import BundleError
-from alter_edge.io import atomic_write_text, sha256_file
+from alter_edge.io import atomic_write_text, read_json, sha256_file
 
 FORMAT = "alter-edge-bundle"
 FORMAT_VERSION = 1
@@ -47,10 +47,7 @@ def read_manifest(bundle: Path) -> dict:
         raise BundleError(f"bundle not found: {bundle} is not a directory")
     if not path.is_file():
         raise BundleError(f"{bundle} is not an alter-edge bundle: no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON ({e})") from e
+    manifest = read_json(path, BundleError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: format is not {FORMAT!r}")
     if manifest.get("format_version") != FORMAT_VERSION:

@@ -10,13 +10,12 @@ and its logits must cover the tokenizer's vocabulary and the eos/pad ids. Any fa
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from alter_edge.errors import BundleError, TaskError
-from alter_edge.io import sha256_file
+from alter_edge.io import read_json, sha256_file
 from alter_edge.tasks import TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -117,12 +116,9 @@ class Bundle:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise BundleError(f"{path.parent} is not an alter-edge bundle: {path.name} is missing") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: {what} is not valid JSON ({e})") from e
+    if not path.is_file():
+        raise BundleError(f"{path.parent} is not an alter-edge bundle: {path.name} is missing")
+    obj = read_json(path, BundleError, what)
     if not isinstance(obj, dict):
         raise BundleError(f"{path}: {what} must be a JSON object")
     return obj

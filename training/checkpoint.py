@@ -13,7 +13,6 @@ either the previous checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from alter_edge.base_model import BaseModelInfo, load_base_model, load_tokenizer
 from alter_edge.config import MTAConfig, TrainConfig, save_json
 from alter_edge.errors import CheckpointError
 from alter_edge.inject import MTAModel
-from alter_edge.io import atomic_dir
+from alter_edge.io import atomic_dir, read_json
 from alter_edge.tasks import TaskRegistry
 
 REQUIRED_FILES = (
@@ -88,10 +87,10 @@ def save_checkpoint(
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+    obj = read_json(path, CheckpointError)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return obj
 
 
 def read_checkpoint_meta(path: Path) -> dict:
