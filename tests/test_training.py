@@ -137,3 +137,37 @@ def test_state_history_is_json(trainable_llama_dir, tiny_data, tmp_path):
     run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=3, stage2_steps=2), progress=False)
     state = json.loads((tmp_path / "r" / "state.json").read_text())
     assert [h["stage"] for h in state["history"]] == ["stage1"] * 3 + ["stage2"] * 2
+
+
+def test_padding_to_a_multiple_leaves_the_loss_unchanged(tiny_llama_dir, monkeypatch):
+    """Batches are padded to PAD_MULTIPLE tokens to keep memory flat; the extra positions
+    are masked and carry no target, so the loss and its gradients must not move."""
+    import alter_edge.training.trainer as trainer_mod
+    from alter_edge.base_model import load_base_model
+    from alter_edge.config import MTAConfig
+    from alter_edge.inject import MTAModel
+    from alter_edge.training.memory import PAD_MULTIPLE, trim_heap
+
+    base, _, _ = load_base_model(str(tiny_llama_dir))
+    model = MTAModel(base, MTAConfig(num_tasks=2, num_top_layers=2, init_std=0.2))
+    V = base.config.vocab_size
+    params = model.set_trainable(["adapters", "mixture"])
+    g = torch.Generator().manual_seed(0)
+    ex = [trainer_mod.Encoded(i % 2, torch.randint(3, V, (5 + 3 * i,), generator=g).tolist(),
+                              torch.randint(3, V, (1 + i,), generator=g).tolist()) for i in range(4)]
+    cache = [model.prefix_hidden(torch.tensor([e.ids]), torch.ones(1, len(e.ids), dtype=torch.long))[0]
+             for e in ex]
+
+    def loss_and_grads(multiple: int):
+        monkeypatch.setattr(trainer_mod, "PAD_MULTIPLE", multiple)
+        model.zero_grad(set_to_none=True)
+        loss = trainer_mod.batch_loss(model, ex, [0, 1, 2, 3], 0, cache)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    (l1, g1), (l32, g32) = loss_and_grads(1), loss_and_grads(PAD_MULTIPLE)
+    assert PAD_MULTIPLE > max(len(e.ids) for e in ex)  # the second run really pads
+    assert torch.allclose(l1, l32, atol=1e-5)
+    for a, b in zip(g1, g32, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert trim_heap() is True  # glibc (Linux CI): the trim really runs

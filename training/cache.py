@@ -20,13 +20,17 @@ from tqdm.auto import tqdm
 from alter_edge.base_model import cache_dir
 from alter_edge.inject import MTAModel
 
+from .memory import trim_heap
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(s) for s in seqs)
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), padded on the right to the longest row rounded up to
+    ``multiple`` tokens."""
+    T = -(-max(len(s) for s in seqs) // multiple) * multiple
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -81,6 +85,7 @@ def build_prefix_cache(
             out[i] = h[j, : len(seqs[i])].to(torch_dtype).clone()
         bar.update(len(idx))
     bar.close()
+    trim_heap()
     if use_disk:
         try:
             from safetensors.torch import save_file

@@ -16,6 +16,8 @@ from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
 from alter_edge.prompts import encode_example, label_token_ids, prompt_text
 from alter_edge.tasks import TaskRegistry
 
+from .memory import trim_heap
+
 log = logging.getLogger(__name__)
 
 
@@ -150,6 +152,7 @@ def evaluate(
         for i, o in zip(idx, outs, strict=True):
             preds[i] = tokenizer.decode(o, skip_special_tokens=True).strip()
         bar.update(len(idx))
+        trim_heap()
     bar.close()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}

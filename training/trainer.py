@@ -30,6 +30,7 @@ from alter_edge.tasks import TaskRegistry
 from .cache import autocast, build_prefix_cache, cache_bytes, pad_hidden, right_pad
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .evaluate import evaluate
+from .memory import PAD_MULTIPLE, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def batch_loss(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int],
     """Mean over examples of the mean target-token cross-entropy; logits only at target
     positions; with ``cache``, the blocks below the first adapted one are skipped."""
     seqs = [examples[i].ids for i in idx]
-    ids, mask = right_pad(seqs, pad_id)
+    ids, mask = right_pad(seqs, pad_id, PAD_MULTIPLE)
     b_idx, p_idx, labels, owner = [], [], [], []
     for j, i in enumerate(idx):
         e = examples[i]
@@ -233,6 +234,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
+            trim_heap()
             seen += len(batches[step])
             state["step"] = step + 1
             state["history"].append({"stage": stage.name, "step": step + 1, "loss": round(loss.item(), 5)})
