@@ -1,0 +1,126 @@
+"""Resident memory of cached training steps under three allocator settings, side by side.
+
+Each setting runs in its own child process (so each peak is its own), in turn
+(A B C A B C ... with ``--repeats``), on the same batches of the trainer's schedule:
+
+- ``default``: batches padded to their longest row, no trimming (the session-1 trainer);
+- ``pad32``: batches padded to a multiple of 32 tokens (``training.memory.PAD_MULTIPLE``);
+- ``pad32_trim``: padded, and ``malloc_trim`` after every step (what ``run_training`` does).
+
+A thread samples RSS every 50 ms. Prints RSS after setup (model + cache), RSS after the
+last step, the peak during the steps, and the median step time.
+
+    python benchmarks/memory_bench.py --data ../shared/data/alter-mix/train.jsonl --steps 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+SETTINGS = ("default", "pad32", "pad32_trim")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(setting: str, args) -> dict:
+    import torch
+
+    import alter_edge.training.trainer as trainer_mod
+    from alter_edge.base_model import load_base_model, special_ids
+    from alter_edge.config import MTAConfig, TrainConfig
+    from alter_edge.inject import MTAModel
+    from alter_edge.tasks import TaskRegistry
+    from alter_edge.training.cache import autocast, build_prefix_cache
+    from alter_edge.training.memory import PAD_MULTIPLE, trim_heap
+
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(base_model=args.base_model)
+    train, dev, _ = trainer_mod.load_data(Path(args.data) if args.data else None, cfg)
+    tasks = TaskRegistry.infer([r.to_dict() for r in train + dev])
+    base, tok, info = load_base_model(cfg.base_model)
+    model = MTAModel(base, MTAConfig(num_tasks=len(tasks)))
+    eos, pad = special_ids(model.base.config)
+    ex = trainer_mod.encode_rows(train, tok, tasks, eos, cfg)
+    cache = build_prefix_cache(model, [e.ids for e in ex], pad, info.sha256, cfg.cache_dtype,
+                               progress=False, compute_dtype=cfg.compute_dtype)
+    stage = cfg.stage_plan()[0]
+    params = model.set_trainable(stage.trains)
+    opt = torch.optim.AdamW(params, lr=stage.lr)
+    batches = trainer_mod.batch_schedule(ex, len(tasks), stage, 0, cfg.batch_size, cfg.seed)
+    trainer_mod.PAD_MULTIPLE = 1 if setting == "default" else PAD_MULTIPLE
+    setup = rss_mb()
+    peak = [setup]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    times = []
+    for s in range(min(args.steps, len(batches))):
+        t0 = time.perf_counter()
+        with autocast(cfg.compute_dtype):
+            loss = trainer_mod.batch_loss(model, ex, batches[s], pad, cache)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if setting == "pad32_trim":
+            trim_heap()
+        times.append(time.perf_counter() - t0)
+    stop.set()
+    return {"setting": setting, "setup_mb": round(setup), "end_mb": round(rss_mb()),
+            "peak_mb": round(max(peak[0], rss_mb())), "step_s": round(statistics.median(times), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="JSONL task file (default: the built-in mix)")
+    ap.add_argument("--base-model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of A B C")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return
+    results: dict[str, list[dict]] = {s: [] for s in args.settings}
+    for r in range(args.repeats):
+        for s in args.settings:
+            cmd = [sys.executable, __file__, "--child", s, "--steps", str(args.steps),
+                   "--threads", str(args.threads), "--base-model", args.base_model]
+            if args.data:
+                cmd += ["--data", args.data]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                 env={**os.environ, "TQDM_DISABLE": "1"})
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[s].append(res)
+            print(f"round {r + 1} {s:<11} setup {res['setup_mb']:>5} MB  end {res['end_mb']:>5} MB  "
+                  f"peak {res['peak_mb']:>5} MB  step {res['step_s']:.3f} s", flush=True)
+    print(f"\n{'setting':<12}{'setup MB':>10}{'end MB':>10}{'peak MB':>10}{'step s':>9}{'vs default':>12}")
+    base_step = statistics.median(x["step_s"] for x in results[args.settings[0]])
+    for s, rs in results.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in ("setup_mb", "end_mb", "peak_mb", "step_s")}
+        print(f"{s:<12}{med['setup_mb']:>10.0f}{med['end_mb']:>10.0f}{med['peak_mb']:>10.0f}"
+              f"{med['step_s']:>9.3f}{med['step_s'] / base_step:>11.2f}x")
+
+
+if __name__ == "__main__":
+    main()
