@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before torch loads OpenMP: busy-waiting workers made tests/test_training.py take 70 s instead
+# of 10 s on a shared, oversubscribed 2-core host (docs/results.md, docs/runtime.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
