@@ -129,7 +129,7 @@ class TrainConfig:
     compute_dtype: str = "bfloat16"
     cache_dtype: str = "bfloat16"
     save_every: int = 25
-    eval_max_rows: int = 0  # 0 = whole dev split
+    eval_max_rows: int = 0  # 0 = whole dev split; else this many rows spread across tasks
     eval_max_new_tokens: int = 32
     mta: dict = field(default_factory=dict)  # MTAConfig fields except num_tasks
 

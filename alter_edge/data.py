@@ -103,6 +103,23 @@ def stratified_split(
     return train, dev
 
 
+def spread_head(rows: Sequence[Example], n: int) -> list[Example]:
+    """The first ``n`` rows taken round-robin across tasks (each task's rows in file order),
+    so a capped evaluation still sees every task; ``n <= 0`` keeps every row."""
+    if n <= 0 or n >= len(rows):
+        return list(rows)
+    by_task: dict[str, list[Example]] = defaultdict(list)
+    for r in rows:
+        by_task[r.task].append(r)
+    queues = [list(reversed(v)) for _, v in sorted(by_task.items())]
+    out: list[Example] = []
+    while len(out) < n:
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop())
+    return out
+
+
 def task_counts(rows: Iterable[Example]) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for r in rows:

@@ -234,7 +234,7 @@ def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, 
 
     from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
     from alter_edge.runtime import EdgeModel
-    from alter_edge.training.evaluate import _token_budget
+    from alter_edge.training.evaluate import token_budget
 
     t0 = time.perf_counter()
     m = EdgeModel.load(bundle, threads=threads, precision=precision, spinning=False)
@@ -249,7 +249,7 @@ def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, 
             continue
         mine.sort(key=lambda r: len(m.encode(r.input, spec.name)[0]))  # less padding per batch
         fn = exact_match if spec.kind == "classify" else rouge_l_f1
-        budget = _token_budget(m.tokenizer, spec, max_new)
+        budget = token_budget(m.tokenizer, spec, max_new)
         hits = 0.0
         for s in range(0, len(mine), batch_size):
             batch = mine[s : s + batch_size]

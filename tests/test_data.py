@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from alter_edge.data import load_jsonl, stratified_split, write_jsonl
+from alter_edge.data import Example, load_jsonl, spread_head, stratified_split, write_jsonl
 from alter_edge.errors import DataError, TaskError
 from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
 from alter_edge.tasks import TaskRegistry, TaskSpec
@@ -87,3 +87,10 @@ def test_paper_grouping():
     rows = [{"task": "nli", "input": "i", "target": lab} for lab in ["a", "b", "c"] * 3]
     rows += [{"task": "sentiment", "input": "i", "target": lab} for lab in ["p", "n"] * 3]
     assert TaskRegistry.infer(rows).groups() == {"nli": ["nli"], "classify": ["sentiment"]}
+
+
+def test_spread_head_takes_every_task_in_turn():
+    rows = [Example("a", f"a{i}", "x") for i in range(5)] + [Example("b", f"b{i}", "y") for i in range(2)]
+    head = spread_head(rows, 5)
+    assert [r.input for r in head] == ["a0", "b0", "a1", "b1", "a2"]  # b runs out, a fills in
+    assert spread_head(rows, 0) == rows and spread_head(rows, 99) == rows

@@ -92,7 +92,7 @@ def label_scores(
     return scores
 
 
-def _token_budget(tokenizer, task, max_new_tokens: int) -> int:
+def token_budget(tokenizer, task, max_new_tokens: int) -> int:
     if task.kind != "classify":
         return max_new_tokens
     longest = max(len(tokenizer.encode(" " + lab, add_special_tokens=False).ids) for lab in task.labels)
@@ -139,7 +139,7 @@ def evaluate(
     # batches of one task and similar length; a classify task needs no more new tokens than
     # its longest label (+2 for slack): anything longer cannot be an exact match anyway
     order = sorted(range(len(rows)), key=lambda i: (enc[i][1].id, len(enc[i][0])))
-    budget = {t.id: _token_budget(tokenizer, t, max_new_tokens) for t in tasks}
+    budget = {t.id: token_budget(tokenizer, t, max_new_tokens) for t in tasks}
     preds: dict[int, str] = {}
     bar = tqdm(total=len(rows), desc="eval", unit="row", disable=not progress, leave=False)
     batches = []
@@ -180,4 +180,4 @@ def evaluate(
     return EvalResult(per_task, overall_score(per_task, groups), counts, time.perf_counter() - t0, label_acc)
 
 
-__all__ = ["evaluate", "greedy_generate", "label_scores", "left_pad", "prompt_text", "EvalResult"]
+__all__ = ["evaluate", "greedy_generate", "label_scores", "left_pad", "prompt_text", "token_budget", "EvalResult"]

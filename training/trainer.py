@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from alter_edge.base_model import load_base_model, special_ids
 from alter_edge.config import MTAConfig, StageConfig, TrainConfig
-from alter_edge.data import Example, load_jsonl, stratified_split
+from alter_edge.data import Example, load_jsonl, spread_head, stratified_split
 from alter_edge.errors import CheckpointError, DataError
 from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.prompts import encode_example
@@ -267,7 +267,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
 
 
 def _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg: TrainConfig, progress: bool) -> dict:
-    rows = dev_rows[: cfg.eval_max_rows] if cfg.eval_max_rows else dev_rows
+    rows = spread_head(dev_rows, cfg.eval_max_rows)
     with autocast(cfg.compute_dtype):
         res = evaluate(model, tokenizer, tasks, rows, eos_id, pad_id, cfg.max_prompt_tokens,
                    cfg.eval_max_new_tokens, progress=progress)
@@ -288,8 +288,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: in
     else:
         rows = load_jsonl(data)
     ck.tasks.check_names([r.task for r in rows])
-    if max_rows:
-        rows = rows[:max_rows]
+    rows = spread_head(rows, max_rows)
     with autocast(compute_dtype):
         res = evaluate(ck.model, ck.tokenizer, ck.tasks, rows, ck.eos_id, ck.pad_id,
                        ck.train_config.max_prompt_tokens, ck.train_config.eval_max_new_tokens,
