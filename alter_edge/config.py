@@ -112,9 +112,9 @@ class TrainConfig:
 
     base_model: str = "smollm2-135m"
     stages: int = 2
-    stage1_steps: int = 150
+    stage1_steps: int = 600
     stage2_steps: int = 40
-    stage1_lr: float = 1e-3
+    stage1_lr: float = 3e-3
     stage2_lr: float = 5e-3
     batch_size: int = 16
     sampling_temperature: float = 0.0
