@@ -1,7 +1,7 @@
-"""Bundle manifest: write it, read it back, verify every hash (torch-free).
+"""Bundle manifest: write it, and verify a bundle for ``alter-edge inspect`` (torch-free).
 
-The format is docs/bundle-format.md; the runtime has its own loader, this module is what
-``alter-edge inspect`` and the exporter use.
+The format is docs/bundle-format.md; reading and checking a bundle is the runtime's loader
+(``alter_edge.runtime.bundle``), so the exporter's checks and the runtime's are the same code.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from alter_edge.errors import BundleError
-from alter_edge.io import atomic_write_text, read_json, sha256_file
+from alter_edge.io import atomic_write_text, sha256_file
 
 FORMAT = "alter-edge-bundle"
 FORMAT_VERSION = 1
@@ -40,42 +39,17 @@ def write_manifest(bundle: Path, meta: dict, graphs: list[dict]) -> dict:
     return manifest
 
 
-def read_manifest(bundle: Path) -> dict:
-    bundle = Path(bundle)
-    path = bundle / MANIFEST
-    if not bundle.is_dir():
-        raise BundleError(f"bundle not found: {bundle} is not a directory")
-    if not path.is_file():
-        raise BundleError(f"{bundle} is not an alter-edge bundle: no {MANIFEST}")
-    manifest = read_json(path, BundleError)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: format is not {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {manifest.get('format_version')} is not supported "
-                          f"(this alter-edge reads {FORMAT_VERSION})")
-    for key in ("graphs", "files"):
-        if key not in manifest:
-            raise BundleError(f"{path} lacks {key!r}")
-    return manifest
-
-
 def verify_bundle(bundle: Path) -> dict:
-    """Read the manifest and check every listed file's sha256; a missing, changed or unlisted
-    file raises BundleError naming it. Returns the manifest."""
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    expected = {g["path"]: g["sha256"] for g in manifest["graphs"]} | dict(manifest["files"])
-    for rel, digest in expected.items():
-        p = bundle / rel
-        if not p.is_file():
-            raise BundleError(f"bundle {bundle}: {rel} is listed in the manifest but missing")
-        if sha256_file(p) != digest:
-            raise BundleError(f"bundle {bundle}: {rel} has been modified (sha256 does not match the manifest)")
-    for p in bundle.rglob("*"):
-        rel = p.relative_to(bundle).as_posix()
-        if p.is_file() and rel != MANIFEST and rel not in expected:
-            raise BundleError(f"bundle {bundle}: {rel} is not listed in the manifest")
-    return manifest
+    """Every check the runtime makes when it loads the bundle (``runtime.bundle.load_bundle``:
+    format, version, fields, tasks, every listed file's sha256, no unlisted file), plus the
+    sha256 of every graph, which the runtime checks only when it opens one. One reader, so
+    ``inspect`` and the runtime can never disagree. Returns the manifest."""
+    from alter_edge.runtime.bundle import load_bundle
+
+    loaded = load_bundle(Path(bundle), verify=True)
+    for graph in loaded.graphs:
+        loaded.check_graph(graph)
+    return loaded.manifest
 
 
 def describe(manifest: dict) -> list[str]:

@@ -288,7 +288,7 @@ def test_cli_export_inspect_and_tamper(lora_bundle, tmp_path):
     with open(out / "tasks.json", "a") as f:
         f.write(" ")
     r = _run(["inspect", str(out)])
-    assert r.exit_code == 1 and "tasks.json has been modified" in r.output
+    assert r.exit_code == 1 and "file tasks.json does not match manifest.json" in r.output
     assert "Traceback" not in r.output
 
 
