@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from alter_edge.io import atomic_write_text, sha256_file
+from alter_edge.runtime.bundle import BUNDLE_FORMAT, SUPPORTED_FORMAT_VERSIONS, load_bundle
 
-FORMAT = "alter-edge-bundle"
-FORMAT_VERSION = 1
+FORMAT = BUNDLE_FORMAT
+FORMAT_VERSION = max(SUPPORTED_FORMAT_VERSIONS)  # what the exporter writes
 MANIFEST = "manifest.json"
 
 
@@ -44,8 +45,6 @@ def verify_bundle(bundle: Path) -> dict:
     format, version, fields, tasks, every listed file's sha256, no unlisted file), plus the
     sha256 of every graph, which the runtime checks only when it opens one. One reader, so
     ``inspect`` and the runtime can never disagree. Returns the manifest."""
-    from alter_edge.runtime.bundle import load_bundle
-
     loaded = load_bundle(Path(bundle), verify=True)
     for graph in loaded.graphs:
         loaded.check_graph(graph)
