@@ -22,9 +22,13 @@ def _friendly(fn):
               help="Bundle directory to create.")
 @click.option("--task", "tasks", default="all", show_default=True,
               help="Per-task graphs: 'all', comma-separated names, or 'none' (multi-task graph only).")
-@click.option("--int8", is_flag=True, help="Also write dynamic int8 graphs (per-channel weights).")
+@click.option("--int8", is_flag=True, help="Also write int8 graphs (see --int8-method).")
+@click.option("--int8-method", type=click.Choice(["blockwise", "dynamic"]), default="blockwise", show_default=True,
+              help="blockwise: weight-only 8-bit MatMulNBits, activations stay float; dynamic: "
+                   "per-channel int8 weights with activations quantized per tensor (MatMulInteger).")
 @click.option("--int4", is_flag=True, help="Also write weight-only 4-bit graphs (MatMulNBits).")
-@click.option("--block-size", type=int, default=32, show_default=True, help="int4 block size.")
+@click.option("--block-size", type=int, default=32, show_default=True,
+              help="Weights per scale of the MatMulNBits graphs (int4, blockwise int8).")
 @click.option("--ort-format", is_flag=True, help="Also write .ort files and a reduced-operator config.")
 @click.option("--atol", type=float, default=3e-4, show_default=True,
               help="fp32 parity tolerance: max |logits diff| at unpadded positions "
@@ -46,7 +50,7 @@ def _friendly(fn):
 @click.option("--base-model", default=None, help="Override the base model the checkpoint records.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export_cmd(checkpoint, out, tasks, int8, int4, block_size, ort_format, atol, int8_budget,
+def export_cmd(checkpoint, out, tasks, int8, int8_method, int4, block_size, ort_format, atol, int8_budget,
                int4_budget, int8_min_top1, int4_min_top1, prune_threshold, data, base_model, overwrite, quiet):
     """Export a checkpoint to a validated ONNX bundle (every graph is checked; a failed check
     exits non-zero and leaves no bundle).
@@ -62,7 +66,8 @@ def export_cmd(checkpoint, out, tasks, int8, int4, block_size, ort_format, atol,
         from .pipeline import ExportOptions, export_checkpoint
 
         opts = ExportOptions(
-            tasks=None if tasks.strip() == "none" else tasks, int8=int8, int4=int4, block_size=block_size,
+            tasks=None if tasks.strip() == "none" else tasks, int8=int8, int8_method=int8_method, int4=int4,
+            block_size=block_size,
             ort_format=ort_format, atol=atol, int8_budget=int8_budget, int4_budget=int4_budget,
             min_top1_int8=int8_min_top1, min_top1_int4=int4_min_top1,
             prune_threshold=prune_threshold, data=data, base_model=base_model, overwrite=overwrite,

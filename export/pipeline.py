@@ -23,7 +23,14 @@ from .bundle import write_manifest
 from .onnx_export import OPSET, KVLayout, export_graph
 from .optimize import convert_to_ort, graph_parameters, optimize_graph
 from .ortgraph import OrtGraph
-from .quantize import prepare_for_quantization, quantize_int4, quantize_int8, sensitivity_ladder
+from .quantize import (
+    INT8_METHODS,
+    prepare_for_quantization,
+    quantize_int4,
+    quantize_int8_blockwise,
+    quantize_int8_dynamic,
+    sensitivity_ladder,
+)
 from .specialize import specialize
 from .validate import (
     ExportValidationError,
@@ -45,7 +52,8 @@ class ExportOptions:
     tasks: str | None = "all"  # "all", "a,b", or None: the multi-task graph only
     int8: bool = False
     int4: bool = False
-    block_size: int = 32  # int4 block size (weights per scale)
+    block_size: int = 32  # weights per scale of the MatMulNBits graphs (int4, blockwise int8)
+    int8_method: str = "blockwise"  # blockwise: weight-only MatMulNBits | dynamic: MatMulInteger
     ort_format: bool = False
     atol: float = 3e-4  # fp32 parity: max |logits diff| at unpadded positions (SmolLM2: ~1.7e-4)
     steps: int = 16  # greedy steps that must match, with the KV cache
@@ -69,6 +77,8 @@ class ExportOptions:
             raise ConfigError(f"greedy steps must be >= 1, got {self.steps}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block size must be a power of two >= 16, got {self.block_size}")
+        if self.int8_method not in INT8_METHODS:
+            raise ConfigError(f"int8 method {self.int8_method!r} is not one of {', '.join(INT8_METHODS)}")
         if self.int8_budget < 0 or self.int4_budget < 0:
             raise ConfigError("quantization budgets must be >= 0 points")
         if not 0 <= self.prune_threshold < 1:
@@ -232,7 +242,8 @@ def _int8_with_ladder(g: _Graph, src: OrtGraph, prepared: Path, work: Path, tmp:
     attempts = []
     for rung, exclude in sensitivity_ladder(prepared, _feeds(src, g.cases, pad)):
         q_raw = work / (g.raw.stem + ".int8.onnx")
-        qinfo = quantize_int8(prepared, q_raw, exclude)
+        qinfo = (quantize_int8_blockwise(prepared, q_raw, exclude, opts.block_size)
+                 if opts.int8_method == "blockwise" else quantize_int8_dynamic(prepared, q_raw, exclude))
         opt_info = optimize_graph(q_raw, tmp / rel)
         q = OrtGraph(tmp / rel)
         rec = check_quantized(src, q, rel, "int8", g.cases, g.heldout, ck.tokenizer, pad, eos,

@@ -1,5 +1,12 @@
-"""int8 (dynamic, per-channel) and int4 (MatMulNBits) weight quantization, with a check that
-every large weight matmul was actually quantized.
+"""int8 and int4 weight quantization, with a check that every large weight matmul was actually
+quantized.
+
+- int8, ``blockwise`` (the default): weight-only 8-bit ``MatMulNBits`` (one scale per block of
+  weights along the reduction axis; activations stay float) plus a per-row int8 embedding table.
+- int8, ``dynamic``: onnxruntime's dynamic quantization (per-channel int8 weights, activations
+  quantized per tensor at run time: ``MatMulInteger``). Smaller code path on old runtimes, but a
+  per-tensor activation scale is what SmolLM2's activation outliers break (docs/export.md).
+- int4: weight-only 4-bit ``MatMulNBits``, embedding ``GatherBlockQuantized``.
 
 Two ways a weight escapes onnxruntime's quantizers, both fixed before quantizing:
 
@@ -21,6 +28,7 @@ from alter_edge.errors import BundleError
 
 log = logging.getLogger(__name__)
 
+INT8_METHODS = ("blockwise", "dynamic")
 LARGE_WEIGHT = 1024  # weight elements from which a MatMul/Gemm must be quantized
 
 
@@ -167,7 +175,7 @@ def sensitivity_ladder(prepared: Path, feeds: list[dict] | None = None) -> list[
             ("lm_head+top_quarter", nodes[-max(2, n // 4):]), ("lm_head+top_half", nodes[-max(2, n // 2):])]
 
 
-def quantize_int8(prepared: Path, dst: Path, exclude: list[str]) -> dict:
+def quantize_int8_dynamic(prepared: Path, dst: Path, exclude: list[str]) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QInt8,
@@ -181,17 +189,74 @@ def quantize_int8(prepared: Path, dst: Path, exclude: list[str]) -> dict:
             "embeddings_quantized": "DequantizeLinear" in ops, "kept_fp32": list(exclude)}
 
 
-def quantize_int4(prepared: Path, dst: Path, block_size: int) -> dict:
+def quantize_int8_blockwise(prepared: Path, dst: Path, exclude: list[str], block_size: int) -> dict:
+    """Weight-only 8-bit ``MatMulNBits`` (symmetric, ``block_size`` weights per scale) for every
+    weight matmul not in ``exclude``, and the embedding table stored as int8 rows with one scale
+    per row."""
     import onnx
+
+    model = _matmul_nbits(onnx.load(str(prepared)), 8, block_size, ("MatMul",), (("MatMul", 0),), exclude)
+    rows = _int8_embedding_rows(model)
+    onnx.save(model, str(dst))
+    check_all_quantized(dst, set(exclude), "int8")
+    return {"method": f"weight-only 8-bit MatMulNBits, symmetric, block size {block_size}; "
+                      "embedding rows int8 with a scale per row",
+            "embeddings_quantized": rows > 0, "block_size": block_size, "kept_fp32": list(exclude)}
+
+
+def _matmul_nbits(model, bits: int, block_size: int, ops: tuple, axes: tuple, exclude: list[str] = ()):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    q = MatMulNBitsQuantizer(onnx.load(str(prepared)), bits=4, block_size=block_size, is_symmetric=True,
-                             op_types_to_quantize=("MatMul", "Gather"),
-                             quant_axes=(("MatMul", 0), ("Gather", 1)))
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                             nodes_to_exclude=list(exclude), op_types_to_quantize=ops, quant_axes=axes)
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: the quantizer handles them
         q.process()
-    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+    q.model.topological_sort()
+    return q.model.model
+
+
+def _int8_embedding_rows(model) -> int:
+    """``Gather(E, ids)`` on a large float table -> ``Gather(E_int8, ids) * Gather(scale, ids)``:
+    symmetric int8 with one scale per row, so rare tokens' small rows keep their precision (a
+    per-tensor scale would flatten them). Returns how many tables were rewritten."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = _initializers(model)
+    nodes, done = [], 0
+    for node in model.graph.node:
+        init = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if (init is None or init.data_type != TensorProto.FLOAT or len(init.dims) != 2
+                or int(np.prod(init.dims)) < LARGE_WEIGHT):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(init)
+        scale = (np.abs(w).max(axis=1, keepdims=True) / 127.0).astype(np.float32)
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        name = node.input[0]
+        model.graph.initializer.extend([numpy_helper.from_array(q, f"{name}__int8"),
+                                        numpy_helper.from_array(scale, f"{name}__row_scale")])
+        out, tag = node.output[0], node.name or name
+        nodes += [
+            helper.make_node("Gather", [f"{name}__int8", node.input[1]], [f"{out}__q"], name=f"{tag}_q", axis=0),
+            helper.make_node("Cast", [f"{out}__q"], [f"{out}__f"], name=f"{tag}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Gather", [f"{name}__row_scale", node.input[1]], [f"{out}__s"], name=f"{tag}_s", axis=0),
+            helper.make_node("Mul", [f"{out}__f", f"{out}__s"], [out], name=f"{tag}_dq"),
+        ]
+        done += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _drop_unused_initializers(model)
+    return done
+
+
+def quantize_int4(prepared: Path, dst: Path, block_size: int) -> dict:
+    import onnx
+
+    model = _matmul_nbits(onnx.load(str(prepared)), 4, block_size, ("MatMul", "Gather"),
+                          (("MatMul", 0), ("Gather", 1)))
+    onnx.save(model, str(dst))
     check_all_quantized(dst, set(), "int4")
     ops = {n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node}
     return {"method": f"weight-only 4-bit MatMulNBits, symmetric, block size {block_size}",

@@ -202,31 +202,68 @@ def trained_ck(arch_base, tmp_path_factory):
     return make_tiny_checkpoint(root / "ck", tb, "lora", init_std=0.02, num_top_layers=2)
 
 
-def test_int8_int4_within_budget(trained_ck, tmp_path, data_file):
+@pytest.mark.parametrize("method", ["blockwise", "dynamic"])
+def test_int8_int4_within_budget(trained_ck, tmp_path, data_file, method):
     import onnx
 
     from alter_edge.export.pipeline import export_checkpoint
     from alter_edge.export.quantize import weight_matmuls
 
-    export_checkpoint(trained_ck, tmp_path / "b", _opts(tasks=None, int8=True, int4=True, data=data_file,
-                                                         block_size=16))
+    export_checkpoint(trained_ck, tmp_path / "b", _opts(tasks=None, int8=True, int4=(method == "dynamic"),
+                                                         int8_method=method, data=data_file, block_size=16))
     v = _validation(tmp_path / "b")
     q = [c for c in v["checks"] if c["check"] == "quantized_vs_fp32" and c["passed"]]
-    assert {c["precision"] for c in q} == {"int8", "int4"}
+    assert {c["precision"] for c in q} == ({"int8", "int4"} if method == "dynamic" else {"int8"})
     for c in q:
         assert max(c["metric_drop_points"].values()) <= c["budget_points"]
         assert c["top1_agreement"] >= c["min_top1"]
         assert set(c["metric_reference"].values()) == {"held-out targets"}
     int8 = tmp_path / "b" / "model.int8.onnx"
-    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
-    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    model = onnx.load(str(int8))
+    ops = {n.op_type for n in model.graph.node}
+    if method == "dynamic":
+        assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    else:
+        assert not ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+        bits = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+        assert bits == {8}
+        int8_tables = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+        assert int8_tables  # the embedding rows
     assert v["quantization"]["model.int8.onnx"]["embeddings_quantized"]
-    assert v["quantization"]["model.int4.onnx"]["embeddings_quantized"]  # GatherBlockQuantized
     kept = set(v["quantization"]["model.int8.onnx"]["kept_fp32"])
     assert set(weight_matmuls(int8)) <= kept  # nothing large escaped (tied lm_head included)
-    int4_ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "model.int4.onnx")).graph.node}
-    assert "MatMulNBits" in int4_ops
-    assert weight_matmuls(tmp_path / "b" / "model.int4.onnx") == []
+    if method == "dynamic":
+        assert v["quantization"]["model.int4.onnx"]["embeddings_quantized"]  # GatherBlockQuantized
+        int4_ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "model.int4.onnx")).graph.node}
+        assert "MatMulNBits" in int4_ops
+        assert weight_matmuls(tmp_path / "b" / "model.int4.onnx") == []
+
+
+def test_int8_embedding_rows_keep_each_rows_precision():
+    """Per-row scales: a row 1000x smaller than another is still quantized to within half its own
+    step (a per-tensor scale would round it to zero), and the rewritten graph gathers the same rows."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from alter_edge.export.quantize import _int8_embedding_rows
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((64, 32)).astype(np.float32)
+    table[3] *= 1e-3
+    g = helper.make_graph([helper.make_node("Gather", ["emb", "ids"], ["y"], name="embed")], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, None])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(table, "emb")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    assert _int8_embedding_rows(model) == 1
+    assert {i.name for i in model.graph.initializer} == {"emb__int8", "emb__row_scale"}
+    ids = np.array([[3, 0, 63, 3]], np.int64)
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    ref = table[ids]
+    step = np.abs(ref).max(axis=-1, keepdims=True) / 127
+    assert np.all(np.abs(out - ref) <= step / 2 + 1e-9)
+    assert np.abs(out[0, 0]).max() > 0  # the small row survived
 
 
 def test_escape_check_names_unquantized_matmul(tmp_path):

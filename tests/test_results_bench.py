@@ -130,11 +130,13 @@ def test_export_rows_score_through_the_runtime(table):
     ex = table.res["export"]
     assert ex["source"]["row"] == "mta" and ex["source"]["seed"] == 0
     precs = ex["precisions"]
-    assert list(precs) == ["fp32", "int8", "int4"]
+    assert list(precs) == ["fp32", "int8", "int4", "int8_dynamic"]
     for rec in precs.values():
         _in_unit(rec)
         assert sum(rec["counts"].values()) == 6
     assert precs["int8"]["size_mb"] < precs["fp32"]["size_mb"]
+    assert precs["int8_dynamic"]["size_mb"] < precs["fp32"]["size_mb"]
+    assert "MatMulNBits" in precs["int8"]["method"] and "dynamic" in precs["int8_dynamic"]["method"]
     assert precs["int8"]["validation"] and precs["int8"]["gate_failure"] is None
     # the fp32 graph through the runtime scores what the PyTorch checkpoint scores
     assert precs["fp32"]["per_task"] == ex["pytorch"]["per_task"]
@@ -204,4 +206,4 @@ def test_a_precision_failing_its_gates_is_recorded_and_measured(table, tmp_path,
 
     monkeypatch.setattr(pipeline, "export_checkpoint", fp32_fails)
     res = results.child_export(tmp_path / "job2", spec, progress=False)
-    assert "onnx_vs_torch failed" in res["error"] and "precisions" not in res
+    assert "onnx_vs_torch failed" in res["error"] and not res["precisions"]
