@@ -27,6 +27,8 @@ def _friendly(fn):
 @click.option("--layers", default=None, help="Adapted block indices, e.g. '26,27,28,29' (default: top --top-layers).")
 @click.option("--top-layers", type=int, default=None, help="Adapt the top N blocks.")
 @click.option("--rank", type=int, default=None, help="LoRA rank.")
+@click.option("--attention/--no-attention", default=None,
+              help="lora kind: also adapt each adapted block's attention projections (default: on for lora).")
 @click.option("--stage1-steps", type=int, default=None)
 @click.option("--stage2-steps", type=int, default=None)
 @click.option("--stages", type=click.Choice(["1", "2"]), default="2", show_default=True,
@@ -36,7 +38,7 @@ def _friendly(fn):
 @click.option("--no-cache", is_flag=True, help="Run the full forward every step (no frozen-prefix cache).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank,
+def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention,
               stage1_steps, stage2_steps, stages, batch_size, seed, no_cache, resume, quiet):
     """Train an MTA model with the two-stage recipe and write a checkpoint directory.
 
@@ -59,6 +61,8 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
         mta["num_top_layers"] = top_layers
     if rank is not None:
         mta["lora_rank"] = rank
+    if attention is not None:
+        mta["lora_attention"] = attention
     kwargs = {"base_model": base_model, "stages": int(stages), "seed": seed, "use_cache": not no_cache, "mta": mta}
     for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size)):
         if v is not None:

@@ -49,11 +49,13 @@ ROWS: dict[str, tuple[dict, str]] = {
                      "one LoRA per task, mixture fixed one-hot (never trained)"),
     "mta_one_stage": ({"stages": 1}, "MTA (lora), adapters and mixture trained together"),
     "mta": ({}, "MTA (lora), two stages: the defaults"),
-    "mta_ffn": ({"mta": {"adapter_kind": "ffn"}}, "MTA, ffn kind (upcycled MLP experts), two stages"),
+    "mta_ffn": ({"mta": {"adapter_kind": "ffn", "lora_attention": None}},
+                "MTA, ffn kind (upcycled MLP experts), two stages"),
     "mta_k2": ({"mta": {"num_adapters": 2}}, "ablation: K = 2 adapters per block"),
     "mta_k8": ({"mta": {"num_adapters": 8}}, "ablation: K = 8 adapters per block"),
-    "mta_top2": ({"mta": {"num_top_layers": 2}}, "ablation: adapters in the top 2 blocks"),
+    "mta_top4": ({"mta": {"num_top_layers": 4}}, "ablation: adapters in the top 4 blocks"),
     "mta_top8": ({"mta": {"num_top_layers": 8}}, "ablation: adapters in the top 8 blocks"),
+    "mta_no_attn": ({"mta": {"lora_attention": False}}, "ablation: LoRA on the MLP projections only"),
 }
 EXPORT = "export"
 ALL_ROWS = (*ROWS, EXPORT)
@@ -61,7 +63,7 @@ ALL_ROWS = (*ROWS, EXPORT)
 # same examples (total optimizer steps x batch size).
 ONE_ADAPTER_STAGE = ("shared_lora", "hard_routing", "mta_one_stage")
 # The rows the export row chooses from.
-TWO_STAGE_MTA = ("mta", "mta_ffn", "mta_k2", "mta_k8", "mta_top2", "mta_top8")
+TWO_STAGE_MTA = ("mta", "mta_ffn", "mta_k2", "mta_k8", "mta_top4", "mta_top8", "mta_no_attn")
 # --quick: a smoke budget (training's own dev evaluations cut to a few rows, too).
 QUICK_CONFIG = {"stage1_steps": 6, "stage2_steps": 2, "batch_size": 8, "eval_max_rows": 8}
 QUICK_EVAL_PER_TASK = 8

@@ -242,7 +242,6 @@ def test_int8_int4_within_budget(trained_ck, tmp_path, data_file, method):
 def test_int8_embedding_rows_keep_each_rows_precision():
     """Per-row scales: a row 1000x smaller than another is still quantized to within half its own
     step (a per-tensor scale would round it to zero), and the rewritten graph gathers the same rows."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -66,9 +66,17 @@ def test_mixed_batch_equals_each_task_alone(tiny_base_dir, kind):
     assert (mixed[m] - other[m]).abs().max() > 1e-3
 
 
+def test_attention_lora_is_on_by_default_for_the_lora_kind_only():
+    assert MTAConfig(num_tasks=2).lora_attention is True
+    assert MTAConfig(num_tasks=2, adapter_kind="ffn").lora_attention is False
+    assert MTAConfig(num_tasks=2, adapter_kind="bottleneck").lora_attention is False
+    assert MTAConfig(num_tasks=2, lora_attention=False).lora_attention is False
+    assert MTAConfig.from_dict(MTAConfig(num_tasks=2).to_dict()) == MTAConfig(num_tasks=2)
+
+
 def test_only_intended_parameters_train(tiny_base_dir):
     base, _, _ = load_base_model(str(tiny_base_dir))
-    model = MTAModel(base, MTAConfig(num_tasks=3, adapter_kind="lora", num_top_layers=2))
+    model = MTAModel(base, MTAConfig(num_tasks=3, adapter_kind="lora", num_top_layers=2, lora_attention=False))
     groups = model.parameter_groups()
     n_adapters = sum(p.numel() for p in groups["adapters"])
     n_mix = sum(p.numel() for p in groups["mixture"])
