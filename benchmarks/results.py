@@ -501,7 +501,7 @@ def markdown(res: dict) -> str:
         lines += ["", f"Export + validation {ex.get('export_s', '?')} s; peak {ex.get('peak_rss_mb', '?')} MB. "
                   "size MB: that precision's graph(s) + tokenizer.json, tasks.json, manifest.json. top-1 vs "
                   "fp32: the export's check (argmax agreement with the fp32 graph at every prompt position "
-                  "of its validation prompts). int8: blockwise weight-only (the default); int8_dynamic: "
+                  "of its validation prompts). int8: blockwise 8-bit MatMulNBits (the default); int8_dynamic: "
                   "onnxruntime's dynamic quantization (`--int8-method dynamic`)."]
     if res.get("failed"):
         lines += ["", "## Failed", ""] + [f"- {f}" for f in res["failed"]]

@@ -24,8 +24,9 @@ def _friendly(fn):
               help="Per-task graphs: 'all', comma-separated names, or 'none' (multi-task graph only).")
 @click.option("--int8", is_flag=True, help="Also write int8 graphs (see --int8-method).")
 @click.option("--int8-method", type=click.Choice(["blockwise", "dynamic"]), default="blockwise", show_default=True,
-              help="blockwise: weight-only 8-bit MatMulNBits, activations stay float; dynamic: "
-                   "per-channel int8 weights with activations quantized per tensor (MatMulInteger).")
+              help="blockwise: 8-bit MatMulNBits, weights and activations quantized per block of "
+                   "--block-size; dynamic: per-channel int8 weights, activations quantized per tensor "
+                   "(MatMulInteger).")
 @click.option("--int4", is_flag=True, help="Also write weight-only 4-bit graphs (MatMulNBits).")
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="Weights per scale of the MatMulNBits graphs (int4, blockwise int8).")

@@ -53,7 +53,7 @@ class ExportOptions:
     int8: bool = False
     int4: bool = False
     block_size: int = 32  # weights per scale of the MatMulNBits graphs (int4, blockwise int8)
-    int8_method: str = "blockwise"  # blockwise: weight-only MatMulNBits | dynamic: MatMulInteger
+    int8_method: str = "blockwise"  # blockwise: 8-bit MatMulNBits | dynamic: MatMulInteger
     ort_format: bool = False
     atol: float = 3e-4  # fp32 parity: max |logits diff| at unpadded positions (SmolLM2: ~1.7e-4)
     steps: int = 16  # greedy steps that must match, with the KV cache

@@ -1,8 +1,9 @@
 """int8 and int4 weight quantization, with a check that every large weight matmul was actually
 quantized.
 
-- int8, ``blockwise`` (the default): weight-only 8-bit ``MatMulNBits`` (one scale per block of
-  weights along the reduction axis; activations stay float) plus a per-row int8 embedding table.
+- int8, ``blockwise`` (the default): 8-bit ``MatMulNBits`` (one scale per block of 32 weights
+  along the reduction axis; at run time the CPU kernel quantizes activations per block of 32
+  too, so one outlier channel only coarsens its own block) plus a per-row int8 embedding table.
 - int8, ``dynamic``: onnxruntime's dynamic quantization (per-channel int8 weights, activations
   quantized per tensor at run time: ``MatMulInteger``). Smaller code path on old runtimes, but a
   per-tensor activation scale is what SmolLM2's activation outliers break (docs/export.md).
@@ -29,6 +30,11 @@ from alter_edge.errors import BundleError
 log = logging.getLogger(__name__)
 
 INT8_METHODS = ("blockwise", "dynamic")
+# MatMulNBits accuracy_level 4: the CPU kernel quantizes activations to int8 per block and runs
+# int8 dot products. Without it, 8-bit weights take a slow path: one 576x1536 matmul at M=1 took
+# 2.7 ms against 17 us (level 4) and 17 us (dynamic int8); benchmarks/compare_bundles.py shows
+# the whole-model effect (docs/export.md).
+INT8_ACCURACY_LEVEL = 4
 LARGE_WEIGHT = 1024  # weight elements from which a MatMul/Gemm must be quantized
 
 
@@ -190,26 +196,30 @@ def quantize_int8_dynamic(prepared: Path, dst: Path, exclude: list[str]) -> dict
 
 
 def quantize_int8_blockwise(prepared: Path, dst: Path, exclude: list[str], block_size: int) -> dict:
-    """Weight-only 8-bit ``MatMulNBits`` (symmetric, ``block_size`` weights per scale) for every
+    """8-bit ``MatMulNBits`` (symmetric, ``block_size`` weights per scale) for every
     weight matmul not in ``exclude``, and the embedding table stored as int8 rows with one scale
     per row."""
     import onnx
 
-    model = _matmul_nbits(onnx.load(str(prepared)), 8, block_size, ("MatMul",), (("MatMul", 0),), exclude)
+    model = _matmul_nbits(onnx.load(str(prepared)), 8, block_size, ("MatMul",), (("MatMul", 0),), exclude,
+                          accuracy_level=INT8_ACCURACY_LEVEL)
     rows = _int8_embedding_rows(model)
     onnx.save(model, str(dst))
     check_all_quantized(dst, set(exclude), "int8")
-    return {"method": f"weight-only 8-bit MatMulNBits, symmetric, block size {block_size}; "
-                      "embedding rows int8 with a scale per row",
+    return {"method": f"8-bit MatMulNBits, symmetric, block size {block_size}, accuracy_level "
+                      f"{INT8_ACCURACY_LEVEL} (activations int8 per block at run time); embedding rows int8 "
+                      "with a scale per row",
             "embeddings_quantized": rows > 0, "block_size": block_size, "kept_fp32": list(exclude)}
 
 
-def _matmul_nbits(model, bits: int, block_size: int, ops: tuple, axes: tuple, exclude: list[str] = ()):
+def _matmul_nbits(model, bits: int, block_size: int, ops: tuple, axes: tuple, exclude: list[str] = (),
+                  accuracy_level: int | None = None):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
-                             nodes_to_exclude=list(exclude), op_types_to_quantize=ops, quant_axes=axes)
+                             nodes_to_exclude=list(exclude), op_types_to_quantize=ops, quant_axes=axes,
+                             accuracy_level=accuracy_level)
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: the quantizer handles them
         q.process()
     q.model.topological_sort()
