@@ -23,13 +23,12 @@ echo "== dev-split scores"
 if "$AE" export --help >/dev/null 2>&1; then
   echo "== export: every task, int8"
   # The int8 metric check runs on 16 held-out rows per task, where one changed answer is
-  # 6.25 points, so the default 1-point budget cannot be met by any int8 graph that changes
-  # a single answer. 15 points = at most two rows in 16; the measured drop per task is in
-  # bundle/validation.json (see docs/export.md: int8 on a trained SmolLM2 checkpoint is an
-  # open quality problem). The top-1 gate is lowered too: with the 600-step default the
-  # reply graph agreed with fp32 on only 0.78 of prompt positions even with the top 30% of
-  # outlier matmuls and lm_head kept in fp32 (default gate 0.85).
-  "$AE" export "$CKPT" --task all --int8 --int8-budget 15 --int8-min-top1 0.6 --out "$OUT/bundle" --overwrite --quiet
+  # 6.25 points, so the default 1-point budget fails any int8 graph that changes a single
+  # greedy answer, for better or worse. 15 points = at most two rows in 16; the measured
+  # drop per task is in bundle/validation.json (docs/export.md). The top-1 gate stays at its
+  # default (0.85): blockwise int8 (the default method) agreed with fp32 on 0.94 of prompt
+  # positions where dynamic int8 managed 0.47-0.78.
+  "$AE" export "$CKPT" --task all --int8 --int8-budget 15 --out "$OUT/bundle" --overwrite --quiet
   "$AE" inspect "$OUT/bundle"
   echo "== predictions from the bundle (onnxruntime, no torch)"
   "$AE" run "$OUT/bundle" --task topic "who wrote the lord of the rings" "how do i write a for loop in python"
