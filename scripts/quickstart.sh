@@ -5,7 +5,9 @@
 # Re-running continues an interrupted training run and reuses a finished one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+# Passive OpenMP waiting: on a busy machine, spinning workers of two processes starve each
+# other (a training step went from ~2 s to 7-10 s with another training job beside it).
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 OUT="${1:-runs/quickstart}"
 AE=.venv/bin/alter-edge
 CKPT="$OUT/checkpoint"
