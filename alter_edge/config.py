@@ -29,7 +29,7 @@ class MTAConfig:
     num_shared: int = 1  # adapters every task leans on (used by the own_shared prior)
     layers: list[int] | None = None  # adapted block indices; None = the top `num_top_layers`
     # top blocks only: everything below is a cacheable frozen prefix. 12 of SmolLM2's 30: with 4,
-    # nli stayed at chance; 8 -> 0.57, 12 -> 0.77 on nli alone (docs/results.md, "Depth")
+    # nli stayed at chance; 8 -> 0.57, 12 -> 0.77 on nli alone (docs/results.md, "adapter depth")
     num_top_layers: int = 12
     temperature: float = 0.1  # mixture = softmax(logits[task] / temperature); paper: 0.1
     prior: str = "own_shared"  # how mixture logits start (see alter_edge.mta.prior_logits)

@@ -320,10 +320,10 @@ def child_train(job_dir: Path, spec: dict, progress: bool) -> dict:
 
 def child_export(job_dir: Path, spec: dict, progress: bool) -> dict:
     from alter_edge.data import load_jsonl
-    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+    from alter_edge.export.pipeline import ExportOptions, _suffixed, export_checkpoint
     from alter_edge.export.validate import ExportValidationError
 
-    ckpt, bundle = Path(spec["checkpoint"]), job_dir / "bundle"
+    ckpt = Path(spec["checkpoint"])
     out: dict = {"source": {"row": spec["source_row"], "seed": spec["source_seed"], "checkpoint": str(ckpt)}}
     out["pytorch"] = spec.get("pytorch_eval") or score_checkpoint(ckpt, Path(spec["eval_data"]), "float32",
                                                                    progress)
@@ -361,13 +361,9 @@ def child_export(job_dir: Path, spec: dict, progress: bool) -> dict:
             if p != "fp32":
                 rec["validation"] = quantized_checks(validation, p)
                 rec["gate_failure"] = gate_failures.get(p)
-                rec["method"] = validation.get("quantization", {}).get(_suffixed_model(p), {}).get("method")
+                rec["method"] = validation.get("quantization", {}).get(_suffixed("model.onnx", p), {}).get("method")
             out["precisions"][label] = rec
     return out
-
-
-def _suffixed_model(precision: str) -> str:
-    return f"model.{precision}.onnx"
 
 
 def child_main(job_dir: Path, quiet: bool) -> int:
