@@ -123,6 +123,9 @@ class TrainConfig:
     stage2_lr: float = 5e-3
     batch_size: int = 16
     sampling_temperature: float = 0.0
+    # > 0: this fraction of each task's train rows is kept away from stage 1, and stage 2 (the
+    # mixture) trains on those rows only; 0: both stages train on every train row
+    stage2_holdout: float = 0.0
     max_prompt_tokens: int = 256  # longer prompts are cut in the middle (alter_edge.prompts)
     max_target_tokens: int = 48
     dev_fraction: float = 0.1
@@ -149,6 +152,11 @@ class TrainConfig:
             raise ConfigError(f"cache_dtype {self.cache_dtype!r} must be float16, bfloat16 or float32")
         if self.max_prompt_tokens < 8 or self.max_target_tokens < 1:
             raise ConfigError("max_prompt_tokens must be >= 8 and max_target_tokens >= 1")
+        if not 0.0 <= self.stage2_holdout < 1.0:
+            raise ConfigError(f"stage2_holdout must be in [0, 1), got {self.stage2_holdout}")
+        if self.stage2_holdout > 0 and (self.stages == 1 or self.stage2_steps == 0):
+            raise ConfigError("stage2_holdout > 0 keeps rows for stage 2, so it needs stages = 2 and "
+                              f"stage2_steps > 0 (got stages = {self.stages}, stage2_steps = {self.stage2_steps})")
 
     def stage_plan(self) -> list[StageConfig]:
         t = self.sampling_temperature

@@ -82,25 +82,36 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
     return rows
 
 
-def stratified_split(
-    rows: Sequence[Example], dev_fraction: float = 0.1, seed: int = 0
-) -> tuple[list[Example], list[Example]]:
-    """Split each task's rows by a seeded shuffle: ``round(n * dev_fraction)`` (at least 1 when a
-    task has 2+ rows) go to dev. Deterministic for a given file order and seed."""
-    if not 0.0 < dev_fraction < 1.0:
-        raise DataError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
-    by_task: dict[str, list[Example]] = defaultdict(list)
-    for r in rows:
-        by_task[r.task].append(r)
-    train: list[Example] = []
-    dev: list[Example] = []
+def stratified_indices(
+    rows: Sequence[Example], fraction: float, seed: int | str = 0
+) -> tuple[list[int], list[int]]:
+    """Indices of ``rows`` kept and set aside, per task by a seeded shuffle: ``round(n * fraction)``
+    of each task's rows (at least 1 when a task has 2+ rows) are set aside. Tasks in sorted
+    order, each task's rows in shuffled order. Deterministic for a given row order and seed."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_task[r.task].append(i)
+    kept: list[int] = []
+    aside: list[int] = []
     for task in sorted(by_task):
         items = list(by_task[task])
         random.Random(f"{seed}:{task}").shuffle(items)
-        n_dev = max(1, round(len(items) * dev_fraction)) if len(items) >= 2 else 0
-        dev.extend(items[:n_dev])
-        train.extend(items[n_dev:])
-    return train, dev
+        n_aside = max(1, round(len(items) * fraction)) if len(items) >= 2 else 0
+        aside.extend(items[:n_aside])
+        kept.extend(items[n_aside:])
+    return kept, aside
+
+
+def stratified_split(
+    rows: Sequence[Example], dev_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """The fixed train/dev split: ``stratified_indices`` with the dev rows set aside."""
+    if not 0.0 < dev_fraction < 1.0:
+        raise DataError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    kept, aside = stratified_indices(rows, dev_fraction, seed)
+    return [rows[i] for i in kept], [rows[i] for i in aside]
 
 
 def spread_head(rows: Sequence[Example], n: int) -> list[Example]:

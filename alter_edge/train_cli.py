@@ -33,13 +33,15 @@ def _friendly(fn):
 @click.option("--stage2-steps", type=int, default=None)
 @click.option("--stages", type=click.Choice(["1", "2"]), default="2", show_default=True,
               help="2 = ALTER's two-stage recipe; 1 = adapters and mixture together.")
+@click.option("--stage2-holdout", type=float, default=None,
+              help="Keep this fraction of each task's train rows for stage 2 only (default 0: both stages see every row).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Run the full forward every step (no frozen-prefix cache).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention,
-              stage1_steps, stage2_steps, stages, batch_size, seed, no_cache, resume, quiet):
+              stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, seed, no_cache, resume, quiet):
     """Train an MTA model with the two-stage recipe and write a checkpoint directory.
 
     \b
@@ -64,7 +66,8 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
     if attention is not None:
         mta["lora_attention"] = attention
     kwargs = {"base_model": base_model, "stages": int(stages), "seed": seed, "use_cache": not no_cache, "mta": mta}
-    for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size)):
+    for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size),
+                 ("stage2_holdout", stage2_holdout)):
         if v is not None:
             kwargs[k] = v
 

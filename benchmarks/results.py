@@ -49,6 +49,9 @@ ROWS: dict[str, tuple[dict, str]] = {
                      "one LoRA per task, mixture fixed one-hot (never trained)"),
     "mta_one_stage": ({"stages": 1}, "MTA (lora), adapters and mixture trained together"),
     "mta": ({}, "MTA (lora), two stages: the defaults"),
+    "mta_s2_holdout": ({"stage2_holdout": 0.1},
+                       "MTA (lora), two stages; stage 2 trains the mixture on 10% of each task's train "
+                       "rows that stage 1 never saw"),
     "mta_ffn": ({"mta": {"adapter_kind": "ffn", "lora_attention": None}},
                 "MTA, ffn kind (upcycled MLP experts), two stages"),
     "mta_k2": ({"mta": {"num_adapters": 2}}, "ablation: K = 2 adapters per block"),
@@ -63,7 +66,7 @@ ALL_ROWS = (*ROWS, EXPORT)
 # same examples (total optimizer steps x batch size).
 ONE_ADAPTER_STAGE = ("shared_lora", "hard_routing", "mta_one_stage")
 # The rows the export row chooses from.
-TWO_STAGE_MTA = ("mta", "mta_ffn", "mta_k2", "mta_k8", "mta_top4", "mta_top8", "mta_no_attn")
+TWO_STAGE_MTA = ("mta", "mta_s2_holdout", "mta_ffn", "mta_k2", "mta_k8", "mta_top4", "mta_top8", "mta_no_attn")
 # --quick: a smoke budget (training's own dev evaluations cut to a few rows, too).
 QUICK_CONFIG = {"stage1_steps": 6, "stage2_steps": 2, "batch_size": 8, "eval_max_rows": 8}
 QUICK_EVAL_PER_TASK = 8
@@ -118,12 +121,30 @@ def row_config(name: str, seed: int, base: dict):
         d = TrainConfig()
         cfg["stage1_steps"] = base.get("stage1_steps", d.stage1_steps) + base.get("stage2_steps", d.stage2_steps)
         cfg["stage2_steps"] = 0
+        cfg["stage2_holdout"] = 0.0  # no stage 2 to keep rows for
     return TrainConfig(**cfg)
 
 
 def trained_groups(cfg) -> set[str]:
     """Parameter groups that some stage with steps actually trains."""
     return {g for st in cfg.stage_plan() if st.steps > 0 for g in st.trains}
+
+
+def normalized_spec(spec: dict) -> dict:
+    """A stored job spec with its train config filled in with today's defaults, so a TrainConfig
+    field added later (whose default keeps the old behaviour) does not orphan finished rows."""
+    from alter_edge.config import TrainConfig
+    from alter_edge.errors import ConfigError
+
+    out = dict(spec)
+    if isinstance(spec.get("source_spec"), dict):  # the export row: the spec of the run it exports
+        out["source_spec"] = normalized_spec(spec["source_spec"])
+    if isinstance(spec.get("train_config"), dict):
+        try:
+            out["train_config"] = TrainConfig.from_dict(spec["train_config"]).to_dict()
+        except (ConfigError, TypeError):
+            pass  # unknown to this version: left as stored, so it shows up as a difference
+    return out
 
 
 def spec_diff(a: dict, b: dict) -> list[str]:
@@ -157,7 +178,7 @@ class Job:
         if not path.is_file():
             return None
         res = read_json(path, ResultsError)
-        diff = spec_diff(res.get("spec", {}), self.spec)
+        diff = spec_diff(normalized_spec(res.get("spec", {})), normalized_spec(self.spec))
         if not diff:
             return res
         if self.row == EXPORT:  # derived from other rows: redo it
@@ -471,6 +492,8 @@ def markdown(res: dict) -> str:
               "over seeds. train s: the training run (prefix cache, stages, its own dev evaluations); "
               "peak MB: the row's process (training + scoring).", ""]
     lines += [f"- `{r['row']}`: {r['what']}" for r in rows]
+    if meta.get("not_run"):
+        lines += ["", f"Not run (`--report-only` tabulates finished runs only): {', '.join(meta['not_run'])}"]
     ex = res.get("export")
     if ex:
         lines += ["", f"## Export: `{ex['source']['row']}` seed {ex['source']['seed']} through the runtime", ""]
@@ -588,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-dtype", choices=["float32", "bfloat16"], default="float32",
                     help="dtype of the PyTorch scoring (float32: the reference the runtime is compared to)")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads when scoring bundles")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train and export nothing: tabulate the finished (row, seed) runs in --out and "
+                         "list the missing ones")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--_job", type=Path, default=None, help=argparse.SUPPRESS)
     return ap
@@ -668,12 +694,17 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
                   "split_seed": base_cfg.split_seed, "dev_fraction": base_cfg.dev_fraction,
                   "train_rows": len(train_rows), "dev_rows": task_counts(dev), "eval_rows": task_counts(scored),
                   "eval_per_task": per_task or "all", "eval_file": str(eval_path)},
+        "report_only": args.report_only, "not_run": [],
     }
     failed: list[str] = []
     bar = tqdm(total=len(jobs) + int(EXPORT in rows), desc="results", unit="run", disable=args.quiet)
     for job in jobs:
         res = done.get((job.row, job.seed))
         reused = res is not None
+        if not reused and args.report_only:
+            meta["not_run"].append(job.name)
+            bar.update()
+            continue
         if not reused:
             res, err = run_child(job, args.quiet)
             if err:
@@ -693,7 +724,7 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
              for r in rows if r != EXPORT and any((r, s) in done for s in seeds)]
     export = None
     if EXPORT in rows:
-        export = run_export(args, seeds, table, out, common, export_over, failed)
+        export = run_export(args, seeds, table, out, common, export_over, failed, meta["not_run"])
         bar.update()
     bar.close()
     meta["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -707,8 +738,11 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
     return 1 if failed else 0
 
 
-def run_export(args, seeds, table, out: Path, common: dict, export_over: dict, failed: list) -> dict | None:
-    complete = [r for r in table if r["row"] in TWO_STAGE_MTA and len(r["seeds"]) == len(seeds)]
+def run_export(args, seeds, table, out: Path, common: dict, export_over: dict, failed: list,
+               not_run: list) -> dict | None:
+    # --report-only: a row with the first seed finished may have exported already
+    complete = [r for r in table if r["row"] in TWO_STAGE_MTA
+                and (len(r["seeds"]) == len(seeds) or (args.report_only and seeds[0] in r["seeds"]))]
     if not complete:
         failed.append(f"{EXPORT}: no two-stage MTA row finished all seeds; nothing to export")
         return None
@@ -723,6 +757,9 @@ def run_export(args, seeds, table, out: Path, common: dict, export_over: dict, f
     job = Job(EXPORT, seeds[0], out / EXPORT, spec)
     res = job.finished()
     reused = res is not None
+    if not reused and args.report_only:
+        not_run.append(f"{EXPORT} (of {best['row']}-s{seeds[0]})")
+        return None
     if not reused:
         res, err = run_child(job, args.quiet)
         if err:

@@ -52,9 +52,10 @@ class Table:
     mtimes: dict[str, float]
 
 
-def _argv(data: Path, out: Path, base: Path, sets=SETS, rows=("zero_shot", "mta", "export")) -> list[str]:
+def _argv(data: Path, out: Path, base: Path, sets=SETS, rows=("zero_shot", "mta", "export"),
+          seeds=("0", "1")) -> list[str]:
     argv = ["--data", str(data), "--out", str(out), "--quick", "--base-model", str(base),
-            "--rows", *rows, "--seeds", "0", "1", "--threads", "1", "--quiet"]
+            "--rows", *rows, "--seeds", *seeds, "--threads", "1", "--quiet"]
     for s in sets:
         argv += ["--set", s]
     for s in EXPORT_SETS:
@@ -207,3 +208,24 @@ def test_a_precision_failing_its_gates_is_recorded_and_measured(table, tmp_path,
     monkeypatch.setattr(pipeline, "export_checkpoint", fp32_fails)
     res = results.child_export(tmp_path / "job2", spec, progress=False)
     assert "onnx_vs_torch failed" in res["error"] and not res["precisions"]
+
+
+def test_report_only_trains_nothing_and_lists_what_is_missing(table, capsys):
+    """--report-only tabulates finished runs (a stored spec that lacks a TrainConfig field added
+    later still counts as finished) and names the missing (row, seed) runs; nothing trains."""
+    path = table.out / "mta-s0" / "result.json"
+    stored = json.loads(path.read_text())
+    del stored["spec"]["train_config"]["stage2_holdout"]  # as written before the field existed
+    path.write_text(json.dumps(stored))
+    before = {p.parent.name: p.stat().st_mtime_ns for p in table.out.glob("*/result.json")}
+    argv = [*_argv(Path(table.argv[1]), table.out, Path(table.argv[table.argv.index("--base-model") + 1]),
+                   seeds=("0", "1", "2")), "--report-only"]
+    assert results.main(argv) == 0
+    res = json.loads((table.out / "results.json").read_text())
+    assert res["meta"]["seeds"] == [0, 1, 2] and res["meta"]["not_run"] == ["mta-s2"]
+    mta = next(r for r in res["rows"] if r["row"] == "mta")
+    assert mta["seeds"] == [0, 1] and all(run["reused"] for run in mta["runs"])
+    assert res["export"]["reused"] and res["export"]["source"]["row"] == "mta"
+    assert "Not run" in (table.out / "results.md").read_text() and "mta-s2" in capsys.readouterr().out
+    after = {p.parent.name: p.stat().st_mtime_ns for p in table.out.glob("*/result.json")}
+    assert after == before and not (table.out / "mta-s2").exists()

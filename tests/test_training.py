@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from alter_edge.config import TrainConfig
 from alter_edge.errors import CheckpointError, ConfigError
 from alter_edge.training.checkpoint import load_checkpoint
-from alter_edge.training.trainer import batch_schedule, run_training, task_probs
+from alter_edge.training.trainer import batch_schedule, run_training, stage_pools, task_probs
 
 
 @pytest.fixture(autouse=True)
@@ -114,6 +114,33 @@ def test_checkpoint_from_other_base_is_refused(trainable_llama_dir, tiny_data, t
     (tmp_path / "r" / "tasks.json").unlink()
     with pytest.raises(CheckpointError, match="missing tasks.json"):
         load_checkpoint(tmp_path / "r")
+
+
+def test_stage2_holdout_keeps_rows_away_from_stage1(trainable_llama_dir, tiny_data, tmp_path):
+    """stage2_holdout: stage 1 never draws the held-out rows, stage 2 draws only them, every
+    task keeps rows on both sides; without it both stages draw from every row."""
+    from alter_edge.data import load_jsonl
+    from alter_edge.training.trainer import Encoded
+
+    rows = load_jsonl(tiny_data)
+    cfg = _cfg(trainable_llama_dir, stage2_holdout=0.25)
+    s1, s2 = stage_pools(rows, cfg, 2)
+    assert sorted(s1 + s2) == list(range(len(rows))) and not set(s1) & set(s2)
+    tasks = {r.task for r in rows}
+    assert {rows[i].task for i in s1} == tasks == {rows[i].task for i in s2}
+    assert len(s2) == sum(round(sum(r.task == t for r in rows) * 0.25) for t in tasks)
+    assert stage_pools(rows, _cfg(trainable_llama_dir), 2) == [None, None]
+    exs = [Encoded(sorted(tasks).index(r.task), [1, 2], [3]) for r in rows]
+    for si, pool in enumerate((s1, s2)):
+        stage = cfg.stage_plan()[si]
+        drawn = {i for b in batch_schedule(exs, len(tasks), stage, si, 8, 0, pool) for i in b}
+        assert drawn <= set(pool) and len(drawn) > len(pool) // 2
+    state = run_training(tiny_data, tmp_path / "h", _cfg(trainable_llama_dir, stage1_steps=4, stage2_steps=2,
+                                                        stage2_holdout=0.25), progress=False)
+    assert state["complete"] and set(state["evals"]) == {"stage1", "stage2"}
+    for bad in ({"stages": 1}, {"stage2_steps": 0}, {"stage2_holdout": 1.0}, {"stage2_holdout": -0.1}):
+        with pytest.raises(ConfigError, match="stage2_holdout"):
+            TrainConfig(**{"stage2_holdout": 0.1, **bad})
 
 
 def test_task_sampling_balanced_and_bucketed():

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from alter_edge.base_model import load_base_model, special_ids
 from alter_edge.config import MTAConfig, StageConfig, TrainConfig
-from alter_edge.data import Example, load_jsonl, spread_head, stratified_split
+from alter_edge.data import Example, load_jsonl, spread_head, stratified_indices, stratified_split
 from alter_edge.errors import CheckpointError, DataError
 from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.prompts import encode_example
@@ -63,12 +63,14 @@ def task_probs(counts: Sequence[int], temperature: float) -> np.ndarray:
 
 
 def batch_schedule(examples: Sequence[Encoded], num_tasks: int, stage: StageConfig, stage_idx: int,
-                   batch_size: int, seed: int) -> list[list[int]]:
+                   batch_size: int, seed: int, pool: Sequence[int] | None = None) -> list[list[int]]:
     """Every batch of a stage, fixed by (seed, stage): tasks drawn with ``task_probs``, each
     task's examples visited in reshuffled epochs, then groups of 8 batches sorted by length so
-    a batch holds similar lengths (less padding). Resuming at step s replays the same batches."""
+    a batch holds similar lengths (less padding). Resuming at step s replays the same batches.
+    ``pool``: the example indices this stage may draw from (default: all)."""
     rng = np.random.default_rng([seed, stage_idx, 7919])
-    by_task = [[i for i, e in enumerate(examples) if e.task_id == t] for t in range(num_tasks)]
+    pool = range(len(examples)) if pool is None else pool
+    by_task = [[i for i in pool if examples[i].task_id == t] for t in range(num_tasks)]
     probs = task_probs([len(b) for b in by_task], stage.sampling_temperature)
     n = stage.steps * batch_size
     draws = rng.choice(num_tasks, size=n, p=probs)
@@ -168,6 +170,17 @@ def load_data(data: Path | None, cfg: TrainConfig) -> tuple[list[Example], list[
     return train, dev, source
 
 
+def stage_pools(train_rows: Sequence[Example], cfg: TrainConfig, num_stages: int) -> list[list[int] | None]:
+    """The train-row indices each stage draws from: None (every row) unless ``stage2_holdout``
+    sets aside a stratified slice of each task's rows that only stage 2 (the mixture) sees."""
+    if cfg.stage2_holdout <= 0 or num_stages < 2:
+        return [None] * num_stages
+    kept, aside = stratified_indices(train_rows, cfg.stage2_holdout, f"{cfg.split_seed}:stage2")
+    log.info("stage2_holdout %.2f: stage 1 trains on %d rows, stage 2 on %d others",
+             cfg.stage2_holdout, len(kept), len(aside))
+    return [kept, aside]
+
+
 def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = False,
                  progress: bool = True, stop_after: int | None = None) -> dict:
     """Train and write the checkpoint to ``out``. ``stop_after`` ends this call (resumably)
@@ -206,6 +219,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         state.setdefault("cache", {"seconds": round(time.perf_counter() - t0, 1),
                                    "bytes": cache_bytes(cache)})
     plan = cfg.stage_plan()
+    pools = stage_pools(train_rows, cfg, len(plan))
     steps_this_call = 0
     optimizer_state = None
     if (out / "optimizer.pt").is_file():
@@ -220,7 +234,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         if optimizer_state is not None and state["step"] > 0:
             opt.load_state_dict(optimizer_state)
         optimizer_state = None
-        batches = batch_schedule(examples, len(tasks), stage, si, cfg.batch_size, cfg.seed)
+        batches = batch_schedule(examples, len(tasks), stage, si, cfg.batch_size, cfg.seed, pools[si])
         bar = tqdm(total=stage.steps, initial=state["step"], desc=stage.name, unit="step",
                    disable=not progress)
         t_stage = time.perf_counter()
