@@ -165,3 +165,18 @@ def load_base_model(reference: str):
     tok = load_tokenizer(path)
     info = BaseModelInfo(reference, str(path), model.config.model_type, weights_hash(path))
     return model, tok, info
+
+
+def kv_cache_kwarg(model) -> str:
+    """The keyword a Hugging Face causal LM's ``forward`` takes its KV cache by: ``cache`` from
+    transformers 5.24 on (``past_key_values`` is deprecated there and goes in 5.40), else
+    ``past_key_values``. ``model``: the HF model or an ``MTAModel`` wrapping one."""
+    import inspect
+
+    hf = getattr(model, "base", model)
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def kv_cache_out(out):
+    """The KV cache a forward returned, under either name (see ``kv_cache_kwarg``)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alter_edge.base_model import kv_cache_kwarg, kv_cache_out
+
 log = logging.getLogger(__name__)
 
 # Opset 18 is what torch 2.13's dynamo exporter emits natively (no version conversion
@@ -80,14 +82,15 @@ class GraphWrapper(nn.Module):
         cache = DynamicCache(config=self.config)
         for i in range(self.layout.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        kwargs = dict(attention_mask=attention_mask, past_key_values=cache, position_ids=pos, use_cache=True)
+        kwargs = {"attention_mask": attention_mask, kv_cache_kwarg(self.model): cache, "position_ids": pos,
+                  "use_cache": True}
         if self.multitask:
             out = self.model(input_ids, task_ids=task_ids, **kwargs)
         else:
             out = self.model(input_ids=input_ids, **kwargs)
         present = []
         for i in range(self.layout.num_layers):
-            layer = out.past_key_values.layers[i]
+            layer = kv_cache_out(out).layers[i]
             present += [layer.keys, layer.values]
         return (out.logits, *present)
 

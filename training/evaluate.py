@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alter_edge.base_model import kv_cache_kwarg, kv_cache_out
 from alter_edge.data import Example
 from alter_edge.inject import MTAModel
 from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
@@ -50,12 +51,13 @@ def greedy_generate(
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
     past = None
+    cache_kw = kv_cache_kwarg(model)
     cur = ids
     for _ in range(max_new_tokens):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -cur.shape[1]:]
-        res = model(cur, mask, tids, past_key_values=past, position_ids=pos, use_cache=True,
-                    logits_to_keep=1)  # only the last position: (B, 1, V), not (B, T, V)
-        past = res.past_key_values
+        res = model(cur, mask, tids, position_ids=pos, use_cache=True, logits_to_keep=1,
+                    **{cache_kw: past})  # only the last position: (B, 1, V), not (B, T, V)
+        past = kv_cache_out(res)
         nxt = res.logits[:, -1].argmax(-1)  # (B,)
         for i in range(B):
             if not done[i]:
