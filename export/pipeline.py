@@ -6,6 +6,7 @@ check passed (``alter_edge.io.atomic_dir``): a failed export leaves no bundle be
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -131,20 +132,23 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work_s, atomic_dir(out, opts.overwrite) as tmp:
         work = Path(work_s)
 
-        def finish_fp32(g: _Graph) -> OrtGraph:
+        # Sessions are opened where a check needs them and dropped after it: an fp32 session of
+        # the built-in model holds ~0.6 GB, and keeping one per graph (plus the PyTorch model)
+        # took the export of --task all to a 10 GB peak.
+        def finish_fp32(g: _Graph) -> None:
             dst = tmp / g.rel
             info["optimization"][g.rel] = optimize_graph(g.raw, dst)
             opt = OrtGraph(dst)
             check_graph_pair("optimized_vs_raw", OrtGraph(g.raw), opt, g.rel, g.cases, pad, report)
             entries.append(_entry(g.rel, g.task, "fp32", opt))
-            return opt
 
         # 1. the multi-task graph, against PyTorch
         multi = _Graph("model.onnx", None, work / "model.raw.onnx", cases, heldout)
         info["export"][multi.rel] = export_graph(ck.model, multi.raw, True, layout)
         multi_raw = OrtGraph(multi.raw)
         check_onnx_vs_torch(ck.model, multi_raw, multi.rel, cases, pad, report)
-        fp32 = [(multi, finish_fp32(multi))]
+        finish_fp32(multi)
+        fp32 = [multi]
         bar.update()
         # 2. per-task graphs, against the multi-task graph with that task id
         for spec in specs:
@@ -154,20 +158,26 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
             info["export"][g.rel] = export_graph(model_t, g.raw, False, layout)
             del model_t
             check_graph_pair("task_vs_multitask", multi_raw, OrtGraph(g.raw), g.rel, g.cases, pad, report)
-            opt = finish_fp32(g)
+            finish_fp32(g)
             info["specialization"][spec.name] = {**fold.to_dict(), "graph_parameters": graph_parameters(tmp / g.rel),
                                                  "bytes": (tmp / g.rel).stat().st_size}
-            fp32.append((g, opt))
+            fp32.append(g)
             bar.update()
+        del multi_raw
+        tokenizer = ck.tokenizer
+        ck.model = None  # PyTorch is done: the quantized graphs are checked against fp32 graphs
+        gc.collect()
         # 3. quantized graphs, against their fp32 source
-        for g, src in fp32:
+        for g in fp32:
             if not (opts.int8 or opts.int4):
                 break
+            src = OrtGraph(tmp / g.rel)
             prepared = work / (g.raw.stem + ".prep.onnx")
             prep = prepare_for_quantization(g.raw, prepared)
             if opts.int8:
                 info["quantization"][_suffixed(g.rel, "int8")] = {
-                    **prep, **_int8_with_ladder(g, src, prepared, work, tmp, opts, report, ck, pad, eos, entries)}
+                    **prep, **_int8_with_ladder(g, src, prepared, work, tmp, opts, report, tokenizer, pad, eos,
+                                                entries)}
                 bar.update()
             if opts.int4:
                 rel = _suffixed(g.rel, "int4")
@@ -175,11 +185,13 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
                 qinfo = quantize_int4(prepared, q_raw, opts.block_size)
                 info["optimization"][rel] = optimize_graph(q_raw, tmp / rel)
                 q = OrtGraph(tmp / rel)
-                report.record(check_quantized(src, q, rel, "int4", g.cases, g.heldout, ck.tokenizer, pad, eos,
+                report.record(check_quantized(src, q, rel, "int4", g.cases, g.heldout, tokenizer, pad, eos,
                                               opts.int4_budget, opts.min_top1_int4))
                 info["quantization"][rel] = {**prep, **qinfo}
                 entries.append(_entry(rel, g.task, "int4", q))
+                del q
                 bar.update()
+            del src
             prepared.unlink(missing_ok=True)
         # 4. ORT format for mobile builds
         if opts.ort_format:
@@ -235,7 +247,7 @@ def _feeds(src: OrtGraph, cases: list, pad: int) -> list[dict]:
 
 
 def _int8_with_ladder(g: _Graph, src: OrtGraph, prepared: Path, work: Path, tmp: Path, opts: ExportOptions,
-                      report: ValidationReport, ck, pad: int, eos: int, entries: list[dict]) -> dict:
+                      report: ValidationReport, tokenizer, pad: int, eos: int, entries: list[dict]) -> dict:
     """Quantize; over budget, retry keeping the most sensitive matmuls in fp32 (see
     ``quantize.sensitivity_ladder``); fail when no rung meets the budget."""
     rel = _suffixed(g.rel, "int8")
@@ -246,7 +258,7 @@ def _int8_with_ladder(g: _Graph, src: OrtGraph, prepared: Path, work: Path, tmp:
                  if opts.int8_method == "blockwise" else quantize_int8_dynamic(prepared, q_raw, exclude))
         opt_info = optimize_graph(q_raw, tmp / rel)
         q = OrtGraph(tmp / rel)
-        rec = check_quantized(src, q, rel, "int8", g.cases, g.heldout, ck.tokenizer, pad, eos,
+        rec = check_quantized(src, q, rel, "int8", g.cases, g.heldout, tokenizer, pad, eos,
                               opts.int8_budget, opts.min_top1_int8)
         rec["fp32_rung"] = rung
         report.record(rec, fatal=False)
