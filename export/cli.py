@@ -91,12 +91,14 @@ def summary_lines(manifest: dict, validation: dict) -> list[str]:
         lines.append(f"{g['path']:<40} {g.get('task') or '(multi-task)':<16} {g['precision']:<5} "
                      f"{g['bytes'] / 1e6:9.2f} MB  {nodes}")
     for task, spec in validation.get("specialization", {}).items():
-        parts = []
-        for layer, b in spec["blocks"].items():
-            if "merged" in b:
-                parts.append(f"block {layer}: merged {','.join(b['merged'])}")
+        runs: list[tuple[int, int, str]] = []  # (first block, last block, what folding did)
+        for layer, b in sorted(spec["blocks"].items(), key=lambda kv: int(kv[0])):
+            what = f"merged {','.join(b['merged'])}" if "merged" in b else f"kept {b['kept']} pruned {b['pruned']}"
+            if runs and runs[-1][2] == what and runs[-1][1] == int(layer) - 1:
+                runs[-1] = (runs[-1][0], int(layer), what)
             else:
-                parts.append(f"block {layer}: kept {b['kept']} pruned {b['pruned']}")
+                runs.append((int(layer), int(layer), what))
+        parts = [f"block {a}: {w}" if a == b else f"blocks {a}-{b}: {w}" for a, b, w in runs]
         lines.append(f"task {task} ({spec['kind']}): {'; '.join(parts)}; {spec['parameters']:,} parameters")
     checks = validation.get("checks", [])
     lines.append(f"validation: {sum(c['passed'] for c in checks)} checks passed "

@@ -375,3 +375,15 @@ def test_optimize_keeps_tied_embedding_shared(tmp_path):
     ids = np.array([[1, 2, 3], [4, 5, 6]], np.int64)
     got = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
     np.testing.assert_allclose(got, emb[ids] @ emb.T, rtol=1e-5, atol=1e-5)
+
+
+def test_summary_groups_consecutive_blocks_folded_alike():
+    from alter_edge.export.cli import summary_lines
+
+    merged = {"merged": ["mlp.up_proj", "self_attn.q_proj"], "mixture": [1.0]}
+    blocks = {"10": merged, "11": merged, "12": {"kept": 2, "pruned": 3}, "13": merged, "15": merged}
+    validation = {"specialization": {"nli": {"kind": "lora", "blocks": blocks, "parameters": 1234}}, "checks": []}
+    task_line = summary_lines({"graphs": []}, validation)[0]
+    assert task_line == ("task nli (lora): blocks 10-11: merged mlp.up_proj,self_attn.q_proj; "
+                         "block 12: kept 2 pruned 3; block 13: merged mlp.up_proj,self_attn.q_proj; "
+                         "block 15: merged mlp.up_proj,self_attn.q_proj; 1,234 parameters")
