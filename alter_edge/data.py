@@ -82,6 +82,19 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
     return rows
 
 
+BUILTIN_SOURCE = "built-in task mix (alter_edge.default_mix)"
+
+
+def load_task_rows(data: Path | None) -> tuple[list[Example], str]:
+    """The rows of ``data`` (a JSONL file), or of the built-in task mix when ``data`` is None,
+    with a description of the source (what checkpoints record as their data)."""
+    if data is None:
+        from .default_mix import build_default_mix
+
+        return build_default_mix(), BUILTIN_SOURCE
+    return load_jsonl(data), str(data)
+
+
 def stratified_indices(
     rows: Sequence[Example], fraction: float, seed: int | str = 0
 ) -> tuple[list[int], list[int]]:

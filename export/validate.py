@@ -229,16 +229,14 @@ def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: floa
                       recorded: str | None = None) -> list | None:
     """The held-out (dev) slice of ``data``, split exactly as training split it. Without
     ``data``, the data the checkpoint recorded (the built-in mix, or a file still on disk)."""
-    from alter_edge.data import load_jsonl, stratified_split
+    from alter_edge.data import load_task_rows, stratified_split
 
-    if data is not None:
-        rows = load_jsonl(data)
-    elif recorded and recorded.startswith("built-in"):
-        from alter_edge.default_mix import build_default_mix
-
-        rows = build_default_mix()
-    elif recorded and Path(recorded).is_file():
-        rows = load_jsonl(Path(recorded))
+    if data is None and recorded and recorded.startswith("built-in"):
+        rows, _ = load_task_rows(None)
+    elif data is None and recorded and Path(recorded).is_file():
+        rows, _ = load_task_rows(Path(recorded))
+    elif data is not None:
+        rows, _ = load_task_rows(data)
     else:
         return None
     tasks.check_names(sorted({r.task for r in rows}))

@@ -21,7 +21,14 @@ from tqdm.auto import tqdm
 
 from alter_edge.base_model import load_base_model, special_ids
 from alter_edge.config import MTAConfig, StageConfig, TrainConfig
-from alter_edge.data import Example, load_jsonl, spread_head, stratified_indices, stratified_split
+from alter_edge.data import (
+    Example,
+    load_jsonl,
+    load_task_rows,
+    spread_head,
+    stratified_indices,
+    stratified_split,
+)
 from alter_edge.errors import CheckpointError, DataError
 from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.prompts import encode_example
@@ -156,14 +163,7 @@ def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
 
 
 def load_data(data: Path | None, cfg: TrainConfig) -> tuple[list[Example], list[Example], str]:
-    if data is None:
-        from alter_edge.default_mix import build_default_mix
-
-        rows = build_default_mix()
-        source = "built-in task mix (alter_edge.default_mix)"
-    else:
-        rows = load_jsonl(data)
-        source = str(data)
+    rows, source = load_task_rows(data)
     train, dev = stratified_split(rows, cfg.dev_fraction, cfg.split_seed)
     if not train:
         raise DataError(f"{source}: no training rows after the dev split")
