@@ -250,8 +250,10 @@ def score_checkpoint(ckpt: Path, eval_data: Path, dtype: str, progress: bool) ->
     from alter_edge.tasks import TaskRegistry
     from alter_edge.training.trainer import evaluate_checkpoint
 
-    ev = evaluate_checkpoint(ckpt, eval_data, label_scoring=True, progress=progress, compute_dtype=dtype)
-    return {**summarize_eval(ev, TaskRegistry.load(ckpt / "tasks.json").groups()), "dtype": dtype}
+    ev = evaluate_checkpoint(ckpt, eval_data, label_scoring=True, progress=progress, compute_dtype=dtype,
+                             with_predictions=True)
+    return {**summarize_eval(ev, TaskRegistry.load(ckpt / "tasks.json").groups()), "dtype": dtype,
+            "predictions": ev["predictions"]}  # per row of the eval file: benchmarks/paired.py
 
 
 def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, progress: bool,

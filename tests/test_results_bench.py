@@ -229,3 +229,43 @@ def test_report_only_trains_nothing_and_lists_what_is_missing(table, capsys):
     assert "Not run" in (table.out / "results.md").read_text() and "mta-s2" in capsys.readouterr().out
     after = {p.parent.name: p.stat().st_mtime_ns for p in table.out.glob("*/result.json")}
     assert after == before and not (table.out / "mta-s2").exists()
+
+
+def _paired():
+    spec = importlib.util.spec_from_file_location("bench_paired", SCRIPT.parent / "paired.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_comparison_matches_the_table_and_rescores_old_runs(table, tmp_path, capsys):
+    """paired.py: per-row differences average to the table's per-task differences; a run
+    recorded without predictions is scored again, must reproduce its scores, and is cached."""
+    paired = _paired()
+    out = tmp_path / "out"
+    shutil.copytree(table.out, out)
+    res_a = json.loads((out / "mta-s0" / "result.json").read_text())
+    res_b = json.loads((out / "zero_shot-s0" / "result.json").read_text())
+    assert len(res_a["eval"]["predictions"]) == 6  # results.py keeps them
+    del res_a["eval"]["predictions"]  # as recorded before predictions were kept
+    (out / "mta-s0" / "result.json").write_text(json.dumps(res_a))
+    assert paired.main([str(out), "mta", "zero_shot", "--json", "--quiet", "--rounds", "200"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["seed_list"] == [0] and res["dev_rows"] == 6
+    for t, r in res["per_task"].items():
+        assert r["pairs"] == 2 and r["a_better"] + r["b_better"] + r["equal"] == 2
+        assert r["mean_diff"] == pytest.approx(res_a["eval"]["per_task"][t] - res_b["eval"]["per_task"][t], abs=1e-4)
+    assert res["overall_diff"] == pytest.approx(res_a["eval"]["overall"] - res_b["eval"]["overall"], abs=2e-4)
+    lo, hi = res["overall_ci95"]
+    assert lo <= res["overall_diff"] <= hi
+    assert (out / "mta-s0" / "predictions.json").is_file()
+    assert paired.main([str(out), "mta", "zero_shot", "--seeds", "1"]) == 2
+    assert "zero_shot-s1" in capsys.readouterr().err
+
+
+def test_sign_test_is_exact():
+    paired = _paired()
+    assert paired.sign_test(0, 0) == 1.0
+    assert paired.sign_test(5, 0) == pytest.approx(2 / 32)
+    assert paired.sign_test(3, 3) == 1.0
+    assert paired.sign_test(1, 9) == pytest.approx(2 * 11 / 1024)

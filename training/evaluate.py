@@ -108,6 +108,7 @@ class EvalResult:
     counts: dict[str, int]
     seconds: float
     label_scoring: dict[str, float] | None = None
+    predictions: list[str] | None = None  # greedy output per row, in the rows' order
 
     def to_dict(self) -> dict:
         return {"per_task": self.per_task, "overall": self.overall, "counts": self.counts,
@@ -179,7 +180,8 @@ def evaluate(
             ]
             label_acc[t] = sum(hits) / len(hits)
     groups = {g: [m for m in ms if m in per_task] for g, ms in tasks.groups().items()}
-    return EvalResult(per_task, overall_score(per_task, groups), counts, time.perf_counter() - t0, label_acc)
+    return EvalResult(per_task, overall_score(per_task, groups), counts, time.perf_counter() - t0, label_acc,
+                      [preds[i] for i in range(len(rows))])
 
 
 __all__ = ["evaluate", "greedy_generate", "label_scores", "left_pad", "prompt_text", "token_budget", "EvalResult"]

@@ -293,8 +293,10 @@ def _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg: TrainConfi
 
 def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: int = 0,
                         label_scoring: bool = False, base_model: str | None = None,
-                        progress: bool = True, compute_dtype: str = "float32") -> dict:
-    """Score a checkpoint on ``data`` (default: the dev split of the data it was trained on)."""
+                        progress: bool = True, compute_dtype: str = "float32",
+                        with_predictions: bool = False) -> dict:
+    """Score a checkpoint on ``data`` (default: the dev split of the data it was trained on);
+    ``with_predictions`` adds ``predictions``, the greedy output per scored row."""
     ck = load_checkpoint(Path(checkpoint), base_model=base_model)
     if data is None:
         src = ck.state.get("data", "")
@@ -309,4 +311,6 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: in
                        with_label_scoring=label_scoring, progress=progress)
     d = res.to_dict()
     d["kinds"] = {t.name: t.kind for t in ck.tasks}
+    if with_predictions:
+        d["predictions"] = res.predictions
     return d

@@ -1,0 +1,160 @@
+"""Two rows of the quality table compared row by row on the same dev rows (paired).
+
+The table's seed spread says how much a row's overall score moves from seed to seed; this
+says, for two rows A and B scored on the same dev rows, on how many rows A was better,
+worse or equal, task by task, pooled over the seeds both rows have, with a bootstrap
+interval for the overall difference (dev rows resampled within each task, seeds kept
+paired) and an exact sign test on the classify rows that differ.
+
+    python benchmarks/paired.py runs/results-v2 shared_lora mta [--seeds 0 1 2]
+
+Predictions come from each run's ``result.json`` (``eval.predictions``, written since
+session 4); a run scored before that is scored again from its checkpoint with the dtype it
+was scored in, checked to reproduce its recorded per-task scores, and the predictions are
+kept in ``OUT/<row>-s<seed>/predictions.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from alter_edge.data import load_jsonl
+from alter_edge.io import atomic_write_text, read_json
+from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
+from alter_edge.tasks import TaskRegistry
+
+
+class PairedError(Exception):
+    """A missing run or file, said in one line."""
+
+
+def run_predictions(run_dir: Path, eval_file: Path, progress: bool) -> list[str]:
+    res = read_json(run_dir / "result.json", PairedError)
+    preds = res["eval"].get("predictions")
+    if preds is not None:
+        return preds
+    cached = run_dir / "predictions.json"
+    if cached.is_file():
+        return read_json(cached, PairedError)["predictions"]
+    from alter_edge.training.trainer import evaluate_checkpoint
+
+    dtype = res["eval"].get("dtype", "float32")
+    ev = evaluate_checkpoint(run_dir / "checkpoint", eval_file, progress=progress, compute_dtype=dtype,
+                             with_predictions=True)
+    recorded = res["eval"]["per_task"]
+    moved = {t: (round(v, 4), recorded.get(t)) for t, v in ev["per_task"].items() if round(v, 4) != recorded.get(t)}
+    if moved:  # the comparison must be of the runs the table reports
+        raise PairedError(f"{run_dir.name}: scoring again gave other per-task scores (now, recorded): {moved}")
+    atomic_write_text(cached, json.dumps({"dtype": dtype, "predictions": ev["predictions"]}) + "\n")
+    return ev["predictions"]
+
+
+def row_scores(rows, preds: list[str], tasks: TaskRegistry) -> np.ndarray:
+    if len(preds) != len(rows):
+        raise PairedError(f"{len(preds)} predictions for {len(rows)} dev rows: not scored on this eval file")
+    fns = {t.name: exact_match if t.kind == "classify" else rouge_l_f1 for t in tasks}
+    return np.array([fns[r.task](p, r.target) for r, p in zip(rows, preds, strict=True)], dtype=np.float64)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial p-value of ``wins`` vs ``losses`` under p = 1/2."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def compare(a: np.ndarray, b: np.ndarray, task_of: list[str], tasks: TaskRegistry,
+            rounds: int = 2000, seed: int = 0) -> dict:
+    """``a``, ``b``: (seeds, rows) per-row scores of the two rows; seeds paired."""
+    groups = tasks.groups()
+    names = sorted(set(task_of))
+    idx = {t: np.array([i for i, x in enumerate(task_of) if x == t]) for t in names}
+    per_task = {}
+    for t in names:
+        d = (a[:, idx[t]] - b[:, idx[t]]).ravel()
+        wins, losses = int((d > 0).sum()), int((d < 0).sum())
+        rec = {"pairs": int(d.size), "mean_diff": float(d.mean()), "a_better": wins, "b_better": losses,
+               "equal": int(d.size - wins - losses)}
+        if tasks.get(t).kind == "classify":
+            rec["sign_test_p"] = sign_test(wins, losses)
+        per_task[t] = rec
+    diff = overall_score({t: per_task[t]["mean_diff"] for t in names}, groups)
+    rng = np.random.default_rng(seed)
+    boot = np.empty(rounds)
+    for k in range(rounds):
+        means = {}
+        for t in names:
+            pick = rng.choice(idx[t], size=idx[t].size, replace=True)
+            means[t] = float((a[:, pick] - b[:, pick]).mean())
+        boot[k] = overall_score(means, groups)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"per_task": per_task, "overall_diff": diff, "overall_ci95": [float(lo), float(hi)],
+            "seeds": int(a.shape[0]), "rounds": rounds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="the --out folder of benchmarks/results.py")
+    ap.add_argument("row_a")
+    ap.add_argument("row_b")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: every seed both rows have")
+    ap.add_argument("--rounds", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except PairedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    out = args.out
+    eval_file = out / "dev.jsonl"
+    if not eval_file.is_file():
+        raise PairedError(f"{eval_file} not found: give the --out folder of a benchmarks/results.py run")
+
+    def seeds_of(row: str) -> set[int]:
+        return {int(p.parent.name.rsplit("-s", 1)[1]) for p in out.glob(f"{row}-s*/result.json")}
+
+    both = seeds_of(args.row_a) & seeds_of(args.row_b)
+    seeds = sorted(both if args.seeds is None else set(args.seeds))
+    missing = [f"{r}-s{s}" for s in seeds for r in (args.row_a, args.row_b) if s not in seeds_of(r)]
+    if not seeds or missing:
+        raise PairedError(f"no finished run for {', '.join(missing) or 'any common seed'} in {out}; "
+                          f"{args.row_a} has seeds {sorted(seeds_of(args.row_a))}, "
+                          f"{args.row_b} has {sorted(seeds_of(args.row_b))}")
+    rows = load_jsonl(eval_file)
+    tasks = TaskRegistry.load(out / f"{args.row_a}-s{seeds[0]}" / "checkpoint" / "tasks.json")
+    scores = {r: np.stack([row_scores(rows, run_predictions(out / f"{r}-s{s}", eval_file, not args.quiet), tasks)
+                           for s in seeds]) for r in (args.row_a, args.row_b)}
+    res = compare(scores[args.row_a], scores[args.row_b], [r.task for r in rows], tasks, args.rounds)
+    res.update({"a": args.row_a, "b": args.row_b, "seed_list": seeds, "dev_rows": len(rows)})
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    a, b = args.row_a, args.row_b
+    print(f"{a} (A) vs {b} (B), seeds {seeds}, {len(rows)} dev rows each: per-row scores, A - B")
+    print("| task | pairs | mean A - B | A better | B better | equal | sign test p |")
+    print("|---|---|---|---|---|---|---|")
+    for t, r in res["per_task"].items():
+        p = f"{r['sign_test_p']:.3f}" if "sign_test_p" in r else "-"
+        print(f"| {t} | {r['pairs']} | {r['mean_diff']:+.3f} | {r['a_better']} | {r['b_better']} | {r['equal']} | {p} |")
+    lo, hi = res["overall_ci95"]
+    print(f"overall A - B {res['overall_diff']:+.4f}, 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}] "
+          f"({args.rounds} resamples of the dev rows within each task, seeds paired)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
