@@ -559,7 +559,9 @@ def write_plots(out: Path, res: dict) -> list[str]:
             cells = [r["per_task"].get(t) for t in tasks] + [r["overall"], r["overall_ls"]]
             means = [c["mean"] if c else 0.0 for c in cells]
             errs = [c["std"] if c else 0.0 for c in cells]
-            ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=2, label=r["row"])
+            fewer = len(r["seeds"]) < len(res["meta"]["seeds"])  # --report-only: rows may lack seeds
+            label = r["row"] + (f" ({len(r['seeds'])} of {len(res['meta']['seeds'])} seeds)" if fewer else "")
+            ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=2, label=label)
         ax.set_xticks(x, cols, rotation=20, ha="right")
         ax.set_ylim(0, 1)
         ax.set_ylabel("dev score")
@@ -742,9 +744,9 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
 
 def run_export(args, seeds, table, out: Path, common: dict, export_over: dict, failed: list,
                not_run: list) -> dict | None:
-    # --report-only: a row with the first seed finished may have exported already
-    complete = [r for r in table if r["row"] in TWO_STAGE_MTA
-                and (len(r["seeds"]) == len(seeds) or (args.report_only and seeds[0] in r["seeds"]))]
+    complete = [r for r in table if r["row"] in TWO_STAGE_MTA and len(r["seeds"]) == len(seeds)]
+    if not complete and args.report_only:  # a row with the first seed finished may have exported already
+        complete = [r for r in table if r["row"] in TWO_STAGE_MTA and seeds[0] in r["seeds"]]
     if not complete:
         failed.append(f"{EXPORT}: no two-stage MTA row finished all seeds; nothing to export")
         return None
