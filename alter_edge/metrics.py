@@ -39,8 +39,13 @@ def rouge_l_f1(pred: str, gold: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
+def row_metric(kind: str):
+    """The per-row metric of a task kind: exact match for classify, ROUGE-L F1 for generate."""
+    return exact_match if kind == "classify" else rouge_l_f1
+
+
 def task_score(kind: str, preds: Sequence[str], golds: Sequence[str]) -> float:
-    fn = exact_match if kind == "classify" else rouge_l_f1
+    fn = row_metric(kind)
     if not preds:
         return 0.0
     return sum(fn(p, g) for p, g in zip(preds, golds, strict=True)) / len(preds)

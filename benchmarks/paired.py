@@ -26,7 +26,7 @@ import numpy as np
 
 from alter_edge.data import load_jsonl
 from alter_edge.io import atomic_write_text, read_json
-from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
+from alter_edge.metrics import overall_score, row_metric
 from alter_edge.tasks import TaskRegistry
 
 
@@ -58,7 +58,7 @@ def run_predictions(run_dir: Path, eval_file: Path, progress: bool) -> list[str]
 def row_scores(rows, preds: list[str], tasks: TaskRegistry) -> np.ndarray:
     if len(preds) != len(rows):
         raise PairedError(f"{len(preds)} predictions for {len(rows)} dev rows: not scored on this eval file")
-    fns = {t.name: exact_match if t.kind == "classify" else rouge_l_f1 for t in tasks}
+    fns = {t.name: row_metric(t.kind) for t in tasks}
     return np.array([fns[r.task](p, r.target) for r, p in zip(rows, preds, strict=True)], dtype=np.float64)
 
 

@@ -263,7 +263,7 @@ def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, 
     ``EdgeModel.classify`` for the label-scoring score."""
     from tqdm.auto import tqdm
 
-    from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
+    from alter_edge.metrics import overall_score, row_metric
     from alter_edge.runtime import EdgeModel
     from alter_edge.training.evaluate import token_budget
 
@@ -279,7 +279,7 @@ def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, 
         if not mine:
             continue
         mine.sort(key=lambda r: len(m.encode(r.input, spec.name)[0]))  # less padding per batch
-        fn = exact_match if spec.kind == "classify" else rouge_l_f1
+        fn = row_metric(spec.kind)
         budget = token_budget(m.tokenizer, spec, max_new)
         hits = 0.0
         for s in range(0, len(mine), batch_size):

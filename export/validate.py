@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from alter_edge.errors import BundleError
-from alter_edge.metrics import exact_match, rouge_l_f1
+from alter_edge.metrics import row_metric
 from alter_edge.prompts import encode_example
 from alter_edge.tasks import TaskRegistry
 
@@ -186,7 +186,7 @@ def check_graph_pair(check: str, ref: OrtGraph, got: OrtGraph, name: str, cases:
 
 
 def _score(kind: str, preds: list[str], golds: list[str]) -> float:
-    fn = exact_match if kind == "classify" else rouge_l_f1
+    fn = row_metric(kind)
     return float(np.mean([fn(p, g) for p, g in zip(preds, golds, strict=True)])) if preds else 0.0
 
 

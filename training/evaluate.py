@@ -13,7 +13,7 @@ import torch
 from alter_edge.base_model import kv_cache_kwarg, kv_cache_out
 from alter_edge.data import Example
 from alter_edge.inject import MTAModel
-from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
+from alter_edge.metrics import overall_score, row_metric
 from alter_edge.prompts import encode_example, label_token_ids, prompt_text
 from alter_edge.tasks import TaskRegistry
 
@@ -161,7 +161,7 @@ def evaluate(
     counts: dict[str, int] = {}
     for i, r in enumerate(rows):
         spec = tasks.get(r.task)
-        fn = exact_match if spec.kind == "classify" else rouge_l_f1
+        fn = row_metric(spec.kind)
         sums[r.task] = sums.get(r.task, 0.0) + fn(preds[i], r.target)
         counts[r.task] = counts.get(r.task, 0) + 1
     per_task = {t: sums[t] / counts[t] for t in sorted(sums)}
