@@ -39,6 +39,7 @@ from pathlib import Path
 
 from alter_edge.io import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
+STAGE2_SHARE = "stage2_share"  # a row key, not a TrainConfig field: stage 2's share of all steps
 # name -> (TrainConfig overrides on top of the defaults and --set, what the row is).
 ROWS: dict[str, tuple[dict, str]] = {
     "zero_shot": ({"stage1_steps": 0, "stage2_steps": 0, "use_cache": False},
@@ -52,8 +53,15 @@ ROWS: dict[str, tuple[dict, str]] = {
     "mta_s2_holdout": ({"stage2_holdout": 0.1},
                        "MTA (lora), two stages; stage 2 trains the mixture on 10% of each task's train "
                        "rows that stage 1 never saw"),
-    "mta_ffn": ({"mta": {"adapter_kind": "ffn", "lora_attention": None}},
-                "MTA, ffn kind (upcycled MLP experts), two stages"),
+    # ffn: K full MLP copies are ~2.65M parameters each per SmolLM2 block, so 12 blocks x K = 5
+    # would train 159M (more than the base model); 4 blocks train 53M. Full weights, not
+    # low-rank deltas: a fine-tuning learning rate, not the LoRA one (3e-3).
+    "mta_ffn": ({"mta": {"adapter_kind": "ffn", "lora_attention": None, "num_top_layers": 4},
+                 "stage1_lr": 2e-4},
+                "MTA, ffn kind (upcycled MLP experts in the top 4 blocks, stage-1 lr 2e-4), two stages"),
+    # The budget split differently: a quarter of the steps in stage 2 (160 + 480 at the
+    # defaults) -- fewer stage-1 steps to memorise with, a longer stage 2 for the mixture.
+    "mta_long_s2": ({STAGE2_SHARE: 0.25}, "MTA (lora), two stages, a quarter of the steps in stage 2"),
     "mta_k2": ({"mta": {"num_adapters": 2}}, "ablation: K = 2 adapters per block"),
     "mta_k8": ({"mta": {"num_adapters": 8}}, "ablation: K = 8 adapters per block"),
     "mta_top4": ({"mta": {"num_top_layers": 4}}, "ablation: adapters in the top 4 blocks"),
@@ -66,7 +74,7 @@ ALL_ROWS = (*ROWS, EXPORT)
 # same examples (total optimizer steps x batch size).
 ONE_ADAPTER_STAGE = ("shared_lora", "hard_routing", "mta_one_stage")
 # The rows the export row chooses from.
-TWO_STAGE_MTA = ("mta", "mta_s2_holdout", "mta_ffn", "mta_k2", "mta_k8", "mta_top4", "mta_top8", "mta_no_attn")
+TWO_STAGE_MTA = ("mta", "mta_s2_holdout", "mta_long_s2", "mta_ffn", "mta_k2", "mta_k8", "mta_top4", "mta_top8", "mta_no_attn")
 # --quick: a smoke budget (training's own dev evaluations cut to a few rows, too).
 QUICK_CONFIG = {"stage1_steps": 6, "stage2_steps": 2, "batch_size": 8, "eval_max_rows": 8}
 QUICK_EVAL_PER_TASK = 8
@@ -116,10 +124,15 @@ def row_config(name: str, seed: int, base: dict):
 
     over = json.loads(json.dumps(ROWS[name][0]))
     mta = {**base.get("mta", {}), **over.pop("mta", {})}
+    share = over.pop(STAGE2_SHARE, None)
     cfg = {**base, **over, "seed": seed, "mta": mta}
+    d = TrainConfig()
+    total = base.get("stage1_steps", d.stage1_steps) + base.get("stage2_steps", d.stage2_steps)
+    if share is not None:  # the same total, split differently
+        cfg["stage2_steps"] = round(total * share)
+        cfg["stage1_steps"] = total - cfg["stage2_steps"]
     if name in ONE_ADAPTER_STAGE:
-        d = TrainConfig()
-        cfg["stage1_steps"] = base.get("stage1_steps", d.stage1_steps) + base.get("stage2_steps", d.stage2_steps)
+        cfg["stage1_steps"] = total
         cfg["stage2_steps"] = 0
         cfg["stage2_holdout"] = 0.0  # no stage 2 to keep rows for
     return TrainConfig(**cfg)

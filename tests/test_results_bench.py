@@ -102,6 +102,15 @@ def test_every_trained_row_gets_the_same_budget():
     assert results.trained_groups(results.row_config("hard_routing", 0, base)) == {"adapters"}
     assert results.trained_groups(results.row_config("mta", 0, base)) == {"adapters", "mixture"}
     assert results.row_config("mta_top8", 0, {"mta": {"lora_rank": 4}}).mta == {"lora_rank": 4, "num_top_layers": 8}
+    lopsided = {"stage1_steps": 36, "stage2_steps": 4}
+    long_s2, mta = results.row_config("mta_long_s2", 0, lopsided), results.row_config("mta", 0, lopsided)
+    assert (long_s2.stage1_steps, long_s2.stage2_steps) == (30, 10)  # a quarter of the 40 steps
+    assert (mta.stage1_steps, mta.stage2_steps) == (36, 4)
+    d = results.row_config("mta_long_s2", 0, {})
+    assert (d.stage1_steps, d.stage2_steps) == (480, 160)
+    ffn = results.row_config("mta_ffn", 0, {"mta": {"num_top_layers": 12, "lora_attention": True}})
+    assert ffn.mta["adapter_kind"] == "ffn" and ffn.mta["num_top_layers"] == 4 and ffn.mta["lora_attention"] is None
+    assert ffn.stage1_lr < results.row_config("mta", 0, {}).stage1_lr
 
 
 def test_table_rows_scores_and_meta(table):
