@@ -572,13 +572,16 @@ def write_plots(out: Path, res: dict) -> list[str]:
         x = np.arange(len(cols))
         width = 0.8 / len(rows)
         fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cols) + 0.25 * len(rows) * len(cols) / 2), 4.2))
+        # tab10 repeats after 10 rows, which makes two rows look like one; tab20 has 20 colours
+        palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors
         for i, r in enumerate(rows):
             cells = [r["per_task"].get(t) for t in tasks] + [r["overall"], r["overall_ls"]]
             means = [c["mean"] if c else 0.0 for c in cells]
             errs = [c["std"] if c else 0.0 for c in cells]
             fewer = len(r["seeds"]) < len(res["meta"]["seeds"])  # --report-only: rows may lack seeds
             label = r["row"] + (f" ({len(r['seeds'])} of {len(res['meta']['seeds'])} seeds)" if fewer else "")
-            ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=2, label=label)
+            ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=2, label=label,
+                   color=palette[i % len(palette)])
         ax.set_xticks(x, cols, rotation=20, ha="right")
         ax.set_ylim(0, 1)
         ax.set_ylabel("dev score")
