@@ -77,8 +77,8 @@ ALL_ROWS = (*ROWS, EXPORT)
 # Rows with no mixture to learn spend stage 2's steps in stage 1: every trained row sees the
 # same examples (total optimizer steps x batch size).
 ONE_ADAPTER_STAGE = ("shared_lora", "hard_routing", "mta_one_stage")
-# The rows the export row chooses from.
-TWO_STAGE_MTA = ("mta", "mta_s2_holdout", "mta_long_s2", "mta_soft_prior", "mta_ffn", "mta_k2", "mta_k8", "mta_top4", "mta_top8", "mta_no_attn")
+# The rows the export row chooses from: every row with a mixture trained in its own stage 2.
+TWO_STAGE_MTA = tuple(r for r in ROWS if r not in ("zero_shot", *ONE_ADAPTER_STAGE))
 # --quick: a smoke budget (training's own dev evaluations cut to a few rows, too).
 QUICK_CONFIG = {"stage1_steps": 6, "stage2_steps": 2, "batch_size": 8, "eval_max_rows": 8}
 QUICK_EVAL_PER_TASK = 8
