@@ -12,6 +12,16 @@ Predictions come from each run's ``result.json`` (``eval.predictions``, written 
 session 4); a run scored before that is scored again from its checkpoint with the dtype it
 was scored in, checked to reproduce its recorded per-task scores, and the predictions are
 kept in ``OUT/<row>-s<seed>/predictions.json``.
+
+The export row's precisions compare the same way, as ``export:PRECISION`` (``pytorch``,
+``fp32``, ``int8``, ``int4``, ``int8_dynamic``): what quantization changes, row by row, on one
+checkpoint (one "seed")::
+
+    python benchmarks/paired.py runs/results-v2 export:int8 export:fp32
+
+An export recorded before predictions were kept is scored again from its bundle through the
+runtime (or, for ``pytorch``, from its checkpoint in float32), checked against the recorded
+scores, and cached in ``OUT/export/predictions-<precision>.json``.
 """
 
 from __future__ import annotations
@@ -47,11 +57,59 @@ def run_predictions(run_dir: Path, eval_file: Path, progress: bool) -> list[str]
     dtype = res["eval"].get("dtype", "float32")
     ev = evaluate_checkpoint(run_dir / "checkpoint", eval_file, progress=progress, compute_dtype=dtype,
                              with_predictions=True)
-    recorded = res["eval"]["per_task"]
-    moved = {t: (round(v, 4), recorded.get(t)) for t, v in ev["per_task"].items() if round(v, 4) != recorded.get(t)}
-    if moved:  # the comparison must be of the runs the table reports
-        raise PairedError(f"{run_dir.name}: scoring again gave other per-task scores (now, recorded): {moved}")
+    _check_reproduced(run_dir.name, res["eval"]["per_task"], ev["per_task"])
     atomic_write_text(cached, json.dumps({"dtype": dtype, "predictions": ev["predictions"]}) + "\n")
+    return ev["predictions"]
+
+
+EXPORT_PREFIX = "export:"
+
+
+def _results_module():
+    """benchmarks/results.py (bundle scoring, the export row's bundle layout), loaded by path."""
+    import importlib.util
+
+    name = "alter_edge_bench_results"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("results.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def _check_reproduced(what: str, recorded: dict, now: dict) -> None:
+    moved = {t: (round(v, 4), recorded.get(t)) for t, v in now.items() if round(v, 4) != recorded.get(t)}
+    if moved:  # the comparison must be of the runs the table reports
+        raise PairedError(f"{what}: scoring again gave other per-task scores (now, recorded): {moved}")
+
+
+def export_predictions(export_dir: Path, precision: str, eval_file: Path, progress: bool) -> list[str]:
+    """Per-row greedy outputs of one precision of the export row (``pytorch`` = its checkpoint)."""
+    res = read_json(export_dir / "result.json", PairedError)
+    recs = {"pytorch": res.get("pytorch"), **res.get("precisions", {})}
+    rec = recs.get(precision)
+    if rec is None:
+        have = sorted(k for k, v in recs.items() if v is not None)
+        raise PairedError(f"the export row has no precision {precision!r}; it has: {', '.join(have)}")
+    if rec.get("predictions") is not None:
+        return rec["predictions"]
+    cached = export_dir / f"predictions-{precision}.json"
+    if cached.is_file():
+        return read_json(cached, PairedError)["predictions"]
+    results = _results_module()
+    if precision == "pytorch":
+        from alter_edge.training.trainer import evaluate_checkpoint
+
+        ev = evaluate_checkpoint(Path(res["source"]["checkpoint"]), eval_file, progress=progress,
+                                 compute_dtype=rec.get("dtype", "float32"), with_predictions=True)
+    else:
+        bundle, runtime_precision = next((export_dir / name, p) for name, _, precs in results.EXPORT_BUNDLES
+                                         for p, label in precs.items() if label == precision)
+        threads = res.get("spec", {}).get("threads")
+        ev = results.score_bundle(bundle, runtime_precision, load_jsonl(eval_file), threads, progress)
+    _check_reproduced(f"export {precision}", rec["per_task"], ev["per_task"])
+    atomic_write_text(cached, json.dumps({"predictions": ev["predictions"]}) + "\n")
     return ev["predictions"]
 
 
@@ -90,12 +148,15 @@ def compare(a: np.ndarray, b: np.ndarray, task_of: list[str], tasks: TaskRegistr
     diff = overall_score({t: per_task[t]["mean_diff"] for t in names}, groups)
     rng = np.random.default_rng(seed)
     boot = np.empty(rounds)
+    boot_task = {t: np.empty(rounds) for t in names}
     for k in range(rounds):
         means = {}
         for t in names:
             pick = rng.choice(idx[t], size=idx[t].size, replace=True)
-            means[t] = float((a[:, pick] - b[:, pick]).mean())
+            means[t] = boot_task[t][k] = float((a[:, pick] - b[:, pick]).mean())
         boot[k] = overall_score(means, groups)
+    for t in names:
+        per_task[t]["ci95"] = [float(x) for x in np.percentile(boot_task[t], [2.5, 97.5])]
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"per_task": per_task, "overall_diff": diff, "overall_ci95": [float(lo), float(hi)],
             "seeds": int(a.shape[0]), "rounds": rounds}
@@ -124,6 +185,13 @@ def _run(args) -> int:
     if not eval_file.is_file():
         raise PairedError(f"{eval_file} not found: give the --out folder of a benchmarks/results.py run")
 
+    exported = [r.startswith(EXPORT_PREFIX) for r in (args.row_a, args.row_b)]
+    if any(exported):
+        if not all(exported) or args.seeds is not None:
+            raise PairedError("an export precision (export:PRECISION) compares only with another precision of "
+                              "the same export, without --seeds")
+        return _report(args, *_export_scores(args, out, eval_file))
+
     def seeds_of(row: str) -> set[int]:
         return {int(p.parent.name.rsplit("-s", 1)[1]) for p in out.glob(f"{row}-s*/result.json")}
 
@@ -138,6 +206,21 @@ def _run(args) -> int:
     tasks = TaskRegistry.load(out / f"{args.row_a}-s{seeds[0]}" / "checkpoint" / "tasks.json")
     scores = {r: np.stack([row_scores(rows, run_predictions(out / f"{r}-s{s}", eval_file, not args.quiet), tasks)
                            for s in seeds]) for r in (args.row_a, args.row_b)}
+    return _report(args, rows, tasks, scores, seeds)
+
+
+def _export_scores(args, out: Path, eval_file: Path) -> tuple:
+    export_dir = out / "export"
+    res = read_json(export_dir / "result.json", PairedError)
+    rows = load_jsonl(eval_file)
+    tasks = TaskRegistry.load(Path(res["source"]["checkpoint"]) / "tasks.json")
+    scores = {r: row_scores(rows, export_predictions(export_dir, r[len(EXPORT_PREFIX):], eval_file,
+                                                     not args.quiet), tasks)[None]
+              for r in (args.row_a, args.row_b)}
+    return rows, tasks, scores, [res["source"]["seed"]]
+
+
+def _report(args, rows, tasks, scores: dict, seeds: list) -> int:
     res = compare(scores[args.row_a], scores[args.row_b], [r.task for r in rows], tasks, args.rounds)
     res.update({"a": args.row_a, "b": args.row_b, "seed_list": seeds, "dev_rows": len(rows)})
     if args.json:
@@ -145,11 +228,13 @@ def _run(args) -> int:
         return 0
     a, b = args.row_a, args.row_b
     print(f"{a} (A) vs {b} (B), seeds {seeds}, {len(rows)} dev rows each: per-row scores, A - B")
-    print("| task | pairs | mean A - B | A better | B better | equal | sign test p |")
-    print("|---|---|---|---|---|---|---|")
+    print("| task | pairs | mean A - B | 95% interval | A better | B better | equal | sign test p |")
+    print("|---|---|---|---|---|---|---|---|")
     for t, r in res["per_task"].items():
         p = f"{r['sign_test_p']:.3f}" if "sign_test_p" in r else "-"
-        print(f"| {t} | {r['pairs']} | {r['mean_diff']:+.3f} | {r['a_better']} | {r['b_better']} | {r['equal']} | {p} |")
+        lo, hi = r["ci95"]
+        print(f"| {t} | {r['pairs']} | {r['mean_diff']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {r['a_better']} "
+              f"| {r['b_better']} | {r['equal']} | {p} |")
     lo, hi = res["overall_ci95"]
     print(f"overall A - B {res['overall_diff']:+.4f}, 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}] "
           f"({args.rounds} resamples of the dev rows within each task, seeds paired)")

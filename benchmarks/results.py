@@ -290,19 +290,23 @@ def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, 
     sums: dict[str, float] = {}
     ls: dict[str, float] = {}
     counts: dict[str, int] = {}
+    preds: list[str | None] = [None] * len(rows)
     bar = tqdm(total=len(rows), desc=f"runtime {precision}", unit="row", disable=not progress, leave=False)
     for spec in m.tasks:
-        mine = [r for r in rows if r.task == spec.name]
+        mine = [i for i, r in enumerate(rows) if r.task == spec.name]
         if not mine:
             continue
-        mine.sort(key=lambda r: len(m.encode(r.input, spec.name)[0]))  # less padding per batch
+        mine.sort(key=lambda i: len(m.encode(rows[i].input, spec.name)[0]))  # less padding per batch
         fn = row_metric(spec.kind)
         budget = token_budget(m.tokenizer, spec, max_new)
         hits = 0.0
         for s in range(0, len(mine), batch_size):
-            batch = mine[s : s + batch_size]
+            idx = mine[s : s + batch_size]
+            batch = [rows[i] for i in idx]
             texts = [r.input for r in batch]
             gens = m.generate(texts, task=spec.name, max_new_tokens=budget)
+            for i, g in zip(idx, gens, strict=True):
+                preds[i] = g.text
             sums[spec.name] = sums.get(spec.name, 0.0) + sum(
                 fn(g.text, r.target) for g, r in zip(gens, batch, strict=True))
             if spec.kind == "classify":
@@ -316,7 +320,7 @@ def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, 
     per_task = {t: sums[t] / counts[t] for t in sorted(sums)}
     ev = {"per_task": per_task, "overall": overall_score(per_task, m.tasks.groups()),
           "label_scoring": ls, "counts": counts, "seconds": time.perf_counter() - t0}
-    return summarize_eval(ev, m.tasks.groups())
+    return {**summarize_eval(ev, m.tasks.groups()), "predictions": preds}  # per row: benchmarks/paired.py
 
 
 def precision_size(manifest: dict, bundle: Path, precision: str) -> dict:

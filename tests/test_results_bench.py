@@ -272,6 +272,40 @@ def test_paired_comparison_matches_the_table_and_rescores_old_runs(table, tmp_pa
     assert "zero_shot-s1" in capsys.readouterr().err
 
 
+def test_paired_export_precisions_match_the_table_and_rescore_old_exports(table, tmp_path, capsys):
+    """paired.py on the export row: int8 vs fp32 per-row differences average to the table's
+    per-task differences; an export recorded without predictions is scored again from its
+    bundle, must reproduce its scores, and is cached; a missing precision or a mix of an export
+    precision with a trained row is one clear error."""
+    paired = _paired()
+    out = tmp_path / "out"
+    shutil.copytree(table.out, out)
+    res_path = out / "export" / "result.json"
+    ex = json.loads(res_path.read_text())
+    precs = ex["precisions"]
+    assert len(precs["int8"]["predictions"]) == 6 and len(ex["pytorch"]["predictions"]) == 6
+    for p in ("int8", "fp32"):
+        del precs[p]["predictions"]  # as recorded before predictions were kept
+    res_path.write_text(json.dumps(ex))
+    assert paired.main([str(out), "export:int8", "export:fp32", "--json", "--quiet", "--rounds", "200"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["seed_list"] == [0] and res["dev_rows"] == 6
+    for t, r in res["per_task"].items():
+        assert r["pairs"] == 2
+        assert r["mean_diff"] == pytest.approx(precs["int8"]["per_task"][t] - precs["fp32"]["per_task"][t], abs=1e-4)
+        assert r["ci95"][0] <= r["mean_diff"] <= r["ci95"][1]
+    assert (out / "export" / "predictions-int8.json").is_file()
+    assert (out / "export" / "predictions-fp32.json").is_file()
+    # the fp32 graph and the checkpoint agree row by row (predictions kept by results.py)
+    assert paired.main([str(out), "export:fp32", "export:pytorch", "--json", "--quiet", "--rounds", "50"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert all(r["a_better"] == r["b_better"] == 0 for r in res["per_task"].values())
+    assert paired.main([str(out), "export:int3", "export:fp32", "--quiet"]) == 2
+    assert "no precision 'int3'" in capsys.readouterr().err
+    assert paired.main([str(out), "export:int8", "mta", "--quiet"]) == 2
+    assert "export:PRECISION" in capsys.readouterr().err
+
+
 def test_sign_test_is_exact():
     paired = _paired()
     assert paired.sign_test(0, 0) == 1.0
