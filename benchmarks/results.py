@@ -449,8 +449,18 @@ def mean_std(values: list[float]) -> dict:
             "std": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0, "n": len(vals)}
 
 
+def stage2_deltas(runs: list[dict]) -> list[float]:
+    """Per run, what stage 2 moved the dev score: training's own dev evaluation after stage 2
+    minus after stage 1 (empty unless every run has both: one-stage rows and zero_shot do not)."""
+    evals = [r.get("train_evals") or {} for r in runs]
+    if not runs or not all({"stage1", "stage2"} <= set(e) for e in evals):
+        return []
+    return [e["stage2"]["overall"] - e["stage1"]["overall"] for e in evals]
+
+
 def summarize_row(name: str, runs: list[dict]) -> dict:
     evs = [r["eval"] for r in runs]
+    deltas = stage2_deltas(runs)
     tasks = sorted({t for e in evs for t in e["per_task"]})
     ls_tasks = sorted({t for e in evs for t in e["label_scoring"]})
     return {
@@ -460,6 +470,7 @@ def summarize_row(name: str, runs: list[dict]) -> dict:
                           for t in ls_tasks},
         "overall": mean_std([e["overall"] for e in evs]),
         "overall_ls": mean_std([e["overall_ls"] for e in evs]),
+        "stage2_delta": mean_std(deltas) if deltas else None,
         "trainable_params": runs[0]["trainable_params"],
         "train_s": mean_std([r["train_s"] or 0.0 for r in runs]),
         "wall_s": mean_std([r["wall_s"] for r in runs]),
@@ -501,18 +512,20 @@ def markdown(res: dict) -> str:
     rows = res["rows"]
     tasks = sorted({t for r in rows for t in r["per_task"]})
     ls_tasks = sorted({t for r in rows for t in r["label_scoring"]})
-    head = ["row", *tasks, "overall", *[f"{t} (ls)" for t in ls_tasks], "overall (ls)", "trainable",
-            "train s", "peak MB", "seeds"]
+    head = ["row", *tasks, "overall", *[f"{t} (ls)" for t in ls_tasks], "overall (ls)", "stage 2 Δ",
+            "trainable", "train s", "peak MB", "seeds"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        d = r.get("stage2_delta")
         cells = [r["row"], *[fmt(r["per_task"].get(t), std=False) for t in tasks], f"**{fmt(r['overall'])}**",
                  *[fmt(r["label_scoring"].get(t), std=False) for t in ls_tasks], fmt(r["overall_ls"]),
-                 f"{r['trainable_params']:,}", f"{r['train_s']['mean']:.0f}", f"{r['peak_rss_mb']:.0f}",
+                 f"{d['mean']:+.3f}" if d else "-", f"{r['trainable_params']:,}", f"{r['train_s']['mean']:.0f}", f"{r['peak_rss_mb']:.0f}",
                  str(len(r["seeds"]))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per-task cells: mean over seeds (generation: exact match for classify tasks, ROUGE-L F1 "
               "for generate tasks); `(ls)`: label scoring. overall: mean over task groups, mean ± std "
-              "over seeds. train s: the training run (prefix cache, stages, its own dev evaluations); "
+              "over seeds. stage 2 Δ (two-stage rows): training's own dev evaluation after stage 2 "
+              "minus after stage 1, mean over seeds. train s: the training run (prefix cache, stages, its own dev evaluations); "
               "peak MB: the row's process (training + scoring).", ""]
     lines += [f"- `{r['row']}`: {r['what']}" for r in rows]
     if meta.get("not_run"):

@@ -128,12 +128,19 @@ def test_table_rows_scores_and_meta(table):
     assert rows["mta"]["overall"]["mean"] > rows["zero_shot"]["overall"]["mean"]  # it learned something
     s1 = next(run for run in rows["mta"]["runs"] if run["seed"] == 1)
     assert s1["resumed"] and set(s1["train_evals"]) == {"stage1", "stage2"}
+    # stage 2 Δ: after stage 2 minus after stage 1, per run, averaged; none for zero_shot
+    deltas = [run["train_evals"]["stage2"]["overall"] - run["train_evals"]["stage1"]["overall"]
+              for run in rows["mta"]["runs"]]
+    assert rows["mta"]["stage2_delta"]["mean"] == pytest.approx(sum(deltas) / 2, abs=1e-4)
+    assert rows["zero_shot"]["stage2_delta"] is None
+    assert results.stage2_deltas([{"train_evals": {"joint": {"overall": 0.5}}}]) == []
     meta = table.res["meta"]
     assert meta["quick"] and meta["seeds"] == [0, 1] and meta["budget"]["examples"] == 42 * 8
     assert meta["split"]["split_seed"] == 0 and meta["split"]["dev_rows"] == {"colour": 2, "echo": 2, "parity": 2}
     assert len(meta["data_sha256"]) == 64 and meta["machine"]["cpu_count"]
     md = (table.out / "results.md").read_text()
     assert "QUICK RUN" in md and "| zero_shot |" in md and "| mta |" in md and "runtime int8" in md
+    assert "stage 2 Δ" in md and f"{rows['mta']['stage2_delta']['mean']:+.3f}" in md
 
 
 def test_export_rows_score_through_the_runtime(table):
