@@ -21,7 +21,8 @@ checkpoint (one "seed")::
 
 An export recorded before predictions were kept is scored again from its bundle through the
 runtime (or, for ``pytorch``, from its checkpoint in float32), checked against the recorded
-scores, and cached in ``OUT/export/predictions-<precision>.json``.
+scores, and cached in ``OUT/export/predictions-<precision>.json`` (tied to that export's
+``finished`` time, so a redone export is never read from an older one's cache).
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ def export_predictions(export_dir: Path, precision: str, eval_file: Path, progre
     if rec.get("predictions") is not None:
         return rec["predictions"]
     cached = export_dir / f"predictions-{precision}.json"
-    if cached.is_file():
-        return read_json(cached, PairedError)["predictions"]
+    if cached.is_file():  # only if made from this export (a redone export row leaves old files behind)
+        kept = read_json(cached, PairedError)
+        if kept.get("export_finished") == res.get("finished"):
+            return kept["predictions"]
     results = _results_module()
     if precision == "pytorch":
         from alter_edge.training.trainer import evaluate_checkpoint
@@ -109,7 +112,8 @@ def export_predictions(export_dir: Path, precision: str, eval_file: Path, progre
         threads = res.get("spec", {}).get("threads")
         ev = results.score_bundle(bundle, runtime_precision, load_jsonl(eval_file), threads, progress)
     _check_reproduced(f"export {precision}", rec["per_task"], ev["per_task"])
-    atomic_write_text(cached, json.dumps({"predictions": ev["predictions"]}) + "\n")
+    atomic_write_text(cached, json.dumps({"export_finished": res.get("finished"),
+                                          "predictions": ev["predictions"]}) + "\n")
     return ev["predictions"]
 
 

@@ -303,6 +303,11 @@ def test_paired_export_precisions_match_the_table_and_rescore_old_exports(table,
         assert r["ci95"][0] <= r["mean_diff"] <= r["ci95"][1]
     assert (out / "export" / "predictions-int8.json").is_file()
     assert (out / "export" / "predictions-fp32.json").is_file()
+    # a cache from another (older) export is not read: the bundle is scored again
+    stale = {"export_finished": "another export", "predictions": ["stale"] * 6}
+    (out / "export" / "predictions-int8.json").write_text(json.dumps(stale))
+    assert paired.export_predictions(out / "export", "int8", out / "dev.jsonl", False) != stale["predictions"]
+    assert json.loads((out / "export" / "predictions-int8.json").read_text())["export_finished"] == ex["finished"]
     # the fp32 graph and the checkpoint agree row by row (predictions kept by results.py)
     assert paired.main([str(out), "export:fp32", "export:pytorch", "--json", "--quiet", "--rounds", "50"]) == 0
     res = json.loads(capsys.readouterr().out)
