@@ -100,13 +100,13 @@ def export_predictions(export_dir: Path, precision: str, eval_file: Path, progre
         kept = read_json(cached, PairedError)
         if kept.get("export_finished") == res.get("finished"):
             return kept["predictions"]
-    results = _results_module()
     if precision == "pytorch":
         from alter_edge.training.trainer import evaluate_checkpoint
 
         ev = evaluate_checkpoint(Path(res["source"]["checkpoint"]), eval_file, progress=progress,
                                  compute_dtype=rec.get("dtype", "float32"), with_predictions=True)
     else:
+        results = _results_module()
         bundle, runtime_precision = next((export_dir / name, p) for name, _, precs in results.EXPORT_BUNDLES
                                          for p, label in precs.items() if label == precision)
         threads = res.get("spec", {}).get("threads")
