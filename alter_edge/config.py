@@ -10,6 +10,7 @@ from .errors import ConfigError
 
 ADAPTER_KINDS = ("ffn", "lora", "bottleneck")
 PRIORS = ("own_shared", "overlap", "uniform")
+GATES = ("task", "token")
 
 
 def _check_keys(cls, d: dict) -> None:
@@ -40,6 +41,11 @@ class MTAConfig:
     target_modules: list[str] | None = None  # lora targets; None = the model_type table
     # lora kind: also adapt the block's attention projections; None = on for lora, off otherwise
     lora_attention: bool | None = None
+    # task: the mixture depends on the task only (foldable into per-task graphs, exportable);
+    # token: a learned per-token gate adds W_g rmsnorm(h) / sqrt(H) to the task's logits, h the
+    # hidden state entering the block (W_g starts at 0, so it starts equal to "task"). An
+    # experiment: it cannot be folded into per-task graphs, so the exporter refuses it.
+    gate: str = "task"
     init_std: float = 0.0  # >0 gives the zero-initialised factor random values (tests)
 
     def __post_init__(self) -> None:
@@ -61,6 +67,8 @@ class MTAConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.prior not in PRIORS:
             raise ConfigError(f"prior {self.prior!r} is not one of {', '.join(PRIORS)}")
+        if self.gate not in GATES:
+            raise ConfigError(f"gate {self.gate!r} is not one of {', '.join(GATES)}")
         if self.lora_attention is None:
             self.lora_attention = self.adapter_kind == "lora"
         if self.num_top_layers < 1:

@@ -69,6 +69,13 @@ class _PassThrough(nn.Module):
         return hidden_states
 
 
+def _gate_hook(block: MTABlock):
+    def hook(module, args, kwargs):
+        block.gate_input = args[0] if args else kwargs["hidden_states"]
+
+    return hook
+
+
 class MTAModel(nn.Module):
     """A frozen causal LM with MTA blocks in some of its layers."""
 
@@ -95,6 +102,9 @@ class MTAModel(nn.Module):
             self.blocks[str(i)] = block
         if not self.blocks:
             raise ConfigError("MTA injection matched no block")
+        if cfg.gate == "token":  # the gate reads the hidden state entering each adapted block
+            for i in self.adapted_layers:
+                self._layers()[i].register_forward_pre_hook(_gate_hook(self.blocks[str(i)]), with_kwargs=True)
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.base.eval()
@@ -110,7 +120,7 @@ class MTAModel(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {
             "adapters": [p for b in self.blocks.values() for p in b.adapter_parameters()],
-            "mixture": [b.mixture.logits for b in self.blocks.values()],
+            "mixture": [p for b in self.blocks.values() for p in b.mixture_parameters()],
         }
 
     def set_trainable(self, groups: list[str]) -> list[nn.Parameter]:
@@ -163,6 +173,8 @@ class MTAModel(nn.Module):
             yield
         finally:
             self.context.task_ids = None
+            for b in self.blocks.values():
+                b.gate_input = None
 
     def forward(self, input_ids, attention_mask=None, task_ids=None, **kwargs):
         """The base model's forward with task ids: returns the base model's output."""

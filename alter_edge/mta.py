@@ -4,6 +4,11 @@ Each adapted block holds K adapters and a mixture table ``logits [num_tasks, K]`
 task ``t`` uses ``w = softmax(logits[t] / temperature)`` (shape ``[K]``), so the mixture
 depends only on the task: a batch may mix tasks, and a single-task graph can fold ``w`` in.
 
+With ``gate="token"`` (an experiment, not exportable) the mixture also depends on the token:
+``w = softmax((logits[t] + W_g rmsnorm(h) / sqrt(H)) / temperature)`` per position, ``h`` the
+hidden state entering the block; ``W_g`` starts at 0, so the model starts as the task mixture.
+Weights reach the adapters as ``(B, 1, K)`` (task gate) or ``(B, T, K)`` (token gate).
+
 Three adapter kinds, all starting equal to the base model where the kind allows:
 
 - ``ffn``: the block's MLP is replaced by K copies of it ("upcycled" experts, the paper's
@@ -99,10 +104,10 @@ class MixedLoRA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
         y = self.base_layer(x)
-        mix = self._block.weights()  # (B, K)
+        mix = self._block.weights()  # (B, 1 or T, K)
         B = x.shape[0]
         h = F.linear(x, self.lora_A)  # (B, T, K*r)
-        h = (h.view(B, -1, self.num_adapters, self.rank) * mix[:, None, :, None]).flatten(2)
+        h = (h.view(B, -1, self.num_adapters, self.rank) * mix[..., None]).flatten(2)
         return y + F.linear(h, self.lora_B) * self.scaling
 
     def delta_weight(self, w: torch.Tensor) -> torch.Tensor:
@@ -121,6 +126,11 @@ class MTABlock(nn.Module):
         self.mixture = TaskMixture(cfg)
         object.__setattr__(self, "_context", context)  # shared, not a submodule
         K = int(cfg.num_adapters)
+        # token gate: W_g (K, H), zeros (no random draw: adapters get the same init either way)
+        self.gate_weight: nn.Parameter | None = None
+        self.gate_input: torch.Tensor | None = None  # set by MTAModel's hook on the block's layer
+        if cfg.gate == "token":  # before lora wraps the output projection
+            self.gate_weight = nn.Parameter(torch.zeros(K, _hidden_size_of(mlp)))
         if self.kind == "ffn":
             self.experts = nn.ModuleList([copy.deepcopy(mlp) for _ in range(K)])
             if cfg.init_std > 0:
@@ -154,26 +164,40 @@ class MTABlock(nn.Module):
                 nn.init.normal_(self.up, std=cfg.init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, H)
-        w = self.weights()  # (B, K)
+        w = self.weights()  # (B, 1 or T, K)
         if self.kind == "ffn":
             out = None
             for k, expert in enumerate(self.experts):
-                y = expert(x) * w[:, k, None, None]
+                y = expert(x) * w[..., k, None]
                 out = y if out is None else out + y
             return out
         if self.kind == "lora":
             return self.mlp(x)  # its projections are MixedLoRA layers
         h = F.gelu(F.linear(x, self.down, self.down_bias))  # (B, T, K*r)
         B = x.shape[0]
-        h = (h.view(B, -1, self.K, self.r) * w[:, None, :, None]).flatten(2)
+        h = (h.view(B, -1, self.K, self.r) * w[..., None]).flatten(2)
         return self.mlp(x) + F.linear(h, self.up)
 
     def weights(self) -> torch.Tensor:
-        """This batch's per-row mixture (B, K), from the task ids MTAModel put in the context."""
+        """This batch's mixture, from the task ids MTAModel put in the context: (B, 1, K) for
+        the task gate, (B, T, K) for the token gate."""
         task_ids = self._context.task_ids
         if task_ids is None:
             raise RuntimeError("MTA block called without task_ids; call the model through MTAModel")
-        return self.mixture(task_ids)
+        if self.gate_weight is None:
+            return self.mixture(task_ids)[:, None, :]
+        h = self.gate_input
+        if h is None:
+            raise RuntimeError("token gate without its input: call the model through MTAModel")
+        hf = h.float()
+        hn = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)
+        z = F.linear(hn, self.gate_weight.float()) / math.sqrt(hn.shape[-1])  # (B, T, K)
+        logits = self.mixture.logits[task_ids][:, None, :] + z
+        return torch.softmax(logits / self.mixture.temperature, dim=-1)
+
+    def mixture_parameters(self) -> list[nn.Parameter]:
+        """What stage 2 trains: the task logits, and the token gate if there is one."""
+        return [self.mixture.logits] + ([self.gate_weight] if self.gate_weight is not None else [])
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         if self.kind == "ffn":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alter_edge.errors import BundleError, ConfigError
+from alter_edge.errors import BundleError, CheckpointError, ConfigError
 from alter_edge.io import atomic_dir, atomic_write_text
 from alter_edge.tasks import TaskRegistry
 
@@ -106,7 +106,12 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     out, checkpoint = Path(out), Path(checkpoint)
     if out.exists() and not opts.overwrite:
         raise BundleError(f"{out} already exists; pass --overwrite to replace it")
-    read_checkpoint_meta(checkpoint)  # missing or incomplete: CheckpointError before any torch work
+    meta = read_checkpoint_meta(checkpoint)  # missing or incomplete: CheckpointError before any torch work
+    gate = meta["mta_config"].get("gate", "task")
+    if gate != "task":
+        raise CheckpointError(f"{checkpoint} was trained with gate {gate!r} (a per-token mixture, an "
+                              "experiment); export supports gate 'task' only, whose mixture folds into "
+                              "per-task graphs")
     if opts.tasks:  # an unknown task name fails before the model loads
         TaskRegistry.load(checkpoint / "tasks.json").resolve(opts.tasks)
     t_start = time.perf_counter()

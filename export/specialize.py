@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from alter_edge.errors import ConfigError
 from alter_edge.inject import MTAModel
 from alter_edge.mta import MixedLoRA, MTABlock, _hidden_size_of, _linear_shape
 
@@ -149,6 +150,9 @@ def _fold_bottleneck(block: MTABlock, w: torch.Tensor, threshold: float) -> tupl
 def specialize(model: MTAModel, task_id: int, task_name: str = "", prune_threshold: float = 1e-5
                ) -> tuple[nn.Module, FoldReport]:
     """A deep copy of the base causal LM with task ``task_id`` folded in (eval mode, fp32)."""
+    if model.cfg.gate != "task":
+        raise ConfigError(f"gate {model.cfg.gate!r} mixes adapters per token and cannot be folded into a "
+                          "per-task graph; only gate 'task' models can be specialized")
     base = copy.deepcopy(model.base)
     kind = model.cfg.adapter_kind
     report = FoldReport(task=task_name or str(task_id), kind=kind)
