@@ -66,6 +66,13 @@ ROWS: dict[str, tuple[dict, str]] = {
     # every adapter sees more of the other tasks in stage 1.
     "mta_soft_prior": ({"mta": {"prior_strength": 0.1}},
                        "MTA (lora), two stages, softer prior (own adapter ~0.37 instead of ~0.56)"),
+    # A learned per-token gate (MTAConfig.gate = "token"): the mixture also reads the hidden
+    # state entering each block. Tests whether stage 2 gains once the mixture may vary by token,
+    # not only by task. Not exportable (nothing to fold into a per-task graph).
+    "mta_gate": ({"mta": {"gate": "token"}},
+                 "MTA (lora), two stages; stage 2 learns the task mixture and a per-token gate"),
+    "mta_gate_one_stage": ({"stages": 1, "mta": {"gate": "token"}},
+                           "MTA (lora) with the per-token gate, everything trained together"),
     "mta_k2": ({"mta": {"num_adapters": 2}}, "ablation: K = 2 adapters per block"),
     "mta_k8": ({"mta": {"num_adapters": 8}}, "ablation: K = 8 adapters per block"),
     "mta_top4": ({"mta": {"num_top_layers": 4}}, "ablation: adapters in the top 4 blocks"),
@@ -76,9 +83,12 @@ EXPORT = "export"
 ALL_ROWS = (*ROWS, EXPORT)
 # Rows with no mixture to learn spend stage 2's steps in stage 1: every trained row sees the
 # same examples (total optimizer steps x batch size).
-ONE_ADAPTER_STAGE = ("shared_lora", "hard_routing", "mta_one_stage")
-# The rows the export row chooses from: every row with a mixture trained in its own stage 2.
-TWO_STAGE_MTA = tuple(r for r in ROWS if r not in ("zero_shot", *ONE_ADAPTER_STAGE))
+ONE_ADAPTER_STAGE = ("shared_lora", "hard_routing", "mta_one_stage", "mta_gate_one_stage")
+# Rows whose model the exporter refuses (a per-token gate does not fold into per-task graphs).
+NOT_EXPORTABLE = ("mta_gate", "mta_gate_one_stage")
+# The rows the export row chooses from: every exportable row with a mixture trained in its own
+# stage 2.
+TWO_STAGE_MTA = tuple(r for r in ROWS if r not in ("zero_shot", *ONE_ADAPTER_STAGE, *NOT_EXPORTABLE))
 # --quick: a smoke budget (training's own dev evaluations cut to a few rows, too).
 QUICK_CONFIG = {"stage1_steps": 6, "stage2_steps": 2, "batch_size": 8, "eval_max_rows": 8}
 QUICK_EVAL_PER_TASK = 8

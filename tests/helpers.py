@@ -78,10 +78,10 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
 
 def make_tiny_checkpoint(
     out_dir: Path, base_dir: Path, kind: str = "lora", init_std: float = 0.2, seed: int = 0,
-    num_top_layers: int = 2,
+    num_top_layers: int = 2, gate: str = "task", gate_std: float = 0.0,
 ) -> Path:
     """A checkpoint over a tiny base with *random* (non-zero) adapters and mixtures, so
-    parity tests can fail. No training: fast."""
+    parity tests can fail. No training: fast. ``gate="token"``: its gate drawn with ``gate_std``."""
     import torch
 
     from alter_edge.base_model import load_base_model
@@ -96,14 +96,16 @@ def make_tiny_checkpoint(
     # "lora+attn": the lora kind on the attention projections too
     adapter_kind, attn = kind.split("+")[0], kind.endswith("+attn")
     cfg = MTAConfig(num_tasks=len(tasks), adapter_kind=adapter_kind, num_top_layers=num_top_layers,
-                    init_std=init_std, lora_attention=attn)
+                    init_std=init_std, lora_attention=attn, gate=gate)
     model = MTAModel(base, cfg)
     with torch.no_grad():
         for b in model.blocks.values():
             b.mixture.logits.add_(torch.randn_like(b.mixture.logits) * 0.2)
+            if b.gate_weight is not None:
+                b.gate_weight.normal_(std=gate_std)
     tc = TrainConfig(base_model=str(base_dir), stage1_steps=0, stage2_steps=0,
                      mta={"adapter_kind": adapter_kind, "num_top_layers": num_top_layers,
-                          "lora_attention": attn})
+                          "lora_attention": attn, "gate": gate})
     save_checkpoint(Path(out_dir), model, tasks, tc, info, {"complete": True, "stage": 2, "step": 0})
     return Path(out_dir)
 

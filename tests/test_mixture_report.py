@@ -50,3 +50,29 @@ def test_report_prints_each_block_from_the_checkpoint(tiny_llama_dir, tmp_path, 
     assert " ".join(f"{x:.3f}" for x in w[0].tolist()) in out  # the trained weights, not the prior's
     own, _, _ = report.summarize(w, cfg)
     assert f"{own:>7.3f}" in out
+
+
+def test_token_gate_report_measures_how_far_tokens_move_from_the_task_mixture(
+        tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from tests.helpers import TINY_ROWS
+
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in TINY_ROWS[:12]))
+    tv = {}
+    for std in (0.0, 3.0):
+        ck = make_tiny_checkpoint(tmp_path / f"ck{std}", tiny_llama_dir, gate="token", gate_std=std)
+        monkeypatch.setattr(sys, "argv", ["mixture_report.py", str(ck), "--tokens", str(data)])
+        report.main()
+        out = capsys.readouterr().out
+        assert "per-token gate over 12 rows" in out
+        tail = out.split("all blocks:")[1].split("\n")[1:]
+        tv[std] = [float(line.split()[-1]) for line in tail if line.strip()]
+        assert len(tv[std]) == len({r["task"] for r in TINY_ROWS[:12]})
+    assert all(x == 0.0 for x in tv[0.0])  # a zero gate is the task mixture exactly
+    assert all(x > 0.01 for x in tv[3.0])
+    plain = make_tiny_checkpoint(tmp_path / "plain", tiny_llama_dir)
+    monkeypatch.setattr(sys, "argv", ["mixture_report.py", str(plain), "--tokens", str(data)])
+    with pytest.raises(SystemExit, match="per-token gate only"):
+        report.main()
