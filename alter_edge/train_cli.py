@@ -29,6 +29,8 @@ def _friendly(fn):
 @click.option("--rank", type=int, default=None, help="LoRA rank.")
 @click.option("--attention/--no-attention", default=None,
               help="lora kind: also adapt each adapted block's attention projections (default: on for lora).")
+@click.option("--gate", type=click.Choice(["task", "token"]), default="task", show_default=True,
+              help="token: an experimental learned per-token gate on top of the task mixture (not exportable).")
 @click.option("--stage1-steps", type=int, default=None)
 @click.option("--stage2-steps", type=int, default=None)
 @click.option("--stages", type=click.Choice(["1", "2"]), default="2", show_default=True,
@@ -40,7 +42,7 @@ def _friendly(fn):
 @click.option("--no-cache", is_flag=True, help="Run the full forward every step (no frozen-prefix cache).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention,
+def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention, gate,
               stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, seed, no_cache, resume, quiet):
     """Train an MTA model with the two-stage recipe and write a checkpoint directory.
 
@@ -65,6 +67,8 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
         mta["lora_rank"] = rank
     if attention is not None:
         mta["lora_attention"] = attention
+    if gate != "task":
+        mta["gate"] = gate
     kwargs = {"base_model": base_model, "stages": int(stages), "seed": seed, "use_cache": not no_cache, "mta": mta}
     for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size),
                  ("stage2_holdout", stage2_holdout)):
