@@ -625,9 +625,11 @@ def write_plots(out: Path, res: dict) -> list[str]:
         for key, marker, label in (("overall", "o", "overall (generation)"), ("overall_ls", "s", "overall (label scoring)")):
             ax.plot(sizes, [precs[p][key] for p in precs], marker=marker, linestyle="-", label=label)
             ax.axhline(ex["pytorch"][key], linestyle="--", linewidth=0.8, color="grey")
-        for p, s in zip(precs, sizes, strict=True):
+        # labels of precisions close in size (int8, int8_dynamic) go on alternate sides
+        for j, (p, s) in enumerate(sorted(zip(precs, sizes, strict=True), key=lambda x: x[1])):
             ax.annotate(p + (" (gates failed)" if precs[p].get("gate_failure") else ""),
-                        (s, precs[p]["overall"]), textcoords="offset points", xytext=(4, 6), fontsize=8)
+                        (s, precs[p]["overall"]), textcoords="offset points",
+                        xytext=(4, (8, -14, 22)[j % 3]), fontsize=8)
         ax.set_xlabel("bundle size, MB (graphs of that precision + tokenizer)")
         ax.set_ylabel("dev score through the runtime")
         ax.set_title(f"{ex['source']['row']} seed {ex['source']['seed']}: score vs size "
