@@ -71,7 +71,7 @@ class _PassThrough(nn.Module):
 
 def _gate_hook(block: MTABlock):
     def hook(module, args, kwargs):
-        block.gate_input = args[0] if args else kwargs["hidden_states"]
+        block.set_gate_input(args[0] if args else kwargs["hidden_states"])
 
     return hook
 
@@ -174,7 +174,7 @@ class MTAModel(nn.Module):
         finally:
             self.context.task_ids = None
             for b in self.blocks.values():
-                b.gate_input = None
+                b.set_gate_input(None)
 
     def forward(self, input_ids, attention_mask=None, task_ids=None, **kwargs):
         """The base model's forward with task ids: returns the base model's output."""

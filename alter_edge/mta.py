@@ -129,6 +129,7 @@ class MTABlock(nn.Module):
         # token gate: W_g (K, H), zeros (no random draw: adapters get the same init either way)
         self.gate_weight: nn.Parameter | None = None
         self.gate_input: torch.Tensor | None = None  # set by MTAModel's hook on the block's layer
+        self._token_weights: torch.Tensor | None = None  # this layer call's (B, T, K), made once
         if cfg.gate == "token":  # before lora wraps the output projection
             self.gate_weight = nn.Parameter(torch.zeros(K, _hidden_size_of(mlp)))
         if self.kind == "ffn":
@@ -186,14 +187,21 @@ class MTABlock(nn.Module):
             raise RuntimeError("MTA block called without task_ids; call the model through MTAModel")
         if self.gate_weight is None:
             return self.mixture(task_ids)[:, None, :]
-        h = self.gate_input
-        if h is None:
-            raise RuntimeError("token gate without its input: call the model through MTAModel")
-        hf = h.float()
-        hn = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)
-        z = F.linear(hn, self.gate_weight.float()) / math.sqrt(hn.shape[-1])  # (B, T, K)
-        logits = self.mixture.logits[task_ids][:, None, :] + z
-        return torch.softmax(logits / self.mixture.temperature, dim=-1)
+        if self._token_weights is None:  # every adapted projection of the layer shares it
+            h = self.gate_input
+            if h is None:
+                raise RuntimeError("token gate without its input: call the model through MTAModel")
+            hf = h.float()
+            hn = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)
+            z = F.linear(hn, self.gate_weight.float()) / math.sqrt(hn.shape[-1])  # (B, T, K)
+            logits = self.mixture.logits[task_ids][:, None, :] + z
+            self._token_weights = torch.softmax(logits / self.mixture.temperature, dim=-1)
+        return self._token_weights
+
+    def set_gate_input(self, h: torch.Tensor | None) -> None:
+        """The hidden state entering this block's layer (None: released); drops the weights
+        made from the previous one."""
+        self.gate_input, self._token_weights = h, None
 
     def mixture_parameters(self) -> list[nn.Parameter]:
         """What stage 2 trains: the task logits, and the token gate if there is one."""

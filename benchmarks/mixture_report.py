@@ -69,14 +69,14 @@ def token_gate_report(checkpoint: Path, data: Path, max_rows: int) -> None:
           f"{'top moved':>11}")
     tv_all = {n: [] for n in names}
     for i, b in model.blocks.items():
-        w_task = torch.softmax(b.mixture.logits.detach() / cfg.temperature, -1)  # (T, K)
         for t, name in enumerate(names):
+            w_task = b.mixture.weights_for(t)  # (K,): the task-only mixture
             ws = [w for w, tid in zip(seen[i], per_row_task, strict=True) if tid == t]
             if not ws:
                 continue
             w = torch.cat(ws).float()  # (tokens, K)
-            tv = 0.5 * (w - w_task[t]).abs().sum(-1)
-            moved = (w.argmax(-1) != w_task[t].argmax()).float().mean().item()
+            tv = 0.5 * (w - w_task).abs().sum(-1)
+            moved = (w.argmax(-1) != w_task.argmax()).float().mean().item()
             own, shared, foreign = _own_shared_foreign(w.mean(0), t, cfg)
             tv_all[name].append(tv)
             print(f"{i:<7}{name:<{width + 2}}{own:>7.3f}{shared:>8.3f}{foreign:>9.3f}{tv.mean().item():>9.3f}"
