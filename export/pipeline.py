@@ -26,6 +26,7 @@ from .optimize import convert_to_ort, graph_parameters, optimize_graph
 from .ortgraph import OrtGraph
 from .quantize import (
     INT8_METHODS,
+    matmuls_with_weights,
     prepare_for_quantization,
     quantize_int4,
     quantize_int8_blockwise,
@@ -108,10 +109,10 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
         raise BundleError(f"{out} already exists; pass --overwrite to replace it")
     meta = read_checkpoint_meta(checkpoint)  # missing or incomplete: CheckpointError before any torch work
     gate = meta["mta_config"].get("gate", "task")
-    if gate != "task":
-        raise CheckpointError(f"{checkpoint} was trained with gate {gate!r} (a per-token mixture, an "
-                              "experiment); export supports gate 'task' only, whose mixture folds into "
-                              "per-task graphs")
+    if gate != "task" and opts.tasks:
+        raise CheckpointError(f"{checkpoint} was trained with gate {gate!r}: its mixture changes per token, so "
+                              "it does not fold into per-task graphs; export it with --task none (the "
+                              "multi-task graph, which keeps the gate and every adapter)")
     if opts.tasks:  # an unknown task name fails before the model loads
         TaskRegistry.load(checkpoint / "tasks.json").resolve(opts.tasks)
     t_start = time.perf_counter()
@@ -170,6 +171,10 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
             bar.update()
         del multi_raw
         tokenizer = ck.tokenizer
+        # the token gate's K x H projections stay fp32 in every quantized graph: tiny, and their
+        # outputs are divided by the mixture temperature, which magnifies a quantization error
+        gates = [b.gate_weight.detach().float().numpy().T.copy() for b in ck.model.blocks.values()
+                 if b.gate_weight is not None]
         ck.model = None  # PyTorch is done: the quantized graphs are checked against fp32 graphs
         gc.collect()
         # 3. quantized graphs, against their fp32 source
@@ -179,15 +184,18 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
             src = OrtGraph(tmp / g.rel)
             prepared = work / (g.raw.stem + ".prep.onnx")
             prep = prepare_for_quantization(g.raw, prepared)
+            keep = matmuls_with_weights(prepared, gates) if g.task is None else []
+            if gates and g.task is None and len(keep) != len(gates):
+                raise ExportValidationError(f"found {len(keep)} of the {len(gates)} gate matmuls in {g.rel}")
             if opts.int8:
                 info["quantization"][_suffixed(g.rel, "int8")] = {
                     **prep, **_int8_with_ladder(g, src, prepared, work, tmp, opts, report, tokenizer, pad, eos,
-                                                entries)}
+                                                entries, keep)}
                 bar.update()
             if opts.int4:
                 rel = _suffixed(g.rel, "int4")
                 q_raw = work / (g.raw.stem + ".int4.onnx")
-                qinfo = quantize_int4(prepared, q_raw, opts.block_size)
+                qinfo = quantize_int4(prepared, q_raw, opts.block_size, keep)
                 info["optimization"][rel] = optimize_graph(q_raw, tmp / rel)
                 q = OrtGraph(tmp / rel)
                 report.record(check_quantized(src, q, rel, "int4", g.cases, g.heldout, tokenizer, pad, eos,
@@ -252,12 +260,15 @@ def _feeds(src: OrtGraph, cases: list, pad: int) -> list[dict]:
 
 
 def _int8_with_ladder(g: _Graph, src: OrtGraph, prepared: Path, work: Path, tmp: Path, opts: ExportOptions,
-                      report: ValidationReport, tokenizer, pad: int, eos: int, entries: list[dict]) -> dict:
+                      report: ValidationReport, tokenizer, pad: int, eos: int, entries: list[dict],
+                      keep: list[str]) -> dict:
     """Quantize; over budget, retry keeping the most sensitive matmuls in fp32 (see
-    ``quantize.sensitivity_ladder``); fail when no rung meets the budget."""
+    ``quantize.sensitivity_ladder``); fail when no rung meets the budget. ``keep``: matmuls that
+    stay fp32 in every rung."""
     rel = _suffixed(g.rel, "int8")
     attempts = []
-    for rung, exclude in sensitivity_ladder(prepared, _feeds(src, g.cases, pad)):
+    for rung, rung_exclude in sensitivity_ladder(prepared, _feeds(src, g.cases, pad)):
+        exclude = sorted(set(rung_exclude) | set(keep))
         q_raw = work / (g.raw.stem + ".int8.onnx")
         qinfo = (quantize_int8_blockwise(prepared, q_raw, exclude, opts.block_size)
                  if opts.int8_method == "blockwise" else quantize_int8_dynamic(prepared, q_raw, exclude))

@@ -125,6 +125,29 @@ def weight_matmuls(path: Path, min_elems: int = LARGE_WEIGHT) -> list[str]:
     return found
 
 
+def matmuls_with_weights(path: Path, weights: list[np.ndarray]) -> list[str]:
+    """MatMul nodes whose constant weight equals one of ``weights`` (``(in, out)`` arrays), found
+    by value: the exporter's node and initializer names do not say which module they came from.
+    The pipeline keeps the token gate's projections in fp32 this way."""
+    import onnx
+    from onnx import numpy_helper
+
+    if not weights:
+        return []
+    model = onnx.load(str(path))
+    inits = _initializers(model)
+    shapes = {w.shape for w in weights}
+    found = []
+    for node in model.graph.node:
+        init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if init is None or tuple(init.dims) not in shapes:
+            continue
+        value = numpy_helper.to_array(init)
+        if any(w.shape == value.shape and np.array_equal(w, value) for w in weights):
+            found.append(node.name)
+    return found
+
+
 def check_all_quantized(path: Path, allowed_fp32: set[str], precision: str) -> None:
     escaped = [n for n in weight_matmuls(path) if n not in allowed_fp32]
     if escaped:
@@ -263,13 +286,14 @@ def _int8_embedding_rows(model) -> int:
     return len(done)
 
 
-def quantize_int4(prepared: Path, dst: Path, block_size: int) -> dict:
+def quantize_int4(prepared: Path, dst: Path, block_size: int, exclude: list[str] = ()) -> dict:
     import onnx
 
     model = _matmul_nbits(onnx.load(str(prepared)), 4, block_size, ("MatMul", "Gather"),
-                          (("MatMul", 0), ("Gather", 1)))
+                          (("MatMul", 0), ("Gather", 1)), exclude)
     onnx.save(model, str(dst))
-    check_all_quantized(dst, set(), "int4")
+    check_all_quantized(dst, set(exclude), "int4")
     ops = {n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node}
     return {"method": f"weight-only 4-bit MatMulNBits, symmetric, block size {block_size}",
-            "embeddings_quantized": "GatherBlockQuantized" in ops, "block_size": block_size}
+            "embeddings_quantized": "GatherBlockQuantized" in ops, "block_size": block_size,
+            "kept_fp32": list(exclude)}

@@ -1,6 +1,7 @@
 """The learned per-token gate (``MTAConfig.gate = "token"``): it starts equal to the task
 mixture, mixes per position, keeps rows independent, works on the cached-prefix and KV-cache
-paths, trains in stage 2 only, and is refused by the exporter."""
+paths, trains in stage 2 only, and exports as the multi-task graph only (its mixture does not
+fold into per-task graphs), with its projections kept fp32 when quantized."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def test_gate_is_a_mixture_parameter(tiny_llama_dir):
         MTAConfig(num_tasks=2, gate="per-row")
 
 
-def test_two_stage_training_trains_the_gate_in_stage_2_and_export_refuses_it(
+def test_two_stage_training_trains_the_gate_in_stage_2_and_per_task_export_refuses_it(
         trainable_llama_dir, tiny_data, tmp_path, monkeypatch):
     from alter_edge.config import TrainConfig
     from alter_edge.export.pipeline import ExportOptions, export_checkpoint
@@ -151,6 +152,56 @@ def test_two_stage_training_trains_the_gate_in_stage_2_and_export_refuses_it(
 
     with pytest.raises(ConfigError, match="cannot be folded"):
         specialize(after2, 0)
-    with pytest.raises(CheckpointError, match="gate 'token'.*export supports gate 'task' only"):
+    with pytest.raises(CheckpointError, match="gate 'token'.*per-task graphs.*--task none"):
         export_checkpoint(tmp_path / "s2", tmp_path / "bundle", ExportOptions(progress=False))
     assert not (tmp_path / "bundle").exists()
+
+
+def test_gated_checkpoint_exports_the_multitask_graph_with_the_gate_in_it(tiny_llama_dir, tmp_path):
+    """``--task none``: the graph equals the gated PyTorch model (the pipeline's own check) and
+    not the same model with its gate zeroed, so the gate is in the graph; int8 and int4 keep
+    exactly the gate's projections (one per adapted block) in fp32; the runtime serves it."""
+    import json
+
+    import numpy as np
+
+    from alter_edge.export.ortgraph import OrtGraph, left_pad_np
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+    from alter_edge.runtime import EdgeModel
+    from alter_edge.training.checkpoint import load_checkpoint
+    from tests.helpers import make_tiny_checkpoint
+
+    ck_dir = make_tiny_checkpoint(tmp_path / "ck", tiny_llama_dir, kind="lora+attn", gate="token", gate_std=0.5)
+    lifted = dict(int8_budget=100.0, int4_budget=100.0, min_top1_int8=0.0, min_top1_int4=0.0)  # random model
+    manifest = export_checkpoint(ck_dir, tmp_path / "bundle", ExportOptions(tasks=None, int8=True, int4=True,
+                                                                              progress=False, **lifted))
+    bundle = tmp_path / "bundle"
+    assert sorted(g["precision"] for g in manifest["graphs"]) == ["fp32", "int4", "int8"]
+    assert all(g["task"] is None for g in manifest["graphs"])
+    v = json.loads((bundle / "validation.json").read_text())
+    parity = [c for c in v["checks"] if c["check"] == "onnx_vs_torch"]
+    assert parity and all(c["passed"] and c["tokens_equal"] for c in parity)
+
+    ck = load_checkpoint(ck_dir)
+    model = ck.model
+    ids, mask = left_pad_np([[5, 6, 7, 8, 9], [10, 11, 12]], ck.pad_id)
+    tids = np.array([0, 1], np.int64)
+    got = OrtGraph(bundle / "model.onnx").prompt_logits(ids, mask, tids)
+    t_mask = torch.from_numpy(mask)
+    pos = (t_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        gated = model(torch.from_numpy(ids), t_mask, torch.from_numpy(tids), position_ids=pos).logits.numpy()
+        for b in model.blocks.values():
+            b.gate_weight.zero_()
+        ungated = model(torch.from_numpy(ids), t_mask, torch.from_numpy(tids), position_ids=pos).logits.numpy()
+    real = mask.astype(bool)
+    assert np.abs(got - gated)[real].max() < 3e-4
+    assert np.abs(got - ungated)[real].max() > 1e-2
+
+    for rel in ("model.int8.onnx", "model.int4.onnx"):
+        kept = v["quantization"][rel]["kept_fp32"]
+        assert len(kept) == len(model.blocks)  # the gates, and nothing the ladder had to add
+    for precision in ("fp32", "int8", "int4"):
+        rt = EdgeModel.load(bundle, precision=precision)
+        assert len(rt.generate("hello there", task="echo", max_new_tokens=3).token_ids) <= 3
+        assert rt.classify("hello there", task="colour").label in ("no", "yes")
