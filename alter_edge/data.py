@@ -7,6 +7,7 @@ Loading is torch-free; the runtime's batch job reuses :func:`parse_line`.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("task", "input", "target")
 MAX_REPORTED = 5
@@ -85,6 +88,12 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
 BUILTIN_SOURCE = "built-in task mix (alter_edge.default_mix)"
 
 
+def recorded_data_path(recorded: str) -> Path | None:
+    """The data a checkpoint recorded (``load_task_rows``' source) as ``load_task_rows`` takes
+    it: None for the built-in mix, else the file's path."""
+    return None if recorded == BUILTIN_SOURCE else Path(recorded)
+
+
 def load_task_rows(data: Path | None) -> tuple[list[Example], str]:
     """The rows of ``data`` (a JSONL file), or of the built-in task mix when ``data`` is None,
     with a description of the source (what checkpoints record as their data)."""
@@ -120,11 +129,19 @@ def stratified_indices(
 def stratified_split(
     rows: Sequence[Example], dev_fraction: float = 0.1, seed: int = 0
 ) -> tuple[list[Example], list[Example]]:
-    """The fixed train/dev split: ``stratified_indices`` with the dev rows set aside."""
+    """The fixed train/dev split: ``stratified_indices`` with the dev rows set aside. Dev rows
+    whose (task, input) also occurs in train are kept (the split stays what its seed says) and
+    counted in a warning: a dev score on them measures recall, not generalisation."""
     if not 0.0 < dev_fraction < 1.0:
         raise DataError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
     kept, aside = stratified_indices(rows, dev_fraction, seed)
-    return [rows[i] for i in kept], [rows[i] for i in aside]
+    train, dev = [rows[i] for i in kept], [rows[i] for i in aside]
+    seen = {(r.task, r.input) for r in train}
+    leaked = sum((r.task, r.input) in seen for r in dev)
+    if leaked:
+        log.warning("%d of %d dev rows repeat a train row's task and input (duplicates in the data); "
+                    "their dev scores are not held out", leaked, len(dev))
+    return train, dev
 
 
 def spread_head(rows: Sequence[Example], n: int) -> list[Example]:

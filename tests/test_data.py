@@ -55,6 +55,20 @@ def test_split_is_stratified_and_fixed(tmp_path):
     assert [r.line for r in dev] != [r.line for r in stratified_split(rows, 0.25, seed=2)[1]]
 
 
+def test_split_warns_about_dev_rows_repeated_in_train(tmp_path, caplog):
+    p = tmp_path / "d.jsonl"
+    write_jsonl(p, TINY_ROWS)
+    rows = list({(r.task, r.input): r for r in load_jsonl(p)}.values())  # each input once
+    with caplog.at_level("WARNING", logger="alter_edge.data"):
+        stratified_split(rows, 0.25, seed=1)
+    assert not caplog.records
+    twice = rows + [Example(r.task, r.input, r.target, line=len(rows) + i + 1) for i, r in enumerate(rows)]
+    with caplog.at_level("WARNING", logger="alter_edge.data"):
+        tr, dev = stratified_split(twice, 0.25, seed=1)
+    leaked = sum((r.task, r.input) in {(t.task, t.input) for t in tr} for r in dev)
+    assert leaked > 0 and f"{leaked} of {len(dev)} dev rows repeat a train row" in caplog.text
+
+
 def test_registry_inference_roundtrip_and_errors(tmp_path):
     reg = TaskRegistry.infer(TINY_ROWS)
     assert reg.get("parity").labels == ("even", "odd")

@@ -25,6 +25,7 @@ from alter_edge.data import (
     Example,
     load_jsonl,
     load_task_rows,
+    recorded_data_path,
     spread_head,
     stratified_indices,
     stratified_split,
@@ -300,7 +301,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: in
     ck = load_checkpoint(Path(checkpoint), base_model=base_model)
     if data is None:
         src = ck.state.get("data", "")
-        _, rows, _ = load_data(None if src.startswith("built-in") else Path(src), ck.train_config)
+        _, rows, _ = load_data(recorded_data_path(src), ck.train_config)
     else:
         rows = load_jsonl(data)
     ck.tasks.check_names([r.task for r in rows])
