@@ -11,8 +11,9 @@ project's evaluation (``training.trainer.evaluate_checkpoint``: greedy generatio
 ROUGE-L, and label scoring for classify tasks). The finished record is
 ``OUT/<row>-s<seed>/result.json``; a rerun reuses it, and a killed training run resumes.
 
-The ``export`` row takes the best two-stage MTA row (highest mean overall score; its first
-seed's checkpoint), exports it with ``alter_edge.export`` (fp32, int8, int4) and scores every
+The ``export`` row takes the best MTA row (any row with a task mixture; highest mean overall
+score; its first seed's checkpoint), exports its multi-task graph with ``alter_edge.export``
+(fp32, int8, int4) and scores every
 precision through the torch-free runtime (``alter_edge.runtime.EdgeModel``) on the same dev
 rows, next to the PyTorch fp32 score, with each precision's bundle size.
 
@@ -84,11 +85,10 @@ ALL_ROWS = (*ROWS, EXPORT)
 # Rows with no mixture to learn spend stage 2's steps in stage 1: every trained row sees the
 # same examples (total optimizer steps x batch size).
 ONE_ADAPTER_STAGE = ("shared_lora", "hard_routing", "mta_one_stage", "mta_gate_one_stage")
-# Rows whose model the exporter refuses (a per-token gate does not fold into per-task graphs).
-NOT_EXPORTABLE = ("mta_gate", "mta_gate_one_stage")
-# The rows the export row chooses from: every exportable row with a mixture trained in its own
-# stage 2.
-TWO_STAGE_MTA = tuple(r for r in ROWS if r not in ("zero_shot", *ONE_ADAPTER_STAGE, *NOT_EXPORTABLE))
+# The rows the export row chooses from ("the best MTA model"): every row with a task mixture, one
+# stage or two. It exports the multi-task graph (task_ids as an input), which a per-token gate
+# needs: its mixture does not fold into per-task graphs.
+MTA_ROWS = tuple(r for r in ROWS if r not in ("zero_shot", "shared_lora", "hard_routing"))
 # --quick: a smoke budget (training's own dev evaluations cut to a few rows, too).
 QUICK_CONFIG = {"stage1_steps": 6, "stage2_steps": 2, "batch_size": 8, "eval_max_rows": 8}
 QUICK_EVAL_PER_TASK = 8
@@ -681,8 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown row(s) {', '.join(bad)}; allowed: {', '.join(ALL_ROWS)}")
     rows = [r for r in ALL_ROWS if r in args.rows]  # table order, no repeats
-    if EXPORT in rows and not any(r in TWO_STAGE_MTA for r in rows):
-        ap.error(f"--rows {EXPORT} exports the best of {', '.join(TWO_STAGE_MTA)}: name at least one of them")
+    if EXPORT in rows and not any(r in MTA_ROWS for r in rows):
+        ap.error(f"--rows {EXPORT} exports the best of {', '.join(MTA_ROWS)}: name at least one of them")
     try:
         return run_table(args, rows, argv)
     except ResultsError as e:
@@ -793,11 +793,11 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
 
 def run_export(args, seeds, table, out: Path, common: dict, export_over: dict, failed: list,
                not_run: list) -> dict | None:
-    complete = [r for r in table if r["row"] in TWO_STAGE_MTA and len(r["seeds"]) == len(seeds)]
+    complete = [r for r in table if r["row"] in MTA_ROWS and len(r["seeds"]) == len(seeds)]
     if not complete and args.report_only:  # a row with the first seed finished may have exported already
-        complete = [r for r in table if r["row"] in TWO_STAGE_MTA and seeds[0] in r["seeds"]]
+        complete = [r for r in table if r["row"] in MTA_ROWS and seeds[0] in r["seeds"]]
     if not complete:
-        failed.append(f"{EXPORT}: no two-stage MTA row finished all seeds; nothing to export")
+        failed.append(f"{EXPORT}: no MTA row finished all seeds; nothing to export")
         return None
     best = max(complete, key=lambda r: r["overall"]["mean"])
     src = next(run for run in best["runs"] if run["seed"] == seeds[0])

@@ -188,9 +188,10 @@ def test_bad_row_name_is_one_clear_error(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "unknown row(s) mtaa" in err and all(name in err for name in results.ALL_ROWS)
-    with pytest.raises(SystemExit):
-        results.main(["--rows", "zero_shot", "export"])
-    assert "name at least one of them" in capsys.readouterr().err
+    for rows in (["zero_shot", "export"], ["shared_lora", "hard_routing", "export"]):  # no MTA row
+        with pytest.raises(SystemExit):
+            results.main(["--rows", *rows])
+        assert "name at least one of them" in capsys.readouterr().err
 
 
 def test_a_precision_failing_its_gates_is_recorded_and_measured(table, tmp_path, monkeypatch):
