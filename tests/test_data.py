@@ -108,3 +108,20 @@ def test_spread_head_takes_every_task_in_turn():
     head = spread_head(rows, 5)
     assert [r.input for r in head] == ["a0", "b0", "a1", "b1", "a2"]  # b runs out, a fills in
     assert spread_head(rows, 0) == rows and spread_head(rows, 99) == rows
+
+
+def test_builtin_mix_has_each_input_once(caplog):
+    """The corpus repeats questions; the built-in mix must not, or repeats straddle the split."""
+    pytest.importorskip("chatterbot_corpus")
+    pytest.importorskip("chitchat_dataset")
+    from collections import Counter
+
+    from alter_edge.default_mix import build_default_mix
+
+    rows = build_default_mix()
+    counts = Counter((r.task, r.input) for r in rows)
+    assert max(counts.values()) == 1
+    assert {r.task for r in rows} == {"topic", "answer", "reply", "question"}
+    with caplog.at_level("WARNING", logger="alter_edge.data"):
+        stratified_split(rows, 0.1, 0)
+    assert "repeat a train row" not in caplog.text
