@@ -13,11 +13,19 @@ shared machine hits all alike; prints medians and ratios:
 It also times building the cache and reports its size.
 
     python benchmarks/train_bench.py --data ../shared/data/alter-mix/train.jsonl --steps 12
+
+``--paths cached cached_token_gate`` measures what the learned per-token gate costs: the same
+cached step on a second MTA model with ``gate = "token"`` (same adapters, on its own copy of
+the base), both training adapters and mixture together as one-stage training does:
+
+    python benchmarks/train_bench.py --data ../shared/data/alter-mix/train.jsonl --steps 24 \
+        --top-layers 12 --lora-attention --paths cached cached_token_gate
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -45,6 +53,9 @@ def plain_loss(model: MTAModel, examples, idx, pad_id: int) -> torch.Tensor:
     return model(ids, mask, tids, labels=labels, use_cache=False).loss
 
 
+PATHS = ("plain", "full_target_logits", "cached", "cached_token_gate")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="JSONL task file (default: the built-in mix)")
@@ -56,18 +67,29 @@ def main() -> None:
     ap.add_argument("--kind", default="lora")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compute-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--lora-attention", action="store_true", help="lora on the attention projections too")
+    ap.add_argument("--paths", nargs="+", default=list(PATHS[:3]), choices=PATHS,
+                    help="what to time, in turn on every batch (the first is the ratios' reference)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(base_model=args.base_model, batch_size=args.batch_size, compute_dtype=args.compute_dtype,
                       cache_dtype="bfloat16" if args.compute_dtype == "bfloat16" else "float32",
-                      mta={"adapter_kind": args.kind, "num_top_layers": args.top_layers})
+                      mta={"adapter_kind": args.kind, "num_top_layers": args.top_layers,
+                           "lora_attention": args.lora_attention})
     train_rows, _, source = load_data(args.data, cfg)
     if args.max_rows:  # every k-th row keeps the task mix
         train_rows = train_rows[:: max(1, len(train_rows) // args.max_rows)][: args.max_rows]
     tasks = TaskRegistry.infer([r.to_dict() for r in train_rows])
     base, tok, info = load_base_model(cfg.base_model)
+    gated_base = copy.deepcopy(base) if "cached_token_gate" in args.paths else None
+    torch.manual_seed(0)
     model = MTAModel(base, MTAConfig(num_tasks=len(tasks), **cfg.mta))
+    models = {name: model for name in args.paths}
+    if gated_base is not None:
+        torch.manual_seed(0)  # the same adapter values; the gate itself starts at zero
+        models["cached_token_gate"] = MTAModel(gated_base, MTAConfig(num_tasks=len(tasks), **cfg.mta,
+                                                                     gate="token"))
     eos, pad = special_ids(base.config)
     examples = encode_rows(train_rows, tok, tasks, eos, cfg)
     t0 = time.perf_counter()
@@ -77,8 +99,10 @@ def main() -> None:
     stage = cfg.stage_plan()[0]
     stage.steps = args.steps
     batches = batch_schedule(examples, len(tasks), stage, 0, cfg.batch_size, seed=0)
-    trainable = model.set_trainable(["adapters"])
-    times: dict[str, list[float]] = {"plain": [], "full_target_logits": [], "cached": []}
+    # with the gate compared, both models train adapters and mixture (one-stage training)
+    groups = ["adapters", "mixture"] if gated_base is not None else ["adapters"]
+    trainable = [p for m in {id(m): m for m in models.values()}.values() for p in m.set_trainable(groups)]
+    times: dict[str, list[float]] = {name: [] for name in args.paths}
     tokens = []
     for b in batches:
         tokens.append(sum(len(examples[i].ids) for i in b))
@@ -86,9 +110,10 @@ def main() -> None:
             t = time.perf_counter()
             with autocast(cfg.compute_dtype):
                 if name == "plain":
-                    loss = plain_loss(model, examples, b, pad)
+                    loss = plain_loss(models[name], examples, b, pad)
                 else:
-                    loss = batch_loss(model, examples, b, pad, cache if name == "cached" else None)
+                    loss = batch_loss(models[name], examples, b, pad,
+                                      None if name == "full_target_logits" else cache)
             loss.backward()
             for p in trainable:
                 p.grad = None
@@ -99,9 +124,8 @@ def main() -> None:
         "adapted_layers": model.adapted_layers, "batch_size": cfg.batch_size,
         "threads": args.threads, "compute_dtype": cfg.compute_dtype, "cpu_count": os.cpu_count(),
         "cache_build_s": round(cache_s, 1), "cache_mb": round(cache_bytes(cache) / 2**20, 1),
-        "median_step_s": {k: round(v, 3) for k, v in med.items()},
-        "speedup_cached_vs_plain": round(med["plain"] / med["cached"], 2),
-        "speedup_cached_vs_full_target_logits": round(med["full_target_logits"] / med["cached"], 2),
+        "trained": groups, "median_step_s": {k: round(v, 3) for k, v in med.items()},
+        f"time_vs_{args.paths[0]}": {k: round(v / med[args.paths[0]], 3) for k, v in med.items()},
         "mean_tokens_per_batch": round(statistics.mean(tokens)),
     }
     if args.json:
