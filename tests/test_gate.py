@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alter_edge.base_model import load_base_model
+from alter_edge.base_model import kv_cache_kwarg, kv_cache_out, load_base_model
 from alter_edge.config import MTAConfig
 from alter_edge.errors import CheckpointError, ConfigError
 from alter_edge.inject import MTAModel
@@ -114,7 +114,8 @@ def test_token_gate_incremental_decoding_equals_full_forward(tiny_llama_dir):
     with torch.no_grad():
         full = model(ids, mask, tids).logits[:, -1]
         first = model(ids[:, :-1], mask[:, :-1], tids, use_cache=True)
-        step = model(ids[:, -1:], mask, tids, past_key_values=first.past_key_values, use_cache=True).logits[:, -1]
+        past = {kv_cache_kwarg(model): kv_cache_out(first)}  # the keyword this transformers takes
+        step = model(ids[:, -1:], mask, tids, use_cache=True, **past).logits[:, -1]
     assert torch.allclose(full, step, atol=1e-4)
 
 
