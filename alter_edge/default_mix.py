@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 from .data import Example
@@ -56,10 +57,7 @@ def _chatterbot_pairs() -> dict[str, list[tuple[str, str]]]:
                 q, a = " ".join(conv[0].split()), " ".join(conv[1].split())
                 if 3 <= len(q) <= 200 and 1 <= len(a) <= 200:
                     out.setdefault(cat, {}).setdefault(q, a)
-    seen: dict[str, int] = {}
-    for pairs in out.values():
-        for q in pairs:
-            seen[q] = seen.get(q, 0) + 1
+    seen = Counter(q for pairs in out.values() for q in pairs)
     return {c: [(q, a) for q, a in pairs.items() if seen[q] == 1] for c, pairs in out.items()}
 
 

@@ -229,15 +229,14 @@ def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: floa
                       recorded: str | None = None) -> list | None:
     """The held-out (dev) slice of ``data``, split exactly as training split it. Without
     ``data``, the data the checkpoint recorded (the built-in mix, or a file still on disk)."""
-    from alter_edge.data import BUILTIN_SOURCE, load_task_rows, recorded_data_path, stratified_split
+    from alter_edge.data import load_task_rows, recorded_data_path, stratified_split
 
-    if data is None and recorded == BUILTIN_SOURCE:
-        rows, _ = load_task_rows(None)
-    elif data is None and recorded and recorded_data_path(recorded).is_file():
-        rows, _ = load_task_rows(recorded_data_path(recorded))
-    elif data is not None:
-        rows, _ = load_task_rows(data)
-    else:
+    if data is None and recorded:
+        data = recorded_data_path(recorded)  # None: the built-in mix
+        if data is not None and not data.is_file():
+            return None
+    elif data is None:
         return None
+    rows, _ = load_task_rows(data)
     tasks.check_names(sorted({r.task for r in rows}))
     return stratified_split(rows, dev_fraction, seed)[1]

@@ -65,7 +65,8 @@ def test_split_warns_about_dev_rows_repeated_in_train(tmp_path, caplog):
     twice = rows + [Example(r.task, r.input, r.target, line=len(rows) + i + 1) for i, r in enumerate(rows)]
     with caplog.at_level("WARNING", logger="alter_edge.data"):
         tr, dev = stratified_split(twice, 0.25, seed=1)
-    leaked = sum((r.task, r.input) in {(t.task, t.input) for t in tr} for r in dev)
+    in_train = {(t.task, t.input) for t in tr}
+    leaked = sum((r.task, r.input) in in_train for r in dev)
     assert leaked > 0 and f"{leaked} of {len(dev)} dev rows repeat a train row" in caplog.text
 
 
