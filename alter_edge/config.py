@@ -140,9 +140,11 @@ class TrainConfig:
     split_seed: int = 0
     seed: int = 0
     use_cache: bool = True  # frozen-prefix activation cache
-    # bfloat16 autocast for the cache, the training steps and the dev evaluation: matmuls run
-    # ~3x faster on CPUs with AVX512-BF16 (weights and optimizer stay float32)
-    compute_dtype: str = "bfloat16"
+    # autocast dtype for the cache, the training steps and the dev evaluation (weights and
+    # optimizer stay float32). auto = bfloat16 on CPUs with native bf16 (AVX512-BF16, AMX),
+    # where matmuls ran 2-5x faster, else float32: emulated bf16 ran ~6.5x slower than
+    # float32 on an AVX2-only CPU (docs/benchmarks.md). The dtype a run used is in its state.
+    compute_dtype: str = "auto"
     cache_dtype: str = "bfloat16"
     save_every: int = 25
     eval_max_rows: int = 0  # 0 = whole dev split; else this many rows spread across tasks
@@ -154,8 +156,8 @@ class TrainConfig:
             raise ConfigError(f"stages must be 1 or 2, got {self.stages}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.compute_dtype not in ("bfloat16", "float32"):
-            raise ConfigError(f"compute_dtype {self.compute_dtype!r} must be bfloat16 or float32")
+        if self.compute_dtype not in ("auto", "bfloat16", "float32"):
+            raise ConfigError(f"compute_dtype {self.compute_dtype!r} must be auto, bfloat16 or float32")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise ConfigError(f"cache_dtype {self.cache_dtype!r} must be float16, bfloat16 or float32")
         if self.max_prompt_tokens < 8 or self.max_target_tokens < 1:

@@ -30,7 +30,8 @@ def _friendly(fn):
 @click.option("--attention/--no-attention", default=None,
               help="lora kind: also adapt each adapted block's attention projections (default: on for lora).")
 @click.option("--gate", type=click.Choice(["task", "token"]), default="task", show_default=True,
-              help="token: an experimental learned per-token gate on top of the task mixture (not exportable).")
+              help="token: a learned per-token gate on top of the task mixture (exports as the multi-task "
+                   "graph only: alter-edge export CKPT --task none).")
 @click.option("--stage1-steps", type=int, default=None)
 @click.option("--stage2-steps", type=int, default=None)
 @click.option("--stages", type=click.Choice(["1", "2"]), default="2", show_default=True,
@@ -40,10 +41,15 @@ def _friendly(fn):
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Run the full forward every step (no frozen-prefix cache).")
+@click.option("--dtype", "compute_dtype", type=click.Choice(["auto", "bfloat16", "float32"]), default="auto",
+              show_default=True,
+              help="Autocast dtype of the training steps: auto = bfloat16 where the CPU has native bf16 "
+                   "(AVX512-BF16, AMX), else float32 (emulated bf16 is several times slower).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention, gate,
-              stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, seed, no_cache, resume, quiet):
+              stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, seed, no_cache, compute_dtype,
+              resume, quiet):
     """Train an MTA model with the two-stage recipe and write a checkpoint directory.
 
     \b
@@ -69,7 +75,8 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
         mta["lora_attention"] = attention
     if gate != "task":
         mta["gate"] = gate
-    kwargs = {"base_model": base_model, "stages": int(stages), "seed": seed, "use_cache": not no_cache, "mta": mta}
+    kwargs = {"base_model": base_model, "stages": int(stages), "seed": seed, "use_cache": not no_cache, "mta": mta,
+              "compute_dtype": compute_dtype}
     for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size),
                  ("stage2_holdout", stage2_holdout)):
         if v is not None:
@@ -97,9 +104,13 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
 @click.option("--max-rows", type=int, default=0, help="Score at most this many rows (0 = all).")
 @click.option("--label-scoring", is_flag=True, help="Also score classify tasks by label likelihood.")
 @click.option("--base-model", default=None, help="Override the base model recorded in the checkpoint.")
-@click.option("--bf16", is_flag=True, help="bfloat16 autocast: ~3x faster on AVX512-BF16 CPUs, scores may move slightly.")
+@click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "bfloat16", "auto"]), default="float32",
+              show_default=True,
+              help="Autocast dtype: float32 is the reference the exported graphs are checked against; "
+                   "bfloat16 is 2-5x faster on CPUs with native bf16 (auto picks it there), scores may move slightly.")
+@click.option("--bf16", is_flag=True, help="Same as --dtype bfloat16.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, bf16, quiet):
+def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, compute_dtype, bf16, quiet):
     """Score a checkpoint per task: exact match (classify), ROUGE-L F1 (generate).
 
     \b
@@ -113,7 +124,7 @@ def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, bf1
 
         res = evaluate_checkpoint(checkpoint, data, max_rows=max_rows, label_scoring=label_scoring,
                                   base_model=base_model, progress=not quiet,
-                                  compute_dtype="bfloat16" if bf16 else "float32")
+                                  compute_dtype="bfloat16" if bf16 else compute_dtype)
         if as_json:
             click.echo(json.dumps(res, indent=2, sort_keys=True))
             return

@@ -5,12 +5,20 @@ Each setting runs in its own child process (so each peak is its own), in turn
 
 - ``default``: batches padded to their longest row, no trimming (the session-1 trainer);
 - ``pad32``: batches padded to a multiple of 32 tokens (``training.memory.PAD_MULTIPLE``);
-- ``pad32_trim``: padded, and ``malloc_trim`` after every step (what ``run_training`` does).
+- ``pad32_trim``: padded, and ``malloc_trim`` after every step (what ``run_training`` does);
+- ``pad32_lazy``: padded, and ``malloc_trim`` only once RSS has crept ``--slack-mb`` above its
+  level one step after the last trim (``training.memory.LazyTrim``; a candidate, not yet
+  measured at the defaults, so the trainer still trims every step).
 
 A thread samples RSS every 50 ms. Prints RSS after setup (model + cache), RSS after the
-last step, the peak during the steps, and the median step time.
+last step, the peak during the steps, the median and mean step time, and how many trims ran.
 
     python benchmarks/memory_bench.py --data ../shared/data/alter-mix/train.jsonl --steps 150
+
+At the training defaults (top 12 blocks, attention LoRA):
+
+    python benchmarks/memory_bench.py --data ../shared/data/alter-mix/train.jsonl --steps 60 \
+        --top-layers 12 --lora-attention --settings pad32_trim pad32_lazy --repeats 2
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-SETTINGS = ("default", "pad32", "pad32_trim")
+SETTINGS = ("default", "pad32", "pad32_trim", "pad32_lazy")
 
 
 def rss_mb() -> float:
@@ -45,14 +53,17 @@ def child(setting: str, args) -> dict:
     from alter_edge.inject import MTAModel
     from alter_edge.tasks import TaskRegistry
     from alter_edge.training.cache import autocast, build_prefix_cache
-    from alter_edge.training.memory import PAD_MULTIPLE, trim_heap
+    from alter_edge.training.memory import PAD_MULTIPLE, LazyTrim
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(base_model=args.base_model)
     train, dev, _ = trainer_mod.load_data(Path(args.data) if args.data else None, cfg)
     tasks = TaskRegistry.infer([r.to_dict() for r in train + dev])
     base, tok, info = load_base_model(cfg.base_model)
-    model = MTAModel(base, MTAConfig(num_tasks=len(tasks)))
+    mta = {} if args.top_layers is None else {"num_top_layers": args.top_layers}
+    if args.lora_attention:
+        mta["lora_attention"] = True
+    model = MTAModel(base, MTAConfig(num_tasks=len(tasks), **mta))
     eos, pad = special_ids(model.base.config)
     ex = trainer_mod.encode_rows(train, tok, tasks, eos, cfg)
     cache = build_prefix_cache(model, [e.ids for e in ex], pad, info.sha256, cfg.cache_dtype,
@@ -73,6 +84,7 @@ def child(setting: str, args) -> dict:
 
     threading.Thread(target=watch, daemon=True).start()
     times = []
+    trim = LazyTrim(args.slack_mb if setting == "pad32_lazy" else 0.0)
     for s in range(min(args.steps, len(batches))):
         t0 = time.perf_counter()
         with autocast(cfg.compute_dtype):
@@ -80,12 +92,13 @@ def child(setting: str, args) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if setting == "pad32_trim":
-            trim_heap()
+        if setting in ("pad32_trim", "pad32_lazy"):
+            trim()
         times.append(time.perf_counter() - t0)
     stop.set()
     return {"setting": setting, "setup_mb": round(setup), "end_mb": round(rss_mb()),
-            "peak_mb": round(max(peak[0], rss_mb())), "step_s": round(statistics.median(times), 4)}
+            "peak_mb": round(max(peak[0], rss_mb())), "step_s": round(statistics.median(times), 4),
+            "mean_step_s": round(statistics.mean(times), 4), "trims": trim.trims}
 
 
 def main() -> None:
@@ -96,8 +109,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="rounds of A B C")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    ap.add_argument("--top-layers", type=int, default=None, help="adapt the top N blocks (default: MTAConfig's)")
+    ap.add_argument("--lora-attention", action="store_true", help="lora on the attention projections too")
+    ap.add_argument("--slack-mb", type=float, default=None,
+                    help="pad32_lazy: RSS growth that triggers a trim (default: the trainer's)")
     ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.slack_mb is None:
+        from alter_edge.training.memory import TRIM_SLACK_MB
+
+        args.slack_mb = TRIM_SLACK_MB
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
@@ -105,7 +126,12 @@ def main() -> None:
     for r in range(args.repeats):
         for s in args.settings:
             cmd = [sys.executable, __file__, "--child", s, "--steps", str(args.steps),
-                   "--threads", str(args.threads), "--base-model", args.base_model]
+                   "--threads", str(args.threads), "--base-model", args.base_model,
+                   "--slack-mb", str(args.slack_mb)]
+            if args.top_layers is not None:
+                cmd += ["--top-layers", str(args.top_layers)]
+            if args.lora_attention:
+                cmd.append("--lora-attention")
             if args.data:
                 cmd += ["--data", args.data]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True,
@@ -113,13 +139,18 @@ def main() -> None:
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[s].append(res)
             print(f"round {r + 1} {s:<11} setup {res['setup_mb']:>5} MB  end {res['end_mb']:>5} MB  "
-                  f"peak {res['peak_mb']:>5} MB  step {res['step_s']:.3f} s", flush=True)
-    print(f"\n{'setting':<12}{'setup MB':>10}{'end MB':>10}{'peak MB':>10}{'step s':>9}{'vs default':>12}")
-    base_step = statistics.median(x["step_s"] for x in results[args.settings[0]])
+                  f"peak {res['peak_mb']:>5} MB  step {res['step_s']:.3f} s (mean {res['mean_step_s']:.3f})  "
+                  f"trims {res['trims']}", flush=True)
+    first = args.settings[0]
+    print(f"\n{'setting':<12}{'setup MB':>10}{'end MB':>10}{'peak MB':>10}{'step s':>9}{'mean s':>9}"
+          f"{'trims':>7}{'mean vs ' + first:>22}")
+    keys = ("setup_mb", "end_mb", "peak_mb", "step_s", "mean_step_s", "trims")
+    base_mean = statistics.median(x["mean_step_s"] for x in results[first])
     for s, rs in results.items():
-        med = {k: statistics.median(x[k] for x in rs) for k in ("setup_mb", "end_mb", "peak_mb", "step_s")}
+        med = {k: statistics.median(x[k] for x in rs) for k in keys}
         print(f"{s:<12}{med['setup_mb']:>10.0f}{med['end_mb']:>10.0f}{med['peak_mb']:>10.0f}"
-              f"{med['step_s']:>9.3f}{med['step_s'] / base_step:>11.2f}x")
+              f"{med['step_s']:>9.3f}{med['mean_step_s']:>9.3f}{med['trims']:>7.0f}"
+              f"{med['mean_step_s'] / base_mean:>21.2f}x")
 
 
 if __name__ == "__main__":

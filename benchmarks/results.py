@@ -279,7 +279,7 @@ def score_checkpoint(ckpt: Path, eval_data: Path, dtype: str, progress: bool) ->
 
     ev = evaluate_checkpoint(ckpt, eval_data, label_scoring=True, progress=progress, compute_dtype=dtype,
                              with_predictions=True)
-    return {**summarize_eval(ev, TaskRegistry.load(ckpt / "tasks.json").groups()), "dtype": dtype,
+    return {**summarize_eval(ev, TaskRegistry.load(ckpt / "tasks.json").groups()), "dtype": ev["dtype"],
             "predictions": ev["predictions"]}  # per row of the eval file: benchmarks/paired.py
 
 
@@ -367,7 +367,8 @@ def child_train(job_dir: Path, spec: dict, progress: bool) -> dict:
     params = state.get("parameters", {})
     gc.collect()  # the training model goes before the checkpoint is loaded for scoring
     return {"trainable_params": sum(params.get(g, 0) for g in trained_groups(cfg)), "parameters": params,
-            "train_s": state.get("seconds"), "cache": state.get("cache"), "resumed": resumed,
+            "train_s": state.get("seconds"), "train_dtype": state.get("compute_dtype"),
+            "cache": state.get("cache"), "resumed": resumed,
             "train_evals": state.get("evals", {}),
             "eval": score_checkpoint(ckpt, Path(spec["eval_data"]), spec["eval_dtype"], progress)}
 
@@ -661,8 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-per-task", type=int, default=None,
                     help="score at most N dev rows per task (default: the whole dev split; --quick: "
                          f"{QUICK_EVAL_PER_TASK})")
-    ap.add_argument("--eval-dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="dtype of the PyTorch scoring (float32: the reference the runtime is compared to)")
+    ap.add_argument("--eval-dtype", choices=["float32", "bfloat16", "auto"], default="float32",
+                    help="dtype of the PyTorch scoring (float32: the reference the runtime is compared to; "
+                         "auto: bfloat16 where the CPU has native bf16, else float32; each run records "
+                         "the dtype it used)")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads when scoring bundles")
     ap.add_argument("--report-only", action="store_true",
                     help="train and export nothing: tabulate the finished (row, seed) runs in --out and "

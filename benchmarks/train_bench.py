@@ -20,6 +20,12 @@ the base), both training adapters and mixture together as one-stage training doe
 
     python benchmarks/train_bench.py --data ../shared/data/alter-mix/train.jsonl --steps 16 \
         --max-rows 400 --top-layers 12 --lora-attention --paths cached cached_token_gate
+
+``--compute-dtype float32 bfloat16`` times each path in both autocast dtypes, in turn on every
+batch: whether bf16 pays off on this CPU (it needs AVX512-BF16 or AMX; ``auto`` decides so):
+
+    python benchmarks/train_bench.py --data ../shared/data/alter-mix/train.jsonl --steps 8 \
+        --max-rows 400 --top-layers 12 --lora-attention --paths cached --compute-dtype float32 bfloat16
 """
 
 from __future__ import annotations
@@ -37,7 +43,14 @@ from alter_edge.base_model import load_base_model, special_ids
 from alter_edge.config import MTAConfig, TrainConfig
 from alter_edge.inject import MTAModel
 from alter_edge.tasks import TaskRegistry
-from alter_edge.training.cache import autocast, build_prefix_cache, cache_bytes, right_pad
+from alter_edge.training.cache import (
+    autocast,
+    build_prefix_cache,
+    cache_bytes,
+    native_bf16,
+    resolve_dtype,
+    right_pad,
+)
 from alter_edge.training.trainer import batch_loss, batch_schedule, encode_rows, load_data
 
 
@@ -66,15 +79,19 @@ def main() -> None:
     ap.add_argument("--top-layers", type=int, default=4)
     ap.add_argument("--kind", default="lora")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--compute-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--compute-dtype", nargs="+", default=["auto"], choices=["auto", "bfloat16", "float32"],
+                    help="auto: bfloat16 where the CPU has native bf16, else float32; several: every path "
+                         "is timed in each dtype, in turn on every batch (the cache is then kept in float32)")
     ap.add_argument("--lora-attention", action="store_true", help="lora on the attention projections too")
     ap.add_argument("--paths", nargs="+", default=list(PATHS[:3]), choices=PATHS,
                     help="what to time, in turn on every batch (the first is the ratios' reference)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(base_model=args.base_model, batch_size=args.batch_size, compute_dtype=args.compute_dtype,
-                      cache_dtype="bfloat16" if args.compute_dtype == "bfloat16" else "float32",
+    dtypes = list(dict.fromkeys(resolve_dtype(d) for d in args.compute_dtype))
+    dtype = dtypes[0]  # builds the cache
+    cfg = TrainConfig(base_model=args.base_model, batch_size=args.batch_size, compute_dtype=dtype,
+                      cache_dtype="bfloat16" if dtypes == ["bfloat16"] else "float32",
                       mta={"adapter_kind": args.kind, "num_top_layers": args.top_layers,
                            "lora_attention": args.lora_attention})
     train_rows, _, source = load_data(args.data, cfg)
@@ -102,13 +119,16 @@ def main() -> None:
     # with the gate compared, both models train adapters and mixture (one-stage training)
     groups = ["adapters", "mixture"] if gated_base is not None else ["adapters"]
     trainable = [p for m in {id(m): m for m in models.values()}.values() for p in m.set_trainable(groups)]
-    times: dict[str, list[float]] = {name: [] for name in args.paths}
+    # one timing series per (path, dtype); keys carry the dtype only when several are compared
+    runs = [(name, d) for name in args.paths for d in dtypes]
+    label = {r: r[0] if len(dtypes) == 1 else f"{r[0]}@{r[1]}" for r in runs}
+    times: dict[str, list[float]] = {label[r]: [] for r in runs}
     tokens = []
     for b in batches:
         tokens.append(sum(len(examples[i].ids) for i in b))
-        for name in times:
+        for name, d in runs:
             t = time.perf_counter()
-            with autocast(cfg.compute_dtype):
+            with autocast(d):
                 if name == "plain":
                     loss = plain_loss(models[name], examples, b, pad)
                 else:
@@ -117,20 +137,26 @@ def main() -> None:
             loss.backward()
             for p in trainable:
                 p.grad = None
-            times[name].append(time.perf_counter() - t)
+            times[label[name, d]].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
+    first = label[runs[0]]
     result = {
         "data": source, "rows": len(examples), "base_model": cfg.base_model,
         "adapted_layers": model.adapted_layers, "batch_size": cfg.batch_size,
-        "threads": args.threads, "compute_dtype": cfg.compute_dtype, "cpu_count": os.cpu_count(),
+        "threads": args.threads, "compute_dtype": dtypes, "native_bf16": native_bf16(),
+        "cpu_count": os.cpu_count(),
         "cache_build_s": round(cache_s, 1), "cache_mb": round(cache_bytes(cache) / 2**20, 1),
         "trained": groups, "median_step_s": {k: round(v, 3) for k, v in med.items()},
-        f"time_vs_{args.paths[0]}": {k: round(v / med[args.paths[0]], 3) for k, v in med.items()},
+        f"time_vs_{first}": {k: round(v / med[first], 3) for k, v in med.items()},
         "mean_tokens_per_batch": round(statistics.mean(tokens)),
     }
     for ref in ("plain", "full_target_logits"):  # the figures docs/benchmarks.md quotes
         if ref in med and "cached" in med:
             result[f"speedup_cached_vs_{ref}"] = round(med[ref] / med["cached"], 2)
+    if len(dtypes) > 1:
+        for name in args.paths:
+            a, b = med[label[name, dtypes[0]]], med[label[name, dtypes[1]]]
+            result[f"{name}_{dtypes[1]}_vs_{dtypes[0]}_time"] = round(b / a, 2)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

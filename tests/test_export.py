@@ -231,7 +231,10 @@ def test_int8_int4_within_budget(trained_ck, tmp_path, data_file, method):
         assert int8_tables  # the embedding rows
     assert v["quantization"]["model.int8.onnx"]["embeddings_quantized"]
     kept = set(v["quantization"]["model.int8.onnx"]["kept_fp32"])
-    assert set(weight_matmuls(int8)) <= kept  # nothing large escaped (tied lm_head included)
+    # nothing large escaped (tied lm_head included). A kept fp32 matmul may be fused after
+    # quantization and renamed "<name>/MatMulScaleFusion/" by onnxruntime's optimizer; which
+    # matmuls the ladder keeps depends on the CPU's int8 kernels (AVX2 kept node_linear_3)
+    assert {n.split("/")[0] for n in weight_matmuls(int8)} <= kept
     if method == "dynamic":
         assert v["quantization"]["model.int4.onnx"]["embeddings_quantized"]  # GatherBlockQuantized
         int4_ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "model.int4.onnx")).graph.node}

@@ -198,3 +198,66 @@ def test_padding_to_a_multiple_leaves_the_loss_unchanged(tiny_llama_dir, monkeyp
     for a, b in zip(g1, g32, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     assert trim_heap() is True  # glibc (Linux CI): the trim really runs
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_follows_the_cpu_and_is_recorded(trainable_llama_dir, tiny_data, tmp_path, monkeypatch,
+                                                    native):
+    """compute_dtype auto (the default) trains in bfloat16 only where the CPU has native bf16;
+    the dtype a run used is in its state, and the autocast really follows it."""
+    import alter_edge.training.cache as cache_mod
+    import alter_edge.training.trainer as trainer_mod
+
+    monkeypatch.setattr(cache_mod, "native_bf16", lambda: native)
+    seen = []
+    real_loss = trainer_mod.batch_loss
+
+    def spy(*a, **kw):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return real_loss(*a, **kw)
+
+    monkeypatch.setattr(trainer_mod, "batch_loss", spy)
+    assert TrainConfig().compute_dtype == "auto"
+    state = run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=2, stage2_steps=1),
+                         progress=False)
+    want = "bfloat16" if native else "float32"
+    assert state["compute_dtype"] == want
+    assert seen == [getattr(torch, want)] * 3
+    assert json.loads((tmp_path / "r" / "state.json").read_text())["compute_dtype"] == want
+
+
+def test_dtype_resolution_and_errors(monkeypatch, caplog):
+    import alter_edge.training.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "native_bf16", lambda: False)
+    monkeypatch.setattr(cache_mod, "_warned_emulated", False)
+    assert cache_mod.resolve_dtype("auto") == "float32"
+    assert cache_mod.resolve_dtype("float32") == "float32"
+    with caplog.at_level("WARNING"):
+        assert cache_mod.resolve_dtype("bfloat16") == "bfloat16"  # asked for explicitly: kept
+    assert "no native bfloat16" in caplog.text
+    monkeypatch.setattr(cache_mod, "native_bf16", lambda: True)
+    assert cache_mod.resolve_dtype("auto") == "bfloat16"
+    with pytest.raises(ValueError, match="allowed are auto, bfloat16, float32"):
+        cache_mod.resolve_dtype("float16")
+    with pytest.raises(ConfigError, match="must be auto, bfloat16 or float32"):
+        TrainConfig(compute_dtype="fp8")
+
+
+def test_lazy_trim_trims_only_on_growth(monkeypatch):
+    """LazyTrim sets its level one call after a trim and trims again only once RSS has
+    crept slack above it; slack 0 trims on every call, as the trainer did before."""
+    import alter_edge.training.memory as mem
+
+    rss = iter([100, 150, 190, 260, 90, 95, 120, 400, 1, 1, 1])  # MiB, one reading per call
+    calls = []
+    monkeypatch.setattr(mem, "rss_bytes", lambda: next(rss) * 2**20)
+    monkeypatch.setattr(mem, "trim_heap", lambda: calls.append(1) or True)
+    lazy = mem.LazyTrim(slack_mb=100)
+    got = [lazy() for _ in range(8)]
+    # 100 sets the level; 150, 190 are under 100+100; 260 trims; 90 sets the level again;
+    # 95, 120 are under 190; 400 trims
+    assert got == [False, False, False, True, False, False, False, True]
+    assert lazy.trims == len(calls) == 2
+    eager = mem.LazyTrim(slack_mb=0)
+    assert [eager() for _ in range(3)] == [True, True, True] and eager.trims == 3

@@ -17,8 +17,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
 PAD_MULTIPLE = 32
+# LazyTrim's default: RSS creep above a step's level that triggers malloc_trim (benchmarks only so
+# far: the trainer still trims after every step)
+TRIM_SLACK_MB = 256
 
 
 @functools.cache
@@ -42,3 +46,42 @@ def trim_heap() -> bool:
         return False
     fn(0)
     return True
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux ``/proc/self/statm``); 0 where unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class LazyTrim:
+    """``trim_heap`` only once RSS has crept ``slack_mb`` above its level after the first step
+    that followed the last trim.
+
+    Trimming after every step bounds RSS tightly but costs time: the trim walks the heap and
+    the pages it hands back are faulted in again by the next step. A step keeps its freed
+    activations resident, so the level right after a trim is not the one to compare with;
+    the level one step later is, and from there RSS creeps (new batch lengths leave chunks
+    glibc cannot reuse) until the next trim. ``slack_mb`` = 0 trims on every call, as
+    ``trim_heap`` does; where RSS cannot be read it trims on every call too."""
+
+    def __init__(self, slack_mb: float = 0.0):
+        self.slack = int(slack_mb * 2**20)
+        self.level: int | None = None
+        self.trims = 0
+
+    def __call__(self) -> bool:
+        rss = rss_bytes()
+        if self.slack and rss:
+            if self.level is None:  # the first call after a trim sets the level
+                self.level = rss
+                return False
+            if rss < self.level + self.slack:
+                return False
+        trimmed = trim_heap()
+        self.trims += trimmed
+        self.level = None
+        return trimmed

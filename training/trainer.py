@@ -35,7 +35,7 @@ from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.prompts import encode_example
 from alter_edge.tasks import TaskRegistry
 
-from .cache import autocast, build_prefix_cache, cache_bytes, pad_hidden, right_pad
+from .cache import autocast, build_prefix_cache, cache_bytes, pad_hidden, resolve_dtype, right_pad
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .evaluate import evaluate
 from .memory import PAD_MULTIPLE, trim_heap
@@ -207,6 +207,12 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         state = {"complete": False, "stage": 0, "step": 0, "evals": {}, "history": [], "data": source,
                  "seconds": 0.0}
     eos_id, pad_id = special_ids(model.base.config)
+    dtype = resolve_dtype(cfg.compute_dtype)  # the same for the cache, the steps and the evaluations
+    if state.get("compute_dtype", dtype) != dtype:
+        log.warning("resuming in %s a run that trained in %s until now (compute_dtype %s on another CPU)",
+                    dtype, state["compute_dtype"], cfg.compute_dtype)
+    state["compute_dtype"] = dtype
+    log.info("compute dtype: %s (compute_dtype %s)", dtype, cfg.compute_dtype)
     examples = encode_rows(train_rows, tokenizer, tasks, eos_id, cfg)
     params = count_parameters(model)
     log.info("MTA: %s, blocks %s, K=%s; trainable adapters %d, mixture %d",
@@ -216,7 +222,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     if cfg.use_cache and model.adapted_layers[0] > 0:
         t0 = time.perf_counter()
         cache = build_prefix_cache(model, [e.ids for e in examples], pad_id, info.sha256,
-                                   cfg.cache_dtype, progress=progress, compute_dtype=cfg.compute_dtype)
+                                   cfg.cache_dtype, progress=progress, compute_dtype=dtype)
         state.setdefault("cache", {"seconds": round(time.perf_counter() - t0, 1),
                                    "bytes": cache_bytes(cache)})
     plan = cfg.stage_plan()
@@ -243,7 +249,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         for step in range(state["step"], stage.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, stage)
-            with autocast(cfg.compute_dtype):
+            with autocast(dtype):
                 loss = batch_loss(model, examples, batches[step], pad_id, cache)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -267,7 +273,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
                                 time.perf_counter() - t_start}, opt.state_dict())
         bar.close()
         if stage.name not in state["evals"] and dev_rows:
-            ev = _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg, progress)
+            ev = _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg, dtype, progress)
             state["evals"][stage.name] = ev
             log.info("%s dev: %s", stage.name, ev)
         state["stage"], state["step"] = si + 1, 0
@@ -281,9 +287,10 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     return state
 
 
-def _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg: TrainConfig, progress: bool) -> dict:
+def _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg: TrainConfig, dtype: str,
+              progress: bool) -> dict:
     rows = spread_head(dev_rows, cfg.eval_max_rows)
-    with autocast(cfg.compute_dtype):
+    with autocast(dtype):
         res = evaluate(model, tokenizer, tasks, rows, eos_id, pad_id, cfg.max_prompt_tokens,
                    cfg.eval_max_new_tokens, progress=progress)
     d = res.to_dict()
@@ -306,12 +313,14 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: in
         rows = load_jsonl(data)
     ck.tasks.check_names([r.task for r in rows])
     rows = spread_head(rows, max_rows)
-    with autocast(compute_dtype):
+    dtype = resolve_dtype(compute_dtype)
+    with autocast(dtype):
         res = evaluate(ck.model, ck.tokenizer, ck.tasks, rows, ck.eos_id, ck.pad_id,
                        ck.train_config.max_prompt_tokens, ck.train_config.eval_max_new_tokens,
                        with_label_scoring=label_scoring, progress=progress)
     d = res.to_dict()
     d["kinds"] = {t.name: t.kind for t in ck.tasks}
+    d["dtype"] = dtype
     if with_predictions:
         d["predictions"] = res.predictions
     return d
