@@ -130,6 +130,10 @@ class TrainConfig:
     stage1_lr: float = 3e-3
     stage2_lr: float = 5e-3
     batch_size: int = 16
+    # a step's batch runs forward/backward in parts of at most this many padded tokens (rows x
+    # the part's padded length), gradients summed: the same update with a lower peak memory
+    # (a 16-row batch of 288-token rows is 4,608 tokens); 0 = the whole batch in one pass
+    micro_batch_tokens: int = 2048
     sampling_temperature: float = 0.0
     # > 0: this fraction of each task's train rows is kept away from stage 1, and stage 2 (the
     # mixture) trains on those rows only; 0: both stages train on every train row
@@ -142,8 +146,9 @@ class TrainConfig:
     use_cache: bool = True  # frozen-prefix activation cache
     # autocast dtype for the cache, the training steps and the dev evaluation (weights and
     # optimizer stay float32). auto = bfloat16 on CPUs with native bf16 (AVX512-BF16, AMX),
-    # where matmuls ran 2-5x faster, else float32: emulated bf16 ran ~6.5x slower than
-    # float32 on an AVX2-only CPU (docs/benchmarks.md). The dtype a run used is in its state.
+    # where matmuls ran 2-5x faster, else float32: on an AVX2-only CPU emulated bf16 ran a
+    # forward 6.5x and a cached training step 22x slower than float32 (docs/benchmarks.md).
+    # The dtype a run used is in its state.
     compute_dtype: str = "auto"
     cache_dtype: str = "bfloat16"
     save_every: int = 25
@@ -156,6 +161,8 @@ class TrainConfig:
             raise ConfigError(f"stages must be 1 or 2, got {self.stages}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.micro_batch_tokens < 0:
+            raise ConfigError(f"micro_batch_tokens must be >= 0 (0 = whole batches), got {self.micro_batch_tokens}")
         if self.compute_dtype not in ("auto", "bfloat16", "float32"):
             raise ConfigError(f"compute_dtype {self.compute_dtype!r} must be auto, bfloat16 or float32")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):

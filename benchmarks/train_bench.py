@@ -150,9 +150,11 @@ def main() -> None:
         f"time_vs_{first}": {k: round(v / med[first], 3) for k, v in med.items()},
         "mean_tokens_per_batch": round(statistics.mean(tokens)),
     }
-    for ref in ("plain", "full_target_logits"):  # the figures docs/benchmarks.md quotes
-        if ref in med and "cached" in med:
-            result[f"speedup_cached_vs_{ref}"] = round(med[ref] / med["cached"], 2)
+    for d in dtypes:  # the figures docs/benchmarks.md quotes, per dtype when several are timed
+        suffix = "" if len(dtypes) == 1 else f"@{d}"
+        for ref in ("plain", "full_target_logits"):
+            if ref in args.paths and "cached" in args.paths:
+                result[f"speedup_cached_vs_{ref}{suffix}"] = round(med[label[ref, d]] / med[label["cached", d]], 2)
     if len(dtypes) > 1:
         for name in args.paths:
             a, b = med[label[name, dtypes[0]]], med[label[name, dtypes[1]]]

@@ -74,3 +74,6 @@ def test_one_line_errors(trainable_llama_dir, tiny_data, tmp_path):
     assert r.exit_code == 1 and "unknown task(s) 'poetry'; known tasks: colour, echo, parity" in r.output
     r = runner.invoke(main, ["eval", str(tmp_path / "missing"), "--quiet"])
     assert r.exit_code == 1 and "checkpoint not found" in r.output
+    # --bf16 is an alias of --dtype bfloat16, not a silent override of another --dtype
+    r = runner.invoke(main, ["eval", str(tmp_path / "run"), "--bf16", "--dtype", "float32", "--quiet"])
+    assert r.exit_code == 2 and "cannot be combined with --dtype float32" in r.output

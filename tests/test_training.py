@@ -3,7 +3,11 @@ stage semantics, and bad output directories."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,9 +103,13 @@ def test_out_dir_guards(trainable_llama_dir, tiny_data, tmp_path):
     with pytest.raises(CheckpointError, match="nothing to resume"):
         run_training(tiny_data, tmp_path / "nope", cfg, resume=True, progress=False)
     run_training(tiny_data, tmp_path / "r", cfg, progress=False, stop_after=1)
-    with pytest.raises(CheckpointError, match="different settings.*seed"):
+    with pytest.raises(CheckpointError, match="different settings.*seed: started with 0, now 5"):
         run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=2, stage2_steps=1, seed=5),
                      resume=True, progress=False)
+    # micro-batching does not change what the run computes: it may resume with another value
+    state = run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=2, stage2_steps=1,
+                                                         micro_batch_tokens=64), resume=True, progress=False)
+    assert state["complete"]
 
 
 def test_checkpoint_from_other_base_is_refused(trainable_llama_dir, tiny_data, tmp_path, tiny_tokenizer_dir):
@@ -200,6 +208,48 @@ def test_padding_to_a_multiple_leaves_the_loss_unchanged(tiny_llama_dir, monkeyp
     assert trim_heap() is True  # glibc (Linux CI): the trim really runs
 
 
+def test_micro_batches_give_the_whole_batch_gradients(tiny_llama_dir):
+    """A batch run in parts of at most N padded tokens accumulates the same loss and gradients
+    as the whole batch at once, with and without the prefix cache; a batch that fits is one part
+    in its own order."""
+    import alter_edge.training.trainer as trainer_mod
+    from alter_edge.base_model import load_base_model
+    from alter_edge.config import MTAConfig
+    from alter_edge.inject import MTAModel
+    from alter_edge.training.memory import PAD_MULTIPLE
+
+    base, _, _ = load_base_model(str(tiny_llama_dir))
+    model = MTAModel(base, MTAConfig(num_tasks=2, num_top_layers=2, init_std=0.2))
+    V = base.config.vocab_size
+    params = model.set_trainable(["adapters", "mixture"])
+    g = torch.Generator().manual_seed(1)
+    lens = [5, 40, 12, 70, 33, 8, 64]  # padded to 32, 64, 32, 96, 64, 32, 64
+    ex = [trainer_mod.Encoded(i % 2, torch.randint(3, V, (n,), generator=g).tolist(),
+                              torch.randint(3, V, (1 + i % 3,), generator=g).tolist()) for i, n in enumerate(lens)]
+    idx = list(range(len(ex)))
+    cache = [model.prefix_hidden(torch.tensor([e.ids]), torch.ones(1, len(e.ids), dtype=torch.long))[0]
+             for e in ex]
+    parts = trainer_mod.micro_batches(ex, idx, 128)
+    assert sorted(i for p in parts for i in p) == idx and len(parts) >= 3
+    for p in parts:  # every part within the budget, or a single row
+        longest = max(-(-len(ex[i].ids) // PAD_MULTIPLE) * PAD_MULTIPLE for i in p)
+        assert len(p) * longest <= 128 or len(p) == 1
+    assert trainer_mod.micro_batches(ex, idx, 0) == [idx]
+    assert trainer_mod.micro_batches(ex, idx, 7 * 96) == [idx]
+    for c in (cache, None):
+        got = {}
+        for budget in (0, 128, 1):  # whole, a few parts, one row per part
+            model.zero_grad(set_to_none=True)
+            loss = trainer_mod.accumulate_batch(model, ex, idx, 0, c, "float32", budget)
+            got[budget] = (loss, [p.grad.clone() for p in params])
+        for budget in (128, 1):
+            assert got[budget][0] == pytest.approx(got[0][0], abs=1e-5)
+            for a, b in zip(got[0][1], got[budget][1], strict=True):
+                assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ConfigError, match="micro_batch_tokens must be >= 0"):
+        TrainConfig(micro_batch_tokens=-1)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_dtype_follows_the_cpu_and_is_recorded(trainable_llama_dir, tiny_data, tmp_path, monkeypatch,
                                                     native):
@@ -244,10 +294,20 @@ def test_dtype_resolution_and_errors(monkeypatch, caplog):
         TrainConfig(compute_dtype="fp8")
 
 
+_BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _memory_bench():
+    spec = importlib.util.spec_from_file_location("memory_bench", _BENCH / "memory_bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_lazy_trim_trims_only_on_growth(monkeypatch):
     """LazyTrim sets its level one call after a trim and trims again only once RSS has
     crept slack above it; slack 0 trims on every call, as the trainer did before."""
-    import alter_edge.training.memory as mem
+    mem = _memory_bench()
 
     rss = iter([100, 150, 190, 260, 90, 95, 120, 400, 1, 1, 1])  # MiB, one reading per call
     calls = []
@@ -261,3 +321,28 @@ def test_lazy_trim_trims_only_on_growth(monkeypatch):
     assert lazy.trims == len(calls) == 2
     eager = mem.LazyTrim(slack_mb=0)
     assert [eager() for _ in range(3)] == [True, True, True] and eager.trims == 3
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_heap_keeps_freed_pages_for_the_next_step(keep):
+    """memory_bench's keep_heap: a freed 64 MB activation stays resident for the next step to reuse (no
+    fresh pages to fault in); by default glibc maps it with mmap and unmaps it on free.
+    In a child process: mallopt is process-wide."""
+    setup = "assert mb.keep_heap() is True" if keep else "pass"
+    code = (
+        "import importlib.util, torch\n"
+        f"spec = importlib.util.spec_from_file_location('mb', {str(_BENCH / 'memory_bench.py')!r})\n"
+        "mb = importlib.util.module_from_spec(spec); spec.loader.exec_module(mb)\n"
+        "from alter_edge.training.memory import rss_bytes\n"
+        f"{setup}\n"
+        "a = torch.ones(16 * 2**20)\n"  # 64 MB, one allocation
+        "before = rss_bytes()\n"
+        "del a\n"
+        "print((before - rss_bytes()) / 2**20)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    released_mb = float(out.stdout.split()[-1])
+    if keep:
+        assert released_mb < 8, released_mb
+    else:
+        assert released_mb > 56, released_mb

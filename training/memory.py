@@ -10,6 +10,10 @@ step ~1.5x slower, the padding ~1.08x):
 
 - batches are padded to a multiple of :data:`PAD_MULTIPLE` tokens (few distinct shapes);
 - :func:`trim_heap` hands free arena pages back to the OS (``malloc_trim``) after each step.
+
+Cheaper variants (trimming only once RSS has grown, keeping freed pages in the heap) were
+measured in ``benchmarks/memory_bench.py`` and did not clearly pay off; batches are also run
+in micro-batches (``TrainConfig.micro_batch_tokens``), which bounds a step's working set.
 """
 
 from __future__ import annotations
@@ -20,22 +24,25 @@ import functools
 import os
 
 PAD_MULTIPLE = 32
-# LazyTrim's default: RSS creep above a step's level that triggers malloc_trim (benchmarks only so
-# far: the trainer still trims after every step)
-TRIM_SLACK_MB = 256
 
 
 @functools.cache
-def _malloc_trim():
+def _libc_fn(symbol: str):
+    """A glibc allocator function, or None (musl, macOS, no libc found): nothing to do there."""
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        fn = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return getattr(ctypes.CDLL(name), symbol)
+    except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
+
+
+def _malloc_trim():
+    fn = _libc_fn("malloc_trim")
+    if fn is not None:
+        fn.argtypes = [ctypes.c_size_t]
+        fn.restype = ctypes.c_int
     return fn
 
 
@@ -55,33 +62,3 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-class LazyTrim:
-    """``trim_heap`` only once RSS has crept ``slack_mb`` above its level after the first step
-    that followed the last trim.
-
-    Trimming after every step bounds RSS tightly but costs time: the trim walks the heap and
-    the pages it hands back are faulted in again by the next step. A step keeps its freed
-    activations resident, so the level right after a trim is not the one to compare with;
-    the level one step later is, and from there RSS creeps (new batch lengths leave chunks
-    glibc cannot reuse) until the next trim. ``slack_mb`` = 0 trims on every call, as
-    ``trim_heap`` does; where RSS cannot be read it trims on every call too."""
-
-    def __init__(self, slack_mb: float = 0.0):
-        self.slack = int(slack_mb * 2**20)
-        self.level: int | None = None
-        self.trims = 0
-
-    def __call__(self) -> bool:
-        rss = rss_bytes()
-        if self.slack and rss:
-            if self.level is None:  # the first call after a trim sets the level
-                self.level = rss
-                return False
-            if rss < self.level + self.slack:
-                return False
-        trimmed = trim_heap()
-        self.trims += trimmed
-        self.level = None
-        return trimmed

@@ -135,6 +135,45 @@ def batch_loss(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int],
     return (per_ex / counts).mean()
 
 
+def micro_batches(examples: Sequence[Encoded], idx: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """One batch split into parts of at most ``max_tokens`` padded tokens (rows x the part's
+    length padded to PAD_MULTIPLE), longest rows first; a part holds at least one row. A batch
+    that fits (or ``max_tokens`` 0) stays one part in its own order."""
+    def padded(i: int) -> int:
+        return -(-len(examples[i].ids) // PAD_MULTIPLE) * PAD_MULTIPLE
+
+    if max_tokens <= 0 or len(idx) * max(padded(i) for i in idx) <= max_tokens:
+        return [list(idx)]
+    parts: list[list[int]] = []
+    for i in sorted(idx, key=lambda i: len(examples[i].ids), reverse=True):
+        if parts and (len(parts[-1]) + 1) * padded(parts[-1][0]) <= max_tokens:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    return parts
+
+
+def accumulate_batch(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int], pad_id: int,
+                     cache: Sequence[torch.Tensor] | None, dtype: str, max_tokens: int) -> float:
+    """``batch_loss(idx).backward()`` in micro-batches (:func:`micro_batches`): each part's loss
+    is weighted by its share of the rows, so the gradients that accumulate in ``.grad`` are the
+    whole batch's. Returns the batch's loss."""
+    parts = micro_batches(examples, idx, max_tokens)
+    total = 0.0
+    for part in parts:
+        with autocast(dtype):
+            loss = batch_loss(model, examples, part, pad_id, cache)
+        if len(parts) > 1:
+            loss = loss * (len(part) / len(idx))
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+# settings that do not change what a run computes: a run may resume with other values
+_SAME_RESULT = ("micro_batch_tokens",)
+
+
 def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
     """Returns the saved state when resuming; raises when --out holds something else."""
     if not out.exists():
@@ -154,10 +193,13 @@ def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
         )
     saved = meta["train_config"]
     mine = cfg.to_dict()
-    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k) and k not in _SAME_RESULT)
     if diff:
+        # name the values, so an old run's setting can be passed back (e.g. a run started
+        # before compute_dtype defaulted to auto resumes with `--dtype bfloat16`)
+        shown = "; ".join(f"{k}: started with {saved.get(k)!r}, now {mine.get(k)!r}" for k in diff)
         raise CheckpointError(
-            f"--resume: {out} was started with different settings ({', '.join(diff)}); "
+            f"--resume: {out} was started with different settings ({shown}); "
             "resume with the same options or choose another --out"
         )
     return meta["state"]
@@ -249,17 +291,15 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         for step in range(state["step"], stage.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, stage)
-            with autocast(dtype):
-                loss = batch_loss(model, examples, batches[step], pad_id, cache)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = accumulate_batch(model, examples, batches[step], pad_id, cache, dtype, cfg.micro_batch_tokens)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             trim_heap()
             seen += len(batches[step])
             state["step"] = step + 1
-            state["history"].append({"stage": stage.name, "step": step + 1, "loss": round(loss.item(), 5)})
-            bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{seen / (time.perf_counter() - t_stage):.1f}")
+            state["history"].append({"stage": stage.name, "step": step + 1, "loss": round(loss, 5)})
+            bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{seen / (time.perf_counter() - t_stage):.1f}")
             bar.update(1)
             steps_this_call += 1
             last = step + 1 == stage.steps
