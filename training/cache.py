@@ -27,10 +27,15 @@ log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+def padded_length(n: int, multiple: int) -> int:
+    """``n`` tokens rounded up to a multiple of ``multiple``: the length a batch is padded to."""
+    return -(-n // multiple) * multiple
+
+
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), padded on the right to the longest row rounded up to
     ``multiple`` tokens."""
-    T = -(-max(len(s) for s in seqs) // multiple) * multiple
+    T = padded_length(max(len(s) for s in seqs), multiple)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -149,4 +154,5 @@ def pad_hidden(hs: Sequence[torch.Tensor], T: int) -> torch.Tensor:
     return out
 
 
-__all__ = ["autocast", "build_prefix_cache", "cache_bytes", "native_bf16", "pad_hidden", "resolve_dtype", "right_pad"]
+__all__ = ["autocast", "build_prefix_cache", "cache_bytes", "native_bf16", "pad_hidden", "padded_length", "resolve_dtype",
+           "right_pad"]

@@ -35,7 +35,15 @@ from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.prompts import encode_example
 from alter_edge.tasks import TaskRegistry
 
-from .cache import autocast, build_prefix_cache, cache_bytes, pad_hidden, resolve_dtype, right_pad
+from .cache import (
+    autocast,
+    build_prefix_cache,
+    cache_bytes,
+    pad_hidden,
+    padded_length,
+    resolve_dtype,
+    right_pad,
+)
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .evaluate import evaluate
 from .memory import PAD_MULTIPLE, trim_heap
@@ -140,7 +148,7 @@ def micro_batches(examples: Sequence[Encoded], idx: Sequence[int], max_tokens: i
     length padded to PAD_MULTIPLE), longest rows first; a part holds at least one row. A batch
     that fits (or ``max_tokens`` 0) stays one part in its own order."""
     def padded(i: int) -> int:
-        return -(-len(examples[i].ids) // PAD_MULTIPLE) * PAD_MULTIPLE
+        return padded_length(len(examples[i].ids), PAD_MULTIPLE)
 
     if max_tokens <= 0 or len(idx) * max(padded(i) for i in idx) <= max_tokens:
         return [list(idx)]
