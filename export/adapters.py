@@ -1,10 +1,12 @@
 """The graph piece of each adapter kind: one class per kind, owning how its block is emitted
 into a built graph for every task (``multitask``: each row's mixture gathered by ``task_ids``),
-folded for one task (``task``: the mixture is a constant, pruned where it is ~0), or merged
-into the base weights (``merged``, lora only). The PyTorch forward of each kind is in
+folded for one task (``task``: the mixture is a constant), or merged into the base weights
+(``merged``, lora only). The PyTorch forward of each kind is in
 ``alter_edge.mta``; the algebra here is the same, and tests check the built graph against it.
 
-A kind reads its tensors from the torch block once (``from_block``) and then only numpy.
+Per-task graphs keep the adapter tensors every task shares (stored once in the bundle's weight
+file) and carry only their task's mixture as a constant; ffn experts below the prune threshold
+are left out of them.
 """
 
 from __future__ import annotations
@@ -111,15 +113,13 @@ class LoraKind:
             row += width
         # expand: mixture (K,) -> the stacked width (n*K*r,): repeat each weight r times, tile n times
         expand = np.tile(np.kron(np.eye(K), np.ones((1, r))), (1, len(members)))  # (K, n*K*r)
-        h = g.linear(x, A, key=f"{key}.lora_A", bits=min(g.bits, 8) if g.bits else 0)
+        bits = min(g.bits, 8) if g.bits else 0
+        h = g.linear(x, A, key=f"{key}.lora_A", bits=bits)
         if e.mode == "multitask":
             m = self.mix.emit(g, e, resid, expand, f"{key}_mix")
-            h = g.op("Mul", [h, m])
-            delta = g.linear(h, Bm, key=f"{key}.lora_B", bits=min(g.bits, 8) if g.bits else 0)
-        else:  # the task's mixture folded into B; adapters at ~0 weight pruned
-            m = self.mix.weights(e.task_id) @ expand  # (n*K*r,)
-            Bt = Bm * m[None, :]
-            delta = g.linear(h, Bt, bits=min(g.bits, 8) if g.bits else 0)
+        else:  # the task's mixture as a constant: no gather, no softmax; A and B stay shared
+            m = g.const((self.mix.weights(e.task_id) @ expand).astype(np.float32), f"{key}_mix")
+        delta = g.linear(g.op("Mul", [h, m]), Bm, key=f"{key}.lora_B", bits=bits)
         return g.op("Add", [y, delta])
 
 
@@ -166,22 +166,14 @@ class BottleneckKind:
         base = emit_mlp(self.mlp_module, f"{key}.mlp", x)
         K, r = self.mix.K, self.r
         bits = min(g.bits, 8) if g.bits else 0
+        expand = np.kron(np.eye(K), np.ones((1, r)))
+        h = g.linear(x, self.down, key=f"{key}.down", bits=bits)
+        h = g.op("BiasGelu", [h, g.const(self.bias, "down_bias")], domain=MS)
         if e.mode == "multitask":
-            h = g.linear(x, self.down, key=f"{key}.down", bits=bits)
-            h = g.op("BiasGelu", [h, g.const(self.bias, "down_bias")], domain=MS)
-            expand = np.kron(np.eye(K), np.ones((1, r)))
-            h = g.op("Mul", [h, self.mix.emit(g, e, resid, expand, f"{key}_mix")])
-            delta = g.linear(h, self.up, key=f"{key}.up", bits=bits)
+            m = self.mix.emit(g, e, resid, expand, f"{key}_mix")
         else:
-            w = self.mix.weights(e.task_id)
-            cols = np.concatenate([np.arange(k * r, (k + 1) * r) for k in range(K) if w[k] >= e.prune_threshold]
-                                  or [np.zeros(0, int)])
-            if cols.size == 0:
-                return base
-            scale = np.repeat(w, r)[cols]
-            h = g.linear(x, self.down[cols], bits=bits)
-            h = g.op("BiasGelu", [h, g.const(self.bias[cols], "down_bias")], domain=MS)
-            delta = g.linear(h, self.up[:, cols] * scale[None, :], bits=bits)
+            m = g.const((self.mix.weights(e.task_id) @ expand).astype(np.float32), f"{key}_mix")
+        delta = g.linear(g.op("Mul", [h, m]), self.up, key=f"{key}.up", bits=bits)
         return g.op("Add", [base, delta])
 
 

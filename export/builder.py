@@ -218,7 +218,7 @@ class DecoderBuilder:
         seqlens = g.op("Cast", [g.op("Sub", [g.op("ReduceSum", [mask, one], keepdims=0), one])], to=T.INT32)
         total = g.op("Cast", [g.op("Gather", [g.op("Shape", [mask]), g.const(np.array(1, np.int64), "idx1")],
                                    axis=0)], to=T.INT32)
-        cos, sin = g.const(self.cos, "cos_cache"), g.const(self.sin, "sin_cache")
+        cos, sin = g.shared("rotary.cos", self.cos), g.shared("rotary.sin", self.sin)
         # embedding (tied: the quantized lm_head's bytes, viewed as [vocab, hidden * bits / 8])
         if g.bits and self.tied and self.embed.shape[1] % block_size == 0:
             q = g.quantized(self.embed, g.bits)
