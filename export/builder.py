@@ -7,7 +7,7 @@ The graph is written op by op with onnxruntime's fused contrib operators, nothin
 - per block: ``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm), one packed q/k/v
   matmul, ``GroupQueryAttention`` (rotary inside, KV cache in place), the o projection, one
   packed gate/up matmul, ``QuickGelu(alpha=1)`` (= SiLU) times up, the down projection;
-- matmuls: ``FusedMatMul`` on the fp32 weight (fp32), ``MatMulNBits`` (int8 / int4, block-wise);
+- matmuls: ``MatMul`` on the transposed fp32 weight (fp32), ``MatMulNBits`` (int8 / int4, block-wise);
 - adapters: the block's kind emits its piece (``export.adapters``).
 
 Supported backbones: the Llama family (``llama``, ``mistral``, ``qwen2``, ``qwen3``). GPT-2 is
@@ -255,7 +255,7 @@ class DecoderBuilder:
             m = self._block_mlp(g, e, i, x, resid)
             nxt = self.layers[i + 1].input_layernorm.weight if i + 1 < len(self.layers) else None
             x, resid = self._skip_norm(g, m, resid_mid, nxt, final=nxt is None)
-        logits = g.linear(x, head, key="lm_head" if self.tied else "lm_head_untied")
+        logits = g.linear(x, head, key="lm_head" if self.tied else "lm_head_untied", tied_rows=self.tied)
         g.op("Identity", [logits], outputs=[LOGITS])
         g.add_output(LOGITS, T.FLOAT, ["batch", "seq", self.vocab])
         for name in self.kv.present_names:

@@ -136,7 +136,7 @@ def test_merged_single_task_graph_has_no_adapter_ops(base_dir, tmp_path):
     v = _validation(tmp_path / "b")
     assert all(c["passed"] for c in v["checks"] if c["graph"] == merged["path"])
     ops = v["build"][merged["path"]]["operators"]
-    assert ops["FusedMatMul"] == 2 * 4 + 1  # qkv, o, gate_up, down per layer + lm_head: the base's
+    assert ops["MatMul"] == 2 * 4 + 1  # qkv, o, gate_up, down per layer + lm_head: the base's
     assert "Mul" in ops and ops["Mul"] == 2  # SiLU's gate x up only, no adapter scaling
     m = EdgeModel.load(tmp_path / "b", tasks=["echo"], threads=1)
     assert m.runner_for(["echo"]).path.name == merged["path"]

@@ -194,9 +194,12 @@ def test_gated_checkpoint_exports_the_multitask_graph_with_the_gate_in_it(tiny_l
         ungated = run()
     assert max(float(np.abs(a - b).max()) for a, b in zip(got, gated, strict=True)) < 3e-4
     assert max(float(np.abs(a - b).max()) for a, b in zip(got, ungated, strict=True)) > 1e-2
-    # the gate's projections stay fp32 (FusedMatMul) in the quantized graphs: one per adapted block
+    # the gate (its RMSNorm and projection) is made once per adapted block and stays fp32 (MatMul,
+    # not MatMulNBits) in the quantized graphs
     for rel in ("model.int8.onnx", "model.int4.onnx"):
-        assert v["build"][rel]["operators"]["FusedMatMul"] == len(model.blocks)
+        ops = v["build"][rel]["operators"]
+        assert ops["SimplifiedLayerNormalization"] == 1 + len(model.blocks)
+        assert ops["Softmax"] == len(model.blocks) and ops["MatMul"] >= len(model.blocks)
     for precision in ("fp32", "int8", "int4"):
         rt = EdgeModel.load(bundle, precision=precision)
         assert len(rt.generate("hello there", task="echo", max_new_tokens=3).token_ids) <= 3
