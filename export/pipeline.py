@@ -106,12 +106,12 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
 
     out, checkpoint = Path(out), Path(checkpoint)
     if out.exists() and not opts.overwrite:
-        raise BundleError(f"{out} already exists; pass --overwrite to replace it")
+        raise BundleError(f"{out} already exists; pass `overwrite` to replace it")
     meta = read_checkpoint_meta(checkpoint)  # missing or incomplete: CheckpointError before any torch work
     gate = meta["mta_config"].get("gate", "task")
     if gate != "task" and opts.tasks:
         raise CheckpointError(f"{checkpoint} was trained with gate {gate!r}: its mixture changes per token, so "
-                              "it does not fold into per-task graphs; export it with --task none (the "
+                              "it does not fold into per-task graphs; export it with `tasks` none (the "
                               "multi-task graph, which keeps the gate and every adapter)")
     if opts.tasks:  # an unknown task name fails before the model loads
         TaskRegistry.load(checkpoint / "tasks.json").resolve(opts.tasks)

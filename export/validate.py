@@ -30,7 +30,7 @@ from .ortgraph import OrtGraph, left_pad_np
 
 log = logging.getLogger(__name__)
 
-# Inputs used when no --data is given: different lengths, so left padding is exercised.
+# Inputs used when no held-out data is given: different lengths, so left padding is exercised.
 SYNTHETIC_INPUTS = ("hello", "what is the answer ?", "hello world . what is the answer , hello world ?")
 
 
@@ -51,7 +51,7 @@ class HeldOut:
     task_id: int
     kind: str
     prompts: list[list[int]]
-    golds: list[str] | None  # None: no --data, the fp32 graph's predictions are the reference
+    golds: list[str] | None  # None: no held-out data, the fp32 graph's predictions are the reference
 
 
 @dataclass
@@ -79,7 +79,7 @@ def describe_failure(c: dict) -> str:
         what.append(f"case {c['case']}")
     if "max_abs_diff" in c and c["max_abs_diff"] > c.get("atol", float("inf")):
         what.append(f"max |logits diff| {c['max_abs_diff']:.3g} > atol {c['atol']:g} "
-                    "(a deep fp32 model can need a larger --atol; see docs/export.md)")
+                    "(a deep fp32 model can need a larger `atol`; see docs/export.md)")
     if c.get("tokens_equal") is False:
         what.append(f"greedy tokens differ from step {c.get('first_token_mismatch')}")
     if "top1_agreement" in c and c["top1_agreement"] < c["min_top1"]:
@@ -214,7 +214,7 @@ def check_quantized(src: OrtGraph, q: OrtGraph, name: str, precision: str, cases
 
         src_preds, q_preds = gen(src), gen(q)
         golds = h.golds if h.golds is not None else src_preds
-        reference[h.task] = "held-out targets" if h.golds is not None else "fp32 predictions (no --data)"
+        reference[h.task] = "held-out targets" if h.golds is not None else "fp32 predictions (no held-out data)"
         s_src, s_q = _score(h.kind, src_preds, golds), _score(h.kind, q_preds, golds)
         scores[h.task] = {"fp32": round(s_src, 4), precision: round(s_q, 4), "rows": len(h.prompts)}
         drops[h.task] = round((s_src - s_q) * 100, 2)

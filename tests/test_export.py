@@ -381,7 +381,7 @@ def test_optimize_keeps_tied_embedding_shared(tmp_path):
 
 
 def test_summary_groups_consecutive_blocks_folded_alike():
-    from alter_edge.export.cli import summary_lines
+    from alter_edge.cli.export import summary_lines
 
     merged = {"merged": ["mlp.up_proj", "self_attn.q_proj"], "mixture": [1.0]}
     blocks = {"10": merged, "11": merged, "12": {"kept": 2, "pruned": 3}, "13": merged, "15": merged}

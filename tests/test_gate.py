@@ -153,7 +153,7 @@ def test_two_stage_training_trains_the_gate_in_stage_2_and_per_task_export_refus
 
     with pytest.raises(ConfigError, match="cannot be folded"):
         specialize(after2, 0)
-    with pytest.raises(CheckpointError, match="gate 'token'.*per-task graphs.*--task none"):
+    with pytest.raises(CheckpointError, match="gate 'token'.*per-task graphs.*`tasks` none"):
         export_checkpoint(tmp_path / "s2", tmp_path / "bundle", ExportOptions(progress=False))
     assert not (tmp_path / "bundle").exists()
 
