@@ -83,7 +83,7 @@ def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[_R
                 row_id = obj.get("id")
                 task = obj.get("task", opts.task)
                 if task is None:
-                    raise DataError(f"line {lineno}: no task (give the row a 'task' or pass --task)")
+                    raise DataError(f"line {lineno}: no task (give the row a 'task' or pass a default `task`)")
                 if not isinstance(task, str) or task not in model.tasks:
                     raise DataError(f"line {lineno}: unknown task {task!r}; known tasks: "
                                     f"{', '.join(model.tasks.names)}")
@@ -91,7 +91,7 @@ def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[_R
                 limit = model.bundle.max_prompt_tokens
                 if full > limit and not opts.truncate:
                     raise DataError(f"line {lineno}: input is {full} tokens with its prompt, over the "
-                                    f"bundle's max_prompt_tokens {limit} (--truncate cuts it in the middle to {limit} tokens, as training did)")
+                                    f"bundle's max_prompt_tokens {limit} (`truncate` cuts it in the middle to {limit} tokens, as training did)")
                 rows.append(_Row(lineno, row_id, task, prompt))
             except (DataError, TaskError) as e:
                 errors[lineno] = {"id": row_id if row_id is not None else _best_effort_id(raw),
@@ -153,7 +153,7 @@ class PartialFile:
         if head != self.header:
             raise DataError(
                 f"{self.path} belongs to a different run (input file, options or bundle changed); "
-                "delete it or run without --resume"
+                "delete it or run without `resume`"
             )
         done: dict[int, dict] = {}
         for raw in lines[1:]:
