@@ -255,9 +255,16 @@ class DecoderBuilder:
             m = self._block_mlp(g, e, i, x, resid)
             nxt = self.layers[i + 1].input_layernorm.weight if i + 1 < len(self.layers) else None
             x, resid = self._skip_norm(g, m, resid_mid, nxt, final=nxt is None)
+        # logits only at each row's last valid position of this step: min(seqlens_k, seq - 1) is
+        # len - 1 in a right-padded prompt and 0 in a one-token step
+        last_seq = g.op("Sub", [g.op("Gather", [g.op("Shape", [ids]), g.const(np.array(1, np.int64), "idx1")],
+                                     axis=0), g.const(np.array(1, np.int64), "one_s")])
+        pos = g.op("Min", [g.op("Cast", [seqlens], to=T.INT64), last_seq])
+        x = g.op("GatherND", [x, g.op("Unsqueeze", [pos, g.const(np.array([1], np.int64), "ax1")])], batch_dims=1)
+        x = g.op("Unsqueeze", [x, g.const(np.array([1], np.int64), "ax1")])  # (B, 1, H)
         logits = g.linear(x, head, key="lm_head" if self.tied else "lm_head_untied", tied_rows=self.tied)
         g.op("Identity", [logits], outputs=[LOGITS])
-        g.add_output(LOGITS, T.FLOAT, ["batch", "seq", self.vocab])
+        g.add_output(LOGITS, T.FLOAT, ["batch", 1, self.vocab])
         for name in self.kv.present_names:
             g.add_output(name, T.FLOAT, ["batch", self.kv.num_kv_heads, "total_seq", self.kv.head_dim])
         facts = g.save(path)

@@ -6,10 +6,11 @@ checks test the code that ships. Checks (docs/export.md lists the tolerances):
 
 1. ``fp32_vs_torch``: each fp32 graph (the multi-task graph on every task and on one
    mixed-task, differently padded batch; each per-task graph on its task) against the PyTorch
-   MTA model: max |logits diff| at valid positions of the prompt step <= ``atol``, and identical
-   greedy tokens for ``steps`` steps with the KV cache.
-2. ``quantized_vs_fp32``: a quantized graph against its fp32 twin: top-1 agreement at valid
-   prompt positions >= ``min_top1`` and, per task, the task metric on the held-out (dev) rows,
+   MTA model: identical greedy tokens for ``steps`` steps with the KV cache, and max |logits
+   diff| <= ``atol`` at every one of those steps (the last prompt position, then each token).
+2. ``quantized_vs_fp32``: a quantized graph against its fp32 twin: top-1 agreement with the
+   fp32 graph's greedy tokens, step by step on its path, >= ``min_top1`` and, per task, the task
+   metric on the held-out (dev) rows,
    paired row by row: the mean drop must stay within ``budget`` points; its 95% interval is
    reported.
 """
@@ -134,11 +135,28 @@ def _first_mismatch(a: list[list[int]], b: list[list[int]]) -> int | None:
     return first
 
 
+def forced_logits(runner: GraphRunner, prompts: list[list[int]], task_ids: list[int], pad_id: int,
+                  tokens: list[list[int]]) -> list[np.ndarray]:
+    """Each row's logits ``(steps, V)`` at its last prompt position and after each of ``tokens``
+    (teacher-forced, all rows the same number of steps): the graph's prompt step, then one-token
+    steps on the in-place cache, as the runtime's decode loop runs them."""
+    ids, lengths = right_pad(prompts, pad_id)
+    tids = np.asarray(task_ids, np.int64)
+    steps = len(tokens[0])
+    cache = runner.new_cache(len(prompts), ids.shape[1] + steps)
+    out = [runner.step(ids, lengths, tids, cache)[:, 0]]
+    forced = np.asarray(tokens, np.int64)
+    for k in range(steps - 1):
+        lengths = lengths + 1
+        out.append(runner.step(forced[:, k:k + 1], lengths, tids, cache)[:, 0])
+    return list(np.stack(out, axis=1))
+
+
 def prompt_logits(runner: GraphRunner, prompts: list[list[int]], task_ids: list[int], pad_id: int) -> list[np.ndarray]:
-    """Each row's logits at its valid prompt positions: a list of (len_b, V)."""
+    """Each row's logits at its last prompt position, (V,)."""
     ids, lengths = right_pad(prompts, pad_id)
     out = runner.step(ids, lengths, np.asarray(task_ids, np.int64), runner.new_cache(len(prompts), ids.shape[1]))
-    return [out[b, :n] for b, n in enumerate(lengths)]
+    return list(out[:, 0])
 
 
 def greedy(runner: GraphRunner, prompts: list[list[int]], task_ids: list[int], pad_id: int, steps: int,
@@ -152,26 +170,30 @@ def greedy(runner: GraphRunner, prompts: list[list[int]], task_ids: list[int], p
 
 
 def torch_reference(model, case: Case, pad_id: int, steps: int) -> tuple[list[np.ndarray], list[list[int]]]:
-    """The PyTorch MTA model's prompt logits (per row, valid positions) and greedy tokens."""
+    """The PyTorch MTA model's greedy tokens (``steps``, its own KV-cache loop) and, per row, its
+    logits ``(steps, V)`` at the last prompt position and after each of those tokens."""
     import torch
 
     from alter_edge.training.evaluate import greedy_generate
 
+    tokens = greedy_generate(model, case.prompts, case.task_ids, eos_id=-1, pad_id=pad_id, max_new_tokens=steps)
     logits = []
     with torch.no_grad():
-        for p, t in zip(case.prompts, case.task_ids, strict=True):
-            ids = torch.tensor([p])
-            logits.append(model(ids, torch.ones_like(ids), torch.tensor([t])).logits[0].numpy())
-    tokens = greedy_generate(model, case.prompts, case.task_ids, eos_id=-1, pad_id=pad_id, max_new_tokens=steps)
+        for p, t, toks in zip(case.prompts, case.task_ids, tokens, strict=True):
+            ids = torch.tensor([list(p) + toks[:-1]])
+            full = model(ids, torch.ones_like(ids), torch.tensor([t])).logits[0]
+            logits.append(full[len(p) - 1:].numpy())
     return logits, tokens
 
 
 def check_against(check: str, ref: dict, runner: GraphRunner, name: str, cases: list[Case], pad_id: int,
                   report: ValidationReport) -> None:
-    """``runner``'s graph against reference logits/tokens (``ref[case.name]``) for each case."""
+    """``runner``'s graph against the PyTorch reference (``ref[case.name]``) for each case: its
+    greedy tokens from the runtime's decode loop, its logits at every step (teacher-forced on the
+    reference tokens)."""
     for case in cases:
         ref_logits, ref_tokens = ref[case.name]
-        got = prompt_logits(runner, case.prompts, case.task_ids, pad_id)
+        got = forced_logits(runner, case.prompts, case.task_ids, pad_id, ref_tokens)
         diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_logits, got, strict=True))
         tokens = greedy(runner, case.prompts, case.task_ids, pad_id, report.steps)
         mismatch = _first_mismatch(ref_tokens, tokens)
@@ -209,17 +231,17 @@ def paired_interval(diff: np.ndarray) -> tuple[float, float]:
 
 def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str, cases: list[Case],
                     heldout: list[HeldOut], tokenizer, pad_id: int, eos_id: int, budget: float,
-                    min_top1: float, new_tokens: dict[str, int], src_preds: dict[str, list[str]]) -> dict:
+                    min_top1: float, new_tokens: dict[str, int], src_preds: dict[str, list[str]],
+                    steps: int = 16) -> dict:
     """Quantized graph vs its fp32 twin. ``src_preds``: the fp32 graph's held-out answers per
     task (filled here when missing, so several quantized graphs share them). Returns the record
     (the caller decides if it is fatal)."""
     agree = total = 0
-    for case in cases:
-        a = prompt_logits(src, case.prompts, case.task_ids, pad_id)
-        b = prompt_logits(q, case.prompts, case.task_ids, pad_id)
-        for x, y in zip(a, b, strict=True):
-            agree += int((x.argmax(-1) == y.argmax(-1)).sum())
-            total += len(x)
+    for case in cases:  # top-1 of the quantized graph on the fp32 graph's greedy path
+        ref = greedy(src, case.prompts, case.task_ids, pad_id, steps)
+        for toks, lg in zip(ref, forced_logits(q, case.prompts, case.task_ids, pad_id, ref), strict=True):
+            agree += int((lg.argmax(-1) == np.asarray(toks)).sum())
+            total += len(toks)
     top1 = agree / max(total, 1)
     scores, drops, intervals, reference = {}, {}, {}, {}
     for h in heldout:

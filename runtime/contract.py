@@ -16,7 +16,9 @@ One graph serves the prompt step and every decode step:
   outputs ``present.{i}.key`` / ``.value``. With IO binding the past and the present of a layer
   may be the same buffer of ``max_len`` positions (GroupQueryAttention writes each row's new
   entries at its own offset in place); without, present has ``total_seq`` positions.
-- ``logits`` float32 ``[batch, seq, vocab]``.
+- ``logits`` float32 ``[batch, 1, vocab]``: each row's last valid position of this step (its last
+  prompt token in a right-padded prompt, the new token in a one-token step); no other position
+  pays for the vocabulary projection.
 """
 
 from __future__ import annotations

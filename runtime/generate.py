@@ -119,7 +119,7 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     done = np.zeros(B, dtype=bool) if done is None else done
     pick = TokenPicker(params, B)
     cache = runner.new_cache(B, ids.shape[1] + params.max_new_tokens)
-    logits = runner.step(ids, lengths, tids, cache)[np.arange(B), lengths - 1]  # (B, V)
+    logits = runner.step(ids, lengths, tids, cache)[:, 0]  # (B, V): each row's last prompt position
     active = np.arange(B)  # original row of each batch row
     for step in range(params.max_new_tokens):
         nxt = pick(logits, active)

@@ -26,7 +26,7 @@ def score_labels(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids
     longest = max(len(lab) for lab in label_ids)
     cache = runner.new_cache(B, ids.shape[1] + longest)
     logits = runner.step(ids, lengths, tids, cache)
-    first = log_softmax(logits[np.arange(B), lengths - 1])  # (B, V): each label's first token
+    first = log_softmax(logits[:, 0])  # (B, V): the distribution of each label's first token
     scores = np.empty((B, len(label_ids)), dtype=np.float64)
     for j, lab in enumerate(label_ids):
         s = first[:, lab[0]].copy()

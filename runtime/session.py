@@ -118,7 +118,8 @@ class GraphRunner:
 
     def step(self, input_ids: np.ndarray, lengths: np.ndarray, task_ids: np.ndarray | None,
              cache: KVCache) -> np.ndarray:
-        """Run the graph once on ``input_ids`` (B, S) int64; returns logits (B, S, V)."""
+        """Run the graph once on ``input_ids`` (B, S) int64; returns logits (B, 1, V) at each row's
+        last valid position."""
         lengths = np.asarray(lengths, dtype=np.int64)
         width = int(lengths.max())
         if width > cache.max_len:

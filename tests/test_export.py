@@ -95,8 +95,8 @@ def test_fused_operators_and_no_decomposed_attention(int8_bundle):
     assert not ops & {"Softmax", "MatMul", "Pow", "ReduceMean", "Concat", "Transpose", "Sin", "Cos"}
     task_graph = onnx.load(bundle / "task-echo.int8.onnx", load_external_data=False).graph
     assert "task_ids" not in {i.name for i in task_graph.input}
-    # no mixture gathered: the one Gather left reads the mask's width
-    assert sum(n.op_type == "Gather" for n in task_graph.node) == 1
+    # no mixture gathered: the two Gathers left read the mask's width and the step's length
+    assert sum(n.op_type == "Gather" for n in task_graph.node) == 2
     bits = {a.i for n in onnx.load(bundle / "model.int4.onnx", load_external_data=False).graph.node
             if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert 4 in bits
@@ -166,7 +166,7 @@ def test_llama_family_variants_match_pytorch(arch, tiny_tokenizer_dir, tmp_path)
     from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config, Qwen3Config
 
     from alter_edge.export.builder import BuildSpec, DecoderBuilder
-    from alter_edge.export.validate import prompt_logits
+    from alter_edge.export.validate import forced_logits
     from alter_edge.runtime.session import GraphRunner, session_options
 
     common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -182,12 +182,12 @@ def test_llama_family_variants_match_pytorch(arch, tiny_tokenizer_dir, tmp_path)
     b = DecoderBuilder(model)
     b.build(tmp_path / "g.onnx", BuildSpec("task"), "fp32", None)
     r = GraphRunner(tmp_path / "g.onnx", b.kv, session_options(1), ["CPUExecutionProvider"])
-    prompts = [[1, 5, 9, 3, 7, 2, 8], [4, 4, 6]]
-    got = prompt_logits(r, prompts, [0, 0], 0)
+    prompts, forced = [[1, 5, 9, 3, 7, 2, 8], [4, 4, 6]], [[3, 9, 2, 5], [8, 1, 1, 7]]
+    got = forced_logits(r, prompts, [0, 0], 0, forced)  # the prompt step, then decode steps
     with torch.no_grad():
-        for p, g in zip(prompts, got, strict=True):
-            ref = model(torch.tensor([p])).logits[0].numpy()
-            assert np.abs(ref - g).max() < 1e-4
+        for p, f, g in zip(prompts, forced, got, strict=True):
+            ref = model(torch.tensor([p + f[:-1]])).logits[0, len(p) - 1:].numpy()
+            assert g.shape == ref.shape and np.abs(ref - g).max() < 1e-4
 
 
 def test_gpt2_is_refused_with_its_reason(tiny_tokenizer_dir, tmp_path):

@@ -163,7 +163,7 @@ def test_gated_checkpoint_exports_the_multitask_graph_with_the_gate_in_it(tiny_l
     import json
 
     from alter_edge.export.pipeline import ExportOptions, export_checkpoint
-    from alter_edge.export.validate import prompt_logits
+    from alter_edge.export.validate import forced_logits
     from alter_edge.runtime import EdgeModel
     from alter_edge.training.checkpoint import load_checkpoint
     from tests.helpers import make_tiny_checkpoint
@@ -183,11 +183,13 @@ def test_gated_checkpoint_exports_the_multitask_graph_with_the_gate_in_it(tiny_l
     model = ck.model
     prompts, tids = [[5, 6, 7, 8, 9], [10, 11, 12]], [0, 1]
     runner = EdgeModel.load(bundle, precision="fp32").runner_for(["echo", "colour"])
-    got = prompt_logits(runner, prompts, tids, ck.pad_id)
+    forced = [[13, 14, 15], [16, 17, 18]]
+    got = forced_logits(runner, prompts, tids, ck.pad_id, forced)
     with torch.no_grad():
         def run():
-            return [model(torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long),
-                          torch.tensor([t])).logits[0].numpy() for p, t in zip(prompts, tids, strict=True)]
+            return [model(torch.tensor([p + f[:-1]]), torch.ones(1, len(p) + len(f) - 1, dtype=torch.long),
+                          torch.tensor([t])).logits[0, len(p) - 1:].numpy()
+                    for p, f, t in zip(prompts, forced, tids, strict=True)]
         gated = run()
         for b in model.blocks.values():
             b.gate_weight.zero_()
