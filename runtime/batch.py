@@ -254,7 +254,7 @@ class PartialFile:
             head = json.loads(lines[0])
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
             head = None
-        if not isinstance(head, dict):
+        if not isinstance(head, dict) or "alter_edge_partial" not in head:
             raise DataError(f"{self.path} is not a progress file of this job (no header line); delete it to start over")
         if head != self.header:
             raise DataError(f"{self.path} belongs to a different run ({header_difference(head, self.header)}); "
