@@ -86,9 +86,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def read_json(path: Path, error: type[Exception], what: str = "") -> object:
-    """Parse a JSON file; bad JSON or bad UTF-8 raises ``error`` naming the file."""
+    """Parse a JSON file; bad JSON or bad UTF-8 (also nesting too deep for the parser, or a
+    number over Python's digit limit) raises ``error`` naming the file."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{path}: {what + ' ' if what else ''}is not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise error(f"{path}: {what + ' ' if what else ''}is not valid JSON (nested too deep)") from e
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise error(f"{path}: {what + ' ' if what else ''}is not valid JSON ({str(e)[:200]})") from e

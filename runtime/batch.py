@@ -154,7 +154,10 @@ def _id_problem(row_id: object) -> str | None:
 
 
 def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)  # repr escapes lone surrogates, so the message can always be written
+    try:
+        text = repr(value)  # repr escapes lone surrogates, so the message can always be written
+    except (ValueError, RecursionError):  # holds an integer over Python's digit limit, or too deep
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -163,7 +163,10 @@ def _check_object(obj: object, schema: dict[str, Field], root: Path, where: str,
 
 
 def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # holds an integer over Python's digit limit, or too deep
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
