@@ -25,6 +25,9 @@ from alter_edge.errors import BundleError
 from .bundle import DEFAULT_KV_NAMES, PRECISIONS
 
 STR, INT, LIST, DICT, NULL = (str,), (int,), (list,), (dict,), (type(None),)
+# Far above any model this runtime serves (SmolLM2-135M: 30 layers, 3 kv heads of 64), far below
+# what would exhaust memory when the loader builds names and caches from them.
+MAX_LAYERS, MAX_HEADS, MAX_HEAD_DIM, MAX_TOKENS = 1024, 1024, 8192, 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object",
                type(None): "null", float: "a number", bool: "true/false"}
@@ -45,6 +48,12 @@ class Field:
 
 def at_least(low: int) -> Check:
     return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def between(low: int, high: int) -> Check:
+    """Bounded: a loader builds per-layer names and allocates caches from these numbers, so
+    ``num_layers: 10**9`` must be refused, not run out of memory."""
+    return lambda v: None if low <= v <= high else f"must be in {low}..{high}"
 
 
 def one_of(allowed: Sequence[str]) -> Check:
@@ -81,15 +90,15 @@ GRAPH = {
     "ort": Field(STR + NULL, path=True),
 }
 KV_CACHE = {
-    "num_layers": Field(INT, required=True, check=at_least(1)),
-    "num_kv_heads": Field(INT, required=True, check=at_least(1)),
-    "head_dim": Field(INT, required=True, check=at_least(1)),
+    "num_layers": Field(INT, required=True, check=between(1, MAX_LAYERS)),
+    "num_kv_heads": Field(INT, required=True, check=between(1, MAX_HEADS)),
+    "head_dim": Field(INT, required=True, check=between(1, MAX_HEAD_DIM)),
     **{name: Field(STR, check=layer_pattern)
        for name in ("past_key", "past_value", "present_key", "present_value")},
 }
 GENERATION = {
-    "max_new_tokens": Field(INT, check=at_least(1)),
-    "max_prompt_tokens": Field(INT, check=at_least(1)),
+    "max_new_tokens": Field(INT, check=between(1, MAX_TOKENS)),
+    "max_prompt_tokens": Field(INT, check=between(1, MAX_TOKENS)),
 }
 MANIFEST = {
     "format": Field(STR, required=True),
@@ -113,6 +122,7 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
     graph's listed inputs/outputs match the KV-cache layout; raise one BundleError line."""
     root = Path(root)
     where = f"{root}/manifest.json"
+    confine(root, "manifest.json", "manifest.json itself")  # not a symlink leading out
     _check_object(manifest, schema, root, where, "")
     kv = manifest["kv_cache"]
     for i, g in enumerate(manifest["graphs"]):

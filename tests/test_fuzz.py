@@ -27,7 +27,7 @@ from alter_edge.runtime.bundle import load_bundle  # noqa: E402
 from alter_edge.runtime.manifest import validate_manifest  # noqa: E402
 
 EXAMPLES = int(os.environ.get("ALTER_EDGE_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+FUZZ = settings(max_examples=EXAMPLES, deadline=10_000, derandomize=False,  # ms: a hang fails, not stalls
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 TASKS = ("colour", "echo", "parity")
 

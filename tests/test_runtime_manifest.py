@@ -59,11 +59,14 @@ def _set(path, value):
     (_set(["eos_token_id"], True), r"eos_token_id must be an integer, got true/false"),
     (_set(["pad_token_id"], -1), r"pad_token_id must be >= 0, got -1"),
     (_set(["generation"], []), r"generation must be an object, got a list"),
-    (_set(["generation", "max_prompt_tokens"], 0), r"generation.max_prompt_tokens must be >= 1, got 0"),
+    (_set(["generation", "max_prompt_tokens"], 0), r"generation.max_prompt_tokens must be in 1..1048576, got 0"),
     (_set(["generation", "max_new_tokens"], 2.5), r"generation.max_new_tokens must be an integer, got a number"),
     (_set(["kv_cache", "past_key"], "past_key_values.key"), r"kv_cache.past_key must contain \{i\}"),
     (_set(["kv_cache", "present_value"], "present.{i}.{j}"), r"kv_cache.present_value may hold only the field"),
     (_set(["kv_cache", "num_layers"], "4"), r"kv_cache.num_layers must be an integer"),
+    (_set(["kv_cache", "num_layers"], 10**12), r"kv_cache.num_layers must be in 1..1024, got 1000000000000"),
+    (_set(["kv_cache", "head_dim"], 0), r"kv_cache.head_dim must be in 1..8192, got 0"),
+    (_set(["generation", "max_new_tokens"], 10**9), r"generation.max_new_tokens must be in 1..1048576"),
     (_set(["kv_cache"], None), r"kv_cache must be an object"),
     (lambda m: m["graphs"].__setitem__(0, "model.onnx"), r"graphs\[0\] must be an object"),
     (lambda m: m["graphs"][0].pop("sha256"), r"lacks the field 'graphs\[0\]\.sha256'"),
@@ -185,6 +188,13 @@ def test_symlink_leading_out_is_refused(bundle_copy, tmp_path, no_hashing):
     _edit(bundle_copy, lambda m: m["files"].__setitem__("extra.json", sha256_file(outside)))
     _refused_everywhere(bundle_copy, r"files entry 'extra.json' .* leads outside the bundle")
     assert not any(p.endswith("extra.json") for p in no_hashing)
+
+
+def test_manifest_symlink_leading_out_is_refused(bundle_copy, tmp_path):
+    outside = tmp_path / "manifest.json"
+    shutil.move(bundle_copy / "manifest.json", outside)
+    (bundle_copy / "manifest.json").symlink_to(outside)
+    _refused_everywhere(bundle_copy, r"manifest.json itself 'manifest.json' leads outside the bundle")
 
 
 def test_symlinked_folder_leading_out_is_refused(bundle_copy, tmp_path):
