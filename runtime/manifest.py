@@ -22,11 +22,14 @@ from pathlib import Path, PureWindowsPath
 
 from alter_edge.errors import BundleError
 
-from .bundle import DEFAULT_KV_NAMES, PRECISIONS
+from .bundle import PRECISIONS
+from .contract import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 
 STR, INT, LIST, DICT, NULL = (str,), (int,), (list,), (dict,), (type(None),)
 # Far above any model this runtime serves (SmolLM2-135M: 30 layers, 3 kv heads of 64), far below
 # what would exhaust memory when the loader builds names and caches from them.
+DEFAULT_KV_NAMES = {"past_key": PAST_KEY, "past_value": PAST_VALUE,
+                    "present_key": PRESENT_KEY, "present_value": PRESENT_VALUE}
 MAX_LAYERS, MAX_HEADS, MAX_HEAD_DIM, MAX_TOKENS = 1024, 1024, 8192, 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object",
@@ -88,6 +91,8 @@ GRAPH = {
     "inputs": Field(LIST, items=Field(STR)),
     "outputs": Field(LIST, items=Field(STR)),
     "ort": Field(STR + NULL, path=True),
+    "mode": Field(STR, check=one_of(("multitask", "task", "merged"))),
+    "external_data": Field(LIST, items=Field(STR, path=True)),  # weight files, listed in `files`
 }
 KV_CACHE = {
     "num_layers": Field(INT, required=True, check=between(1, MAX_LAYERS)),
@@ -108,6 +113,7 @@ MANIFEST = {
     "base_model": Field(DICT),
     "tasks": Field(LIST, items=Field(STR)),
     "opset": Field(INT),
+    "graph_contract": Field(STR),
     "eos_token_id": Field(INT, required=True, check=at_least(0)),
     "pad_token_id": Field(INT, required=True, check=at_least(0)),
     "kv_cache": Field(DICT, required=True, fields=KV_CACHE),
@@ -126,6 +132,9 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
     _check_object(manifest, schema, root, where, "")
     kv = manifest["kv_cache"]
     for i, g in enumerate(manifest["graphs"]):
+        for ext in g.get("external_data") or ():
+            if ext not in manifest["files"]:
+                raise BundleError(f"{where}: graphs[{i}] ({g['path']}) reads {ext}, which files does not list")
         for key, role in (("inputs", "past"), ("outputs", "present")):
             if key in g:
                 problem = kv_mismatch(g[key], kv, role)

@@ -71,7 +71,15 @@ def test_empty_list_in_empty_list_out(edge_model):
         edge_model.classify([], task="echo")
 
 
-def test_input_problems_are_data_errors(edge_model):
+def test_input_problems_are_data_errors(runtime_bundle, tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(runtime_bundle, tmp_path / "b")
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    m["generation"]["max_prompt_tokens"] = 64  # a cut prompt + labels inside the tiny model's 256 positions
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
+    edge_model = EdgeModel.load(tmp_path / "b", threads=1)
     with pytest.raises(DataError, match="input is empty"):
         edge_model.generate("   ", task="echo")
     with pytest.raises(DataError, match="input is not valid Unicode"):

@@ -235,9 +235,26 @@ def test_output_files_follow_the_umask(edge_model, tmp_path):
     assert stat.S_IMODE((tmp_path / "b.jsonl").stat().st_mode) == 0o600
 
 
-def test_empty_and_long_input_agree_between_texts_and_the_batch_job(runtime_bundle, edge_model, tmp_path):
+@pytest.fixture(scope="module")
+def short_bundle(runtime_bundle, tmp_path_factory):
+    """The test bundle with max_prompt_tokens 64: a cut prompt plus new tokens stays inside the
+    tiny model's 256 positions (the manifest is not hashed, so editing it is allowed)."""
+    import shutil
+
+    b = tmp_path_factory.mktemp("short") / "bundle"
+    shutil.copytree(runtime_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["generation"]["max_prompt_tokens"] = 64
+    (b / "manifest.json").write_text(json.dumps(m))
+    return b
+
+
+def test_empty_and_long_input_agree_between_texts_and_the_batch_job(short_bundle, tmp_path):
     """`run --task echo ""` and a batch row with empty input both refuse it; an over-long input is
     an error on both paths, and with --truncate both cut it and say so."""
+    from alter_edge.runtime import EdgeModel
+
+    runtime_bundle, edge_model = short_bundle, EdgeModel.load(short_bundle, threads=1)
     runner = CliRunner()
     r = runner.invoke(main, ["run", str(runtime_bundle), "--task", "echo", "--threads", "1", ""])
     assert r.exit_code == 1 and "input is empty" in r.output

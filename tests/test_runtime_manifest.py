@@ -37,8 +37,8 @@ def _refused_everywhere(b, match):
         assert "\n" not in str(e.value)
 
 
-def _graph(m, path="model.onnx"):
-    return next(g for g in m["graphs"] if g["path"] == path)
+def _graph(m, task=None):
+    return next(g for g in m["graphs"] if g.get("task") == task)
 
 
 def _set(path, value):
@@ -89,25 +89,31 @@ def test_manifest_not_an_object(bundle_copy):
 
 
 def test_num_layers_not_matching_the_graph(bundle_copy):
+    """The manifest lists no graph inputs: the graph itself is checked when opened."""
     n = load_bundle(bundle_copy).kv.num_layers
     _edit(bundle_copy, _set(["kv_cache", "num_layers"], n - 1))
-    _refused_everywhere(bundle_copy, rf"the graph has {n} layers, kv_cache.num_layers says {n - 1}")
-    _edit(bundle_copy, _set(["kv_cache", "num_layers"], n + 1))
-    _refused_everywhere(bundle_copy, rf"lacks past_key_values.{n}.key")
-
-
-def test_num_layers_caught_by_the_session_when_the_manifest_lists_no_io(bundle_copy):
-    """Without ``inputs``/``outputs`` lists the graph itself is checked when opened."""
-    n = load_bundle(bundle_copy).kv.num_layers
-
-    def fn(m):
-        m["kv_cache"]["num_layers"] = n - 1
-        for g in m["graphs"]:
-            g.pop("inputs", None)
-            g.pop("outputs", None)
-    _edit(bundle_copy, fn)
     load_bundle(bundle_copy)  # the manifest alone looks fine
     _refused_everywhere(bundle_copy, rf"graph takes input\(s\) past_key_values.{n - 1}.key.*num_layers {n - 1}")
+    _edit(bundle_copy, _set(["kv_cache", "num_layers"], n + 1))
+    _refused_everywhere(bundle_copy, rf"graph lacks input/output\(s\) past_key_values.{n}.key")
+
+
+def test_listed_inputs_are_checked_against_num_layers(bundle_copy):
+    """A manifest that lists a graph's inputs is checked at load, before any graph opens."""
+    n = load_bundle(bundle_copy).kv.num_layers
+    names = ["input_ids", "attention_mask", "task_ids",
+             *(f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value"))]
+
+    def fn(m, layers):
+        m["kv_cache"]["num_layers"] = layers
+        _graph(m)["inputs"] = names
+    _edit(bundle_copy, lambda m: fn(m, n - 1))
+    with pytest.raises(BundleError, match=rf"inputs: has past_key_values.{n - 1}.key: the graph has {n} layers, "
+                                          rf"kv_cache.num_layers says {n - 1}"):
+        load_bundle(bundle_copy)
+    _edit(bundle_copy, lambda m: fn(m, n + 1))
+    with pytest.raises(BundleError, match=rf"inputs: lacks past_key_values.{n}.key"):
+        load_bundle(bundle_copy)
 
 
 def test_bad_prompt_template_in_tasks_json(bundle_copy):
@@ -127,7 +133,7 @@ def test_unknown_optional_fields_are_allowed(bundle_copy):
     """A newer exporter may add optional fields (format v2); the schema does not refuse them."""
     def fn(m):
         m["something_new"] = {"x": 1}
-        m["graphs"][0]["external_data"] = None
+        m["graphs"][0]["future_field"] = None
     _edit(bundle_copy, fn)
     assert verify_bundle(bundle_copy)["something_new"] == {"x": 1}
 
@@ -161,7 +167,7 @@ def test_graph_path_outside_is_refused_before_it_is_opened(bundle_copy, no_hashi
 
 
 def test_absolute_path_to_another_bundles_real_graph_is_refused(bundle_copy, runtime_bundle):
-    other = (runtime_bundle / "model.onnx").resolve()
+    other = (runtime_bundle / load_bundle(runtime_bundle).graph_for(None).path).resolve()
     _edit(bundle_copy, lambda m: _graph(m).__setitem__("path", str(other)))
     _refused_everywhere(bundle_copy, r"graphs\[\d\]\.path .* is absolute")
 
@@ -199,11 +205,19 @@ def test_manifest_symlink_leading_out_is_refused(bundle_copy, tmp_path):
 
 def test_symlinked_folder_leading_out_is_refused(bundle_copy, tmp_path):
     real = tmp_path / "elsewhere"
-    (real / "echo").mkdir(parents=True)
-    shutil.move(bundle_copy / "tasks" / "echo" / "model.onnx", real / "echo" / "model.onnx")
-    shutil.rmtree(bundle_copy / "tasks")
-    (bundle_copy / "tasks").symlink_to(real)
-    _refused_everywhere(bundle_copy, r"graphs\[\d\]\.path 'tasks/echo/model.onnx' leads outside")
+    real.mkdir()
+    name = load_bundle(bundle_copy).graph_for("echo").path
+    shutil.move(bundle_copy / name, real / name)
+    (bundle_copy / "sub").symlink_to(real)
+    _edit(bundle_copy, lambda m: _graph(m, "echo").__setitem__("path", f"sub/{name}"))
+    _refused_everywhere(bundle_copy, rf"graphs\[\d\]\.path 'sub/{name}' leads outside")
+
+
+def test_external_data_outside_or_unlisted_is_refused(bundle_copy):
+    _edit(bundle_copy, lambda m: _graph(m).__setitem__("external_data", ["../weights.fp32.bin"]))
+    _refused_everywhere(bundle_copy, r"graphs\[\d\]\.external_data\[0\] '\.\./weights\.fp32\.bin' has")
+    _edit(bundle_copy, lambda m: _graph(m).__setitem__("external_data", ["other.bin"]))
+    _refused_everywhere(bundle_copy, r"reads other.bin, which files does not list")
 
 
 def test_symlink_inside_the_bundle_is_fine(tmp_path):
@@ -216,17 +230,17 @@ def test_symlink_inside_the_bundle_is_fine(tmp_path):
 
 
 def test_validator_refuses_paths_in_any_marked_field(tmp_path):
-    """A future field marked ``path=True`` (v2's external-data files) is confined the same way."""
+    """A future field marked ``path=True`` is confined like ``external_data`` is."""
     from alter_edge.runtime.manifest import GRAPH, MANIFEST, Field
 
     schema = {**MANIFEST, "graphs": Field((list,), required=True, items=Field((dict,), fields={
-        **GRAPH, "external_data": Field((list,), items=Field((str,), path=True))}))}
+        **GRAPH, "adapter_files": Field((list,), items=Field((str,), path=True))}))}
     m = json.loads(json.dumps({
         "format": "alter-edge-bundle", "format_version": 1, "eos_token_id": 0, "pad_token_id": 0,
         "kv_cache": {"num_layers": 1, "num_kv_heads": 1, "head_dim": 1},
-        "graphs": [{"path": "model.onnx", "sha256": "0" * 64, "external_data": ["../w.bin"]}],
+        "graphs": [{"path": "model.onnx", "sha256": "0" * 64, "adapter_files": ["../w.bin"]}],
         "files": {}}))
-    with pytest.raises(BundleError, match=r"graphs\[0\]\.external_data\[0\] '\.\./w\.bin'"):
+    with pytest.raises(BundleError, match=r"graphs\[0\]\.adapter_files\[0\] '\.\./w\.bin'"):
         validate_manifest(m, tmp_path, schema)
-    m["graphs"][0]["external_data"] = ["weights/base.int8.bin"]
+    m["graphs"][0]["adapter_files"] = ["weights/base.int8.bin"]
     validate_manifest(m, tmp_path, schema)
