@@ -7,8 +7,8 @@ path inside the bundle. Fields the tables do not name are allowed, so a newer ex
 optional ones; adding a field here is one line. Every problem is one :class:`BundleError` line
 naming the field (``graphs[1].path``, ``generation.max_prompt_tokens``).
 
-Paths (a graph's ``path`` and ``ort``, every key of ``files``, and any field marked
-``path=True``) must be relative, in ``/`` form, without ``.``/``..`` parts, and must resolve
+Paths (a graph's ``path``, ``ort`` and ``external_data``, every key of ``files``, and any
+field marked ``path=True``) must be relative, in ``/`` form, without ``.``/``..`` parts, and must resolve
 (symlinks followed) inside the bundle directory: :func:`confine` refuses anything else before
 the file is opened.
 """
@@ -26,10 +26,10 @@ from .bundle import PRECISIONS
 from .contract import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 
 STR, INT, LIST, DICT, NULL = (str,), (int,), (list,), (dict,), (type(None),)
-# Far above any model this runtime serves (SmolLM2-135M: 30 layers, 3 kv heads of 64), far below
-# what would exhaust memory when the loader builds names and caches from them.
 DEFAULT_KV_NAMES = {"past_key": PAST_KEY, "past_value": PAST_VALUE,
                     "present_key": PRESENT_KEY, "present_value": PRESENT_VALUE}
+# Far above any model this runtime serves (SmolLM2-135M: 30 layers, 3 kv heads of 64), far below
+# what would exhaust memory when the loader builds names and caches from them.
 MAX_LAYERS, MAX_HEADS, MAX_HEAD_DIM, MAX_TOKENS = 1024, 1024, 8192, 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object",
