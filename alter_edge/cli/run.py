@@ -1,36 +1,24 @@
-"""``alter-edge run`` and ``alter-edge bench`` (registered by alter_edge.cli when present)."""
+"""``alter-edge run`` and ``alter-edge bench``: the torch-free runtime (base install only)."""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import click
 
-from .bundle import PRECISIONS
-from .session import OPT_LEVELS
+from alter_edge.runtime.bundle import PRECISIONS
+from alter_edge.runtime.session import OPT_LEVELS
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
+from .common import CONTEXT, cli_message, echo_json, handle_errors
+
 EXIT_ROWS_FAILED = 3  # the batch job finished but some rows are error records
 EXIT_INTERRUPTED = 130
 
 
-def _friendly(fn):
-    """alter_edge.cli.friendly_errors, imported late (alter_edge.cli imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from alter_edge.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _load(bundle: Path, threads: int | None, precision: str | None, optimization: str = "all",
           tasks: list[str] | None = None):
-    from .model import EdgeModel
+    from alter_edge.runtime.model import EdgeModel
 
     return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization,
                           tasks=tasks)
@@ -64,7 +52,7 @@ def _session_options(fn):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_session_options
 @click.pass_context
-@_friendly
+@handle_errors()
 def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resume, truncate,
             max_new_tokens, generate_labels, stream, as_json, quiet, threads, precision) -> None:
     """Run a bundle on texts, or on a JSONL file as a resumable batch job.
@@ -82,7 +70,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
             raise click.UsageError("give texts or --input, not both")
         if output_path is None:
             raise click.UsageError("--input needs --output")
-        from .batch import BatchOptions, check_paths, run_jsonl
+        from alter_edge.runtime.batch import BatchOptions, check_paths, run_jsonl
 
         check_paths(input_path, output_path)  # before the model loads
         model = _load(bundle, threads, precision)
@@ -96,7 +84,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
         click.echo(f"{summary.rows} rows ({summary.resumed} resumed), {summary.failed} failed, "
                    f"{summary.seconds:.1f}s -> {output_path}", err=True)
         for e in summary.errors[:5]:
-            click.echo(f"  {e}", err=True)
+            click.echo(f"  {cli_message(e)}", err=True)
         if summary.failed:
             ctx.exit(EXIT_ROWS_FAILED)
         return
@@ -139,7 +127,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
 @click.option("--optimization", type=click.Choice(list(OPT_LEVELS)), default="all", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_session_options
-@_friendly
+@handle_errors()
 def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as_json, threads,
               precision) -> None:
     """Time a bundle: load, time to first token, decode tok/s (batch 1 and 8), classify rows/s,
@@ -148,13 +136,13 @@ def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as
     \b
     alter-edge bench bundle --threads 2 --json
     """
-    from .bench import run_bench
+    from alter_edge.runtime.bench import run_bench
 
     model = _load(bundle, threads, precision, optimization, tasks=[task] if task else None)
     res = run_bench(model, task, prompt_tokens, new_tokens, repeats)
     res["threads"] = threads
     if as_json:
-        click.echo(json.dumps(res, indent=2, sort_keys=True))
+        echo_json(res)
         return
     for k, v in res.items():
         click.echo(f"{k:>18}: {v}")
