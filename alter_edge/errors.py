@@ -29,3 +29,7 @@ class CheckpointError(AlterEdgeError, ValueError):
 
 class BundleError(AlterEdgeError, ValueError):
     """A bundle directory that is missing, corrupt, tampered with or mismatched."""
+
+
+class OutputError(AlterEdgeError, OSError):
+    """An output location that cannot be written (read-only, full, or the input itself)."""

@@ -41,13 +41,33 @@ class TaskSpec:
             raise TaskError(f"task {self.name!r}: a classify task needs at least 2 labels")
         if len(set(self.labels)) != len(self.labels):
             raise TaskError(f"task {self.name!r}: labels repeat")
-        if "{input}" not in self.prompt_template:
-            raise TaskError(f"task {self.name!r}: prompt_template must contain '{{input}}'")
+        if any(not isinstance(lab, str) or not lab for lab in self.labels):
+            raise TaskError(f"task {self.name!r}: labels must be non-empty strings, got {list(self.labels)!r}")
+        if not isinstance(self.prompt_template, str) or "{input}" not in self.prompt_template:
+            raise TaskError(f"task {self.name!r}: prompt_template must be a string containing "
+                            f"'{{input}}', got {self.prompt_template!r}")
+        try:  # "{0}", "{other}", "{input.x}", a lone "{": each fails when a prompt is built
+            self.prompt_template.format(input="")
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise TaskError(f"task {self.name!r}: prompt_template {self.prompt_template!r} may hold "
+                            f"only the field {{input}} (braces doubled as {{{{ }}}}): {e!r}") from e
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["labels"] = list(self.labels)
         return d
+
+
+def _task_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TaskError(f"tasks.json: a task id must be an integer, got {value!r}")
+    return value
+
+
+def _labels(value: object) -> tuple:
+    if not isinstance(value, list):
+        raise TaskError(f"tasks.json: labels must be a list of strings, got {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -119,16 +139,18 @@ class TaskRegistry:
             specs = [
                 TaskSpec(
                     name=t["name"],
-                    id=int(t["id"]),
+                    id=_task_id(t["id"]),
                     kind=t["kind"],
-                    labels=tuple(t.get("labels", ())),
+                    labels=_labels(t.get("labels", [])),
                     prompt_template=t.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
                     group=t.get("group", ""),
                 )
                 for t in d["tasks"]
             ]
-        except (KeyError, TypeError) as e:
-            raise TaskError(f"tasks.json: a task entry lacks a field or has a wrong type ({e})") from e
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, TaskError):
+                raise
+            raise TaskError(f"tasks.json: a task entry lacks a field or has a wrong type ({e!r})") from e
         return cls(tuple(specs))
 
     def save(self, path: str | Path) -> None:

@@ -314,14 +314,14 @@ def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, 
             idx = mine[s : s + batch_size]
             batch = [rows[i] for i in idx]
             texts = [r.input for r in batch]
-            gens = m.generate(texts, task=spec.name, max_new_tokens=budget)
+            gens = m.generate(texts, task=spec.name, max_new_tokens=budget, truncate=True)  # as eval
             for i, g in zip(idx, gens, strict=True):
                 preds[i] = g.text
             sums[spec.name] = sums.get(spec.name, 0.0) + sum(
                 fn(g.text, r.target) for g, r in zip(gens, batch, strict=True))
             if spec.kind == "classify":
                 hits += sum(c.label == r.target.strip()
-                            for c, r in zip(m.classify(texts, task=spec.name), batch, strict=True))
+                            for c, r in zip(m.classify(texts, task=spec.name, truncate=True), batch, strict=True))
             bar.update(len(batch))
         counts[spec.name] = len(mine)
         if spec.kind == "classify":

@@ -36,11 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         if not text:
             break
         if spec.kind == "classify":
-            c = model.classify(text, spec.name)
+            c = model.classify(text, spec.name, truncate=True)
             sys.stdout.write(f"{c.label}  ({c.probability:.2f})\n")
         else:
             t1, n = time.perf_counter(), 0
-            for ev in model.stream(text, task=spec.name, max_new_tokens=args.max_new_tokens):
+            for ev in model.stream(text, task=spec.name, max_new_tokens=args.max_new_tokens,
+                                   truncate=True):
                 sys.stdout.write(ev.text)
                 sys.stdout.flush()
                 n += ev.token_id is not None

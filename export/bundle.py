@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from alter_edge.io import atomic_write_text, sha256_file
-from alter_edge.runtime.bundle import BUNDLE_FORMAT, SUPPORTED_FORMAT_VERSIONS, load_bundle
+from alter_edge.runtime.bundle import BUNDLE_FORMAT, SUPPORTED_FORMAT_VERSIONS
 
 FORMAT = BUNDLE_FORMAT
 FORMAT_VERSION = max(SUPPORTED_FORMAT_VERSIONS)  # what the exporter writes
@@ -41,14 +41,17 @@ def write_manifest(bundle: Path, meta: dict, graphs: list[dict]) -> dict:
 
 
 def verify_bundle(bundle: Path) -> dict:
-    """Every check the runtime makes when it loads the bundle (``runtime.bundle.load_bundle``:
-    format, version, fields, tasks, every listed file's sha256, no unlisted file), plus the
-    sha256 of every graph, which the runtime checks only when it opens one. One reader, so
-    ``inspect`` and the runtime can never disagree. Returns the manifest."""
-    loaded = load_bundle(Path(bundle), verify=True)
-    for graph in loaded.graphs:
-        loaded.check_graph(graph)
-    return loaded.manifest
+    """Every check the runtime makes when it loads the bundle and serves a request
+    (``runtime.bundle.load_bundle``: format, version, the manifest's schema and path
+    confinement, tasks, every listed file's sha256, no unlisted file; then the tokenizer and,
+    one at a time, each graph: sha256, onnxruntime session, KV layout, vocabulary; each ``.ort``
+    twin's sha256). One reader, so ``inspect`` passes only a bundle the runtime can run.
+    Returns the manifest."""
+    from alter_edge.runtime.model import EdgeModel
+
+    model = EdgeModel.load(Path(bundle), threads=1, optimization="disable", verify=True, tasks=())
+    model.verify_graphs()
+    return model.bundle.manifest
 
 
 def describe(manifest: dict) -> list[str]:
@@ -67,7 +70,7 @@ def describe(manifest: dict) -> list[str]:
     for g in manifest["graphs"]:
         task = g.get("task") or "(multi-task)"
         lines.append(f"  {g['path']:<32} {task:<16} {g['precision']:<5} {g.get('mode', ''):<9} "
-                     f"{g['bytes'] / 1e6:9.2f} MB  {g['sha256'][:12]}")
+                     f"{g.get('bytes', 0) / 1e6:9.2f} MB  {g['sha256'][:12]}")
     lines.append("files:")
     lines += [f"  {rel:<40} {digest[:12]}" for rel, digest in manifest["files"].items()]
     return lines

@@ -1,37 +1,41 @@
 """Batch inference over a JSONL file, resumable, with one output record per input row.
 
 Input rows are ``{"id": ..., "task": ..., "input": ...}`` (``task`` optional when a default
-task is given). A bad row (not JSON, no input, unknown task, an input over the bundle's
-``max_prompt_tokens``) becomes an error record ``{"id", "line", "error"}`` and the run goes
-on. Rows are grouped by task and sorted by length into batches; the output keeps the input
-order and is written atomically at the end.
+task is given). A bad row (not UTF-8, not JSON, NaN or a number too big to read, nesting too
+deep, an ``id`` that is not a string/finite number/null or not valid Unicode, no or empty
+input, unknown task, an input over the bundle's ``max_prompt_tokens``) becomes an error record
+``{"id", "line", "error"}`` and the run goes on: no line, however bad, stops the job. Rows are
+grouped by task and sorted by length into batches; the output keeps the input order and is
+written atomically at the end.
 
-Progress survives a crash in ``OUTPUT.partial``: a header line (input hash, options, bundle)
-then one finished record per line, appended and fsync'ed after every batch. A torn last line
-(a kill mid-write) is dropped on resume, so ``--resume`` redoes at most one batch and the
-final file equals an uninterrupted run's.
+Progress survives a crash in ``OUTPUT.partial``: a header line (input hash, effective
+settings, bundle) then one finished record per line, appended and fsync'ed after every batch.
+A torn last line (a kill mid-write) is dropped on resume, so a resumed run redoes at most one
+batch and the final file equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from alter_edge.data import parse_line
-from alter_edge.errors import DataError, TaskError
-from alter_edge.io import atomic_write_text, sha256_file
+from alter_edge.errors import ConfigError, DataError, OutputError, TaskError
+from alter_edge.io import atomic_write_bytes, sha256_file
 
 from .generate import SamplingParams
-from .model import EdgeModel, collect
+from .model import EdgeModel, collect, input_problem
 
 log = logging.getLogger(__name__)
 
-PARTIAL_VERSION = 1
+PARTIAL_VERSION = 2  # 2: effective settings in the header
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,11 @@ class BatchOptions:
     generate_labels: bool = False  # classify tasks: generate freely instead of scoring the labels
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise DataError(f"batch size must be >= 1, got {self.batch_size}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+        if self.max_new_tokens is not None and (isinstance(self.max_new_tokens, bool) or not isinstance(
+                self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ConfigError(f"max_new_tokens must be an integer >= 1 or None, got {self.max_new_tokens!r}")
 
 
 @dataclass
@@ -67,44 +74,119 @@ class _Row:
     id: object
     task: str
     prompt: list[int]
+    truncated: bool = False
+    default_task: bool = False  # the row has no task of its own
+
+
+class ParsedRow(NamedTuple):
+    id: object
+    task: str
+    input: str
+    default_task: bool  # the task came from the job's default
+
+
+class RowError(DataError):
+    """A bad row; ``row_id`` is its id when that much of it was readable (else None)."""
+
+    def __init__(self, message: str, row_id: object = None):
+        super().__init__(message)
+        self.row_id = row_id
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_row(raw: bytes, lineno: int, default_task: str | None,
+              known_tasks: Collection[str]) -> ParsedRow:
+    """One JSONL line of the batch job -> a :class:`ParsedRow`, or a :class:`RowError` naming the
+    line. The id is a string, a finite number or null, valid Unicode (it is written back); the
+    input a non-empty string; the task one of ``known_tasks``. Anything else (not UTF-8, not
+    JSON, NaN, a 5,000-digit number, nesting deeper than the parser goes) is a RowError, never
+    another exception."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RowError(f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise RowError(f"line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise RowError(f"line {lineno}: not valid JSON (nested too deep)") from None
+    except ValueError as e:  # NaN/Infinity, an integer over Python's digit limit
+        raise RowError(f"line {lineno}: not valid JSON ({str(e)[:120]})") from None
+    if not isinstance(obj, dict):
+        raise RowError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
+    row_id = obj.get("id")
+    problem = _id_problem(row_id)
+    if problem:
+        raise RowError(f"line {lineno}: field 'id' {problem}")
+    if "input" not in obj:
+        raise RowError(f"line {lineno}: missing field(s) input; each row needs input", row_id)
+    text_in = obj["input"]
+    if not isinstance(text_in, str):
+        raise RowError(f"line {lineno}: field 'input' must be a string, got {type(text_in).__name__}", row_id)
+    problem = input_problem(text_in)
+    if problem:
+        raise RowError(f"line {lineno}: field 'input' {problem}", row_id)
+    task = obj.get("task", default_task)
+    if task is None:
+        raise RowError(f"line {lineno}: no task (give the row a 'task', or give the job a default task)", row_id)
+    if not isinstance(task, str) or task not in known_tasks:
+        raise RowError(f"line {lineno}: unknown task {_short(task)}; known tasks: "
+                       f"{', '.join(sorted(known_tasks))}", row_id)
+    return ParsedRow(row_id, task, text_in, "task" not in obj)
+
+
+def _id_problem(row_id: object) -> str | None:
+    if row_id is None or isinstance(row_id, (bool, int)):
+        return None
+    if isinstance(row_id, float):
+        return None if math.isfinite(row_id) else f"must be a finite number, got {row_id!r}"
+    if isinstance(row_id, str):
+        try:
+            row_id.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"is not valid Unicode (a lone surrogate {row_id[e.start]!r} at character {e.start})"
+        return None
+    return f"must be a string, a number or null, got {type(row_id).__name__}"
+
+
+def _short(value: object, limit: int = 80) -> str:
+    try:
+        text = repr(value)  # repr escapes lone surrogates, so the message can always be written
+    except (ValueError, RecursionError):  # holds an integer over Python's digit limit, or too deep
+        text = f"<a {type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[_Row], dict[int, dict]]:
-    """(good rows, error records by line). Blank lines are skipped."""
+    """(good rows, error records by line). Blank lines are skipped. No line, however bad,
+    stops the reading: each becomes one error record."""
     rows: list[_Row] = []
     errors: dict[int, dict] = {}
+    known = set(model.tasks.names)
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
             row_id = None
             try:
-                obj = parse_line(raw.rstrip(b"\r\n"), lineno, fields=("input",))
-                row_id = obj.get("id")
-                task = obj.get("task", opts.task)
-                if task is None:
-                    raise DataError(f"line {lineno}: no task (give the row a 'task' or pass a default `task`)")
-                if not isinstance(task, str) or task not in model.tasks:
-                    raise DataError(f"line {lineno}: unknown task {task!r}; known tasks: "
-                                    f"{', '.join(model.tasks.names)}")
-                prompt, full = model.encode(obj["input"], task)
-                limit = model.bundle.max_prompt_tokens
-                if full > limit and not opts.truncate:
-                    raise DataError(f"line {lineno}: input is {full} tokens with its prompt, over the "
-                                    f"bundle's max_prompt_tokens {limit} (`truncate` cuts it in the middle to {limit} tokens, as training did)")
-                rows.append(_Row(lineno, row_id, task, prompt))
-            except (DataError, TaskError) as e:
-                errors[lineno] = {"id": row_id if row_id is not None else _best_effort_id(raw),
-                                  "line": lineno, "error": str(e)}
+                parsed = parse_row(raw.rstrip(b"\r\n"), lineno, opts.task, known)
+                row_id = parsed.id
+                try:
+                    prompt, cut = model.prompt_ids(parsed.input, parsed.task, opts.truncate)
+                except (DataError, TaskError) as e:
+                    raise RowError(f"line {lineno}: {e}", row_id) from e
+                rows.append(_Row(lineno, row_id, parsed.task, prompt, cut, parsed.default_task))
+            except RowError as e:
+                errors[lineno] = {"id": e.row_id, "line": lineno, "error": str(e)}
+            except Exception as e:  # a row must never cost the others: record it, go on
+                log.exception("line %d could not be read", lineno)
+                errors[lineno] = {"id": row_id, "line": lineno,
+                                  "error": f"line {lineno}: cannot be read ({type(e).__name__}: {_short(str(e))})"}
     return rows, errors
-
-
-def _best_effort_id(raw: bytes) -> object:
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return obj.get("id") if isinstance(obj, dict) else None
 
 
 def plan_batches(rows: list[_Row], batch_size: int) -> list[list[_Row]]:
@@ -123,14 +205,37 @@ def run_batch_rows(model: EdgeModel, batch: list[_Row], opts: BatchOptions) -> l
     spec = model.tasks.get(task)
     prompts = [r.prompt for r in batch]
     if spec.kind == "classify" and spec.labels and not opts.generate_labels:
-        return [{"id": r.id, "line": r.line, "task": task, "output": c.label,
+        recs = [{"id": r.id, "line": r.line, "task": task, "output": c.label,
                  "probability": round(c.probability, 6),
                  "scores": {k: round(v, 6) for k, v in c.scores.items()}}
                 for r, c in zip(batch, model.classify_ids(prompts, task), strict=True)]
-    params = SamplingParams(opts.max_new_tokens or model.bundle.max_new_tokens)
-    gens = collect(model.stream_ids(prompts, [spec] * len(batch), params), len(batch), [task] * len(batch))
-    return [{"id": r.id, "line": r.line, "task": task, "output": g.text.strip(),
-             "finish_reason": g.finish_reason} for r, g in zip(batch, gens, strict=True)]
+    else:
+        params = SamplingParams(_budget(model, opts))
+        gens = collect(model.stream_ids(prompts, [spec] * len(batch), params), len(batch), [task] * len(batch))
+        recs = [{"id": r.id, "line": r.line, "task": task, "output": g.text.strip(),
+                 "finish_reason": g.finish_reason} for r, g in zip(batch, gens, strict=True)]
+    for r, rec in zip(batch, recs, strict=True):
+        if r.truncated:
+            rec["truncated"] = True
+    return recs
+
+
+def _budget(model: EdgeModel, opts: BatchOptions) -> int:
+    return model.bundle.max_new_tokens if opts.max_new_tokens is None else opts.max_new_tokens
+
+
+def jsonl(records) -> bytes:
+    """JSONL bytes of ``records``. A record that cannot be written as strict JSON (NaN, a lone
+    surrogate) becomes that line's error record instead of stopping the job."""
+    out = []
+    for r in records:
+        try:
+            out.append(json.dumps(r, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+        except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as e:
+            line = r.get("line") if isinstance(r.get("line"), int) else None
+            out.append(json.dumps({"id": None, "line": line, "error": f"line {line}: the result cannot "
+                                   f"be written as JSON ({type(e).__name__})"}).encode())
+    return b"".join(x + b"\n" for x in out)
 
 
 class PartialFile:
@@ -141,25 +246,27 @@ class PartialFile:
         self.header = {"alter_edge_partial": PARTIAL_VERSION, **header}
 
     def load(self) -> dict[int, dict]:
-        """Records of an earlier run with the same header (else an error); rewrites the file
-        (atomically) without a torn last line."""
+        """Records of an earlier run with the same header (else a DataError naming what
+        differs); rewrites the file (atomically) without a torn last line. No file (or one the
+        kill left without a header): a fresh start."""
         if not self.path.is_file():
+            self.start()
             return {}
         lines = self.path.read_bytes().split(b"\n")
         try:
             head = json.loads(lines[0])
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
             head = None
+        if not isinstance(head, dict) or "alter_edge_partial" not in head:
+            raise DataError(f"{self.path} is not a progress file of this job (no header line); delete it to start over")
         if head != self.header:
-            raise DataError(
-                f"{self.path} belongs to a different run (input file, options or bundle changed); "
-                "delete it or run without `resume`"
-            )
+            raise DataError(f"{self.path} belongs to a different run ({header_difference(head, self.header)}); "
+                            "delete it to start over, or run with the same settings")
         done: dict[int, dict] = {}
         for raw in lines[1:]:
             try:
                 rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
                 continue  # a torn line from a kill mid-write
             if isinstance(rec, dict) and isinstance(rec.get("line"), int):
                 done[rec["line"]] = rec
@@ -170,36 +277,88 @@ class PartialFile:
         self._write([])
 
     def _write(self, records) -> None:
-        text = json.dumps(self.header, sort_keys=True) + "\n"
-        text += "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        atomic_write_text(self.path, text)
+        # ensure_ascii: the header is plain ASCII whatever a setting holds
+        head = json.dumps(self.header, sort_keys=True).encode() + b"\n"
+        atomic_write_bytes(self.path, head + jsonl(records))
 
     def append(self, records: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        with open(self.path, "ab") as f:
+            f.write(jsonl(records))
             f.flush()
             os.fsync(f.fileno())
+
+
+def header_difference(old: dict, new: dict) -> str:
+    """Which settings differ between two progress headers, in words."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    a, b = flat(old), flat(new)
+    diffs = []
+    for k in sorted({*a, *b}):
+        if a.get(k) != b.get(k):
+            name = k.removeprefix("options.")
+            if k == "input_sha256":
+                diffs.append("the input file changed")
+            elif k == "alter_edge_partial":
+                diffs.append(f"progress format {a.get(k)!r} there, {b.get(k)!r} now")
+            else:
+                diffs.append(f"{name} {_short(a.get(k), 40)} there, {_short(b.get(k), 40)} now")
+    return "; ".join(diffs) or "the header differs"
+
+
+def check_paths(input_path: str | Path, output_path: str | Path) -> None:
+    """Refuse, before any model is loaded: a missing input; an output (or its ``.partial``) that
+    is the input file, also through a symlink or hard link; an output location that cannot be
+    written (read-only, full, not a folder). Creates the output's folder when missing."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise DataError(f"input file not found: {input_path}")
+    partial = output_path.with_name(output_path.name + ".partial")
+    for target in (output_path, partial):
+        if target.exists() and os.path.samefile(target, input_path):
+            raise OutputError(f"output {target} is the input file {input_path}: writing it would "
+                              "overwrite the input; choose another output")
+    if output_path.is_dir():
+        raise OutputError(f"output {output_path} is a folder; give a file name")
+    folder = output_path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".probe", dir=folder)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write the output in {folder}: {e.strerror or e}") from e
 
 
 def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
               opts: BatchOptions = BatchOptions(), resume: bool = False, progress: bool = True,
               on_batch: Callable[[int], None] | None = None) -> BatchSummary:
-    """Run every row of ``input_path``; write ``output_path`` (JSONL, input order). ``on_batch``
-    is called with the batch index after each batch is saved (tests use it to interrupt)."""
+    """Run every row of ``input_path``; write ``output_path`` (JSONL, input order). With
+    ``resume``, rows an earlier run saved in ``OUTPUT.partial`` are kept (or a fresh start when
+    there is none). ``on_batch`` is called with the batch index after each batch is saved
+    (tests use it to interrupt)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
-    if not input_path.is_file():
-        raise DataError(f"input file not found: {input_path}")
+    check_paths(input_path, output_path)
+    if opts.task is not None:
+        model.tasks.get(opts.task)  # an unknown default task fails the job, not every row
     rows, errors = read_rows(model, input_path, opts)
-    header = {"input_sha256": sha256_file(input_path), "options": asdict(opts),
-              "bundle": model.bundle.manifest.get("checkpoint_sha256"),
-              "precision": model.precision}
-    partial = PartialFile(output_path.with_name(output_path.name + ".partial"), header)
-    done = partial.load() if resume else {}
-    if not resume:
-        partial.start()
+    partial = PartialFile(output_path.with_name(output_path.name + ".partial"),
+                          _header(model, input_path, opts, rows))
+    try:
+        done = partial.load() if resume else (partial.start() or {})
+    except OSError as e:
+        raise OutputError(f"cannot write {partial.path}: {e.strerror or e}") from e
     summary = BatchSummary(rows=len(rows) + len(errors), output=str(output_path))
     todo = [r for r in rows if r.line not in done]
     summary.resumed = len(rows) - len(todo)
@@ -207,14 +366,22 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
                dynamic_ncols=True, smoothing=0.1)
     for b, batch in enumerate(plan_batches(todo, opts.batch_size)):
         records = run_batch_rows(model, batch, opts)
-        partial.append(records)
+        try:
+            partial.append(records)
+        except OSError as e:
+            raise OutputError(f"cannot save progress in {partial.path}: {e.strerror or e}; the rows "
+                              "saved before are kept there for a resumed run") from e
         done.update((r["line"], r) for r in records)
         bar.update(len(batch))
         if on_batch is not None:
             on_batch(b)
     bar.close()
     out = [done.get(line) or errors[line] for line in sorted({*done, *errors})]
-    atomic_write_text(output_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    try:
+        atomic_write_bytes(output_path, jsonl(out))
+    except OSError as e:
+        raise OutputError(f"cannot write {output_path}: {e.strerror or e}; every row is saved in "
+                          f"{partial.path} for a resumed run") from e
     partial.path.unlink(missing_ok=True)
     summary.failed = len(errors)
     summary.ok = summary.rows - summary.failed
@@ -222,3 +389,22 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
     summary.seconds = round(time.perf_counter() - t0, 3)
     log.info("batch: %d rows, %d failed, %.1fs", summary.rows, summary.failed, summary.seconds)
     return summary
+
+
+def _header(model: EdgeModel, input_path: Path, opts: BatchOptions, rows: list[_Row]) -> dict:
+    """What decides the results, as effective values: a setting equal to its default, or one
+    that no row uses, is not a difference (a default task no row falls back on, truncate when no
+    row is over-long, max_new_tokens equal to the bundle's)."""
+    tasks = {model.tasks.get(r.task) for r in rows}
+    generates = any(t.kind != "classify" or not t.labels or opts.generate_labels for t in tasks)
+    options = {
+        "task": opts.task if any(r.default_task for r in rows) else None,
+        "batch_size": opts.batch_size,
+        "max_new_tokens": _budget(model, opts) if generates else None,
+        "truncate": opts.truncate and any(r.truncated for r in rows),
+        "generate_labels": opts.generate_labels and any(t.kind == "classify" for t in tasks),
+    }
+    return {"input_sha256": sha256_file(input_path), "options": options,
+            "bundle": model.bundle.manifest.get("checkpoint_sha256"), "precision": model.default_precision}
+
+

@@ -167,6 +167,9 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
             f"{root}: bundle format_version {version!r} is not supported; this runtime reads "
             f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} (re-export, or upgrade alter-edge)"
         )
+    from .manifest import validate_manifest  # schema + path confinement, before any file is opened
+
+    validate_manifest(m, root)
     graphs = []
     for g in _field(m, "graphs", root):
         try:

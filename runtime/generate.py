@@ -10,6 +10,8 @@ reference ``training.evaluate.greedy_generate`` token for token.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,21 +35,37 @@ class SamplingParams:
     ignore_eos: bool = False  # benchmarks: always run max_new_tokens steps
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
+        if isinstance(self.stop, str):  # one stop string, not its letters
+            object.__setattr__(self, "stop", (self.stop,))
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not _is_real(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ConfigError(f"seed must be an integer >= 0 or None, got {self.seed!r}")
+        try:
+            stop = tuple(self.stop)
+        except TypeError:
+            raise ConfigError(f"stop must be a string or a list of strings, got {self.stop!r}") from None
+        if any(not isinstance(s, str) or not s for s in stop):
             raise ConfigError(f"stop strings must be non-empty strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop", stop)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from alter_edge.errors import BundleError, TaskError
+from alter_edge.errors import BundleError, ConfigError, DataError, TaskError
 from alter_edge.prompts import encode_prompt, label_token_ids
 from alter_edge.tasks import TaskRegistry, TaskSpec
 
-from .bundle import Bundle, GraphInfo, check_vocab, load_bundle
+from .bundle import PRECISIONS, Bundle, GraphInfo, check_vocab, load_bundle
 from .generate import RowText, SamplingParams, decode
 from .scoring import label_probabilities, score_labels
 from .session import GraphRunner, check_providers, session_options
@@ -43,6 +43,7 @@ class Generation:
     token_ids: list[int]
     finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens)
     task: str
+    truncated: bool = False  # the prompt was cut in the middle to max_prompt_tokens
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Classification:
     probability: float  # softmax over the labels' log-likelihoods
     scores: dict[str, float]  # label -> log-likelihood of its tokens (with eos)
     task: str
+    truncated: bool = False  # the prompt was cut in the middle to max_prompt_tokens
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class EdgeModel:
     def __init__(self, bundle: Bundle, tokenizer: Tokenizer, threads: int | None = None,
                  optimization: str = "all", providers: Sequence[str] | None = None,
                  precision: str | None = None, spinning: bool = True, ort_format: bool = False):
+        if precision is not None and precision not in PRECISIONS:
+            raise ConfigError(f"{precision!r} is not a precision; valid precisions: {', '.join(PRECISIONS)}")
         self.bundle = bundle
         self.ort_format = ort_format
         self.tokenizer = tokenizer
@@ -115,6 +119,23 @@ class EdgeModel:
     def tasks(self) -> TaskRegistry:
         return self.bundle.tasks
 
+    @property
+    def default_precision(self) -> str:
+        """The precision a request gets: the one asked for, else the default graph's."""
+        return self.precision or self._default_graph().precision
+
+    def verify_graphs(self) -> None:
+        """Open every graph of the bundle once, one at a time (hash, onnxruntime session, KV
+        layout, vocabulary: what a request would do), and hash every ``.ort`` twin."""
+        for g in self.bundle.graphs:
+            with self._lock:
+                self._runners.pop(g.path, None)
+            self._runner(g)
+            with self._lock:
+                self._runners.pop(g.path, None)
+            if g.ort is not None:
+                self.bundle.check_graph(g, ort_format=True)
+
     def _default_graph(self) -> GraphInfo:
         if self.bundle.has_multi_task_graph:
             return self.bundle.graph_for(None, self.precision)
@@ -143,8 +164,31 @@ class EdgeModel:
 
     # -- prompts ---------------------------------------------------------------------
     def encode(self, text: str, task: str) -> tuple[list[int], int]:
-        """(prompt ids as in training, untruncated length)."""
+        """(prompt ids as in training, untruncated length); no checks (see :meth:`prompt_ids`)."""
         return encode_prompt(self.tokenizer, self.tasks.get(task), text, self.bundle.max_prompt_tokens)
+
+    def prompt_ids(self, text: str, task: str, truncate: bool = False) -> tuple[list[int], bool]:
+        """(prompt ids, whether they were cut). An input that is empty, not valid Unicode or, with
+        its prompt, over the bundle's ``max_prompt_tokens`` is a DataError; ``truncate=True``
+        cuts an over-long one in the middle instead, as training did (and logs a warning). The
+        API, the command line and the batch job all build prompts here."""
+        problem = input_problem(text)
+        if problem:
+            raise DataError(f"input {problem}")
+        ids, full = self.encode(text, task)
+        limit = self.bundle.max_prompt_tokens
+        if full <= limit:
+            return ids, False
+        if not truncate:
+            raise DataError(f"input is {full} tokens with its prompt, over the bundle's max_prompt_tokens "
+                            f"{limit} (truncate cuts it in the middle to {limit} tokens, as training did)")
+        log.warning("input of %d tokens with its prompt cut in the middle to max_prompt_tokens %d",
+                    full, limit)
+        return ids, True
+
+    def _prompts(self, texts: list[str], specs: Sequence[TaskSpec], truncate: bool) -> tuple[list[list[int]], list[bool]]:
+        built = [self.prompt_ids(t, s.name, truncate) for t, s in zip(texts, specs, strict=True)]
+        return [ids for ids, _ in built], [cut for _, cut in built]
 
     def _row_tasks(self, n: int, task: str | None, tasks: Sequence[str] | None) -> list[TaskSpec]:
         if (task is None) == (tasks is None):
@@ -155,22 +199,30 @@ class EdgeModel:
             raise TaskError(f"tasks= has {len(names)} names for {n} texts")
         return [self.tasks.get(t) for t in names]
 
+    def _params(self, max_new_tokens: int | None, temperature: float, top_k: int, top_p: float,
+                seed: int | None, stop: str | Sequence[str]) -> SamplingParams:
+        budget = self.bundle.max_new_tokens if max_new_tokens is None else max_new_tokens
+        return SamplingParams(budget, temperature, top_k, top_p, seed, stop)
+
     # -- generation ------------------------------------------------------------------
     def stream(self, texts: str | Sequence[str], task: str | None = None,
                tasks: Sequence[str] | None = None, max_new_tokens: int | None = None,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-               seed: int | None = None, stop: Sequence[str] = ()) -> Iterator[TokenEvent]:
-        """Generate, yielding :class:`TokenEvent`s as tokens come (rows interleaved)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+               seed: int | None = None, stop: str | Sequence[str] = (),
+               truncate: bool = False) -> Iterator[TokenEvent]:
+        """Generate, yielding :class:`TokenEvent`s as tokens come (rows interleaved). Arguments
+        are checked before the first event; see :meth:`generate`."""
+        _, texts = as_texts(texts)
         specs = self._row_tasks(len(texts), task, tasks)
-        params = SamplingParams(max_new_tokens or self.bundle.max_new_tokens, temperature, top_k,
-                                top_p, seed, tuple(stop))
-        prompts = [self.encode(t, s.name)[0] for t, s in zip(texts, specs, strict=True)]
-        yield from self.stream_ids(prompts, specs, params)
+        params = self._params(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        prompts, _ = self._prompts(texts, specs, truncate)
+        return self.stream_ids(prompts, specs, params)
 
     def stream_ids(self, prompts: Sequence[Sequence[int]], specs: Sequence[TaskSpec],
                    params: SamplingParams) -> Iterator[TokenEvent]:
         """:meth:`stream` on token ids (prompts already built)."""
+        if not prompts:
+            return
         runner = self.runner_for([s.name for s in specs])
         if runner is None:  # mixed tasks, per-task graphs only: one group per task
             for name in dict.fromkeys(s.name for s in specs):
@@ -201,15 +253,17 @@ class EdgeModel:
     def generate(self, texts: str | Sequence[str], task: str | None = None,
                  tasks: Sequence[str] | None = None, max_new_tokens: int | None = None,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: int | None = None, stop: Sequence[str] = ()) -> Generation | list[Generation]:
+                 seed: int | None = None, stop: str | Sequence[str] = (),
+                 truncate: bool = False) -> Generation | list[Generation]:
         """Generate for one text (returns a :class:`Generation`) or a list (one batch; returns
-        a list). ``task`` for all rows or ``tasks`` per row; temperature 0 = greedy."""
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
+        a list; ``[]`` gives ``[]``). ``task`` for all rows or ``tasks`` per row; temperature 0 =
+        greedy; ``max_new_tokens`` None = the bundle's default; ``stop``: a string or a list of
+        them; ``truncate``: cut an over-long input (else a DataError, see :meth:`prompt_ids`)."""
+        single, texts = as_texts(texts)
         specs = self._row_tasks(len(texts), task, tasks)
-        events = self.stream(texts, tasks=[s.name for s in specs], max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
-        out = collect(events, len(texts), [s.name for s in specs])
+        params = self._params(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        prompts, cut = self._prompts(texts, specs, truncate)
+        out = collect(self.stream_ids(prompts, specs, params), len(texts), [s.name for s in specs], cut)
         return out[0] if single else out
 
     # -- classification --------------------------------------------------------------
@@ -224,17 +278,22 @@ class EdgeModel:
             ids = self._label_ids[task] = label_token_ids(self.tokenizer, spec.labels, self.bundle.eos_id)
         return ids
 
-    def classify(self, texts: str | Sequence[str], task: str) -> Classification | list[Classification]:
-        """Score every label of ``task`` after each text's prompt; the best label wins."""
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        prompts = [self.encode(t, task)[0] for t in texts]
+    def classify(self, texts: str | Sequence[str], task: str,
+                 truncate: bool = False) -> Classification | list[Classification]:
+        """Score every label of ``task`` after each text's prompt; the best label wins (``[]``
+        gives ``[]``; ``truncate`` as in :meth:`generate`)."""
+        single, texts = as_texts(texts)
+        spec = self.tasks.get(task)
+        prompts, cut = self._prompts(texts, [spec] * len(texts), truncate)
         out = self.classify_ids(prompts, task)
+        out = [Classification(c.label, c.probability, c.scores, c.task, t) for c, t in zip(out, cut, strict=True)]
         return out[0] if single else out
 
     def classify_ids(self, prompts: Sequence[Sequence[int]], task: str) -> list[Classification]:
         spec = self.tasks.get(task)
         label_ids = self.label_ids(task)
+        if not prompts:
+            return []
         runner = self.runner_for([task])
         scores = score_labels(runner, prompts, [spec.id] * len(prompts), label_ids, self.bundle.pad_id)
         probs = label_probabilities(scores)
@@ -246,7 +305,39 @@ class EdgeModel:
         return out
 
 
-def collect(events: Iterator[TokenEvent], n: int, task_names: Sequence[str]) -> list[Generation]:
+def as_texts(texts: object) -> tuple[bool, list[str]]:
+    """(one text?, the texts as a list): a str is one text; bytes or a non-string item is a
+    ConfigError (bytes are not split into numbers)."""
+    if isinstance(texts, str):
+        return True, [texts]
+    if isinstance(texts, (bytes, bytearray, memoryview)):
+        raise ConfigError(f"texts must be a str or a list of str, got {type(texts).__name__} "
+                          "(decode it first, e.g. .decode('utf-8'))")
+    try:
+        out = list(texts)
+    except TypeError:
+        raise ConfigError(f"texts must be a str or a list of str, got {type(texts).__name__}") from None
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise ConfigError(f"texts[{i}] must be a str, got {type(t).__name__}")
+    return False, out
+
+
+def input_problem(text: object) -> str | None:
+    """Why ``text`` cannot be a model input (not a string, empty, a lone surrogate), or None."""
+    if not isinstance(text, str):
+        return f"must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start})"
+    return None
+
+
+def collect(events: Iterator[TokenEvent], n: int, task_names: Sequence[str],
+            truncated: Sequence[bool] | None = None) -> list[Generation]:
     """Gather a stream into one :class:`Generation` per row."""
     ids: list[list[int]] = [[] for _ in range(n)]
     text = [""] * n
@@ -257,4 +348,5 @@ def collect(events: Iterator[TokenEvent], n: int, task_names: Sequence[str]) -> 
         text[ev.row] += ev.text
         if ev.finish_reason:
             reason[ev.row] = ev.finish_reason
-    return [Generation(text[i], ids[i], reason[i], task_names[i]) for i in range(n)]
+    cut = truncated or [False] * n
+    return [Generation(text[i], ids[i], reason[i], task_names[i], cut[i]) for i in range(n)]

@@ -9,6 +9,7 @@ requests.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,11 @@ def check_providers(providers: Sequence[str] | None) -> list[str]:
     available = ort.get_available_providers()
     if not providers:
         return ["CPUExecutionProvider"]
+    if isinstance(providers, str):  # one provider, not its letters
+        providers = [providers]
+    if any(not isinstance(p, str) for p in providers):
+        raise ConfigError(f"providers must be provider names (strings), got {providers!r}; "
+                          f"available: {', '.join(available)}")
     unknown = [p for p in providers if p not in available]
     if unknown:
         raise ConfigError(
@@ -49,8 +55,9 @@ def session_options(threads: int | None = None, optimization: str = "all",
     ``spinning=False`` stops idle worker threads busy-waiting (kinder on a shared CPU)."""
     if optimization not in OPT_LEVELS:
         raise ConfigError(f"graph optimization {optimization!r} is not one of {', '.join(OPT_LEVELS)}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
+    if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
+                                or threads < 1):
+        raise ConfigError(f"threads must be an integer >= 1 (or None: one per core), got {threads!r}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -105,6 +112,10 @@ class GraphRunner:
         if missing:
             raise BundleError(f"{path}: graph lacks input/output(s) {', '.join(missing[:4])} "
                               "that manifest.json's kv_cache layout names")
+        extra = sorted(names - expected - {TASK_IDS})
+        if extra:  # e.g. kv_cache.num_layers smaller than the graph's: inputs nobody would feed
+            raise BundleError(f"{path}: graph takes input(s) {', '.join(extra[:4])} that manifest.json's "
+                              f"kv_cache layout does not name (num_layers {kv.num_layers})")
         vocab = self.session.get_outputs()[out_names.index(LOGITS)].shape[-1]
         self.vocab_size = vocab if isinstance(vocab, int) else None
         log.info("loaded %s (task_ids input: %s)", path, self.takes_task_ids)

@@ -70,8 +70,9 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
             raise click.UsageError("give texts or --input, not both")
         if output_path is None:
             raise click.UsageError("--input needs --output")
-        from alter_edge.runtime.batch import BatchOptions, run_jsonl
+        from alter_edge.runtime.batch import BatchOptions, check_paths, run_jsonl
 
+        check_paths(input_path, output_path)  # before the model loads
         model = _load(bundle, threads, precision)
         opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
         try:
@@ -94,7 +95,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
     model = _load(bundle, threads, precision, tasks=[task])
     spec = model.tasks.get(task)
     if spec.kind == "classify" and spec.labels and not generate_labels:
-        for text, c in zip(texts, model.classify(list(texts), task), strict=True):
+        for text, c in zip(texts, model.classify(list(texts), task, truncate=truncate), strict=True):
             if as_json:
                 click.echo(json.dumps({"input": text, "label": c.label, "probability": c.probability,
                                        "scores": c.scores}, ensure_ascii=False))
@@ -103,11 +104,12 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
         return
     if stream:
         for text in texts:
-            for ev in model.stream(text, task=task, max_new_tokens=max_new_tokens):
+            for ev in model.stream(text, task=task, max_new_tokens=max_new_tokens, truncate=truncate):
                 click.echo(ev.text, nl=False)
             click.echo()
         return
-    for text, g in zip(texts, model.generate(list(texts), task=task, max_new_tokens=max_new_tokens),
+    for text, g in zip(texts, model.generate(list(texts), task=task, max_new_tokens=max_new_tokens,
+                                             truncate=truncate),
                        strict=True):
         if as_json:
             click.echo(json.dumps({"input": text, "output": g.text, "finish_reason": g.finish_reason},
