@@ -69,6 +69,33 @@ class _Row:
     prompt: list[int]
 
 
+def parse_row(model: EdgeModel, raw: bytes | dict, lineno: int, opts: BatchOptions) -> _Row | dict:
+    """One input row -> its :class:`_Row`, or its error record ``{"id", "line", "error"}``.
+    ``raw`` is a JSONL line (bytes, no newline) or an already decoded row (a Parquet row: a
+    null column counts as absent)."""
+    row_id = None
+    try:
+        if isinstance(raw, dict):
+            raw = json.dumps({k: v for k, v in raw.items() if v is not None}, ensure_ascii=False).encode()
+        obj = parse_line(raw, lineno, fields=("input",))
+        row_id = obj.get("id")
+        task = obj.get("task", opts.task)
+        if task is None:
+            raise DataError(f"line {lineno}: no task (give the row a 'task' or pass --task)")
+        if not isinstance(task, str) or task not in model.tasks:
+            raise DataError(f"line {lineno}: unknown task {task!r}; known tasks: "
+                            f"{', '.join(model.tasks.names)}")
+        prompt, full = model.encode(obj["input"], task)
+        limit = model.bundle.max_prompt_tokens
+        if full > limit and not opts.truncate:
+            raise DataError(f"line {lineno}: input is {full} tokens with its prompt, over the "
+                            f"bundle's max_prompt_tokens {limit} (--truncate cuts it in the middle to {limit} tokens, as training did)")
+        return _Row(lineno, row_id, task, prompt)
+    except (DataError, TaskError) as e:
+        return {"id": row_id if row_id is not None else _best_effort_id(raw),
+                "line": lineno, "error": str(e)}
+
+
 def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[_Row], dict[int, dict]]:
     """(good rows, error records by line). Blank lines are skipped."""
     rows: list[_Row] = []
@@ -77,26 +104,17 @@ def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[_R
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            row_id = None
-            try:
-                obj = parse_line(raw.rstrip(b"\r\n"), lineno, fields=("input",))
-                row_id = obj.get("id")
-                task = obj.get("task", opts.task)
-                if task is None:
-                    raise DataError(f"line {lineno}: no task (give the row a 'task' or pass --task)")
-                if not isinstance(task, str) or task not in model.tasks:
-                    raise DataError(f"line {lineno}: unknown task {task!r}; known tasks: "
-                                    f"{', '.join(model.tasks.names)}")
-                prompt, full = model.encode(obj["input"], task)
-                limit = model.bundle.max_prompt_tokens
-                if full > limit and not opts.truncate:
-                    raise DataError(f"line {lineno}: input is {full} tokens with its prompt, over the "
-                                    f"bundle's max_prompt_tokens {limit} (--truncate cuts it in the middle to {limit} tokens, as training did)")
-                rows.append(_Row(lineno, row_id, task, prompt))
-            except (DataError, TaskError) as e:
-                errors[lineno] = {"id": row_id if row_id is not None else _best_effort_id(raw),
-                                  "line": lineno, "error": str(e)}
+            r = parse_row(model, raw.rstrip(b"\r\n"), lineno, opts)
+            if isinstance(r, dict):
+                errors[lineno] = r
+            else:
+                rows.append(r)
     return rows, errors
+
+
+def record_line(record: dict) -> str:
+    """One output record as its JSONL line (the local and the Ray job write the same bytes)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def _best_effort_id(raw: bytes) -> object:
@@ -214,7 +232,7 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
             on_batch(b)
     bar.close()
     out = [done.get(line) or errors[line] for line in sorted({*done, *errors})]
-    atomic_write_text(output_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    atomic_write_text(output_path, "".join(record_line(r) for r in out))
     partial.path.unlink(missing_ok=True)
     summary.failed = len(errors)
     summary.ok = summary.rows - summary.failed
