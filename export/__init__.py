@@ -1,1 +1,1 @@
-"""ONNX export: multi-task and per-task graphs, validation, optimization, quantization, bundles."""
+"""ONNX export: graphs built from the checkpoint's tensors, validation, bundles (format v2)."""

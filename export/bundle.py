@@ -66,7 +66,8 @@ def describe(manifest: dict) -> list[str]:
     ]
     for g in manifest["graphs"]:
         task = g.get("task") or "(multi-task)"
-        lines.append(f"  {g['path']:<40} {task:<16} {g['precision']:<5} {g['bytes'] / 1e6:9.2f} MB  {g['sha256'][:12]}")
+        lines.append(f"  {g['path']:<32} {task:<16} {g['precision']:<5} {g.get('mode', ''):<9} "
+                     f"{g['bytes'] / 1e6:9.2f} MB  {g['sha256'][:12]}")
     lines.append("files:")
     lines += [f"  {rel:<40} {digest[:12]}" for rel, digest in manifest["files"].items()]
     return lines

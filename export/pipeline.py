@@ -1,12 +1,18 @@
-"""Checkpoint -> validated bundle: export, validate, specialize, optimize, quantize, write.
+"""Checkpoint -> validated bundle (format v2): build, validate, write.
 
-Everything is built in a temporary directory that is renamed into place only after every
-check passed (``alter_edge.io.atomic_dir``): a failed export leaves no bundle behind.
+Graphs are built straight from the checkpoint's tensors (``export.builder``). Each precision
+asked for gets one weight file (``weights.<precision>.bin``) holding the base model and the
+adapter tensors every task shares, read by the multi-task graph and every per-task graph of
+that precision. A fp32 reference that is not shipped is built in a temporary directory, used
+for the checks, and dropped. Everything is written to a temporary directory renamed into
+place only after every check passed (``alter_edge.io.atomic_dir``): a failed export leaves no
+bundle behind.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import shutil
 import tempfile
@@ -14,36 +20,25 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from alter_edge.errors import BundleError, CheckpointError, ConfigError
 from alter_edge.io import atomic_dir, atomic_write_text
+from alter_edge.runtime.contract import CONTRACT
+from alter_edge.runtime.session import GraphRunner, session_options
 from alter_edge.tasks import TaskRegistry
 
+from .builder import BuildSpec, DecoderBuilder
 from .bundle import write_manifest
-from .onnx_export import OPSET, KVLayout, export_graph
-from .optimize import convert_to_ort, graph_parameters, optimize_graph
-from .ortgraph import OrtGraph
-from .quantize import (
-    INT8_METHODS,
-    matmuls_with_weights,
-    prepare_for_quantization,
-    quantize_int4,
-    quantize_int8_blockwise,
-    quantize_int8_dynamic,
-    sensitivity_ladder,
-)
-from .specialize import specialize
+from .graph import OPSET, WeightFile
 from .validate import (
     ExportValidationError,
     ValidationReport,
     build_cases,
     build_heldout,
-    check_graph_pair,
-    check_onnx_vs_torch,
+    check_against,
     check_quantized,
     describe_failure,
     load_heldout_rows,
+    torch_reference,
 )
 
 log = logging.getLogger(__name__)
@@ -51,24 +46,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExportOptions:
-    tasks: str | None = "all"  # "all", "a,b", or None: the multi-task graph only
+    tasks: str | None = "all"  # per-task graphs: "all", "a,b", or None (the multi-task graph only)
+    fp32: bool = False  # ship fp32 graphs (the default when no quantized precision is asked for)
     int8: bool = False
     int4: bool = False
-    block_size: int = 32  # weights per scale of the MatMulNBits graphs (int4, blockwise int8)
-    int8_method: str = "blockwise"  # blockwise: 8-bit MatMulNBits | dynamic: MatMulInteger
-    ort_format: bool = False
-    atol: float = 3e-4  # fp32 parity: max |logits diff| at unpadded positions (SmolLM2: ~1.7e-4)
-    steps: int = 16  # greedy steps that must match, with the KV cache
-    int8_budget: float = 1.0  # max per-task metric drop, points (0-100 scale)
+    merged: bool = False  # per-task graphs with the adapters merged into the weights (own weights each)
+    block_size: int = 32  # weights per scale of the MatMulNBits graphs
+    accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (fast kernels), 0 = fp32 compute
+    atol: float = 3e-4  # fp32 parity: max |logits diff| at valid positions (SmolLM2: ~1e-4)
+    steps: int = 16  # greedy steps that must match PyTorch, with the KV cache
+    int8_budget: float = 1.0  # max mean metric drop per task, points (0-100 scale)
     int4_budget: float = 5.0
-    # top-1 agreement with fp32 at every unpadded prompt position (the per-task metric budget
-    # is the quality gate; SmolLM2 with random adapters measured 0.896 here)
-    min_top1_int8: float = 0.85
-    min_top1_int4: float = 0.85
+    min_top1_int8: float = 0.85  # top-1 agreement with fp32 at every valid prompt position
+    min_top1_int4: float = 0.70
     prune_threshold: float = 1e-5  # ffn/bottleneck adapters below this mixture weight are pruned
-    data: Path | None = None  # the checkpoint's training data: its dev split is the held-out slice
-    heldout_rows: int = 16  # per task, for the quantized-metric check
+    data: Path | None = None  # the checkpoint's training data: its dev split is the held-out set
+    heldout_rows: int | None = None  # per task, for the quantized-metric check (None: the whole dev split)
     base_model: str | None = None  # override the checkpoint's recorded base model
+    threads: int | None = None  # onnxruntime threads for the checks
     overwrite: bool = False
     progress: bool = True
 
@@ -79,21 +74,26 @@ class ExportOptions:
             raise ConfigError(f"greedy steps must be >= 1, got {self.steps}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block size must be a power of two >= 16, got {self.block_size}")
-        if self.int8_method not in INT8_METHODS:
-            raise ConfigError(f"int8 method {self.int8_method!r} is not one of {', '.join(INT8_METHODS)}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ConfigError(f"accuracy level must be 0-4, got {self.accuracy_level}")
         if self.int8_budget < 0 or self.int4_budget < 0:
             raise ConfigError("quantization budgets must be >= 0 points")
         if not 0 <= self.prune_threshold < 1:
             raise ConfigError(f"prune threshold must be in [0, 1), got {self.prune_threshold}")
+        if self.heldout_rows is not None and self.heldout_rows < 1:
+            raise ConfigError(f"held-out rows must be >= 1 (or None: all), got {self.heldout_rows}")
+
+    @property
+    def precisions(self) -> list[str]:
+        asked = [p for p, on in (("fp32", self.fp32), ("int8", self.int8), ("int4", self.int4)) if on]
+        return asked or ["fp32"]
 
 
-@dataclass
-class _Graph:
-    rel: str  # path in the bundle
-    task: str | None
-    raw: Path  # the raw export (quantization source)
-    cases: list
-    heldout: list
+def graph_path(task: str | None, precision: str, mode: str = "multitask") -> str:
+    """Where a graph sits in the bundle (flat: external-data paths stay inside the folder)."""
+    if task is None:
+        return f"model.{precision}.onnx"
+    return f"task-{task}{'.merged' if mode == 'merged' else ''}.{precision}.onnx"
 
 
 def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
@@ -106,127 +106,100 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
 
     out, checkpoint = Path(out), Path(checkpoint)
     if out.exists() and not opts.overwrite:
-        raise BundleError(f"{out} already exists; pass --overwrite to replace it")
+        raise BundleError(f"{out} already exists (allow overwriting to replace it)")
     meta = read_checkpoint_meta(checkpoint)  # missing or incomplete: CheckpointError before any torch work
     gate = meta["mta_config"].get("gate", "task")
-    if gate != "task" and opts.tasks:
+    if gate != "task" and (opts.tasks or opts.merged):
         raise CheckpointError(f"{checkpoint} was trained with gate {gate!r}: its mixture changes per token, so "
-                              "it does not fold into per-task graphs; export it with --task none (the "
-                              "multi-task graph, which keeps the gate and every adapter)")
+                              "it does not fold into per-task graphs; export the multi-task graph only")
     if opts.tasks:  # an unknown task name fails before the model loads
         TaskRegistry.load(checkpoint / "tasks.json").resolve(opts.tasks)
     t_start = time.perf_counter()
     ck = load_checkpoint(checkpoint, base_model=opts.base_model)
+    builder = DecoderBuilder(ck.model)
     specs = ck.tasks.resolve(opts.tasks) if opts.tasks else []
     tc = ck.train_config
-    rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed,
-                             recorded=ck.state.get("data"))
+    rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"))
     inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
     cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
     heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, cases,
                             opts.heldout_rows)
+    new_tokens = {s.name: _answer_tokens(ck.tokenizer, s, tc.eval_max_new_tokens) for s in ck.tasks}
     pad, eos = ck.pad_id, ck.eos_id
-    layout = KVLayout.from_config(ck.model.base.config)
     report = ValidationReport(opts.atol, opts.steps)
-    info: dict = {"export": {}, "optimization": {}, "specialization": {}, "quantization": {}}
+    info: dict = {"build": {}, "quantization": {}}
     entries: list[dict] = []
+    so = session_options(opts.threads)
+
+    def runner(path: Path) -> GraphRunner:
+        return GraphRunner(path, builder.kv, so, ["CPUExecutionProvider"])
+
+    # what to build at each precision: the multi-task graph, then per task (folded or merged)
+    plan = [BuildSpec("multitask")] + [BuildSpec("merged" if opts.merged else "task", s.id) for s in specs]
+    names = {s.id: s.name for s in specs}
 
     from tqdm.auto import tqdm
 
-    n_steps = 1 + len(specs) + (1 + len(specs)) * (int(opts.int8) + int(opts.int4)) + int(opts.ort_format)
-    bar = tqdm(total=n_steps, desc="export", unit="step", disable=not opts.progress, leave=False)
+    bar = tqdm(total=len(plan) * (1 + len([p for p in opts.precisions if p != "fp32"])), desc="export",
+               unit="graph", disable=not opts.progress, leave=False)
     with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work_s, atomic_dir(out, opts.overwrite) as tmp:
         work = Path(work_s)
 
-        # Sessions are opened where a check needs them and dropped after it: an fp32 session of
-        # the built-in model holds ~0.6 GB, and keeping one per graph (plus the PyTorch model)
-        # took the export of --task all to a 10 GB peak.
-        def finish_fp32(g: _Graph) -> None:
-            dst = tmp / g.rel
-            info["optimization"][g.rel] = optimize_graph(g.raw, dst)
-            opt = OrtGraph(dst)
-            check_graph_pair("optimized_vs_raw", OrtGraph(g.raw), opt, g.rel, g.cases, pad, report)
-            entries.append(_entry(g.rel, g.task, "fp32", opt))
+        def build_all(precision: str, where: Path) -> list[tuple[BuildSpec, Path, dict]]:
+            wf = WeightFile(where / f"weights.{precision}.bin")
+            built = []
+            for spec in plan:
+                rel = graph_path(names.get(spec.task_id), precision, spec.mode)
+                facts = builder.build(where / rel, spec, precision, wf if spec.mode != "merged" else None,
+                                      opts.block_size, opts.accuracy_level, opts.prune_threshold)
+                info["build"][rel if where == tmp else f"(reference) {rel}"] = facts
+                built.append((spec, where / rel, facts))
+                bar.update()
+            wf.close()
+            return built
 
-        # 1. the multi-task graph, against PyTorch
-        multi = _Graph("model.onnx", None, work / "model.raw.onnx", cases, heldout)
-        info["export"][multi.rel] = export_graph(ck.model, multi.raw, True, layout)
-        multi_raw = OrtGraph(multi.raw)
-        check_onnx_vs_torch(ck.model, multi_raw, multi.rel, cases, pad, report)
-        finish_fp32(multi)
-        fp32 = [multi]
-        bar.update()
-        # 2. per-task graphs, against the multi-task graph with that task id
-        for spec in specs:
-            g = _Graph(f"tasks/{spec.name}/model.onnx", spec.name, work / f"task-{spec.id}.raw.onnx",
-                       [c for c in cases if c.name == spec.name], [h for h in heldout if h.task == spec.name])
-            model_t, fold = specialize(ck.model, spec.id, spec.name, opts.prune_threshold)
-            info["export"][g.rel] = export_graph(model_t, g.raw, False, layout)
-            del model_t
-            check_graph_pair("task_vs_multitask", multi_raw, OrtGraph(g.raw), g.rel, g.cases, pad, report)
-            finish_fp32(g)
-            info["specialization"][spec.name] = {**fold.to_dict(), "graph_parameters": graph_parameters(tmp / g.rel),
-                                                 "bytes": (tmp / g.rel).stat().st_size}
-            fp32.append(g)
-            bar.update()
-        del multi_raw
+        # 1. fp32 graphs (shipped, or a reference in the temp dir) against PyTorch
+        fp32_dir = tmp if "fp32" in opts.precisions else work
+        fp32 = build_all("fp32", fp32_dir)
+        ref = {c.name: torch_reference(ck.model, c, pad, opts.steps) for c in cases}
+        for spec, path, _ in fp32:
+            r = runner(path)
+            mine = cases if spec.mode == "multitask" else [c for c in cases if c.name == names[spec.task_id]]
+            check_against("fp32_vs_torch", ref, r, path.name, mine, pad, report)
+            del r
+        if fp32_dir == tmp:
+            entries += [_entry(s, p, "fp32", names) for s, p, _ in fp32]
         tokenizer = ck.tokenizer
-        # the token gate's K x H projections stay fp32 in every quantized graph: tiny, and their
-        # outputs are divided by the mixture temperature, which magnifies a quantization error
-        gates = [b.gate_weight.detach().float().numpy().T.copy() for b in ck.model.blocks.values()
-                 if b.gate_weight is not None]
-        ck.model = None  # PyTorch is done: the quantized graphs are checked against fp32 graphs
         gc.collect()
-        # 3. quantized graphs, against their fp32 source
-        for g in fp32:
-            if not (opts.int8 or opts.int4):
-                break
-            src = OrtGraph(tmp / g.rel)
-            prepared = work / (g.raw.stem + ".prep.onnx")
-            prep = prepare_for_quantization(g.raw, prepared)
-            keep = matmuls_with_weights(prepared, gates) if g.task is None else []
-            if gates and g.task is None and len(keep) != len(gates):
-                raise ExportValidationError(f"found {len(keep)} of the {len(gates)} gate matmuls in {g.rel}")
-            if opts.int8:
-                info["quantization"][_suffixed(g.rel, "int8")] = {
-                    **prep, **_int8_with_ladder(g, src, prepared, work, tmp, opts, report, tokenizer, pad, eos,
-                                                entries, keep)}
-                bar.update()
-            if opts.int4:
-                rel = _suffixed(g.rel, "int4")
-                q_raw = work / (g.raw.stem + ".int4.onnx")
-                qinfo = quantize_int4(prepared, q_raw, opts.block_size, keep)
-                info["optimization"][rel] = optimize_graph(q_raw, tmp / rel)
-                q = OrtGraph(tmp / rel)
-                report.record(check_quantized(src, q, rel, "int4", g.cases, g.heldout, tokenizer, pad, eos,
-                                              opts.int4_budget, opts.min_top1_int4))
-                info["quantization"][rel] = {**prep, **qinfo}
-                entries.append(_entry(rel, g.task, "int4", q))
-                del q
-                bar.update()
-            del src
-            prepared.unlink(missing_ok=True)
-        # 4. ORT format for mobile builds
-        if opts.ort_format:
-            ort_info = convert_to_ort([tmp / e["path"] for e in entries], tmp)
-            for e in entries:
-                e["ort"] = str(Path(e["path"]).with_suffix(".ort").as_posix())
-            info["ort_format"] = ort_info
-            bar.update()
+        # 2. quantized graphs against their fp32 twin
+        fp32_preds: dict[str, list[str]] = {}
+        for precision in [p for p in opts.precisions if p != "fp32"]:
+            budget = opts.int8_budget if precision == "int8" else opts.int4_budget
+            min_top1 = opts.min_top1_int8 if precision == "int8" else opts.min_top1_int4
+            for (spec, path, _), (_, src_path, _) in zip(build_all(precision, tmp), fp32, strict=True):
+                task = names.get(spec.task_id)
+                mine = cases if task is None else [c for c in cases if c.name == task]
+                held = heldout if task is None else [h for h in heldout if h.task == task]
+                src, q = runner(src_path), runner(path)
+                rec = check_quantized(src, q, path.name, precision, mine, held, tokenizer, pad, eos, budget,
+                                      min_top1, new_tokens, fp32_preds)
+                del src, q
+                report.record(rec, fatal=False)
+                if not rec["passed"]:
+                    raise ExportValidationError(describe_failure(rec))
+                entries.append(_entry(spec, path, precision, names))
         bar.close()
         shutil.copy(checkpoint / "tokenizer.json", tmp / "tokenizer.json")
         shutil.copy(checkpoint / "tasks.json", tmp / "tasks.json")
         info["seconds"] = round(time.perf_counter() - t_start, 1)
         info["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
-        import json
-
         atomic_write_text(tmp / "validation.json", json.dumps({**report.to_dict(), **info}, indent=2) + "\n")
         base = ck.base_info
         meta = {
             "checkpoint_sha256": checkpoint_hash(checkpoint),
             "base_model": {"reference": base.reference, "model_type": base.model_type, "sha256": base.sha256},
-            "adapter_kind": ck.mta_config.adapter_kind,
-            "opset": OPSET, "eos_token_id": eos, "pad_token_id": pad, "kv_cache": layout.to_dict(),
+            "adapter_kind": ck.mta_config.adapter_kind, "graph_contract": CONTRACT,
+            "opset": OPSET, "eos_token_id": eos, "pad_token_id": pad, "kv_cache": builder.kv.to_dict(),
             "generation": {"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
             "tasks": ck.tasks.names,
         }
@@ -235,53 +208,15 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     return manifest
 
 
-def _suffixed(rel: str, precision: str) -> str:
-    p = Path(rel)
-    return p.with_name(f"{p.stem}.{precision}{p.suffix}").as_posix()
+def _answer_tokens(tokenizer, spec, default: int) -> int:
+    """Greedy steps for a task's held-out answers: its longest label (+ eos) for classify tasks."""
+    if spec.kind == "classify" and spec.labels:
+        from alter_edge.prompts import label_token_ids
+
+        return max(len(x) for x in label_token_ids(tokenizer, spec.labels, -1)) + 1
+    return default
 
 
-def _entry(rel: str, task: str | None, precision: str, g: OrtGraph) -> dict:
-    return {"path": rel, "task": task, "precision": precision, "inputs": g.input_names, "outputs": g.output_names}
-
-
-def _feeds(src: OrtGraph, cases: list, pad: int) -> list[dict]:
-    """Prompt-step inputs of the validation cases, in ``src``'s input names."""
-    from .ortgraph import left_pad_np
-
-    feeds = []
-    for case in cases:
-        ids, mask = left_pad_np(case.prompts, pad)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if src.multitask:
-            feed["task_ids"] = np.asarray(case.task_ids, np.int64)
-        feed.update(zip(src.past_names, src.empty_past(ids.shape[0]), strict=True))
-        feeds.append(feed)
-    return feeds
-
-
-def _int8_with_ladder(g: _Graph, src: OrtGraph, prepared: Path, work: Path, tmp: Path, opts: ExportOptions,
-                      report: ValidationReport, tokenizer, pad: int, eos: int, entries: list[dict],
-                      keep: list[str]) -> dict:
-    """Quantize; over budget, retry keeping the most sensitive matmuls in fp32 (see
-    ``quantize.sensitivity_ladder``); fail when no rung meets the budget. ``keep``: matmuls that
-    stay fp32 in every rung."""
-    rel = _suffixed(g.rel, "int8")
-    attempts = []
-    for rung, rung_exclude in sensitivity_ladder(prepared, _feeds(src, g.cases, pad)):
-        exclude = sorted(set(rung_exclude) | set(keep))
-        q_raw = work / (g.raw.stem + ".int8.onnx")
-        qinfo = (quantize_int8_blockwise(prepared, q_raw, exclude, opts.block_size)
-                 if opts.int8_method == "blockwise" else quantize_int8_dynamic(prepared, q_raw, exclude))
-        opt_info = optimize_graph(q_raw, tmp / rel)
-        q = OrtGraph(tmp / rel)
-        rec = check_quantized(src, q, rel, "int8", g.cases, g.heldout, tokenizer, pad, eos,
-                              opts.int8_budget, opts.min_top1_int8)
-        rec["fp32_rung"] = rung
-        report.record(rec, fatal=False)
-        attempts.append(rung)
-        if rec["passed"]:
-            entries.append(_entry(rel, g.task, "int8", q))
-            return {**qinfo, "fp32_rung": rung, "attempts": attempts, "optimization": opt_info}
-    (tmp / rel).unlink(missing_ok=True)
-    raise ExportValidationError(describe_failure(report.checks[-1]) +
-                                f" (after keeping in fp32: {', '.join(attempts)})")
+def _entry(spec: BuildSpec, path: Path, precision: str, names: dict) -> dict:
+    return {"path": path.name, "task": names.get(spec.task_id), "precision": precision, "mode": spec.mode,
+            "external_data": [] if spec.mode == "merged" else [f"weights.{precision}.bin"]}

@@ -1,15 +1,17 @@
 """Validation that fails: every check is recorded, and a failed one raises.
 
-Checks, in order (docs/export.md lists the tolerances):
+Every built graph runs through the runtime's own session factory and decode loop
+(``alter_edge.runtime.session.GraphRunner``, ``alter_edge.runtime.generate.decode``), so the
+checks test the code that ships. Checks (docs/export.md lists the tolerances):
 
-1. ``onnx_vs_torch``: the multi-task graph against the PyTorch MTA model, for every task id
-   and one mixed-task batch: max |logits diff| at unpadded positions of the prompt step
-   <= ``atol``, and identical greedy tokens for ``steps`` steps with the KV cache.
-2. ``optimized_vs_source`` / ``task_vs_multitask``: an ORT graph against another ORT graph
-   (the offline-optimized file against its raw export; a per-task graph against the
-   multi-task graph run with that task id), same tolerance and token check.
-3. ``quantized_vs_fp32``: top-1 agreement at unpadded prompt positions >= ``min_top1`` and,
-   per task, the task metric on a held-out slice dropping by at most ``budget`` points.
+1. ``fp32_vs_torch``: each fp32 graph (the multi-task graph on every task and on one
+   mixed-task, differently padded batch; each per-task graph on its task) against the PyTorch
+   MTA model: max |logits diff| at valid positions of the prompt step <= ``atol``, and identical
+   greedy tokens for ``steps`` steps with the KV cache.
+2. ``quantized_vs_fp32``: a quantized graph against its fp32 twin: top-1 agreement at valid
+   prompt positions >= ``min_top1`` and, per task, the task metric on the held-out (dev) rows,
+   paired row by row: the mean drop must stay within ``budget`` points; its 95% interval is
+   reported.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import numpy as np
 from alter_edge.errors import BundleError
 from alter_edge.metrics import row_metric
 from alter_edge.prompts import encode_example
+from alter_edge.runtime.generate import SamplingParams, decode, right_pad
+from alter_edge.runtime.session import GraphRunner
 from alter_edge.tasks import TaskRegistry
-
-from .ortgraph import OrtGraph, left_pad_np
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,8 @@ def build_cases(tokenizer, tasks: TaskRegistry, eos_id: int, max_prompt_tokens: 
 
 
 def build_heldout(tokenizer, tasks: TaskRegistry, eos_id: int, max_prompt_tokens: int,
-                  rows: Sequence | None, cases: list[Case], max_per_task: int) -> list[HeldOut]:
+                  rows: Sequence | None, cases: list[Case], max_per_task: int | None = None) -> list[HeldOut]:
+    """Per task: its held-out rows (all of them, or the first ``max_per_task``)."""
     out = []
     for spec in tasks:
         mine = [r for r in (rows or []) if r.task == spec.name][:max_per_task]
@@ -121,11 +124,6 @@ def build_heldout(tokenizer, tasks: TaskRegistry, eos_id: int, max_prompt_tokens
     return out
 
 
-def _unpadded_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    sel = mask.astype(bool)
-    return float(np.abs(a[sel] - b[sel]).max())
-
-
 def _first_mismatch(a: list[list[int]], b: list[list[int]]) -> int | None:
     first = None
     for x, y in zip(a, b, strict=True):
@@ -136,93 +134,112 @@ def _first_mismatch(a: list[list[int]], b: list[list[int]]) -> int | None:
     return first
 
 
-def _parity(check: str, graph: str, case: Case, ref_logits: np.ndarray, got_logits: np.ndarray,
-            mask: np.ndarray, ref_tokens: list[list[int]], got_tokens: list[list[int]],
-            atol: float, steps: int) -> dict:
-    diff = _unpadded_diff(ref_logits, got_logits, mask)
-    mismatch = _first_mismatch(ref_tokens, got_tokens)
-    return {"check": check, "graph": graph, "case": case.name, "rows": len(case.prompts),
-            "max_abs_diff": diff, "atol": atol, "greedy_steps": steps, "tokens_equal": mismatch is None,
-            "first_token_mismatch": mismatch, "passed": diff <= atol and mismatch is None}
+def prompt_logits(runner: GraphRunner, prompts: list[list[int]], task_ids: list[int], pad_id: int) -> list[np.ndarray]:
+    """Each row's logits at its valid prompt positions: a list of (len_b, V)."""
+    ids, lengths = right_pad(prompts, pad_id)
+    out = runner.step(ids, lengths, np.asarray(task_ids, np.int64), runner.new_cache(len(prompts), ids.shape[1]))
+    return [out[b, :n] for b, n in enumerate(lengths)]
 
 
-# -- checks ------------------------------------------------------------------------------
+def greedy(runner: GraphRunner, prompts: list[list[int]], task_ids: list[int], pad_id: int, steps: int,
+           eos_id: int = -1) -> list[list[int]]:
+    """Greedy tokens from the runtime's decode loop (``eos_id=-1``: exactly ``steps`` tokens)."""
+    out: list[list[int]] = [[] for _ in prompts]
+    params = SamplingParams(max_new_tokens=steps)
+    for i, tok in decode(runner, prompts, task_ids, eos_id, pad_id, params):
+        out[i].append(tok)
+    return out
 
-def check_onnx_vs_torch(model, graph: OrtGraph, name: str, cases: list[Case], pad_id: int,
-                        report: ValidationReport) -> None:
-    """The multi-task graph against the PyTorch MTA model (``greedy_generate`` is the reference)."""
+
+def torch_reference(model, case: Case, pad_id: int, steps: int) -> tuple[list[np.ndarray], list[list[int]]]:
+    """The PyTorch MTA model's prompt logits (per row, valid positions) and greedy tokens."""
     import torch
 
     from alter_edge.training.evaluate import greedy_generate
 
+    logits = []
+    with torch.no_grad():
+        for p, t in zip(case.prompts, case.task_ids, strict=True):
+            ids = torch.tensor([p])
+            logits.append(model(ids, torch.ones_like(ids), torch.tensor([t])).logits[0].numpy())
+    tokens = greedy_generate(model, case.prompts, case.task_ids, eos_id=-1, pad_id=pad_id, max_new_tokens=steps)
+    return logits, tokens
+
+
+def check_against(check: str, ref: dict, runner: GraphRunner, name: str, cases: list[Case], pad_id: int,
+                  report: ValidationReport) -> None:
+    """``runner``'s graph against reference logits/tokens (``ref[case.name]``) for each case."""
     for case in cases:
-        ids, mask = left_pad_np(case.prompts, pad_id)
-        tids = np.asarray(case.task_ids, np.int64)
-        with torch.no_grad():
-            t_mask = torch.from_numpy(mask)
-            pos = (t_mask.cumsum(-1) - 1).clamp(min=0)
-            ref = model(torch.from_numpy(ids), t_mask, torch.from_numpy(tids), position_ids=pos).logits.numpy()
-        got = graph.prompt_logits(ids, mask, tids)
-        ref_tok = greedy_generate(model, case.prompts, case.task_ids, eos_id=-1, pad_id=pad_id,
-                                  max_new_tokens=report.steps)
-        got_tok = graph.greedy(case.prompts, case.task_ids, pad_id, report.steps)
-        report.record(_parity("onnx_vs_torch", name, case, ref, got, mask, ref_tok, got_tok,
-                              report.atol, report.steps))
+        ref_logits, ref_tokens = ref[case.name]
+        got = prompt_logits(runner, case.prompts, case.task_ids, pad_id)
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_logits, got, strict=True))
+        tokens = greedy(runner, case.prompts, case.task_ids, pad_id, report.steps)
+        mismatch = _first_mismatch(ref_tokens, tokens)
+        report.record({"check": check, "graph": name, "case": case.name, "rows": len(case.prompts),
+                       "max_abs_diff": diff, "atol": report.atol, "greedy_steps": report.steps,
+                       "tokens_equal": mismatch is None, "first_token_mismatch": mismatch,
+                       "passed": diff <= report.atol and mismatch is None})
 
 
-def check_graph_pair(check: str, ref: OrtGraph, got: OrtGraph, name: str, cases: list[Case],
-                     pad_id: int, report: ValidationReport) -> None:
-    """``got`` against ``ref`` (ORT vs ORT). A graph without ``task_ids`` is run on the cases of
-    its task only (with the ids passed to ``ref``)."""
-    for case in cases:
-        ids, mask = left_pad_np(case.prompts, pad_id)
-        tids = np.asarray(case.task_ids, np.int64)
-        ref_l = ref.prompt_logits(ids, mask, tids if ref.multitask else None)
-        got_l = got.prompt_logits(ids, mask, tids if got.multitask else None)
-        ref_tok = ref.greedy(case.prompts, case.task_ids if ref.multitask else None, pad_id, report.steps)
-        got_tok = got.greedy(case.prompts, case.task_ids if got.multitask else None, pad_id, report.steps)
-        report.record(_parity(check, name, case, ref_l, got_l, mask, ref_tok, got_tok,
-                              report.atol, report.steps))
-
-
-def _score(kind: str, preds: list[str], golds: list[str]) -> float:
+def _score(kind: str, preds: list[str], golds: list[str]) -> np.ndarray:
     fn = row_metric(kind)
-    return float(np.mean([fn(p, g) for p, g in zip(preds, golds, strict=True)])) if preds else 0.0
+    return np.asarray([fn(p, g) for p, g in zip(preds, golds, strict=True)], dtype=np.float64)
 
 
-def check_quantized(src: OrtGraph, q: OrtGraph, name: str, precision: str, cases: list[Case],
+def heldout_predictions(runner: GraphRunner, h: HeldOut, tokenizer, pad_id: int, eos_id: int,
+                        new_tokens: int, batch: int = 16) -> list[str]:
+    """Greedy answers for a held-out slice, in batches of similar length."""
+    order = sorted(range(len(h.prompts)), key=lambda i: len(h.prompts[i]))
+    preds: list[str] = [""] * len(order)
+    for s in range(0, len(order), batch):
+        rows = order[s:s + batch]
+        toks = greedy(runner, [h.prompts[i] for i in rows], [h.task_id] * len(rows), pad_id, new_tokens, eos_id)
+        for i, t in zip(rows, toks, strict=True):
+            preds[i] = tokenizer.decode(t, skip_special_tokens=True).strip()
+    return preds
+
+
+def paired_interval(diff: np.ndarray) -> tuple[float, float]:
+    """95% normal interval of the mean of paired differences."""
+    if len(diff) < 2:
+        return float(diff.mean()), float(diff.mean())
+    half = 1.96 * float(diff.std(ddof=1)) / np.sqrt(len(diff))
+    return float(diff.mean()) - half, float(diff.mean()) + half
+
+
+def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str, cases: list[Case],
                     heldout: list[HeldOut], tokenizer, pad_id: int, eos_id: int, budget: float,
-                    min_top1: float, new_tokens: int = 16) -> dict:
-    """Quantized graph vs its fp32 source. Returns the record (the caller decides if fatal)."""
+                    min_top1: float, new_tokens: dict[str, int], src_preds: dict[str, list[str]]) -> dict:
+    """Quantized graph vs its fp32 twin. ``src_preds``: the fp32 graph's held-out answers per
+    task (filled here when missing, so several quantized graphs share them). Returns the record
+    (the caller decides if it is fatal)."""
     agree = total = 0
     for case in cases:
-        ids, mask = left_pad_np(case.prompts, pad_id)
-        tids = np.asarray(case.task_ids, np.int64)
-        a = src.prompt_logits(ids, mask, tids if src.multitask else None).argmax(-1)
-        b = q.prompt_logits(ids, mask, tids if q.multitask else None).argmax(-1)
-        sel = mask.astype(bool)
-        agree += int((a[sel] == b[sel]).sum())
-        total += int(sel.sum())
+        a = prompt_logits(src, case.prompts, case.task_ids, pad_id)
+        b = prompt_logits(q, case.prompts, case.task_ids, pad_id)
+        for x, y in zip(a, b, strict=True):
+            agree += int((x.argmax(-1) == y.argmax(-1)).sum())
+            total += len(x)
     top1 = agree / max(total, 1)
-    scores, drops, reference = {}, {}, {}
+    scores, drops, intervals, reference = {}, {}, {}, {}
     for h in heldout:
-        tids = [h.task_id] * len(h.prompts) if src.multitask else None
-
-        def gen(g: OrtGraph, tids=tids, h=h) -> list[str]:
-            toks = g.greedy(h.prompts, tids, pad_id, new_tokens, eos_id)
-            return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in toks]
-
-        src_preds, q_preds = gen(src), gen(q)
-        golds = h.golds if h.golds is not None else src_preds
+        if h.task not in src_preds:
+            src_preds[h.task] = heldout_predictions(src, h, tokenizer, pad_id, eos_id, new_tokens[h.task])
+        q_preds = heldout_predictions(q, h, tokenizer, pad_id, eos_id, new_tokens[h.task])
+        golds = h.golds if h.golds is not None else src_preds[h.task]
         reference[h.task] = "held-out targets" if h.golds is not None else "fp32 predictions (no --data)"
-        s_src, s_q = _score(h.kind, src_preds, golds), _score(h.kind, q_preds, golds)
-        scores[h.task] = {"fp32": round(s_src, 4), precision: round(s_q, 4), "rows": len(h.prompts)}
-        drops[h.task] = round((s_src - s_q) * 100, 2)
+        s_src, s_q = _score(h.kind, src_preds[h.task], golds), _score(h.kind, q_preds, golds)
+        lo, hi = paired_interval((s_src - s_q) * 100)
+        scores[h.task] = {"fp32": round(float(s_src.mean()), 4), precision: round(float(s_q.mean()), 4),
+                          "rows": len(h.prompts),
+                          "changed_answers": int(sum(a != b for a, b in zip(src_preds[h.task], q_preds, strict=True)))}
+        drops[h.task] = round(float((s_src - s_q).mean() * 100), 2)
+        intervals[h.task] = [round(lo, 2), round(hi, 2)]
     passed = top1 >= min_top1 and all(d <= budget for d in drops.values())
     return {"check": "quantized_vs_fp32", "graph": name, "precision": precision, "case": "all",
             "top1_agreement": round(top1, 4), "min_top1": min_top1, "positions": total,
             "metric": scores, "metric_reference": reference, "metric_drop_points": drops,
-            "budget_points": budget, "passed": passed}
+            "metric_drop_interval95": intervals, "budget_points": budget, "passed": passed}
 
 
 def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: float, seed: int,

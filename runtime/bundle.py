@@ -11,27 +11,23 @@ and its logits must cover the tokenizer's vocabulary and the eos/pad ids. Any fa
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alter_edge.errors import BundleError, TaskError
 from alter_edge.io import read_json, sha256_file
 from alter_edge.tasks import TaskRegistry
 
+from .contract import CONTRACT, KVLayout
+
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "alter-edge-bundle"
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (2,)
 PRECISIONS = ("fp32", "int8", "int4")
 # Which precision a request gets when the bundle holds several and the caller names none:
 # int8 first (validated, ~4x smaller weights than fp32, accurate), then int4, then fp32.
 PRECISION_PREFERENCE = ("int8", "int4", "fp32")
-DEFAULT_KV_NAMES = {
-    "past_key": "past_key_values.{i}.key",
-    "past_value": "past_key_values.{i}.value",
-    "present_key": "present.{i}.key",
-    "present_value": "present.{i}.value",
-}
 REQUIRED_FILES = ("tasks.json", "tokenizer.json")
 
 
@@ -44,15 +40,8 @@ class GraphInfo:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     ort: str | None = None  # the graph's ORT-format twin (export --ort-format), hashed in `files`
-
-
-@dataclass(frozen=True)
-class KVLayout:
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    past_names: tuple[str, ...]  # key, value for layer 0, then layer 1, ...
-    present_names: tuple[str, ...]
+    mode: str = "multitask"  # multitask | task (adapters folded) | merged (adapters in the weights)
+    external_data: tuple[str, ...] = ()  # weight files the graph reads (listed in `files`)
 
 
 @dataclass(frozen=True)
@@ -67,6 +56,7 @@ class Bundle:
     max_new_tokens: int
     max_prompt_tokens: int
     verify: bool = True  # check each graph's sha256 when it is opened
+    _verified: set = field(default_factory=set, compare=False, repr=False)  # weight files hashed so far
 
     def check_graph(self, graph: GraphInfo, ort_format: bool = False) -> Path:
         """The graph's path (its ``.ort`` twin with ``ort_format``), after its hash check
@@ -82,6 +72,13 @@ class Bundle:
             rel, digest = graph.path, graph.sha256
         if self.verify:
             _check_hash(self.root, rel, digest)
+            for ext in graph.external_data:
+                if ext not in self.manifest["files"]:
+                    raise BundleError(f"{self.root}/manifest.json: graph {graph.path} reads {ext}, "
+                                      "which files does not list")
+                if ext not in self._verified:
+                    _check_hash(self.root, ext, self.manifest["files"][ext])
+                    self._verified.add(ext)
         return self.root / rel
 
     def graph_for(self, task: str | None, precision: str | None = None) -> GraphInfo:
@@ -144,13 +141,12 @@ def _check_hash(root: Path, rel: str, expected: str) -> None:
 
 def _kv_layout(kv: dict, root: Path) -> KVLayout:
     try:
-        n, h, d = int(kv["num_layers"]), int(kv["num_kv_heads"]), int(kv["head_dim"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{root}/manifest.json: kv_cache needs num_layers, num_kv_heads, head_dim ({e})") from e
-    names = {k: kv.get(k, v) for k, v in DEFAULT_KV_NAMES.items()}
-    past = tuple(names[f"past_{kv_}"].format(i=i) for i in range(n) for kv_ in ("key", "value"))
-    present = tuple(names[f"present_{kv_}"].format(i=i) for i in range(n) for kv_ in ("key", "value"))
-    return KVLayout(n, h, d, past, present)
+        layout = KVLayout.from_dict(kv)
+        layout.past_names  # noqa: B018 (the name patterns must format)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise BundleError(f"{root}/manifest.json: kv_cache needs num_layers, num_kv_heads, head_dim and "
+                          f"name patterns with {{i}} ({e!r})") from e
+    return layout
 
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
@@ -163,6 +159,9 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     if m.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{root}/manifest.json: format is {m.get('format')!r}, expected {BUNDLE_FORMAT!r}")
     version = m.get("format_version")
+    if version == 1:
+        raise BundleError(f"{root}: bundle format_version 1 (one traced graph per task) is no longer read; "
+                          "re-export the checkpoint with this alter-edge to get a format 2 bundle")
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise BundleError(
             f"{root}: bundle format_version {version!r} is not supported; this runtime reads "
@@ -172,7 +171,9 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     for g in _field(m, "graphs", root):
         try:
             info = GraphInfo(g["path"], g.get("task"), g.get("precision", "fp32"), g["sha256"],
-                             tuple(g.get("inputs", ())), tuple(g.get("outputs", ())), g.get("ort"))
+                             tuple(g.get("inputs", ())), tuple(g.get("outputs", ())), g.get("ort"),
+                             g.get("mode", "multitask" if g.get("task") is None else "task"),
+                             tuple(g.get("external_data", ())))
         except (KeyError, TypeError) as e:
             raise BundleError(f"{root}/manifest.json: a graph entry lacks {e}") from e
         if info.precision not in PRECISIONS:
@@ -181,13 +182,17 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         graphs.append(info)
     if not graphs:
         raise BundleError(f"{root}/manifest.json lists no graphs")
+    if m.get("graph_contract", CONTRACT) != CONTRACT:
+        raise BundleError(f"{root}/manifest.json: graph_contract {m.get('graph_contract')!r} is not "
+                          f"{CONTRACT!r}, the one this runtime runs")
     files = dict(_field(m, "files", root))
     missing = [f for f in REQUIRED_FILES if f not in files]
     if missing:
         raise BundleError(f"{root}/manifest.json: files does not list {', '.join(missing)}")
     listed = {*files, *(g.path for g in graphs)}
+    weights = {w for g in graphs for w in g.external_data}  # hashed when a graph reading them opens
     for rel in sorted(listed):
-        if verify and rel in files:
+        if verify and rel in files and rel not in weights:
             _check_hash(root, rel, files[rel])
         elif not (root / rel).is_file() and (verify or rel in REQUIRED_FILES or rel not in files):
             raise BundleError(f"{root}: file {rel} listed in manifest.json is missing")

@@ -1,10 +1,10 @@
 """The decode loop: left-padded batches, per-row eos, greedy or sampled tokens, stop strings.
 
 One graph serves the prompt and every decode step (docs/bundle-format.md). Step 0 feeds the
-whole left-padded prompt batch with an empty past; each later step feeds one token per row and
-the previous step's presents. A row that has finished keeps feeding the pad token (its output
-is ignored), exactly as the PyTorch reference ``training.evaluate.greedy_generate`` does, so
-greedy outputs match it token for token.
+whole right-padded prompt batch into a KV cache allocated once; each later step feeds one token
+per row, written in place at that row's own position. A row that has finished keeps feeding the
+pad token (its output is ignored) until it leaves the batch; greedy outputs match the PyTorch
+reference ``training.evaluate.greedy_generate`` token for token.
 """
 
 from __future__ import annotations
@@ -50,16 +50,13 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask), both int64 (B, T), padded on the left."""
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), T), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, T - len(s):] = s
-            mask[i, T - len(s):] = 1
-    return ids, mask
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids int64 (B, T) padded on the right, lengths int64 (B,))."""
+    lengths = np.asarray([len(x) for x in seqs], dtype=np.int64)
+    ids = np.full((len(seqs), int(lengths.max())), pad_id, dtype=np.int64)
+    for i, x in enumerate(seqs):
+        ids[i, :len(x)] = x
+    return ids, lengths
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -110,21 +107,22 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     eos (not yielded, or yielded as ``(row, None)`` with ``yield_eos``). A caller may set
     ``done[row] = True`` between yields (a stop string) and that row gets no more tokens.
 
+    The prompt batch is right-padded and its KV cache allocated once for the longest prompt
+    plus ``max_new_tokens``; each decode step feeds one token per row and reads one logits row.
     When a quarter or more of the rows still in the batch have finished, they are dropped from
-    it (their KV cache rows with them), so a long answer does not drag finished rows along."""
+    it (their cache rows with them), so a long answer does not drag finished rows along."""
     if any(len(p) == 0 for p in prompts):
         raise ConfigError("every prompt needs at least one token")
-    ids, mask = left_pad(prompts, pad_id)
+    ids, lengths = right_pad(prompts, pad_id)
     B = ids.shape[0]
     tids = np.asarray(task_ids, dtype=np.int64)
     done = np.zeros(B, dtype=bool) if done is None else done
     pick = TokenPicker(params, B)
-    past = runner.empty_past(B)
-    cur = ids
+    cache = runner.new_cache(B, ids.shape[1] + params.max_new_tokens)
+    logits = runner.step(ids, lengths, tids, cache)[np.arange(B), lengths - 1]  # (B, V)
     active = np.arange(B)  # original row of each batch row
-    for _ in range(params.max_new_tokens):
-        logits, past = runner.step(cur, mask, tids, past)
-        nxt = pick(logits[:, -1], active)
+    for step in range(params.max_new_tokens):
+        nxt = pick(logits, active)
         for j, i in enumerate(active):
             if done[i]:
                 continue
@@ -135,14 +133,15 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
             else:
                 yield int(i), int(nxt[j])
         live = ~done[active]
-        if not live.any():
+        if not live.any() or step + 1 == params.max_new_tokens:
             return
         if 4 * (len(active) - int(live.sum())) >= len(active):
             keep = np.flatnonzero(live)
-            past = runner.select_rows(past, keep)
-            active, mask, tids, nxt = active[keep], mask[keep], tids[keep], nxt[keep]
+            cache = cache.select_rows(keep)
+            active, lengths, tids, nxt = active[keep], lengths[keep], tids[keep], nxt[keep]
         cur = np.where(done[active], pad_id, nxt)[:, None]
-        mask = np.concatenate([mask, np.ones((len(active), 1), dtype=np.int64)], axis=1)
+        lengths = lengths + 1
+        logits = runner.step(cur, lengths, tids, cache)[:, 0]
 
 
 class RowText:

@@ -1,8 +1,9 @@
 """Label scoring for classify tasks: the log-likelihood of each label's tokens after the prompt.
 
-The prompt batch runs once; each label's tokens then run as one short step on the prompt's KV
-cache (reused, not copied), so scoring L labels costs one prompt pass plus L small passes:
-cheaper than free generation, and the answer is always one of the labels.
+The prompt batch runs once; each label's tokens then run as one-token steps on the prompt's KV
+cache (shared, not copied: a label's entries sit past the prompt and the next label overwrites
+them), so scoring L labels costs one prompt pass plus one small step per label token beyond the
+first: cheaper than free generation, and the answer is always one of the labels.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .generate import left_pad, log_softmax
+from .generate import log_softmax, right_pad
 from .session import GraphRunner
 
 
@@ -19,20 +20,21 @@ def score_labels(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids
                  label_ids: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:
     """(B, L) sums of log-probabilities of each label's tokens (with eos) after each prompt;
     the same quantity as ``training.evaluate.label_scores``."""
-    ids, mask = left_pad(prompts, pad_id)
+    ids, lengths = right_pad(prompts, pad_id)
     B = ids.shape[0]
     tids = np.asarray(task_ids, dtype=np.int64)
-    logits, past = runner.step(ids, mask, tids, runner.empty_past(B))
-    first = log_softmax(logits[:, -1])  # (B, V): the distribution of each label's first token
+    longest = max(len(lab) for lab in label_ids)
+    cache = runner.new_cache(B, ids.shape[1] + longest)
+    logits = runner.step(ids, lengths, tids, cache)
+    first = log_softmax(logits[np.arange(B), lengths - 1])  # (B, V): each label's first token
     scores = np.empty((B, len(label_ids)), dtype=np.float64)
     for j, lab in enumerate(label_ids):
         s = first[:, lab[0]].copy()
-        if len(lab) > 1:
-            chunk = np.tile(np.asarray(lab[:-1], dtype=np.int64), (B, 1))  # (B, n-1)
-            m = np.concatenate([mask, np.ones((B, len(lab) - 1), dtype=np.int64)], axis=1)
-            lg, _ = runner.step(chunk, m, tids, past)
-            lp = log_softmax(lg)  # (B, n-1, V)
-            s += np.take_along_axis(lp, np.asarray(lab[1:])[None, :, None].repeat(B, 0), -1)[..., 0].sum(-1)
+        # teacher-forced one-token steps from the end of the prompt; the next label overwrites
+        # these cache entries, so the prompt's cache is shared, never copied
+        for k in range(len(lab) - 1):
+            step = runner.step(np.full((B, 1), lab[k], np.int64), lengths + k + 1, tids, cache)[:, 0]
+            s += log_softmax(step)[:, lab[k + 1]]
         scores[:, j] = s
     return scores
 

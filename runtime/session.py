@@ -1,10 +1,9 @@
 """onnxruntime sessions and one forward step of a bundle graph.
 
 A :class:`GraphRunner` owns one ``InferenceSession`` and knows the graph's I/O names from the
-manifest's KV layout. ``InferenceSession.run`` may be called from several threads at once, and
-the runner keeps no per-call state, so one runner serves concurrent requests. The KV cache
-stays in onnxruntime ``OrtValue``s between steps: each step's presents are fed back as the
-next step's past without a round trip through numpy.
+manifest's KV layout. The session may run from several threads at once and the runner keeps no
+per-call state (each request owns its :class:`KVCache`), so one runner serves concurrent
+requests.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import onnxruntime as ort
 
 from alter_edge.errors import BundleError, ConfigError
 
-from .bundle import KVLayout
+from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS, TASK_IDS, KVLayout
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +63,31 @@ def session_options(threads: int | None = None, optimization: str = "all",
     return so
 
 
+class KVCache:
+    """One request's KV cache: per layer a key and a value buffer ``[batch, kv_heads, max_len,
+    head_dim]``, allocated once. Bound as both the past input and the present output of every
+    step, so GroupQueryAttention writes each row's new entries in place: no step allocates or
+    copies the cache."""
+
+    def __init__(self, kv: KVLayout, batch: int, max_len: int):
+        shape = (batch, kv.num_kv_heads, max_len, kv.head_dim)
+        self.values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+                       for _ in kv.past_names]
+        self.batch, self.max_len = batch, max_len
+
+    def select_rows(self, rows: np.ndarray) -> KVCache:
+        """A new cache holding only ``rows`` (a copy; used when finished rows leave a batch)."""
+        new = object.__new__(KVCache)
+        new.values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows]))
+                      for v in self.values]
+        new.batch, new.max_len = len(rows), self.max_len
+        return new
+
+
 class GraphRunner:
-    """One graph: ``step(input_ids, attention_mask, task_ids, past)`` -> (logits, presents)."""
+    """One graph (docs/bundle-format.md, ``runtime.contract``): ``step(input_ids, lengths,
+    task_ids, cache)`` -> logits. ``lengths[b]`` is row b's number of valid tokens after this
+    step's tokens (a right-padded prompt: its own length; a decode step: one more than before)."""
 
     def __init__(self, path: Path, kv: KVLayout, options: ort.SessionOptions, providers: list[str]):
         self.path = Path(path)
@@ -75,42 +97,39 @@ class GraphRunner:
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BundleError(f"{path}: onnxruntime cannot load this graph ({e})") from e
         names = {i.name for i in self.session.get_inputs()}
-        self.takes_task_ids = "task_ids" in names
-        expected = {"input_ids", "attention_mask", *kv.past_names}
+        self.takes_task_ids = TASK_IDS in names
+        expected = {INPUT_IDS, ATTENTION_MASK, *kv.past_names}
         missing = sorted(expected - names)
         out_names = [o.name for o in self.session.get_outputs()]
-        missing += sorted({"logits", *kv.present_names} - set(out_names))
+        missing += sorted({LOGITS, *kv.present_names} - set(out_names))
         if missing:
             raise BundleError(f"{path}: graph lacks input/output(s) {', '.join(missing[:4])} "
                               "that manifest.json's kv_cache layout names")
-        self.output_names = ["logits", *kv.present_names]
-        vocab = self.session.get_outputs()[out_names.index("logits")].shape[-1]
+        vocab = self.session.get_outputs()[out_names.index(LOGITS)].shape[-1]
         self.vocab_size = vocab if isinstance(vocab, int) else None
         log.info("loaded %s (task_ids input: %s)", path, self.takes_task_ids)
 
-    def empty_past(self, batch: int) -> list[ort.OrtValue]:
-        z = np.zeros((batch, self.kv.num_kv_heads, 0, self.kv.head_dim), dtype=np.float32)
-        v = ort.OrtValue.ortvalue_from_numpy(z)
-        return [v] * len(self.kv.past_names)
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(self.kv, batch, max_len)
 
-    @staticmethod
-    def select_rows(past: list[ort.OrtValue], rows: np.ndarray) -> list[ort.OrtValue]:
-        """The KV cache of the given batch rows only (a copy)."""
-        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows])) for v in past]
-
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, task_ids: np.ndarray | None,
-             past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        """Run the graph once. ``input_ids`` (B, T) int64 new tokens, ``attention_mask``
-        (B, past+T) int64, ``task_ids`` (B,) int64 (ignored by a per-task graph)."""
-        feeds = {
-            "input_ids": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
-            "attention_mask": ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(attention_mask, dtype=np.int64)),
-        }
+    def step(self, input_ids: np.ndarray, lengths: np.ndarray, task_ids: np.ndarray | None,
+             cache: KVCache) -> np.ndarray:
+        """Run the graph once on ``input_ids`` (B, S) int64; returns logits (B, S, V)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        width = int(lengths.max())
+        if width > cache.max_len:
+            raise ConfigError(f"sequence of {width} tokens exceeds the KV cache of {cache.max_len}")
+        mask = (np.arange(max(width, input_ids.shape[1]))[None, :] < lengths[:, None]).astype(np.int64)
+        io = self.session.io_binding()
+        io.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
+        io.bind_cpu_input(ATTENTION_MASK, mask)
         if self.takes_task_ids:
             if task_ids is None:
                 raise ConfigError(f"{self.path} is the multi-task graph: task_ids are required")
-            feeds["task_ids"] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(task_ids, dtype=np.int64))
-        feeds.update(zip(self.kv.past_names, past, strict=True))
-        outs = self.session.run_with_ort_values(self.output_names, feeds)
-        return outs[0].numpy(), list(outs[1:])
+            io.bind_cpu_input(TASK_IDS, np.ascontiguousarray(task_ids, dtype=np.int64))
+        io.bind_output(LOGITS, "cpu")  # first: outputs come back in binding order
+        for past, present, v in zip(self.kv.past_names, self.kv.present_names, cache.values, strict=True):
+            io.bind_ortvalue_input(past, v)
+            io.bind_ortvalue_output(present, v)
+        self.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()

@@ -60,7 +60,7 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
     torch.manual_seed(seed)
     if arch == "llama":
         cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                           eos_token_id=eos, pad_token_id=pad, bos_token_id=None, tie_word_embeddings=True,
                           initializer_range=init_range)
     elif arch == "gpt2":

@@ -1,0 +1,226 @@
+"""ONNX graph writing primitives: a small node builder, blockwise quantization, and the
+external-data weight file that several graphs of one bundle share.
+
+Weights are written once per precision into ``weights.<precision>.bin`` beside the graphs;
+a graph's initializer points into it by offset (ONNX external data), so the multi-task graph
+and every per-task graph of that precision read one copy of the base model. Tensors that
+only one graph uses (a task's folded adapter factors) are stored inline in that graph.
+
+Quantization is symmetric and block-wise along the input dimension, the layout of
+onnxruntime's ``MatMulNBits`` (``B [N, blocks, block_size * bits / 8]`` uint8, two 4-bit values
+a byte, low nibble first; implicit zero point ``2^(bits-1)``; ``scales [N * blocks]``). The
+embedding's ``GatherBlockQuantized`` reads the same bytes as ``[vocab, hidden * bits / 8]``,
+so a tied embedding and lm_head share them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 21
+MS = "com.microsoft"
+PRECISION_BITS = {"fp32": 0, "int8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class QuantizedMatrix:
+    """``W (N, K)`` quantized to ``bits`` in blocks of ``block_size`` along K."""
+
+    data: np.ndarray  # uint8 (N, blocks, block_size * bits // 8)
+    scales: np.ndarray  # float32 (N, blocks)
+    bits: int
+    block_size: int
+    K: int
+
+    @property
+    def N(self) -> int:
+        return self.data.shape[0]
+
+    def dequantize(self) -> np.ndarray:
+        q = self.data
+        if self.bits == 4:
+            q = np.stack([q & 15, q >> 4], axis=-1).reshape(q.shape[0], q.shape[1], -1)
+        w = (q.astype(np.float32) - 2 ** (self.bits - 1)) * self.scales[..., None]
+        return w.reshape(self.N, -1)[:, : self.K]
+
+
+def quantize_blockwise(w: np.ndarray, bits: int, block_size: int) -> QuantizedMatrix:
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    N, K = w.shape
+    nb = -(-K // block_size)
+    if nb * block_size != K:
+        w = np.concatenate([w, np.zeros((N, nb * block_size - K), np.float32)], axis=1)
+    blk = w.reshape(N, nb, block_size)
+    qmax = 2 ** (bits - 1) - 1
+    scales = np.abs(blk).max(-1) / qmax
+    scales[scales == 0] = 1.0
+    q = np.clip(np.rint(blk / scales[..., None]), -qmax - 1, qmax).astype(np.int16) + 2 ** (bits - 1)
+    q = q.astype(np.uint8)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return QuantizedMatrix(np.ascontiguousarray(q), scales.astype(np.float32), bits, block_size, K)
+
+
+class WeightFile:
+    """One external-data file of a bundle: tensors appended once, by key, 64-byte aligned."""
+
+    ALIGN = 64
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "wb")  # noqa: SIM115 (closed by close())
+        self._offset = 0
+        self._index: dict[str, tuple[int, int, int, tuple[int, ...]]] = {}  # key -> offset, length, dtype, shape
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def add(self, key: str, arr: np.ndarray) -> None:
+        if key in self._index:
+            return
+        arr = np.ascontiguousarray(arr)
+        pad = -self._offset % self.ALIGN
+        if pad:
+            self._f.write(b"\0" * pad)
+            self._offset += pad
+        data = arr.tobytes()
+        self._f.write(data)
+        dtype = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        self._index[key] = (self._offset, len(data), dtype, tuple(arr.shape))
+        self._offset += len(data)
+
+    def tensor(self, key: str, name: str, relative_to: Path, shape: tuple[int, ...] | None = None) -> TensorProto:
+        """An initializer ``name`` reading ``key`` (optionally viewed with another ``shape``)."""
+        offset, length, dtype, own_shape = self._index[key]
+        t = TensorProto()
+        t.name = name
+        t.data_type = dtype
+        t.dims.extend(shape or own_shape)
+        t.data_location = TensorProto.EXTERNAL
+        location = self.path.relative_to(relative_to).as_posix()
+        for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        return t
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def bytes(self) -> int:
+        return self._offset
+
+
+class GraphBuilder:
+    """Nodes, inputs, outputs and initializers of one graph, with the few composite ops the
+    decoder needs. ``weights``: the shared file (None: every tensor inline)."""
+
+    def __init__(self, name: str, precision: str, block_size: int, weights: WeightFile | None,
+                 accuracy_level: int = 4):
+        if precision not in PRECISION_BITS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISION_BITS)}")
+        self.name, self.precision, self.block_size = name, precision, block_size
+        self.bits = PRECISION_BITS[precision]
+        self.weights = weights
+        self.accuracy_level = accuracy_level
+        self.nodes: list[onnx.NodeProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._inline: dict[str, TensorProto] = {}
+        self._shared: dict[str, tuple[str, tuple[int, ...] | None]] = {}  # initializer -> (key, view shape)
+        self._count = 0
+
+    # -- names and tensors ----------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, arr: np.ndarray, hint: str = "c") -> str:
+        name = self.fresh(hint)
+        self._inline[name] = numpy_helper.from_array(np.asarray(arr), name)
+        return name
+
+    def shared(self, key: str, arr: np.ndarray, view: tuple[int, ...] | None = None) -> str:
+        """An initializer for ``arr`` stored under ``key`` in the shared weight file (inline
+        when there is none). The same key in another graph reads the same bytes."""
+        if self.weights is None:
+            return self.const(arr if view is None else arr.reshape(view), key.replace(".", "_"))
+        self.weights.add(key, arr)
+        name = key.replace(".", "_") + ("" if view is None else "_view")
+        self._shared[name] = (key, view)
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "",
+           **attrs) -> str | list[str]:
+        outs = [self.fresh(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.fresh(op_type),
+                                           domain=domain or None, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    # -- composite ops --------------------------------------------------------------------
+    def quantized(self, w: np.ndarray, bits: int) -> QuantizedMatrix:
+        return quantize_blockwise(w, bits, self.block_size)
+
+    def linear(self, x: str, w: np.ndarray | QuantizedMatrix, key: str | None = None,
+               bias: np.ndarray | None = None, bits: int | None = None) -> str:
+        """``x @ w.T (+ bias)``, ``w`` (N, K) as in torch. fp32: FusedMatMul (transB) on the
+        unchanged weight; quantized: MatMulNBits. ``key``: store the weight in the shared file
+        under it (None: inline, this graph's own); ``bits`` overrides the graph's precision."""
+        bits = self.bits if bits is None else bits
+        if isinstance(w, QuantizedMatrix) or bits:
+            q = w if isinstance(w, QuantizedMatrix) else self.quantized(w, bits)
+            if key is None:
+                b, s = self.const(q.data, "qweight"), self.const(q.scales.reshape(-1), "scales")
+            else:
+                b, s = self.shared(key + ".q", q.data), self.shared(key + ".scales", q.scales.reshape(-1))
+            ins = [x, b, s]
+            if bias is not None:
+                ins += ["", "", self.const(bias.astype(np.float32), "bias")]
+            return self.op("MatMulNBits", ins, domain=MS, K=q.K, N=q.N, bits=q.bits, block_size=q.block_size,
+                           accuracy_level=self.accuracy_level)
+        wname = self.shared(key, w.astype(np.float32)) if key else self.const(w.astype(np.float32), "weight")
+        y = self.op("FusedMatMul", [x, wname], domain=MS, transB=1, alpha=1.0)
+        if bias is not None:
+            y = self.op("Add", [y, self.const(bias.astype(np.float32), "bias")])
+        return y
+
+    # -- the model --------------------------------------------------------------------------
+    def add_input(self, name: str, elem: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def add_output(self, name: str, elem: int, shape: list) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
+
+    def model(self, graph_dir: Path) -> onnx.ModelProto:
+        inits = list(self._inline.values())
+        for name, (key, view) in self._shared.items():
+            inits.append(self.weights.tensor(key, name, graph_dir, view))
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                              producer_name="alter-edge")
+        m.ir_version = 10
+        return m
+
+    def save(self, path: Path) -> dict:
+        """Write the graph (its own tensors inline); returns node and operator counts."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        m = self.model(path.parent)
+        data = m.SerializeToString()
+        path.write_bytes(data)
+        ops: dict[str, int] = {}
+        for n in self.nodes:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        return {"nodes": len(self.nodes), "operators": dict(sorted(ops.items())), "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest()}
+
+
+TP = TensorProto
