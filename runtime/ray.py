@@ -30,6 +30,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -156,6 +157,19 @@ def _ordered(progress: bool):
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 
 
+def _map(ds: ray.data.Dataset, shipped, bundle: Path, opts: BatchOptions, ropts: RayOptions) -> ray.data.Dataset:
+    return ds.map_batches(
+        _Predictor,
+        fn_constructor_kwargs={"bundle": str(bundle), "shipped": shipped, "threads": ropts.threads_per_actor,
+                               "precision": ropts.precision, "opts": asdict(opts),
+                               "crash_once": ropts.crash_once},
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ropts.actors),
+        num_cpus=ropts.threads_per_actor,
+        ray_remote_args_fn=lambda: {"max_restarts": ropts.max_restarts,
+                                    "max_task_retries": ropts.max_task_retries},
+    )
+
+
 def _run_planned(bundle: Path, rows: list[_Row], opts: BatchOptions, ropts: RayOptions,
                  progress: bool) -> dict[int, str]:
     """Run the good rows on the actor pool: {line: its record's JSONL line}, each row once."""
@@ -169,16 +183,11 @@ def _run_planned(bundle: Path, rows: list[_Row], opts: BatchOptions, ropts: RayO
         key, blob = _pack_bundle(bundle)
         shipped = (key, [ray.put(blob)])  # boxed: Ray passes the reference, the actor fetches it once
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), ropts.actors * ropts.blocks_per_actor))
-    out = ds.map_batches(
-        _Predictor,
-        fn_constructor_kwargs={"bundle": str(bundle), "shipped": shipped, "threads": ropts.threads_per_actor,
-                               "precision": ropts.precision, "opts": asdict(opts),
-                               "crash_once": ropts.crash_once},
-        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ropts.actors),
-        num_cpus=ropts.threads_per_actor,
-        ray_remote_args_fn=lambda: {"max_restarts": ropts.max_restarts,
-                                    "max_task_retries": ropts.max_task_retries},
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for actor restarts and task retries yet; without these
+        # args its defaults retry forever. ray_remote_args_fn is due to go in Ray 2.64 (pinned: 2.60).
+        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn. is deprecated")
+        out = _map(ds, shipped, bundle, opts, ropts)
     done: dict[int, str] = {}
     dup: list[int] = []
     with _ordered(progress):

@@ -95,3 +95,19 @@ def test_a_killed_actor_loses_and_duplicates_no_row(cluster, runtime_bundle, job
     lines = [json.loads(x)["line"] for x in out.read_text().splitlines()]
     assert len(lines) == len(set(lines))
     assert out.read_bytes() == local.read_bytes()
+
+
+def test_cli_ray_flag_writes_the_local_jobs_file(cluster, runtime_bundle, job, tmp_path):
+    from click.testing import CliRunner
+
+    from alter_edge.cli import main
+
+    inp, opts, local = job
+    out = tmp_path / "cli.jsonl"
+    args = ["run", str(runtime_bundle), "--input", str(inp), "--output", str(out), "--task", "echo",
+            "--batch-size", "3", "--max-new-tokens", "5", "--quiet", "--ray", "--actors", "2"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 3, r.output  # some rows are error records, as in the local job
+    assert out.read_bytes() == local.read_bytes()
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 2 and "--resume is for the local job" in r.output
