@@ -12,7 +12,7 @@ are left out of them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class Emit:
     task_id: int | None
     task_ids: str | None  # the graph's task_ids input (multitask)
     prune_threshold: float = 1e-5
+    token_weights: dict = field(default_factory=dict)  # token gate: each block's (B, S, K), made once
 
 
 class MixtureSource:
@@ -62,14 +63,16 @@ class MixtureSource:
         if self.gate is None:
             table = (self.table() @ expand).astype(np.float32)[:, None, :]  # (T, 1, W)
             return g.op("Gather", [g.const(table, hint), e.task_ids], axis=0)
-        H = self.gate.shape[1]
-        ones = g.const(np.ones(H, np.float32), "ones")
-        hn = g.op("SimplifiedLayerNormalization", [resid, ones], epsilon=1e-6, axis=-1)
-        z = g.linear(hn, self.gate / math.sqrt(H), bits=0)  # (B, S, K), gate kept fp32
-        lg = g.op("Gather", [g.const(self.logits[:, None, :].astype(np.float32), "mix_logits"), e.task_ids],
-                  axis=0)
-        w = g.op("Softmax", [g.op("Div", [g.op("Add", [z, lg]),
-                                             g.const(np.float32(self.temperature), "temp")])], axis=-1)
+        w = e.token_weights.get(id(self))
+        if w is None:  # once per block: every adapted projection of it shares the weights
+            H = self.gate.shape[1]
+            ones = g.const(np.ones(H, np.float32), "ones")
+            hn = g.op("SimplifiedLayerNormalization", [resid, ones], epsilon=1e-6, axis=-1)
+            z = g.linear(hn, self.gate / math.sqrt(H), bits=0)  # (B, S, K), gate kept fp32
+            lg = g.op("Gather", [g.const(self.logits[:, None, :].astype(np.float32), "mix_logits"), e.task_ids],
+                      axis=0)
+            w = e.token_weights[id(self)] = g.op("Softmax", [g.op("Div", [
+                g.op("Add", [z, lg]), g.const(np.float32(self.temperature), "temp")])], axis=-1)
         return g.op("MatMul", [w, g.const(expand.astype(np.float32), hint + "_expand")])
 
 

@@ -7,7 +7,7 @@ The graph is written op by op with onnxruntime's fused contrib operators, nothin
 - per block: ``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm), one packed q/k/v
   matmul, ``GroupQueryAttention`` (rotary inside, KV cache in place), the o projection, one
   packed gate/up matmul, ``QuickGelu(alpha=1)`` (= SiLU) times up, the down projection;
-- matmuls: ``FusedMatMul`` on the fp32 weight (fp32), ``MatMulNBits`` (int8 / int4, block-wise);
+- matmuls: ``MatMul`` on the transposed fp32 weight (fp32), ``MatMulNBits`` (int8 / int4, block-wise);
 - adapters: the block's kind emits its piece (``export.adapters``).
 
 Supported backbones: the Llama family (``llama``, ``mistral``, ``qwen2``, ``qwen3``). GPT-2 is
@@ -92,8 +92,10 @@ class DecoderBuilder:
         self.tied = head.data_ptr() == backbone.embed_tokens.weight.data_ptr()
         self.lm_head = self.embed if self.tied else _np(head)
         self.vocab = self.lm_head.shape[0]
-        n_pos = int(max_positions or min(getattr(cfg, "max_position_embeddings", 4096), 8192))
+        # rotary positions the graph covers: the model's own limit, at least 2048, at most 8192
+        n_pos = int(max_positions or min(max(getattr(cfg, "max_position_embeddings", 2048), 2048), 8192))
         self.cos, self.sin = self._rotary(backbone, n_pos)
+        self.kv = KVLayout(self.kv.num_layers, self.kv.num_kv_heads, self.kv.head_dim, max_sequence_length=n_pos)
         self.adapters = {}
         if self.mta is not None:
             spec = self.mta.spec
@@ -161,15 +163,22 @@ class DecoderBuilder:
             qkv = lora.side(g, e, f"layers.{i}.qkv", QKV, widths, x, qkv, resid)
         i_name = self.kv.past_names[2 * i], self.kv.past_names[2 * i + 1]
         o_name = self.kv.present_names[2 * i], self.kv.present_names[2 * i + 1]
-        ins = [qkv, "", "", *i_name, seqlens, total, cos, sin]
         attrs = dict(num_heads=self.heads, kv_num_heads=self.kv.num_kv_heads, do_rotary=1, rotary_interleaved=0,
                      scale=float(getattr(attn, "scaling", self.kv.head_dim ** -0.5)))
         if self.window:
             attrs["local_window_size"] = int(self.window)
-        if getattr(attn, "q_norm", None) is not None:  # qwen3: RMSNorm of each head's q and k
-            ins += ["", "", "", "", "", g.const(_np(attn.q_norm.weight), "q_norm"),
-                    g.const(_np(attn.k_norm.weight), "k_norm")]
-            attrs["qk_norm_epsilon"] = float(attn.q_norm.variance_epsilon)
+        if getattr(attn, "q_norm", None) is not None:
+            # qwen3: RMSNorm of each head's q and k before rotary (the CPU kernel has no such prologue)
+            q, k, v = g.op("Split", [qkv, g.const(np.array(widths, np.int64), "split")], outputs=3, axis=-1)
+            heads = g.const(np.array([0, 0, -1, self.kv.head_dim], np.int64), "heads")
+            flat = g.const(np.array([0, 0, -1], np.int64), "flat")
+            eps = float(attn.q_norm.variance_epsilon)
+            q, k = (g.op("Reshape", [g.op("SimplifiedLayerNormalization", [
+                g.op("Reshape", [t, heads]), g.const(_np(w), "qk_norm")], epsilon=eps, axis=-1), flat])
+                for t, w in ((q, attn.q_norm.weight), (k, attn.k_norm.weight)))
+            ins = [q, k, v, *i_name, seqlens, total, cos, sin]
+        else:
+            ins = [qkv, "", "", *i_name, seqlens, total, cos, sin]
         out = g.op("GroupQueryAttention", ins, outputs=[g.fresh("attn"), *o_name], domain=MS, **attrs)[0]
         wo, bo = _wb(attn.o_proj)
         if merged and "o_proj" in lora.lora:
@@ -246,7 +255,7 @@ class DecoderBuilder:
             m = self._block_mlp(g, e, i, x, resid)
             nxt = self.layers[i + 1].input_layernorm.weight if i + 1 < len(self.layers) else None
             x, resid = self._skip_norm(g, m, resid_mid, nxt, final=nxt is None)
-        logits = g.linear(x, head, key="lm_head" if self.tied else "lm_head_untied")
+        logits = g.linear(x, head, key="lm_head" if self.tied else "lm_head_untied", tied_rows=self.tied)
         g.op("Identity", [logits], outputs=[LOGITS])
         g.add_output(LOGITS, T.FLOAT, ["batch", "seq", self.vocab])
         for name in self.kv.present_names:

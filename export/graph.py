@@ -169,10 +169,11 @@ class GraphBuilder:
         return quantize_blockwise(w, bits, self.block_size)
 
     def linear(self, x: str, w: np.ndarray | QuantizedMatrix, key: str | None = None,
-               bias: np.ndarray | None = None, bits: int | None = None) -> str:
-        """``x @ w.T (+ bias)``, ``w`` (N, K) as in torch. fp32: FusedMatMul (transB) on the
-        unchanged weight; quantized: MatMulNBits. ``key``: store the weight in the shared file
-        under it (None: inline, this graph's own); ``bits`` overrides the graph's precision."""
+               bias: np.ndarray | None = None, bits: int | None = None, tied_rows: bool = False) -> str:
+        """``x @ w.T (+ bias)``, ``w`` (N, K) as in torch. fp32: MatMul on the weight stored
+        transposed; quantized: MatMulNBits. ``key``: store the weight in the shared file under
+        it (None: inline, this graph's own); ``bits`` overrides the graph's precision;
+        ``tied_rows``: fp32 only, the weight is stored as it is (an embedding shares it)."""
         bits = self.bits if bits is None else bits
         if isinstance(w, QuantizedMatrix) or bits:
             q = w if isinstance(w, QuantizedMatrix) else self.quantized(w, bits)
@@ -185,8 +186,12 @@ class GraphBuilder:
                 ins += ["", "", self.const(bias.astype(np.float32), "bias")]
             return self.op("MatMulNBits", ins, domain=MS, K=q.K, N=q.N, bits=q.bits, block_size=q.block_size,
                            accuracy_level=self.accuracy_level)
-        wname = self.shared(key, w.astype(np.float32)) if key else self.const(w.astype(np.float32), "weight")
-        y = self.op("FusedMatMul", [x, wname], domain=MS, transB=1, alpha=1.0)
+        if tied_rows:  # w is also read row-wise (a tied embedding): transposed once, at session start
+            wname = self.shared(key, w.astype(np.float32)) if key else self.const(w.astype(np.float32), "weight")
+            y = self.op("MatMul", [x, self.op("Transpose", [wname], perm=[1, 0])])
+        else:  # stored (K, N): onnxruntime pre-packs a constant MatMul weight
+            wt = np.ascontiguousarray(w.T, dtype=np.float32)
+            y = self.op("MatMul", [x, self.shared(key + ".T", wt) if key else self.const(wt, "weight")])
         if bias is not None:
             y = self.op("Add", [y, self.const(bias.astype(np.float32), "bias")])
         return y

@@ -40,6 +40,7 @@ class KVLayout:
     past_value: str = PAST_VALUE
     present_key: str = PRESENT_KEY
     present_value: str = PRESENT_VALUE
+    max_sequence_length: int = 0  # positions the graph's rotary cache covers (0: not recorded)
 
     @property
     def past_names(self) -> tuple[str, ...]:  # key, value of layer 0, then layer 1, ...
@@ -61,9 +62,10 @@ class KVLayout:
                 "past_key": self.past_key, "past_value": self.past_value,
                 "present_key": self.present_key, "present_value": self.present_value,
                 "dtype": "float32", "shape": ["batch", "num_kv_heads", "seq", "head_dim"],
-                "shared_buffer": True}
+                "shared_buffer": True, "max_sequence_length": self.max_sequence_length}
 
     @classmethod
     def from_dict(cls, d: dict) -> KVLayout:
         names = {k: d[k] for k in ("past_key", "past_value", "present_key", "present_value") if k in d}
-        return cls(int(d["num_layers"]), int(d["num_kv_heads"]), int(d["head_dim"]), **names)
+        return cls(int(d["num_layers"]), int(d["num_kv_heads"]), int(d["head_dim"]), **names,
+                   max_sequence_length=int(d.get("max_sequence_length", 0)))

@@ -110,6 +110,10 @@ class GraphRunner:
         log.info("loaded %s (task_ids input: %s)", path, self.takes_task_ids)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        limit = self.kv.max_sequence_length
+        if limit and max_len > limit:
+            raise ConfigError(f"{max_len} tokens (prompt plus new tokens) exceed the {limit} positions this "
+                              f"graph covers; ask for fewer new tokens or a shorter input")
         return KVCache(self.kv, batch, max_len)
 
     def step(self, input_ids: np.ndarray, lengths: np.ndarray, task_ids: np.ndarray | None,

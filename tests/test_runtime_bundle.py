@@ -27,8 +27,8 @@ def _edit_manifest(b, fn):
 def test_good_bundle_loads(runtime_bundle):
     b = load_bundle(runtime_bundle)
     assert b.kv.num_layers == 4 and b.has_multi_task_graph
-    assert b.graph_for("echo").path == "tasks/echo/model.onnx"
-    assert b.graph_for("colour").path == "model.onnx"
+    assert b.graph_for("echo").path == "task-echo.fp32.onnx"
+    assert b.graph_for("colour").path == "model.fp32.onnx"
 
 
 def test_not_a_directory(tmp_path):
@@ -36,14 +36,14 @@ def test_not_a_directory(tmp_path):
         EdgeModel.load(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("name", ["tokenizer.json", "tasks.json", "tasks/echo/model.onnx", "manifest.json"])
+@pytest.mark.parametrize("name", ["tokenizer.json", "tasks.json", "task-echo.fp32.onnx", "manifest.json"])
 def test_missing_file_is_named(bundle_copy, name):
     (bundle_copy / name).unlink()
     with pytest.raises(BundleError, match=name.replace(".", r"\.")):
         EdgeModel.load(bundle_copy)
 
 
-@pytest.mark.parametrize("name", ["tokenizer.json", "tasks.json", "model.onnx"])
+@pytest.mark.parametrize("name", ["tokenizer.json", "tasks.json", "model.fp32.onnx"])
 def test_tampered_file_is_named(bundle_copy, name):
     with open(bundle_copy / name, "ab") as f:
         f.write(b" ")
@@ -54,7 +54,7 @@ def test_tampered_file_is_named(bundle_copy, name):
 def test_tampered_graph_is_caught_when_first_opened(bundle_copy):
     """Graphs are hashed when opened: at load for the default graph (or all with preload),
     at first use for a per-task graph."""
-    name = "tasks/echo/model.onnx"
+    name = "task-echo.fp32.onnx"
     with open(bundle_copy / name, "ab") as f:
         f.write(b" ")
     m = EdgeModel.load(bundle_copy, threads=1)
@@ -69,7 +69,7 @@ def test_tampered_graph_is_caught_when_first_opened(bundle_copy):
 
 def test_wrong_format_version(bundle_copy):
     _edit_manifest(bundle_copy, lambda m: m.update(format_version=99))
-    with pytest.raises(BundleError, match="format_version 99 is not supported; this runtime reads 1"):
+    with pytest.raises(BundleError, match="format_version 99 is not supported; this runtime reads 2"):
         EdgeModel.load(bundle_copy)
 
 
@@ -89,7 +89,7 @@ def test_tokenizer_that_does_not_belong(bundle_copy):
     tok.add_tokens([f"extra{i}" for i in range(50)])
     tok.save(str(bundle_copy / "tokenizer.json"))
     _edit_manifest(bundle_copy, lambda m: m["files"].update({"tokenizer.json": sha256_file(bundle_copy / "tokenizer.json")}))
-    with pytest.raises(BundleError, match="tokenizer.json has 84 tokens but model.onnx has 34 logits"):
+    with pytest.raises(BundleError, match="tokenizer.json has 84 tokens but model.fp32.onnx has 34 logits"):
         EdgeModel.load(bundle_copy)
 
 
@@ -116,8 +116,8 @@ def test_bad_session_options(runtime_bundle):
 
 
 def test_unlisted_file_is_refused(bundle_copy):
-    (bundle_copy / "tasks" / "extra.bin").write_bytes(b"x")
-    with pytest.raises(BundleError, match="file tasks/extra.bin is not listed in manifest.json"):
+    (bundle_copy / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match="file extra.bin is not listed in manifest.json"):
         EdgeModel.load(bundle_copy)
 
 
@@ -131,13 +131,13 @@ def test_ort_format_twin(bundle_copy, edge_model):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(bundle_copy / "model.ort")
     so.add_session_config_entry("session.save_model_format", "ORT")
-    ort.InferenceSession(str(bundle_copy / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(bundle_copy / "model.fp32.onnx"), so, providers=["CPUExecutionProvider"])
 
     def add_twin(m):
         m["graphs"][0]["ort"] = "model.ort"
         m["files"]["model.ort"] = sha256_file(bundle_copy / "model.ort")
 
-    assert json.loads((bundle_copy / "manifest.json").read_text())["graphs"][0]["path"] == "model.onnx"
+    assert json.loads((bundle_copy / "manifest.json").read_text())["graphs"][0]["path"] == "model.fp32.onnx"
     _edit_manifest(bundle_copy, add_twin)
     m = EdgeModel.load(bundle_copy, threads=1, ort_format=True)
     assert m.runner_for(["colour"]).path.name == "model.ort"
@@ -150,6 +150,6 @@ def test_ort_format_twin(bundle_copy, edge_model):
 
 def test_load_only_the_graphs_of_some_tasks(runtime_bundle):
     m = EdgeModel.load(runtime_bundle, threads=1, tasks=["echo"])
-    assert list(m._runners) == ["tasks/echo/model.onnx"]
+    assert list(m._runners) == ["task-echo.fp32.onnx"]
     m = EdgeModel.load(runtime_bundle, threads=1, tasks=["colour", "parity"])
-    assert list(m._runners) == ["model.onnx"]
+    assert list(m._runners) == ["model.fp32.onnx"]

@@ -40,15 +40,15 @@ def test_greedy_matches_pytorch_per_task(edge_model, runtime_ckpt, task):
 
 
 def test_single_task_uses_its_graph_mixed_uses_multi_task(edge_model):
-    assert edge_model.runner_for(["echo"]).path.parts[-3:] == ("tasks", "echo", "model.onnx")
-    assert edge_model.runner_for(["colour"]).path.name == "model.onnx"
+    assert edge_model.runner_for(["echo"]).path.name == "task-echo.fp32.onnx"
+    assert edge_model.runner_for(["colour"]).path.name == "model.fp32.onnx"
     assert edge_model.runner_for(["colour"]).takes_task_ids
     assert not edge_model.runner_for(["echo"]).takes_task_ids
     assert edge_model.runner_for(["echo", "colour"]).takes_task_ids
 
 
 def test_mixed_task_batch_matches_pytorch(edge_model, runtime_ckpt, monkeypatch):
-    from alter_edge.runtime.session import GraphRunner
+    from alter_edge.runtime.session import KVCache
 
     texts = _texts("colour", 4) + _texts("echo", 4) + _texts("parity", 4)
     tasks = ["colour"] * 4 + ["echo"] * 4 + ["parity"] * 4
@@ -56,9 +56,9 @@ def test_mixed_task_batch_matches_pytorch(edge_model, runtime_ckpt, monkeypatch)
     texts, tasks = [texts[i] for i in order], [tasks[i] for i in order]
     ref = _torch_greedy(runtime_ckpt, edge_model, texts, tasks)
     compactions = []
-    select = GraphRunner.select_rows
-    monkeypatch.setattr(GraphRunner, "select_rows",
-                        staticmethod(lambda past, rows: compactions.append(len(rows)) or select(past, rows)))
+    select = KVCache.select_rows
+    monkeypatch.setattr(KVCache, "select_rows",
+                        lambda cache, rows: compactions.append(len(rows)) or select(cache, rows))
     got = edge_model.generate(texts, tasks=tasks, max_new_tokens=MAX_NEW)
     assert [g.token_ids for g in got] == ref
     assert len({len(r) for r in ref}) > 1  # rows end at different steps ...
@@ -75,7 +75,7 @@ def test_mixed_batch_without_multi_task_graph(runtime_bundle, runtime_ckpt, tmp_
     shutil.copytree(runtime_bundle, b)
     m = json.loads((b / "manifest.json").read_text())
     m["graphs"] = [g for g in m["graphs"] if g["task"] is not None]
-    (b / "model.onnx").unlink()
+    (b / "model.fp32.onnx").unlink()
     (b / "manifest.json").write_text(json.dumps(m))
     model = EdgeModel.load(b, threads=1)
     texts = _texts("echo", 2)
