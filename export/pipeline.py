@@ -106,7 +106,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
 
     out, checkpoint = Path(out), Path(checkpoint)
     if out.exists() and not opts.overwrite:
-        raise BundleError(f"{out} already exists (allow overwriting to replace it)")
+        raise BundleError(f"{out} already exists; pass `overwrite` to replace it")
     meta = read_checkpoint_meta(checkpoint)  # missing or incomplete: CheckpointError before any torch work
     gate = meta["mta_config"].get("gate", "task")
     if gate != "task" and (opts.tasks or opts.merged):

@@ -81,7 +81,7 @@ def parse_row(model: EdgeModel, raw: bytes | dict, lineno: int, opts: BatchOptio
         row_id = obj.get("id")
         task = obj.get("task", opts.task)
         if task is None:
-            raise DataError(f"line {lineno}: no task (give the row a 'task' or pass --task)")
+            raise DataError(f"line {lineno}: no task (give the row a 'task' or pass a default `task`)")
         if not isinstance(task, str) or task not in model.tasks:
             raise DataError(f"line {lineno}: unknown task {task!r}; known tasks: "
                             f"{', '.join(model.tasks.names)}")
@@ -89,7 +89,7 @@ def parse_row(model: EdgeModel, raw: bytes | dict, lineno: int, opts: BatchOptio
         limit = model.bundle.max_prompt_tokens
         if full > limit and not opts.truncate:
             raise DataError(f"line {lineno}: input is {full} tokens with its prompt, over the "
-                            f"bundle's max_prompt_tokens {limit} (--truncate cuts it in the middle to {limit} tokens, as training did)")
+                            f"bundle's max_prompt_tokens {limit} (`truncate` cuts it in the middle to {limit} tokens, as training did)")
         return _Row(lineno, row_id, task, prompt)
     except (DataError, TaskError) as e:
         return {"id": row_id if row_id is not None else _best_effort_id(raw),
@@ -171,7 +171,7 @@ class PartialFile:
         if head != self.header:
             raise DataError(
                 f"{self.path} belongs to a different run (input file, options or bundle changed); "
-                "delete it or run without --resume"
+                "delete it or run without `resume`"
             )
         done: dict[int, dict] = {}
         for raw in lines[1:]:

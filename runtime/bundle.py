@@ -64,7 +64,7 @@ class Bundle:
         if ort_format:
             if graph.ort is None:
                 raise BundleError(f"{self.root}: graph {graph.path} has no .ort twin "
-                                  "(export with --ort-format, or load without ort_format)")
+                                  "(export with ORT-format files, or load without `ort_format`)")
             rel, digest = graph.ort, self.manifest["files"].get(graph.ort)
             if digest is None:
                 raise BundleError(f"{self.root}/manifest.json: files does not list {rel}")

@@ -80,7 +80,7 @@ def test_resume_equals_uninterrupted(trainable_llama_dir, tiny_data, tmp_path):
     run_training(tiny_data, tmp_path / "full", cfg, progress=False)
     part = run_training(tiny_data, tmp_path / "cut", cfg, progress=False, stop_after=13)
     assert not part["complete"] and (tmp_path / "cut" / "optimizer.pt").exists()
-    with pytest.raises(CheckpointError, match="--resume"):
+    with pytest.raises(CheckpointError, match="`resume`"):
         run_training(tiny_data, tmp_path / "cut", cfg, progress=False)
     part = run_training(tiny_data, tmp_path / "cut", cfg, resume=True, progress=False, stop_after=25)
     assert not part["complete"] and part["stage"] == 1  # crossed into stage 2
@@ -117,7 +117,7 @@ def test_checkpoint_from_other_base_is_refused(trainable_llama_dir, tiny_data, t
 
     run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=2, stage2_steps=1), progress=False)
     other = make_tiny_base("llama", tmp_path / "other-base", tiny_tokenizer_dir, seed=1)
-    with pytest.raises(CheckpointError, match="matching --base-model"):
+    with pytest.raises(CheckpointError, match="matching `base_model`"):
         load_checkpoint(tmp_path / "r", base_model=str(other))
     (tmp_path / "r" / "tasks.json").unlink()
     with pytest.raises(CheckpointError, match="missing tasks.json"):

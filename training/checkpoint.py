@@ -126,7 +126,7 @@ def load_checkpoint(path: Path, base_model: str | None = None, check_hash: bool 
     if check_hash and info.sha256 != recorded.sha256:
         raise CheckpointError(
             f"{path} was trained on base model {recorded.reference} (weights sha256 {recorded.sha256[:12]}), "
-            f"but {ref} has weights {info.sha256[:12]}: pass the matching --base-model"
+            f"but {ref} has weights {info.sha256[:12]}: pass the matching `base_model`"
         )
     model = MTAModel(base, mta_cfg)
     try:

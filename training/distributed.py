@@ -1,7 +1,6 @@
 """Data-parallel training with torch.distributed: the trainer's one loop, N processes.
 
-    torchrun --nproc-per-node 2 -m alter_edge.training.distributed --data tasks.jsonl --out runs/mta
-    alter-edge train --distributed ...        # the same, when started by torchrun
+    torchrun --nproc-per-node 2 -m alter_edge.cli train --distributed --data tasks.jsonl --out runs/mta
 
 Every rank runs ``run_training`` with a :class:`TorchDistributed` collective: it takes a
 strided share of every global batch (the single-process schedule, unchanged), weights each
@@ -21,7 +20,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -87,7 +85,7 @@ class TorchDistributed(Collective):
         missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
             raise ConfigError(f"distributed training needs {', '.join(missing)} in the environment: "
-                               "start it with torchrun --nproc-per-node N ...")
+                               "start every rank with torchrun (docs/training.md)")
         return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
 
     def shard(self, idx: Sequence[int]) -> list[int]:
@@ -117,16 +115,4 @@ class TorchDistributed(Collective):
             dist.destroy_process_group()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``torchrun ... -m alter_edge.training.distributed [alter-edge train options]``."""
-    from alter_edge.train_cli import train_cmd
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    train_cmd.main(["--distributed", *args], prog_name="alter_edge.training.distributed")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
-__all__ = ["Collective", "TorchDistributed", "main"]
+__all__ = ["Collective", "TorchDistributed"]

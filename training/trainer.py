@@ -190,21 +190,21 @@ _SAME_RESULT = ("micro_batch_tokens",)
 
 
 def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
-    """Returns the saved state when resuming; raises when --out holds something else."""
+    """Returns the saved state when resuming; raises when ``out`` holds something else."""
     if not out.exists():
         if resume:
-            raise CheckpointError(f"--resume: {out} does not exist; nothing to resume (drop --resume)")
+            raise CheckpointError(f"`resume`: {out} does not exist; nothing to resume (drop `resume`)")
         return None
     if not out.is_dir():
-        raise CheckpointError(f"--out {out} exists and is not a directory")
+        raise CheckpointError(f"`out` {out} exists and is not a directory")
     if not (out / "state.json").is_file():
         if any(out.iterdir()):
-            raise CheckpointError(f"--out {out} exists and is not an alter-edge run; choose an empty or new directory")
+            raise CheckpointError(f"`out` {out} exists and is not an alter-edge run; choose an empty or new directory")
         return None
     meta = read_checkpoint_meta(out)
     if not resume:
         raise CheckpointError(
-            f"--out {out} already holds a run; pass --resume to continue it or choose another --out"
+            f"`out` {out} already holds a run; pass `resume` to continue it or choose another `out`"
         )
     saved = meta["train_config"]
     mine = cfg.to_dict()
@@ -214,8 +214,8 @@ def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
         # before compute_dtype defaulted to auto resumes with `--dtype bfloat16`)
         shown = "; ".join(f"{k}: started with {saved.get(k)!r}, now {mine.get(k)!r}" for k in diff)
         raise CheckpointError(
-            f"--resume: {out} was started with different settings ({shown}); "
-            "resume with the same options or choose another --out"
+            f"`resume`: {out} was started with different settings ({shown}); "
+            "resume with the same options or choose another `out`"
         )
     return meta["state"]
 
@@ -262,7 +262,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         ck = load_checkpoint(out)
         model, tokenizer, info = ck.model, ck.tokenizer, ck.base_info
         if ck.tasks.to_dict() != tasks.to_dict():
-            raise CheckpointError(f"--resume: the data's tasks differ from those in {out}/tasks.json")
+            raise CheckpointError(f"`resume`: the data's tasks differ from those in {out}/tasks.json")
     else:
         with dist.main_first():  # rank 0 converts/caches the base model once
             base, tokenizer, info = load_base_model(cfg.base_model)

@@ -1,36 +1,24 @@
-"""``alter-edge run`` and ``alter-edge bench`` (registered by alter_edge.cli when present)."""
+"""``alter-edge run`` and ``alter-edge bench``: the torch-free runtime (base install only)."""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import click
 
-from .bundle import PRECISIONS
-from .session import OPT_LEVELS
+from alter_edge.runtime.bundle import PRECISIONS
+from alter_edge.runtime.session import OPT_LEVELS
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
+from .common import CONTEXT, cli_message, echo_json, handle_errors, missing_extra_message
+
 EXIT_ROWS_FAILED = 3  # the batch job finished but some rows are error records
 EXIT_INTERRUPTED = 130
 
 
-def _friendly(fn):
-    """alter_edge.cli.friendly_errors, imported late (alter_edge.cli imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from alter_edge.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _load(bundle: Path, threads: int | None, precision: str | None, optimization: str = "all",
           tasks: list[str] | None = None):
-    from .model import EdgeModel
+    from alter_edge.runtime.model import EdgeModel
 
     return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization,
                           tasks=tasks)
@@ -69,7 +57,7 @@ def _session_options(fn):
               help="--ray: EdgeModel actors in the pool (--threads is then per actor, default 1).")
 @_session_options
 @click.pass_context
-@_friendly
+@handle_errors()
 def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resume, truncate,
             max_new_tokens, generate_labels, stream, as_json, quiet, ray_address, actors, threads,
             precision) -> None:
@@ -89,7 +77,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
             raise click.UsageError("give texts or --input, not both")
         if output_path is None:
             raise click.UsageError("--input needs --output")
-        from .batch import BatchOptions, run_jsonl
+        from alter_edge.runtime.batch import BatchOptions, run_jsonl
 
         opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
         if ray_address is not None:
@@ -110,7 +98,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
         click.echo(f"{summary.rows} rows ({summary.resumed} resumed), {summary.failed} failed, "
                    f"{summary.seconds:.1f}s -> {output_path}", err=True)
         for e in summary.errors[:5]:
-            click.echo(f"  {e}", err=True)
+            click.echo(f"  {cli_message(e)}", err=True)
         if summary.failed:
             ctx.exit(EXIT_ROWS_FAILED)
         return
@@ -145,9 +133,9 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
 
 def _run_ray(bundle, input_path, output_path, opts, address, actors, threads, precision, quiet):
     try:
-        from . import ray as ray_job
+        from alter_edge.runtime import ray as ray_job
     except ModuleNotFoundError as e:
-        raise click.ClickException(f"--ray needs Ray: pip install 'alter-edge[ray]' ({e})") from e
+        raise click.ClickException(missing_extra_message("run --ray", "ray", e.name or "ray")) from e
     ray_job.init(None if address == "local" else address)
     ropts = ray_job.RayOptions(actors=actors, threads_per_actor=threads or 1, precision=precision)
     return ray_job.run_file(bundle, input_path, output_path, opts, ropts, progress=not quiet)
@@ -162,7 +150,7 @@ def _run_ray(bundle, input_path, output_path, opts, address, actors, threads, pr
 @click.option("--optimization", type=click.Choice(list(OPT_LEVELS)), default="all", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_session_options
-@_friendly
+@handle_errors()
 def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as_json, threads,
               precision) -> None:
     """Time a bundle: load, time to first token, decode tok/s (batch 1 and 8), classify rows/s,
@@ -171,13 +159,13 @@ def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as
     \b
     alter-edge bench bundle --threads 2 --json
     """
-    from .bench import run_bench
+    from alter_edge.runtime.bench import run_bench
 
     model = _load(bundle, threads, precision, optimization, tasks=[task] if task else None)
     res = run_bench(model, task, prompt_tokens, new_tokens, repeats)
     res["threads"] = threads
     if as_json:
-        click.echo(json.dumps(res, indent=2, sort_keys=True))
+        echo_json(res)
         return
     for k, v in res.items():
         click.echo(f"{k:>18}: {v}")

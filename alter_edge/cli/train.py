@@ -3,19 +3,14 @@ CLI itself loads with a runtime-only install)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-
-def _friendly(fn):
-    from .cli import friendly_errors
-
-    return friendly_errors(fn)
+from .common import CONTEXT, echo_json, handle_errors
 
 
-@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("train", context_settings=CONTEXT)
 @click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSONL rows {task, input, target}. Default: the built-in task mix.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -53,6 +48,7 @@ def _friendly(fn):
 @click.option("--distributed", is_flag=True,
               help="One rank of a data-parallel run started by torchrun (gloo): each rank takes its share of "
                    "every batch; rank 0 writes the checkpoint (docs/training.md).")
+@handle_errors(extra="train")
 def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention, gate,
               stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, micro_batch_tokens, seed, no_cache,
               compute_dtype, resume, quiet, distributed):
@@ -62,9 +58,10 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
     alter-edge train --out runs/mta                       # built-in base + task mix
     alter-edge train --data tasks.jsonl --out runs/mta --adapter-kind ffn
     alter-edge train --data tasks.jsonl --out runs/mta --resume
-    torchrun --nproc-per-node 2 -m alter_edge.training.distributed --data tasks.jsonl --out runs/mta
+    torchrun --nproc-per-node 2 -m alter_edge.cli train --distributed --data tasks.jsonl --out runs/mta
     """
-    from .config import TrainConfig
+    from alter_edge.config import TrainConfig
+    from alter_edge.training.trainer import run_training
 
     mta: dict = {"adapter_kind": adapter_kind}
     if num_adapters is not None:
@@ -88,29 +85,22 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
                  ("stage2_holdout", stage2_holdout), ("micro_batch_tokens", micro_batch_tokens)):
         if v is not None:
             kwargs[k] = v
+    cfg = TrainConfig(**kwargs)
+    collective = None
+    if distributed:
+        from alter_edge.training.distributed import TorchDistributed
 
-    @_friendly
-    def go():
-        from alter_edge.training.trainer import run_training
-
-        cfg = TrainConfig(**kwargs)
-        collective = None
-        if distributed:
-            from alter_edge.training.distributed import TorchDistributed
-
-            collective = TorchDistributed.from_env()
-        result = run_training(data, out, cfg, resume=resume, progress=not quiet, collective=collective)
-        if collective is not None and not collective.is_main:
-            return
-        for stage, ev in result.get("evals", {}).items():
-            click.echo(f"{stage}: dev overall {ev['overall']:.3f}  " +
-                       "  ".join(f"{t}={s:.3f}" for t, s in ev["per_task"].items()))
-        click.echo(f"checkpoint: {out}")
-
-    go()
+        collective = TorchDistributed.from_env()
+    result = run_training(data, out, cfg, resume=resume, progress=not quiet, collective=collective)
+    if collective is not None and not collective.is_main:
+        return
+    for stage, ev in result.get("evals", {}).items():
+        click.echo(f"{stage}: dev overall {ev['overall']:.3f}  " +
+                   "  ".join(f"{t}={s:.3f}" for t, s in ev["per_task"].items()))
+    click.echo(f"checkpoint: {out}")
 
 
-@click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("eval", context_settings=CONTEXT)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSONL rows {task, input, target}. Default: the checkpoint's own dev split.")
@@ -123,6 +113,7 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
                    "bfloat16 is 2-5x faster on CPUs with native bf16 (auto picks it there), scores may move slightly.")
 @click.option("--bf16", is_flag=True, help="Same as --dtype bfloat16.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@handle_errors(extra="train")
 def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, compute_dtype, bf16, quiet):
     """Score a checkpoint per task: exact match (classify), ROUGE-L F1 (generate).
 
@@ -134,19 +125,14 @@ def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, com
     if bf16 and compute_dtype not in (None, "bfloat16"):
         raise click.UsageError(f"--bf16 means --dtype bfloat16; it cannot be combined with --dtype {compute_dtype}")
     dtype = "bfloat16" if bf16 else compute_dtype or "float32"
+    from alter_edge.training.trainer import evaluate_checkpoint
 
-    @_friendly
-    def go():
-        from alter_edge.training.trainer import evaluate_checkpoint
-
-        res = evaluate_checkpoint(checkpoint, data, max_rows=max_rows, label_scoring=label_scoring,
-                                  base_model=base_model, progress=not quiet, compute_dtype=dtype)
-        if as_json:
-            click.echo(json.dumps(res, indent=2, sort_keys=True))
-            return
-        click.echo(format_table(res))
-
-    go()
+    res = evaluate_checkpoint(checkpoint, data, max_rows=max_rows, label_scoring=label_scoring,
+                              base_model=base_model, progress=not quiet, compute_dtype=dtype)
+    if as_json:
+        echo_json(res)
+        return
+    click.echo(format_table(res))
 
 
 def format_table(res: dict) -> str:

@@ -1,0 +1,5 @@
+"""``python -m alter_edge.cli``."""
+
+from alter_edge.cli import main
+
+main()

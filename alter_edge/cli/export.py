@@ -1,0 +1,146 @@
+"""``alter-edge export`` and ``alter-edge inspect`` (torch is imported inside the commands).
+
+Every export flag is declared once, in ``EXPORT_OPTIONS``, and turned into the library's
+``ExportOptions`` in one function, ``export_options``: a new flag touches those two places.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import CONTEXT, echo_json, handle_errors
+
+EXPORT_OPTIONS = [
+    click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                 help="Bundle directory to create."),
+    click.option("--task", "tasks", default="all", show_default=True,
+                 help="Per-task graphs: 'all', comma-separated names, or 'none' (the multi-task graph only). "
+                      "A per-task graph holds only its task's mixture and reads the base and adapter "
+                      "weights from the bundle's shared weight file."),
+    click.option("--int8", is_flag=True, help="int8 graphs: 8-bit block-wise weights (MatMulNBits) on every "
+                                             "matmul, the embedding too."),
+    click.option("--int4", is_flag=True, help="int4 graphs: the same with 4-bit base weights."),
+    click.option("--fp32", is_flag=True, help="fp32 graphs (the default when neither --int8 nor --int4 is "
+                                             "given; otherwise the fp32 reference is built for the checks "
+                                             "and dropped)."),
+    click.option("--merged", is_flag=True, help="Per-task graphs with the LoRA adapters merged into the weights "
+                                               "(an app that ships one task: no adapter ops, but its own full "
+                                               "copy of the weights)."),
+    click.option("--block-size", type=int, default=32, show_default=True,
+                 help="Weights per scale of the MatMulNBits graphs."),
+    click.option("--accuracy-level", type=click.IntRange(0, 4), default=4, show_default=True,
+                 help="MatMulNBits compute: 4 = int8 activations (fastest), 0 = fp32 activations."),
+    click.option("--atol", type=float, default=3e-4, show_default=True,
+                 help="fp32 parity tolerance against PyTorch: max |logits diff| at valid positions."),
+    click.option("--int8-budget", type=float, default=1.0, show_default=True,
+                 help="Max mean per-task metric drop of an int8 graph on the dev split, in points."),
+    click.option("--int4-budget", type=float, default=5.0, show_default=True,
+                 help="Max mean per-task metric drop of an int4 graph, in points."),
+    click.option("--int8-min-top1", "min_top1_int8", type=float, default=0.85, show_default=True,
+                 help="Min top-1 agreement of an int8 graph with fp32 at every valid prompt position."),
+    click.option("--int4-min-top1", "min_top1_int4", type=float, default=0.70, show_default=True,
+                 help="Min top-1 agreement of an int4 graph with fp32."),
+    click.option("--heldout-rows", type=click.IntRange(min=1), default=None,
+                 help="Held-out rows per task for the quantized-metric check (default: the whole dev split)."),
+    click.option("--prune-threshold", type=float, default=1e-5, show_default=True,
+                 help="ffn: experts with a smaller mixture weight are left out of per-task graphs."),
+    click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="The checkpoint's training JSONL: its dev split is the held-out set for the "
+                      "quantized-metric check. Default: the data the checkpoint records (the built-in "
+                      "mix, or its file if still there); failing that, fp32 predictions are the reference."),
+    click.option("--base-model", default=None, help="Override the base model the checkpoint records."),
+    click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads for the checks."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing --out."),
+    click.option("--quiet", is_flag=True, help="No progress bar."),
+]
+
+
+def export_options(params: dict[str, Any]):
+    """The flags of ``export`` as the library's ``ExportOptions`` (option names match its fields)."""
+    from alter_edge.export.pipeline import ExportOptions
+
+    params = dict(params)
+    params.pop("out")
+    tasks = params.pop("tasks")
+    return ExportOptions(tasks=None if tasks.strip() == "none" else tasks, progress=not params.pop("quiet"),
+                         **params)
+
+
+def _with_export_options(fn):
+    for option in reversed(EXPORT_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@click.command("export", context_settings=CONTEXT)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@_with_export_options
+@handle_errors(extra="export")
+def export_cmd(checkpoint: Path, **params: Any) -> None:
+    """Export a checkpoint to a validated ONNX bundle (format 2: graphs built from the weights,
+    one copy of the weights per precision; every graph is checked, and a failed check exits
+    non-zero and leaves no bundle).
+
+    \b
+    alter-edge export runs/mta --task all --int8 --out bundle
+    alter-edge export runs/mta --task sentiment,nli --int4 --block-size 64 --out bundle
+    alter-edge export runs/mta --task answer --merged --int8 --out app-bundle
+    """
+    from alter_edge.export.pipeline import export_checkpoint
+
+    out = params["out"]
+    manifest = export_checkpoint(checkpoint, out, export_options(params))
+    validation = {**json.loads((out / "validation.json").read_text()), "_root": str(out)}
+    for line in summary_lines(manifest, validation):
+        click.echo(line)
+    click.echo(f"bundle: {out} (validation.json lists every check)")
+
+
+def summary_lines(manifest: dict, validation: dict) -> list[str]:
+    """Graphs with sizes and node counts, the weight files, and the quantized checks."""
+    lines = []
+    for g in manifest["graphs"]:
+        facts = validation.get("build", {}).get(g["path"], {})
+        nodes = f"{facts['nodes']} nodes" if facts else ""
+        lines.append(f"{g['path']:<32} {g.get('task') or '(multi-task)':<16} {g['precision']:<5} "
+                     f"{g['bytes'] / 1e6:9.2f} MB  {nodes}")
+    weights = sorted({w for g in manifest["graphs"] for w in g.get("external_data", [])})
+    root = Path(validation.get("_root", "."))
+    for w in weights:
+        size = (root / w).stat().st_size / 1e6 if (root / w).is_file() else float("nan")
+        lines.append(f"{w:<32} {'(shared weights)':<16} {'':<5} {size:9.2f} MB")
+    for c in validation.get("checks", []):
+        if c["check"] == "quantized_vs_fp32":
+            drops = ", ".join(f"{t} {d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for (t, d), (lo, hi)
+                              in zip(c["metric_drop_points"].items(), c["metric_drop_interval95"].values(),
+                                     strict=True))
+            lines.append(f"{c['graph']}: top-1 {c['top1_agreement']:.3f}; drop in points (95% interval): {drops}")
+    checks = validation.get("checks", [])
+    lines.append(f"validation: {sum(c['passed'] for c in checks)} checks passed "
+                 f"(atol {validation.get('atol')}, {validation.get('greedy_steps')} greedy steps)")
+    return lines
+
+
+@click.command("inspect", context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@handle_errors()
+def inspect_cmd(bundle, as_json):
+    """Print what a bundle holds and verify every file's sha256 (a changed file is named).
+
+    \b
+    alter-edge inspect bundle
+    """
+    from alter_edge.export.bundle import describe, verify_bundle
+
+    manifest = verify_bundle(bundle)
+    if as_json:
+        echo_json(manifest)
+        return
+    for line in describe(manifest):
+        click.echo(line)
+    click.echo("hashes: ok")
