@@ -1,135 +1,168 @@
-"""Export benchmark on SmolLM2-135M with a random-adapter lora checkpoint.
+"""Export benchmark (bundle format v2) beside onnxruntime-genai's model builder, in one run.
 
-Measures: export + validation wall time (multi-task graph, one per-task graph, int8, int4),
-file sizes fp32 / int8 / int4, and greedy latency (64-token prompt + 16 decode steps, batch 1)
-of the per-task graph and the multi-task graph against the plain base model exported the same
-way, in interleaved rounds (medians, ratios). Reproduce:
+Each round runs, one after another (interleaved, each in its own process under GNU time):
+``alter-edge export CKPT --task all --int8`` and ``--task all --int4``, then the
+onnxruntime-genai builder on the plain base model at int8 and int4 (``.venv-genai``, set up by
+``bash scripts/anchors.sh genai``; skipped with a message when missing). One fp32 export
+(``--task none --fp32``) gives the fp32 graph size the ratios are taken against. Printed:
+median wall time and peak RSS per command, bundle and graph sizes, node counts, and the int8
+graphs' paired dev-split metric drops with their 95% intervals (from validation.json).
 
-    HF_HUB_OFFLINE=1 python benchmarks/export_bench.py --out runs/export-bench \\
-        --data ../shared/data/alter-mix/train.jsonl --rounds 5
+    HF_HUB_OFFLINE=1 python benchmarks/export_bench.py --checkpoint runs/quickstart/checkpoint \\
+        --rounds 2 --out runs/export-bench
+
+Without ``--checkpoint`` a random-adapter SmolLM2-135M checkpoint (lora, 12 blocks, the tasks of
+``--data``) is made first: fine for time, size and nodes, meaningless for quality.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import random
+import os
+import re
+import shutil
 import statistics
-import time
+import subprocess
+import sys
 from pathlib import Path
 
-log = logging.getLogger("export_bench")
+ROOT = Path(__file__).resolve().parents[1]
+GENAI = ROOT / ".venv-genai" / "bin" / "python"
 
 
-def make_checkpoint(out: Path, data: Path, top_layers: int, seed: int = 0) -> Path:
+def cpu_flags() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
+    except (OSError, IndexError):
+        return "unknown"
+    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return ", ".join(have) or "no AVX2"
+
+
+def timed(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd`` under GNU time: wall seconds, peak RSS (MB), return code."""
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", r.stderr)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
+    h, m, s = wall.groups() if wall else (None, "0", "nan")
+    seconds = int(h or 0) * 3600 + int(m) * 60 + float(s)
+    if r.returncode:
+        print(r.stdout[-2000:], r.stderr[-3000:], file=sys.stderr)
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(int(rss.group(1)) / 1024) if rss else None,
+            "rc": r.returncode}
+
+
+def dir_mb(d: Path, pattern: str = "*") -> float:
+    return round(sum(p.stat().st_size for p in d.rglob(pattern) if p.is_file()) / 1e6, 1)
+
+
+def make_checkpoint(out: Path, data: Path) -> Path:
     import torch
 
-    from alter_edge.base_model import load_base_model, resolve_base_model
+    from alter_edge.base_model import load_base_model
     from alter_edge.config import MTAConfig, TrainConfig
-    from alter_edge.data import load_jsonl
     from alter_edge.inject import MTAModel
     from alter_edge.tasks import TaskRegistry
     from alter_edge.training.checkpoint import save_checkpoint
 
-    rows = [r.to_dict() for r in load_jsonl(data)]
+    rows = [json.loads(x) for x in data.read_text().splitlines() if x.strip()]
     tasks = TaskRegistry.infer(rows)
-    base_dir = resolve_base_model("smollm2-135m")
-    base, _tok, info = load_base_model(str(base_dir))
-    torch.manual_seed(seed)
-    cfg = MTAConfig(num_tasks=len(tasks), adapter_kind="lora", num_top_layers=top_layers, init_std=0.002)
-    model = MTAModel(base, cfg)
+    base, _tok, info = load_base_model("smollm2-135m")
+    torch.manual_seed(0)
+    model = MTAModel(base, MTAConfig(num_tasks=len(tasks), adapter_kind="lora", num_top_layers=12, init_std=0.002))
     with torch.no_grad():
         for b in model.blocks.values():
             b.mixture.logits.add_(torch.randn_like(b.mixture.logits) * 0.2)
-    tc = TrainConfig(base_model=str(base_dir), stage1_steps=0, stage2_steps=0,
-                     mta={"adapter_kind": "lora", "num_top_layers": top_layers})
-    save_checkpoint(out, model, tasks, tc, info, {"complete": True, "stage": 2, "step": 0})
+    tc = TrainConfig(base_model="smollm2-135m", stage1_steps=0, stage2_steps=0,
+                     mta={"adapter_kind": "lora", "num_top_layers": 12})
+    save_checkpoint(out, model, tasks, tc, info, {"complete": True, "stage": 2, "step": 0, "data": str(data)})
     return out
-
-
-def greedy_seconds(graph, prompt: list[int], task_id: int | None, steps: int) -> float:
-    t0 = time.perf_counter()
-    graph.greedy([prompt], None if not graph.multitask else [task_id], pad_id=0, max_new_tokens=steps)
-    return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=None, help="training JSONL (its dev split is the held-out set)")
     ap.add_argument("--out", type=Path, default=Path("runs/export-bench"))
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--top-layers", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--no-quant", action="store_true", help="fp32 graphs only (latency and sizes)")
-    ap.add_argument("--atol", type=float, default=3e-4,
-                    help="fp32 parity tolerance (SmolLM2's 30 layers measured ~1.0e-4 on long prompts)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("root", "onnxruntime", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from alter_edge.export.onnx_export import export_graph
-    from alter_edge.export.optimize import optimize_graph
-    from alter_edge.export.ortgraph import OrtGraph
-    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
-    from alter_edge.tasks import TaskRegistry
-
     args.out.mkdir(parents=True, exist_ok=True)
-    ck = args.out / "checkpoint"
-    if not (ck / "state.json").is_file():
-        make_checkpoint(ck, args.data, args.top_layers)
-    tasks = TaskRegistry.load(ck / "tasks.json")
-    task = tasks.names[0]
-    results: dict = {"task": task, "threads": args.threads, "rounds": args.rounds, "atol": args.atol}
+    ck = args.checkpoint
+    if ck is None:
+        if args.data is None:
+            ap.error("without --checkpoint, --data gives the tasks of the random-adapter checkpoint")
+        ck = args.out / "random-checkpoint"
+        if not (ck / "state.json").is_file():
+            make_checkpoint(ck, args.data)
+    from alter_edge.base_model import resolve_base_model
 
-    t0 = time.perf_counter()
-    bundle = args.out / "bundle"
-    manifest = export_checkpoint(ck, bundle, ExportOptions(
-        tasks=task, int8=not args.no_quant, int4=not args.no_quant, data=args.data, heldout_rows=8, overwrite=True, progress=False,
-        atol=args.atol))
-    results["export_and_validation_seconds"] = round(time.perf_counter() - t0, 1)
-    results["sizes_mb"] = {g["path"]: round(g["bytes"] / 1e6, 1) for g in manifest["graphs"]}
+    hf_dir = resolve_base_model("smollm2-135m")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ae = [sys.executable, "-m", "alter_edge.cli"]
+    data = ["--data", str(args.data)] if args.data else []
 
-    base_path = args.out / "base.onnx"
-    if not base_path.is_file():
-        base_dir = json.loads((ck / "base_model.json").read_text())["path"]
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-        export_graph(base, args.out / "base.raw.onnx", multitask=False)
-        optimize_graph(args.out / "base.raw.onnx", base_path)
-        del base
-    results["sizes_mb"]["base.onnx"] = round(base_path.stat().st_size / 1e6, 1)
+    def ours(precision: str, tasks: str = "all") -> list[str]:
+        return [*ae, "export", str(ck), "--task", tasks, f"--{precision}", "--out",
+                str(args.out / f"ours-{precision}-{tasks}"), "--overwrite", "--quiet", "--threads",
+                str(args.threads), *data]
 
-    graphs = {"base": base_path, "task_fp32": bundle / f"tasks/{task}/model.onnx", "multi_fp32": bundle / "model.onnx",
-              "task_int8": bundle / f"tasks/{task}/model.int8.onnx", "task_int4": bundle / f"tasks/{task}/model.int4.onnx"}
-    sessions = {k: OrtGraph(p, threads=args.threads) for k, p in graphs.items() if p.is_file()}
-    rng = random.Random(0)
-    prompt = [rng.randrange(100, 40000) for _ in range(64)]
-    tid = tasks.id_of(task)
-    for g in sessions.values():  # warm-up
-        greedy_seconds(g, prompt, tid, 2)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(args.rounds):
-        order = list(sessions)
-        rng.shuffle(order)  # interleaved A/B: every round runs every graph, in a random order
-        for k in order:
-            times[k].append(greedy_seconds(sessions[k], prompt, tid, args.steps))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    results["latency_median_s"] = {k: round(v, 4) for k, v in med.items()}
-    results["latency_ratio_vs_base"] = {k: round(v / med["base"], 3) for k, v in med.items()}
-    fp32 = results["sizes_mb"][f"tasks/{task}/model.onnx"]
-    results["size_ratio_vs_fp32"] = {p: round(s / fp32, 3) for p, s in results["sizes_mb"].items()
-                                     if p.startswith(f"tasks/{task}/")}
-    v = json.loads((bundle / "validation.json").read_text())
-    results["quantized_checks"] = [
-        {k: c.get(k) for k in ("graph", "fp32_rung", "top1_agreement", "metric_drop_points", "passed")}
-        for c in v["checks"] if c["check"] == "quantized_vs_fp32"]
-    results["max_fp32_abs_diff"] = max(c["max_abs_diff"] for c in v["checks"] if "max_abs_diff" in c)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))  # noqa: T201 (a script's report)
+    def genai(precision: str) -> list[str]:
+        return [str(GENAI), "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o",
+                str(args.out / f"genai-{precision}"), "-p", precision, "-e", "cpu",
+                "-c", str(args.out / "genai-cache")]
+
+    runs: dict[str, list[dict]] = {}
+    plan = [("ours int8 --task all", ours("int8")), ("ours int4 --task all", ours("int4"))]
+    if GENAI.is_file():
+        plan += [("genai builder int8 (plain base)", genai("int8")),
+                 ("genai builder int4 (plain base)", genai("int4"))]
+    else:
+        print("onnxruntime-genai: .venv-genai missing (bash scripts/anchors.sh genai); its rows are skipped")
+    fp32 = timed(ours("fp32", "none"), env)
+    for r in range(args.rounds):
+        for name, cmd in plan:
+            res = timed(cmd, env)
+            runs.setdefault(name, []).append(res)
+            print(f"round {r + 1} {name}: {res}", flush=True)
+    fp32_graph = dir_mb(args.out / "ours-fp32-none")
+    results = {"cpu": cpu_flags(), "threads": args.threads, "checkpoint": str(ck), "runs": runs,
+               "fp32_export": fp32, "fp32_bundle_mb": fp32_graph}
+    print(f"\nCPU: {results['cpu']}; {args.rounds} interleaved rounds, medians")
+    print(f"{'command':<36} {'wall s':>8} {'peak MB':>8} {'output MB':>10} {'x fp32':>7}")
+    for name, rs in runs.items():
+        out_dir = args.out / ("ours-" + name.split()[1] + "-all" if name.startswith("ours")
+                              else "genai-" + name.split()[2])
+        mb = dir_mb(out_dir)
+        results.setdefault("sizes_mb", {})[name] = mb
+        print(f"{name:<36} {statistics.median(x['seconds'] for x in rs):8.1f} "
+              f"{statistics.median(x['peak_rss_mb'] or 0 for x in rs):8.0f} {mb:10.1f} {mb / fp32_graph:7.3f}")
+    print(f"{'ours fp32 --task none (reference)':<36} {fp32['seconds']:8.1f} {fp32['peak_rss_mb'] or 0:8.0f} "
+          f"{fp32_graph:10.1f} {1:7.3f}")
+    for precision in ("int8", "int4"):
+        v = json.loads((args.out / f"ours-{precision}-all" / "validation.json").read_text())
+        nodes = {k: f["nodes"] for k, f in v["build"].items() if not k.startswith("(reference)")}
+        results.setdefault("nodes", {})[precision] = nodes
+        print(f"\n{precision} graphs, nodes: " + ", ".join(f"{k} {n}" for k, n in nodes.items()))
+        for c in v["checks"]:
+            if c["check"] == "quantized_vs_fp32" and c["graph"].startswith("model."):
+                results.setdefault("quality", {})[precision] = c
+                for t, d in c["metric_drop_points"].items():
+                    lo, hi = c["metric_drop_interval95"][t]
+                    m = c["metric"][t]
+                    print(f"  {t:<16} fp32 {m['fp32']:.3f}  {precision} {m[precision]:.3f}  drop {d:+.2f} points "
+                          f"[{lo:+.2f}, {hi:+.2f}]  ({m['rows']} dev rows, {m['changed_answers']} answers changed)")
+                print(f"  top-1 agreement {c['top1_agreement']:.3f}")
+    for name in [n for n in runs if n.startswith("genai")]:
+        model = next((args.out / ("genai-" + name.split()[2])).glob("*.onnx"), None)
+        if model is not None:
+            import onnx
+
+            results.setdefault("nodes", {})[name] = len(onnx.load(model, load_external_data=False).graph.node)
+            print(f"{name}: {results['nodes'][name]} nodes")
+    (args.out / "export_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(args.out / "genai-cache", ignore_errors=True)
 
 
 if __name__ == "__main__":

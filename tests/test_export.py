@@ -284,3 +284,19 @@ def test_quantize_blockwise_round_trip():
         assert q.data.shape == (8, 3, 32 * bits // 8)
         err = np.abs(q.dequantize() - w).max()
         assert err < tol * np.abs(w).max()
+
+
+def test_quantized_answers_do_not_depend_on_the_batch(int8_bundle):
+    """A row gets the same label scores and tokens alone as in a padded batch of other rows."""
+    from alter_edge.runtime import EdgeModel
+
+    _ck, bundle, _ = int8_bundle
+    texts = ["is red a colour", "repeat cat dog bird fish", "hello", "is the sky blue today or not"]
+    for precision in ("int8", "int4"):
+        m = EdgeModel.load(bundle, precision=precision, threads=2)
+        alone = [m.classify(t, task="colour").scores for t in texts]
+        batch = [c.scores for c in m.classify(texts, task="colour")]
+        assert max(abs(a[k] - b[k]) for a, b in zip(alone, batch, strict=True) for k in a) < 1e-5
+        mixed = m.generate(texts, tasks=["echo", "colour", "parity", "echo"], max_new_tokens=8)
+        for t, task, g in zip(texts, ["echo", "colour", "parity", "echo"], mixed, strict=True):
+            assert m.generate(t, task=task, max_new_tokens=8).token_ids == g.token_ids
