@@ -45,7 +45,7 @@ def build(work: Path, tiny: bool) -> tuple[Path, Path, str]:
 
         ckpt, bundle = build_real(work, "smollm2-135m", int8=False)
         return ckpt, bundle, str(resolve_base_model("smollm2-135m"))
-    from tests.bundle_fixture import build_bundle
+    from tests.bundle_fixture import BUILD_BUNDLE
     from tests.helpers import make_tiny_base, make_tiny_checkpoint, make_tokenizer
 
     tok, base, ckpt, bundle = work / "tok", work / "base", work / "ckpt", work / "bundle"
@@ -55,7 +55,7 @@ def build(work: Path, tiny: bool) -> tuple[Path, Path, str]:
     if not ckpt.is_dir():
         make_tiny_checkpoint(ckpt, base, kind="lora")
     if not (bundle / "manifest.json").is_file():
-        build_bundle(ckpt, bundle, task_graphs=("echo",))
+        BUILD_BUNDLE(ckpt, bundle, task_graphs=("echo",))
     return ckpt, bundle, str(base)
 
 
