@@ -161,6 +161,30 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def row_from_line(model: EdgeModel, raw: bytes | dict, lineno: int, opts: BatchOptions,
+                  known: set[str] | None = None) -> _Row | dict:
+    """One input row -> its :class:`_Row`, or its error record ``{"id", "line", "error"}``; no
+    row, however bad, raises. ``raw`` is a JSONL line (bytes, no newline) or an already decoded
+    row (a Parquet row: a null column counts as absent). The local and the Ray job both use it."""
+    row_id = None
+    try:
+        if isinstance(raw, dict):
+            raw = json.dumps({k: v for k, v in raw.items() if v is not None}, ensure_ascii=False).encode()
+        parsed = parse_row(raw, lineno, opts.task, known if known is not None else set(model.tasks.names))
+        row_id = parsed.id
+        try:
+            prompt, cut = model.prompt_ids(parsed.input, parsed.task, opts.truncate)
+        except (DataError, TaskError) as e:
+            raise RowError(f"line {lineno}: {e}", row_id) from e
+        return _Row(lineno, row_id, parsed.task, prompt, cut, parsed.default_task)
+    except RowError as e:
+        return {"id": e.row_id, "line": lineno, "error": str(e)}
+    except Exception as e:  # a row must never cost the others: record it, go on
+        log.exception("line %d could not be read", lineno)
+        return {"id": row_id, "line": lineno,
+                "error": f"line {lineno}: cannot be read ({type(e).__name__}: {_short(str(e))})"}
+
+
 def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[_Row], dict[int, dict]]:
     """(good rows, error records by line). Blank lines are skipped. No line, however bad,
     stops the reading: each becomes one error record."""
@@ -171,22 +195,17 @@ def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[_R
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            row_id = None
-            try:
-                parsed = parse_row(raw.rstrip(b"\r\n"), lineno, opts.task, known)
-                row_id = parsed.id
-                try:
-                    prompt, cut = model.prompt_ids(parsed.input, parsed.task, opts.truncate)
-                except (DataError, TaskError) as e:
-                    raise RowError(f"line {lineno}: {e}", row_id) from e
-                rows.append(_Row(lineno, row_id, parsed.task, prompt, cut, parsed.default_task))
-            except RowError as e:
-                errors[lineno] = {"id": e.row_id, "line": lineno, "error": str(e)}
-            except Exception as e:  # a row must never cost the others: record it, go on
-                log.exception("line %d could not be read", lineno)
-                errors[lineno] = {"id": row_id, "line": lineno,
-                                  "error": f"line {lineno}: cannot be read ({type(e).__name__}: {_short(str(e))})"}
+            r = row_from_line(model, raw.rstrip(b"\r\n"), lineno, opts, known)
+            if isinstance(r, dict):
+                errors[lineno] = r
+            else:
+                rows.append(r)
     return rows, errors
+
+
+def record_line(record: dict) -> str:
+    """One output record as its JSONL line (the local and the Ray job write the same bytes)."""
+    return jsonl([record]).decode("utf-8")
 
 
 def plan_batches(rows: list[_Row], batch_size: int) -> list[list[_Row]]:

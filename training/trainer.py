@@ -45,6 +45,7 @@ from .cache import (
     right_pad,
 )
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .distributed import Collective
 from .evaluate import evaluate
 from .memory import PAD_MULTIPLE, trim_heap
 
@@ -162,17 +163,23 @@ def micro_batches(examples: Sequence[Encoded], idx: Sequence[int], max_tokens: i
 
 
 def accumulate_batch(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int], pad_id: int,
-                     cache: Sequence[torch.Tensor] | None, dtype: str, max_tokens: int) -> float:
+                     cache: Sequence[torch.Tensor] | None, dtype: str, max_tokens: int,
+                     batch_rows: int | None = None) -> float:
     """``batch_loss(idx).backward()`` in micro-batches (:func:`micro_batches`): each part's loss
     is weighted by its share of the rows, so the gradients that accumulate in ``.grad`` are the
-    whole batch's. Returns the batch's loss."""
+    whole batch's. ``batch_rows``: the rows of the whole batch when ``idx`` is one rank's share
+    of it (default ``len(idx)``); the ranks' summed gradients are then the batch's. Returns the
+    (share of the) batch's loss."""
+    batch_rows = batch_rows or len(idx)
+    if not idx:
+        return 0.0
     parts = micro_batches(examples, idx, max_tokens)
     total = 0.0
     for part in parts:
         with autocast(dtype):
             loss = batch_loss(model, examples, part, pad_id, cache)
-        if len(parts) > 1:
-            loss = loss * (len(part) / len(idx))
+        if len(parts) > 1 or batch_rows != len(idx):
+            loss = loss * (len(part) / batch_rows)
         loss.backward()
         total += loss.item()
     return total
@@ -233,10 +240,15 @@ def stage_pools(train_rows: Sequence[Example], cfg: TrainConfig, num_stages: int
 
 
 def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = False,
-                 progress: bool = True, stop_after: int | None = None) -> dict:
+                 progress: bool = True, stop_after: int | None = None,
+                 collective: Collective | None = None) -> dict:
     """Train and write the checkpoint to ``out``. ``stop_after`` ends this call (resumably)
-    after that many optimizer steps: what a kill does, on purpose (tests, time-boxed jobs)."""
+    after that many optimizer steps: what a kill does, on purpose (tests, time-boxed jobs).
+    ``collective``: this process's part in a data-parallel run (training/distributed.py);
+    default one process."""
     out = Path(out)
+    dist = collective or Collective()
+    progress = progress and dist.is_main
     train_rows, dev_rows, source = load_data(data, cfg)
     state = _check_out_dir(out, cfg, resume)
     if state is not None and state.get("complete"):
@@ -252,10 +264,13 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
         if ck.tasks.to_dict() != tasks.to_dict():
             raise CheckpointError(f"`resume`: the data's tasks differ from those in {out}/tasks.json")
     else:
-        base, tokenizer, info = load_base_model(cfg.base_model)
+        with dist.main_first():  # rank 0 converts/caches the base model once
+            base, tokenizer, info = load_base_model(cfg.base_model)
         model = MTAModel(base, MTAConfig(num_tasks=len(tasks), **cfg.mta))
         state = {"complete": False, "stage": 0, "step": 0, "evals": {}, "history": [], "data": source,
                  "seconds": 0.0}
+    # every rank starts from rank 0's adapters and mixture
+    dist.sync_params([p for ps in model.parameter_groups().values() for p in ps])
     eos_id, pad_id = special_ids(model.base.config)
     dtype = resolve_dtype(cfg.compute_dtype)  # the same for the cache, the steps and the evaluations
     if state.get("compute_dtype", dtype) != dtype:
@@ -271,13 +286,19 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     cache = None
     if cfg.use_cache and model.adapted_layers[0] > 0:
         t0 = time.perf_counter()
-        cache = build_prefix_cache(model, [e.ids for e in examples], pad_id, info.sha256,
-                                   cfg.cache_dtype, progress=progress, compute_dtype=dtype)
+        with dist.main_first():  # the other ranks read rank 0's copy from disk (same key)
+            cache = build_prefix_cache(model, [e.ids for e in examples], pad_id, info.sha256,
+                                       cfg.cache_dtype, progress=progress, compute_dtype=dtype)
         state.setdefault("cache", {"seconds": round(time.perf_counter() - t0, 1),
                                    "bytes": cache_bytes(cache)})
     plan = cfg.stage_plan()
     pools = stage_pools(train_rows, cfg, len(plan))
     steps_this_call = 0
+
+    def save(st: dict, optimizer: dict | None) -> None:
+        if dist.is_main:  # one writer; every rank holds the same weights
+            save_checkpoint(out, model, tasks, cfg, info, st, optimizer)
+
     optimizer_state = None
     if (out / "optimizer.pt").is_file():
         optimizer_state = torch.load(out / "optimizer.pt", weights_only=True)
@@ -300,7 +321,9 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, stage)
             opt.zero_grad(set_to_none=True)
-            loss = accumulate_batch(model, examples, batches[step], pad_id, cache, dtype, cfg.micro_batch_tokens)
+            loss = accumulate_batch(model, examples, dist.shard(batches[step]), pad_id, cache, dtype,
+                                    cfg.micro_batch_tokens, batch_rows=len(batches[step]))
+            loss = dist.reduce_grads(trainable, loss)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             trim_heap()
@@ -313,25 +336,26 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
             last = step + 1 == stage.steps
             if stop_after is not None and steps_this_call >= stop_after and not last:
                 state["seconds"] += time.perf_counter() - t_start
-                save_checkpoint(out, model, tasks, cfg, info, state, opt.state_dict())
+                save(state, opt.state_dict())
                 bar.close()
+                dist.barrier()  # no rank returns before the checkpoint is written
                 return state
             if (step + 1) % cfg.save_every == 0 and not last:
-                save_checkpoint(out, model, tasks, cfg, info, {**state, "seconds": state["seconds"] +
-                                time.perf_counter() - t_start}, opt.state_dict())
+                save({**state, "seconds": state["seconds"] + time.perf_counter() - t_start}, opt.state_dict())
         bar.close()
-        if stage.name not in state["evals"] and dev_rows:
+        if stage.name not in state["evals"] and dev_rows and dist.is_main:
             ev = _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg, dtype, progress)
             state["evals"][stage.name] = ev
             log.info("%s dev: %s", stage.name, ev)
         state["stage"], state["step"] = si + 1, 0
-        save_checkpoint(out, model, tasks, cfg, info, {**state, "seconds": state["seconds"] +
-                        time.perf_counter() - t_start}, None)
+        save({**state, "seconds": state["seconds"] + time.perf_counter() - t_start}, None)
     state["complete"] = True
     state["seconds"] = round(state["seconds"] + time.perf_counter() - t_start, 1)
     state["parameters"] = params
-    save_checkpoint(out, model, tasks, cfg, info, state, None)
-    (out / "optimizer.pt").unlink(missing_ok=True)
+    save(state, None)
+    if dist.is_main:
+        (out / "optimizer.pt").unlink(missing_ok=True)
+    dist.barrier()
     return state
 
 

@@ -23,6 +23,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 EXTRA_MODULES = {
     "train": ("torch", "transformers", "safetensors", "gguf", "accelerate", "yaml"),
     "export": ("torch", "transformers", "safetensors", "onnx", "onnxscript"),
+    "ray": ("ray",),
 }
 
 _OPTION_REF = re.compile(r"`([a-z_][a-z0-9_]*)`")

@@ -10,7 +10,7 @@ import click
 from alter_edge.runtime.bundle import PRECISIONS
 from alter_edge.runtime.session import OPT_LEVELS
 
-from .common import CONTEXT, cli_message, echo_json, handle_errors
+from .common import CONTEXT, cli_message, echo_json, handle_errors, missing_extra_message
 
 EXIT_ROWS_FAILED = 3  # the batch job finished but some rows are error records
 EXIT_INTERRUPTED = 130
@@ -50,17 +50,24 @@ def _session_options(fn):
 @click.option("--stream", is_flag=True, help="Texts: print tokens as they come.")
 @click.option("--json", "as_json", is_flag=True, help="Texts: one JSON record per line.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run the batch job on Ray Data: a local cluster, or the one at ADDRESS (auto, host:6379, "
+                   "ray://host:10001); the output is the local job's, byte for byte. Needs alter-edge[ray].")
+@click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="--ray: EdgeModel actors in the pool (--threads is then per actor, default 1).")
 @_session_options
 @click.pass_context
 @handle_errors()
 def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resume, truncate,
-            max_new_tokens, generate_labels, stream, as_json, quiet, threads, precision) -> None:
+            max_new_tokens, generate_labels, stream, as_json, quiet, ray_address, actors, threads,
+            precision) -> None:
     """Run a bundle on texts, or on a JSONL file as a resumable batch job.
 
     \b
     alter-edge run bundle --task sentiment "a fine film" "a dull film"
     alter-edge run bundle --input rows.jsonl --output out.jsonl --batch-size 16
     alter-edge run bundle --input rows.jsonl --output out.jsonl --resume
+    alter-edge run bundle --input rows.parquet --output out.jsonl --ray auto --actors 8
 
     A bad row becomes an error record {"id", "line", "error"}; the exit status is 3 when some
     rows failed. Classify tasks score their labels (the answer is always a label).
@@ -73,10 +80,18 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
         from alter_edge.runtime.batch import BatchOptions, check_paths, run_jsonl
 
         check_paths(input_path, output_path)  # before the model loads
-        model = _load(bundle, threads, precision)
         opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
+        if ray_address is not None:
+            if resume:
+                raise click.UsageError("--resume is for the local job; a Ray job retries failed actors itself")
+            summary = _run_ray(bundle, input_path, output_path, opts, ray_address, actors, threads, precision,
+                               quiet)
+        elif input_path.suffix == ".parquet":
+            raise click.UsageError("Parquet input is read through Ray Data: add --ray")
         try:
-            summary = run_jsonl(model, input_path, output_path, opts, resume=resume, progress=not quiet)
+            if ray_address is None:
+                summary = run_jsonl(_load(bundle, threads, precision), input_path, output_path, opts,
+                                    resume=resume, progress=not quiet)
         except KeyboardInterrupt:
             click.echo(f"interrupted; progress is saved in {output_path}.partial: rerun with --resume",
                        err=True)
@@ -116,6 +131,16 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
                                   ensure_ascii=False))
         else:
             click.echo(g.text)
+
+
+def _run_ray(bundle, input_path, output_path, opts, address, actors, threads, precision, quiet):
+    try:
+        from alter_edge.runtime import ray as ray_job
+    except ModuleNotFoundError as e:
+        raise click.ClickException(missing_extra_message("run --ray", "ray", e.name or "ray")) from e
+    ray_job.init(None if address == "local" else address)
+    ropts = ray_job.RayOptions(actors=actors, threads_per_actor=threads or 1, precision=precision)
+    return ray_job.run_file(bundle, input_path, output_path, opts, ropts, progress=not quiet)
 
 
 @click.command("bench", context_settings=CONTEXT)

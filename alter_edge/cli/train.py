@@ -45,16 +45,20 @@ from .common import CONTEXT, echo_json, handle_errors
                    "(AVX512-BF16, AMX), else float32 (emulated bf16 is several times slower).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--distributed", is_flag=True,
+              help="One rank of a data-parallel run started by torchrun (gloo): each rank takes its share of "
+                   "every batch; rank 0 writes the checkpoint (docs/training.md).")
 @handle_errors(extra="train")
 def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention, gate,
               stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, micro_batch_tokens, seed, no_cache,
-              compute_dtype, resume, quiet):
+              compute_dtype, resume, quiet, distributed):
     """Train an MTA model with the two-stage recipe and write a checkpoint directory.
 
     \b
     alter-edge train --out runs/mta                       # built-in base + task mix
     alter-edge train --data tasks.jsonl --out runs/mta --adapter-kind ffn
     alter-edge train --data tasks.jsonl --out runs/mta --resume
+    torchrun --nproc-per-node 2 -m alter_edge.cli train --distributed --data tasks.jsonl --out runs/mta
     """
     from alter_edge.config import TrainConfig
     from alter_edge.training.trainer import run_training
@@ -82,7 +86,14 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
         if v is not None:
             kwargs[k] = v
     cfg = TrainConfig(**kwargs)
-    result = run_training(data, out, cfg, resume=resume, progress=not quiet)
+    collective = None
+    if distributed:
+        from alter_edge.training.distributed import TorchDistributed
+
+        collective = TorchDistributed.from_env()
+    result = run_training(data, out, cfg, resume=resume, progress=not quiet, collective=collective)
+    if collective is not None and not collective.is_main:
+        return
     for stage, ev in result.get("evals", {}).items():
         click.echo(f"{stage}: dev overall {ev['overall']:.3f}  " +
                    "  ".join(f"{t}={s:.3f}" for t, s in ev["per_task"].items()))

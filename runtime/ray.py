@@ -1,0 +1,302 @@
+"""Batch inference on Ray Data: the local batch job (``runtime/batch.py``) run by a pool of actors.
+
+    import ray
+    from alter_edge.runtime.ray import RayOptions, predict, run_file
+    ray.init()                                  # or ray.init(address="auto") on a cluster
+    run_file("bundle", "rows.jsonl", "out.jsonl", ropts=RayOptions(actors=4, threads_per_actor=2))
+    records = predict(ray.data.read_parquet("rows/"), "bundle")   # a Dataset {line, record}
+
+The driver parses every row and plans the batches with the local job's own functions
+(``row_from_line``, ``plan_batches``: by task, then by prompt length), so error records, batch
+contents and therefore every output byte are the local job's. The planned batches (token ids,
+not text) then go through ``map_batches`` on an actor pool; each actor holds one
+:class:`EdgeModel` with ``threads_per_actor`` onnxruntime threads and runs whole planned
+batches. The driver collects the records, checks that every row came back exactly once (a
+failed actor's block is retried by Ray on a restarted actor) and returns them in input order.
+
+The bundle reaches the workers once: either as a path every node can read (shared storage,
+``bundle_transport="path"``) or packed into the object store by the driver
+(``"object_store"``) and unpacked once per node. Each actor opens it with ``verify=True``, so
+its graphs' sha256s are checked on that worker.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import ray
+    import ray.data
+except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
+    raise ModuleNotFoundError("alter_edge.runtime.ray needs Ray Data: pip install 'alter-edge[ray]'",
+                              name=e.name) from e
+
+from alter_edge.errors import DataError
+from alter_edge.io import atomic_write_text
+
+from .batch import (
+    BatchOptions,
+    BatchSummary,
+    _Row,
+    plan_batches,
+    read_rows,
+    record_line,
+    row_from_line,
+    run_batch_rows,
+)
+from .bundle import load_bundle
+from .model import EdgeModel
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS = ("path", "object_store")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    actors: int = 2  # EdgeModel actors in the pool (each holds one model in memory)
+    threads_per_actor: int = 1  # onnxruntime intra-op threads; also the CPUs Ray reserves per actor
+    precision: str | None = None  # graph precision (default: the bundle's best)
+    bundle_transport: str = "path"  # path: every node reads the bundle path; object_store: shipped once
+    blocks_per_actor: int = 8  # planned batches are cut into actors x this many blocks: the unit of retry
+    max_restarts: int = 3  # times Ray restarts a dead actor
+    max_task_retries: int = 3  # times a block is retried after its actor died
+    crash_once: str | None = None  # tests: the actor that claims this file exits at its second batch
+
+    def __post_init__(self) -> None:
+        for name in ("actors", "threads_per_actor", "blocks_per_actor"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.bundle_transport not in TRANSPORTS:
+            raise DataError(f"bundle transport {self.bundle_transport!r}: allowed are {', '.join(TRANSPORTS)}")
+
+
+# -- the bundle on the workers -----------------------------------------------------------------
+def _pack_bundle(bundle_dir: Path) -> tuple[str, bytes]:
+    """(checkpoint hash, the bundle folder as an uncompressed tar)."""
+    b = load_bundle(bundle_dir, verify=False)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(str(b.root), arcname="bundle")
+    return str(b.manifest.get("checkpoint_sha256", "bundle"))[:16], buf.getvalue()
+
+
+def _unpack_bundle(key: str, ref_box: list) -> Path:
+    """The shipped bundle in this node's temp folder, unpacked once per node (atomically)."""
+    final = Path(tempfile.gettempdir()) / "alter-edge-ray" / key
+    if (final / "bundle").is_dir():
+        return final / "bundle"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(ray.get(ref_box[0])), mode="r") as tar:
+            tar.extractall(tmp, filter="data")
+        os.replace(tmp, final)  # another actor on this node may have won: then use its copy
+    except OSError:
+        if not (final / "bundle").is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final / "bundle"
+
+
+class _Predictor:
+    """One actor: one EdgeModel; each call runs whole planned batches (JSON rows in, JSONL
+    record lines out)."""
+
+    def __init__(self, bundle: str | None, shipped: tuple[str, list] | None, threads: int,
+                 precision: str | None, opts: dict, crash_once: str | None = None):
+        path = _unpack_bundle(*shipped) if shipped is not None else Path(bundle)
+        self.model = EdgeModel.load(path, threads=threads, precision=precision, verify=True)
+        self.opts = BatchOptions(**opts)
+        self.crash_once = crash_once
+        self.calls = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.crash_once and self.calls == 2:
+            try:
+                os.rename(self.crash_once, self.crash_once + ".taken")  # one actor wins, once
+            except OSError:
+                pass
+            else:
+                os._exit(1)
+        lines, texts = [], []
+        for planned in batch["rows"]:
+            rows = [_Row(line, row_id, task, prompt) for line, row_id, task, prompt in json.loads(planned)]
+            for rec in run_batch_rows(self.model, rows, self.opts):
+                lines.append(rec["line"])
+                texts.append(record_line(rec))
+        return {"line": np.array(lines, dtype=np.int64), "text": np.array(texts, dtype=object)}
+
+
+# -- driving -----------------------------------------------------------------------------------
+@contextmanager
+def _ordered(progress: bool):
+    """Ray Data yields blocks in dataset order (and shows progress bars only when asked)."""
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, progress
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+def _map(ds: ray.data.Dataset, shipped, bundle: Path, opts: BatchOptions, ropts: RayOptions) -> ray.data.Dataset:
+    return ds.map_batches(
+        _Predictor,
+        fn_constructor_kwargs={"bundle": str(bundle), "shipped": shipped, "threads": ropts.threads_per_actor,
+                               "precision": ropts.precision, "opts": asdict(opts),
+                               "crash_once": ropts.crash_once},
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ropts.actors),
+        num_cpus=ropts.threads_per_actor,
+        ray_remote_args_fn=lambda: {"max_restarts": ropts.max_restarts,
+                                    "max_task_retries": ropts.max_task_retries},
+    )
+
+
+def _run_planned(bundle: Path, rows: list[_Row], opts: BatchOptions, ropts: RayOptions,
+                 progress: bool) -> dict[int, str]:
+    """Run the good rows on the actor pool: {line: its record's JSONL line}, each row once."""
+    batches = plan_batches(rows, opts.batch_size)
+    if not batches:
+        return {}
+    items = [{"rows": json.dumps([[r.line, r.id, r.task, r.prompt] for r in b], ensure_ascii=False)}
+             for b in batches]
+    shipped = None
+    if ropts.bundle_transport == "object_store":
+        key, blob = _pack_bundle(bundle)
+        shipped = (key, [ray.put(blob)])  # boxed: Ray passes the reference, the actor fetches it once
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), ropts.actors * ropts.blocks_per_actor))
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for actor restarts and task retries yet; without these
+        # args its defaults retry forever. ray_remote_args_fn is due to go in Ray 2.64 (pinned: 2.60).
+        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn. is deprecated")
+        out = _map(ds, shipped, bundle, opts, ropts)
+    done: dict[int, str] = {}
+    dup: list[int] = []
+    with _ordered(progress):
+        for b in out.iter_batches(batch_format="numpy", batch_size=None):
+            for line, text in zip(b["line"].tolist(), b["text"].tolist(), strict=True):
+                if line in done:
+                    dup.append(line)
+                done[line] = text
+    missing = sorted({r.line for r in rows} - done.keys())
+    if dup or missing:
+        raise RuntimeError(f"Ray batch job: {len(missing)} rows lost (lines {missing[:5]}), "
+                           f"{len(dup)} duplicated (lines {dup[:5]})")
+    return done
+
+
+def _driver_model(bundle: str | Path) -> EdgeModel:
+    """Tokenizer and task registry for parsing; opens no graph."""
+    return EdgeModel.load(bundle, tasks=[])
+
+
+def parse_dataset(model: EdgeModel, dataset: ray.data.Dataset, opts: BatchOptions,
+                  progress: bool = False) -> tuple[list[_Row], dict[int, dict]]:
+    """Rows of a Dataset, parsed as the local job parses lines. A row is either ``raw`` (one
+    JSONL line, bytes or str) or the fields ``input`` (+ ``id``, ``task``); ``line`` is its row
+    index, else rows are numbered 1, 2, ... in dataset order."""
+    rows: list[_Row] = []
+    errors: dict[int, dict] = {}
+    n = 0
+    with _ordered(progress):
+        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=4096):
+            for obj in table.to_pylist():
+                n += 1
+                line = obj.pop("line", None)
+                line = n if line is None else int(line)
+                raw = obj.pop("raw", None)
+                if isinstance(raw, str):
+                    raw = raw.encode("utf-8")
+                r = row_from_line(model, raw if raw is not None else obj, line, opts)
+                if isinstance(r, dict):
+                    errors[line] = r
+                else:
+                    rows.append(r)
+    if len({r.line for r in rows} | errors.keys()) != len(rows) + len(errors):
+        raise DataError("the dataset's 'line' column repeats a row index")
+    return rows, errors
+
+
+def _merge(rows: list[_Row], errors: dict[int, dict], done: dict[int, str]) -> list[tuple[int, str]]:
+    recs = {**{line: record_line(e) for line, e in errors.items()}, **done}
+    return sorted(recs.items())
+
+
+def predict(dataset: ray.data.Dataset, bundle: str | Path, opts: BatchOptions | None = None,
+            ropts: RayOptions | None = None, progress: bool = False) -> ray.data.Dataset:
+    """Run every row of ``dataset`` (see :func:`parse_dataset` for its columns) through an actor
+    pool. Returns a Dataset ``{line, record}`` in input order, ``record`` being the JSON text of
+    the local job's record for that row (error records included)."""
+    opts, ropts = opts or BatchOptions(), ropts or RayOptions()
+    model = _driver_model(bundle)
+    rows, errors = parse_dataset(model, dataset, opts, progress)
+    done = _run_planned(model.bundle.root, rows, opts, ropts, progress)
+    out = [{"line": line, "record": text.rstrip("\n")} for line, text in _merge(rows, errors, done)]
+    return ray.data.from_items(out) if out else ray.data.from_items([], override_num_blocks=1)
+
+
+def _parquet(path: Path) -> bool:
+    return path.is_dir() or path.suffix == ".parquet"
+
+
+def run_file(bundle: str | Path, input_path: str | Path, output_path: str | Path,
+             opts: BatchOptions | None = None, ropts: RayOptions | None = None,
+             progress: bool = True) -> BatchSummary:
+    """The local job's ``run_jsonl`` on Ray: JSONL (or Parquet: a ``.parquet`` file or folder,
+    read by Ray Data) in, JSONL out, byte-identical to the local job's output (written
+    atomically). Needs ``ray.init()`` first (a local cluster or ``address=...``)."""
+    t0 = time.perf_counter()
+    opts, ropts = opts or BatchOptions(), ropts or RayOptions()
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.exists():
+        raise DataError(f"input file not found: {input_path}")
+    model = _driver_model(bundle)
+    if _parquet(input_path):
+        rows, errors = parse_dataset(model, ray.data.read_parquet(str(input_path)), opts, progress)
+    else:
+        rows, errors = read_rows(model, input_path, opts)  # the local job's own reader
+    done = _run_planned(model.bundle.root, rows, opts, ropts, progress)
+    atomic_write_text(output_path, "".join(text for _, text in _merge(rows, errors, done)))
+    summary = BatchSummary(rows=len(rows) + len(errors), ok=len(rows), failed=len(errors),
+                           output=str(output_path), errors=[e["error"] for e in errors.values()])
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    log.info("ray batch: %d rows, %d failed, %d actors, %.1fs", summary.rows, summary.failed,
+             ropts.actors, summary.seconds)
+    return summary
+
+
+def init(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (``address``: ``auto``, ``ray://host:10001``, ``host:6379``) or start
+    a local one (None); a no-op when Ray is already initialized."""
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"address": address, "log_to_driver": False}
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(**kwargs)
+
+
+def record_dicts(records: Iterable[dict]) -> list[dict]:
+    """Parsed records of :func:`predict`'s Dataset rows (``record`` is JSON text)."""
+    return [json.loads(r["record"]) for r in records]
+
+
+__all__ = ["RayOptions", "init", "parse_dataset", "predict", "record_dicts", "run_file"]
