@@ -23,7 +23,7 @@ def test_report_has_every_engine_and_ratios(runtime_bundle, tmp_path, capsys):
     again = rep["engines"]["again"]
     assert again["decode_tok_s_b8_vs_pertask"] == pytest.approx(again["decode_tok_s_b8"] / first["decode_tok_s_b8"],
                                                                rel=0.02)
-    assert again["graph"].endswith("model.fp32.onnx") and again["graph_mb"] > 0
+    assert again["graph"].endswith("task-echo.fp32.onnx") and again["graph_mb"] > 0
     assert json.loads(capsys.readouterr().out) == rep
 
 
