@@ -230,14 +230,14 @@ class DecoderBuilder:
         cos, sin = g.shared("rotary.cos", self.cos), g.shared("rotary.sin", self.sin)
         # embedding (tied: the quantized lm_head's bytes, viewed as [vocab, hidden * bits / 8])
         if g.bits and self.tied and self.embed.shape[1] % block_size == 0:
-            q = g.quantized(self.embed, g.bits)
+            q = g.quantized(self.embed, g.bits, "lm_head")
             data = g.shared("lm_head.q", q.data, view=(self.vocab, q.data.shape[1] * q.data.shape[2]))
             scales = g.shared("lm_head.scales", q.scales.reshape(-1), view=q.scales.shape)
             h = g.op("GatherBlockQuantized", [data, ids, scales], domain=MS, bits=g.bits, block_size=block_size,
                      quantize_axis=1, gather_axis=0)
             head = q
         elif g.bits:
-            q = g.quantized(self.embed, g.bits)
+            q = g.quantized(self.embed, g.bits, "embed")
             data = g.shared("embed.q", q.data, view=(self.vocab, q.data.shape[1] * q.data.shape[2]))
             scales = g.shared("embed.scales", q.scales.reshape(-1), view=q.scales.shape)
             h = g.op("GatherBlockQuantized", [data, ids, scales], domain=MS, bits=g.bits, block_size=block_size,

@@ -78,6 +78,7 @@ class WeightFile:
         self._f = open(self.path, "wb")  # noqa: SIM115 (closed by close())
         self._offset = 0
         self._index: dict[str, tuple[int, int, int, tuple[int, ...]]] = {}  # key -> offset, length, dtype, shape
+        self.quantized: dict[str, QuantizedMatrix] = {}  # key -> its quantized matrix (later graphs reuse it)
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -152,7 +153,8 @@ class GraphBuilder:
         when there is none). The same key in another graph reads the same bytes."""
         if self.weights is None:
             return self.const(arr if view is None else arr.reshape(view), key.replace(".", "_"))
-        self.weights.add(key, arr)
+        if key not in self.weights:
+            self.weights.add(key, arr)
         name = key.replace(".", "_") + ("" if view is None else "_view")
         self._shared[name] = (key, view)
         return name
@@ -165,8 +167,14 @@ class GraphBuilder:
         return outs[0] if len(outs) == 1 else outs
 
     # -- composite ops --------------------------------------------------------------------
-    def quantized(self, w: np.ndarray, bits: int) -> QuantizedMatrix:
-        return quantize_blockwise(w, bits, self.block_size)
+    def quantized(self, w: np.ndarray, bits: int, key: str | None = None) -> QuantizedMatrix:
+        """``w`` quantized; with ``key``, once per weight file (later graphs reuse it)."""
+        if key is None or self.weights is None:
+            return quantize_blockwise(w, bits, self.block_size)
+        cache = self.weights.quantized
+        if key not in cache:
+            cache[key] = quantize_blockwise(w, bits, self.block_size)
+        return cache[key]
 
     def linear(self, x: str, w: np.ndarray | QuantizedMatrix, key: str | None = None,
                bias: np.ndarray | None = None, bits: int | None = None, tied_rows: bool = False) -> str:
@@ -176,7 +184,7 @@ class GraphBuilder:
         ``tied_rows``: fp32 only, the weight is stored as it is (an embedding shares it)."""
         bits = self.bits if bits is None else bits
         if isinstance(w, QuantizedMatrix) or bits:
-            q = w if isinstance(w, QuantizedMatrix) else self.quantized(w, bits)
+            q = w if isinstance(w, QuantizedMatrix) else self.quantized(w, bits, key)
             if key is None:
                 b, s = self.const(q.data, "qweight"), self.const(q.scales.reshape(-1), "scales")
             else:
@@ -190,8 +198,12 @@ class GraphBuilder:
             wname = self.shared(key, w.astype(np.float32)) if key else self.const(w.astype(np.float32), "weight")
             y = self.op("MatMul", [x, self.op("Transpose", [wname], perm=[1, 0])])
         else:  # stored (K, N): onnxruntime pre-packs a constant MatMul weight
-            wt = np.ascontiguousarray(w.T, dtype=np.float32)
-            y = self.op("MatMul", [x, self.shared(key + ".T", wt) if key else self.const(wt, "weight")])
+            if key and self.weights is not None and key + ".T" in self.weights:
+                wname = self.shared(key + ".T", None)
+            else:
+                wt = np.ascontiguousarray(w.T, dtype=np.float32)
+                wname = self.shared(key + ".T", wt) if key else self.const(wt, "weight")
+            y = self.op("MatMul", [x, wname])
         if bias is not None:
             y = self.op("Add", [y, self.const(bias.astype(np.float32), "bias")])
         return y

@@ -38,6 +38,7 @@ from .validate import (
     check_quantized,
     describe_failure,
     load_heldout_rows,
+    reference_outputs,
     torch_reference,
 )
 
@@ -117,6 +118,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     t_start = time.perf_counter()
     ck = load_checkpoint(checkpoint, base_model=opts.base_model)
     builder = DecoderBuilder(ck.model)
+    kv = builder.kv
     specs = ck.tasks.resolve(opts.tasks) if opts.tasks else []
     tc = ck.train_config
     rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"))
@@ -132,7 +134,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     so = session_options(opts.threads)
 
     def runner(path: Path) -> GraphRunner:
-        return GraphRunner(path, builder.kv, so, ["CPUExecutionProvider"])
+        return GraphRunner(path, kv, so, ["CPUExecutionProvider"])
 
     # what to build at each precision: the multi-task graph, then per task (folded or merged)
     plan = [BuildSpec("multitask")] + [BuildSpec("merged" if opts.merged else "task", s.id) for s in specs]
@@ -140,15 +142,15 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(plan) * (1 + len([p for p in opts.precisions if p != "fp32"])), desc="export",
+    bar = tqdm(total=len(plan) * len(opts.precisions) + int("fp32" not in opts.precisions), desc="export",
                unit="graph", disable=not opts.progress, leave=False)
     with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work_s, atomic_dir(out, opts.overwrite) as tmp:
         work = Path(work_s)
 
-        def build_all(precision: str, where: Path) -> list[tuple[BuildSpec, Path, dict]]:
+        def build_all(precision: str, where: Path, specs: list[BuildSpec]) -> list[tuple[BuildSpec, Path, dict]]:
             wf = WeightFile(where / f"weights.{precision}.bin")
             built = []
-            for spec in plan:
+            for spec in specs:
                 rel = graph_path(names.get(spec.task_id), precision, spec.mode)
                 facts = builder.build(where / rel, spec, precision, wf if spec.mode != "merged" else None,
                                       opts.block_size, opts.accuracy_level, opts.prune_threshold)
@@ -158,36 +160,48 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
             wf.close()
             return built
 
-        # 1. fp32 graphs (shipped, or a reference in the temp dir) against PyTorch
-        fp32_dir = tmp if "fp32" in opts.precisions else work
-        fp32 = build_all("fp32", fp32_dir)
+        # 1. the PyTorch reference, then every graph built while the torch weights are at hand
         ref = {c.name: torch_reference(ck.model, c, pad, opts.steps) for c in cases}
+        ship_fp32 = "fp32" in opts.precisions
+        fp32 = build_all("fp32", tmp if ship_fp32 else work, plan if ship_fp32 else plan[:1])
+        quantized = {p: build_all(p, tmp, plan) for p in opts.precisions if p != "fp32"}
+        tokenizer = ck.tokenizer
+        ck.model = builder = None  # the torch model is done: only onnxruntime sessions from here
+        gc.collect()
+        # 2. fp32 graphs against PyTorch (a per-task graph on its task's cases)
+        src = None
         for spec, path, _ in fp32:
             r = runner(path)
             mine = cases if spec.mode == "multitask" else [c for c in cases if c.name == names[spec.task_id]]
             check_against("fp32_vs_torch", ref, r, path.name, mine, pad, report)
+            if spec.mode == "multitask":
+                src = r  # the fp32 reference of every quantized graph
             del r
-        if fp32_dir == tmp:
+        if ship_fp32:
             entries += [_entry(s, p, "fp32", names) for s, p, _ in fp32]
-        tokenizer = ck.tokenizer
-        gc.collect()
-        # 2. quantized graphs against their fp32 twin
+        # 3. quantized graphs against the fp32 multi-task graph (run with each row's task id)
         fp32_preds: dict[str, list[str]] = {}
-        for precision in [p for p in opts.precisions if p != "fp32"]:
+        for precision, built in quantized.items():
             budget = opts.int8_budget if precision == "int8" else opts.int4_budget
             min_top1 = opts.min_top1_int8 if precision == "int8" else opts.min_top1_int4
-            for (spec, path, _), (_, src_path, _) in zip(build_all(precision, tmp), fp32, strict=True):
+            multi_ref = None  # the quantized multi-task graph's own outputs: a per-task graph must equal them
+            for spec, path, _ in built:
                 task = names.get(spec.task_id)
                 mine = cases if task is None else [c for c in cases if c.name == task]
                 held = heldout if task is None else [h for h in heldout if h.task == task]
-                src, q = runner(src_path), runner(path)
+                q = runner(path)
+                if task is None:
+                    multi_ref = {c.name: reference_outputs(q, c, pad, opts.steps) for c in cases}
+                elif spec.mode == "task":  # folded: the same tensors, the mixture a constant
+                    check_against("task_vs_multitask", multi_ref, q, path.name, mine, pad, report)
                 rec = check_quantized(src, q, path.name, precision, mine, held, tokenizer, pad, eos, budget,
-                                      min_top1, new_tokens, fp32_preds)
-                del src, q
+                                      min_top1, new_tokens, fp32_preds, opts.steps)
+                del q
                 report.record(rec, fatal=False)
                 if not rec["passed"]:
                     raise ExportValidationError(describe_failure(rec))
                 entries.append(_entry(spec, path, precision, names))
+        del src
         bar.close()
         shutil.copy(checkpoint / "tokenizer.json", tmp / "tokenizer.json")
         shutil.copy(checkpoint / "tasks.json", tmp / "tasks.json")
@@ -199,7 +213,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
             "checkpoint_sha256": checkpoint_hash(checkpoint),
             "base_model": {"reference": base.reference, "model_type": base.model_type, "sha256": base.sha256},
             "adapter_kind": ck.mta_config.adapter_kind, "graph_contract": CONTRACT,
-            "opset": OPSET, "eos_token_id": eos, "pad_token_id": pad, "kv_cache": builder.kv.to_dict(),
+            "opset": OPSET, "eos_token_id": eos, "pad_token_id": pad, "kv_cache": kv.to_dict(),
             "generation": {"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
             "tasks": ck.tasks.names,
         }

@@ -186,6 +186,12 @@ def torch_reference(model, case: Case, pad_id: int, steps: int) -> tuple[list[np
     return logits, tokens
 
 
+def reference_outputs(runner: GraphRunner, case: Case, pad_id: int, steps: int) -> tuple[list[np.ndarray], list[list[int]]]:
+    """A graph's own greedy tokens and step logits on a case (the reference for another graph)."""
+    tokens = greedy(runner, case.prompts, case.task_ids, pad_id, steps)
+    return forced_logits(runner, case.prompts, case.task_ids, pad_id, tokens), tokens
+
+
 def check_against(check: str, ref: dict, runner: GraphRunner, name: str, cases: list[Case], pad_id: int,
                   report: ValidationReport) -> None:
     """``runner``'s graph against the PyTorch reference (``ref[case.name]``) for each case: its

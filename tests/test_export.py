@@ -63,10 +63,15 @@ def test_every_graph_checked_against_pytorch_and_fp32_dropped(int8_bundle):
     v = _validation(bundle)
     assert v["passed"]
     parity = [c for c in v["checks"] if c["check"] == "fp32_vs_torch"]
-    # the multi-task graph on every task and the mixed batch, each per-task graph on its task
-    cases = {(c["graph"], c["case"]) for c in parity}
-    assert ("model.fp32.onnx", "mixed") in cases and ("task-echo.fp32.onnx", "echo") in cases
-    assert len(parity) == 4 + 3 and all(c["tokens_equal"] and c["max_abs_diff"] < 1e-4 for c in parity)
+    # the fp32 multi-task graph on every task and the mixed batch
+    assert {(c["graph"], c["case"]) for c in parity} == {("model.fp32.onnx", t) for t in
+                                                         ("colour", "echo", "parity", "mixed")}
+    assert all(c["tokens_equal"] and c["max_abs_diff"] < 1e-4 for c in parity)
+    # each quantized per-task graph equals its quantized multi-task graph on its task
+    folded = [c for c in v["checks"] if c["check"] == "task_vs_multitask"]
+    assert {c["graph"] for c in folded} == {f"task-{t}.{p}.onnx" for t in ("colour", "echo", "parity")
+                                           for p in ("int8", "int4")}
+    assert all(c["passed"] for c in folded)
     # only the precisions asked for are shipped; the fp32 reference is gone
     assert {g["precision"] for g in manifest["graphs"]} == {"int8", "int4"}
     assert not list(bundle.glob("*fp32*"))
