@@ -85,7 +85,9 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
     return rows
 
 
-BUILTIN_SOURCE = "built-in task mix (alter_edge.default_mix)"
+# what checkpoints record for the built-in mix; the version changes when the mix does
+BUILTIN_SOURCE = "built-in task mix v2 (alter_edge.default_mix)"
+BUILTIN_DEV_ROWS = 100  # per task (half of a task with fewer than twice as many rows)
 
 
 def recorded_data_path(recorded: str) -> Path | None:
@@ -105,12 +107,15 @@ def load_task_rows(data: Path | None) -> tuple[list[Example], str]:
 
 
 def stratified_indices(
-    rows: Sequence[Example], fraction: float, seed: int | str = 0
+    rows: Sequence[Example], fraction: float, seed: int | str = 0, per_task: int | None = None
 ) -> tuple[list[int], list[int]]:
     """Indices of ``rows`` kept and set aside, per task by a seeded shuffle: ``round(n * fraction)``
-    of each task's rows (at least 1 when a task has 2+ rows) are set aside. Tasks in sorted
+    of each task's rows (at least 1 when a task has 2+ rows) are set aside, or with ``per_task``
+    that many (``n // 2`` of a task with fewer than ``2 * per_task`` rows). Tasks in sorted
     order, each task's rows in shuffled order. Deterministic for a given row order and seed."""
-    if not 0.0 < fraction < 1.0:
+    if per_task is not None and per_task < 1:
+        raise DataError(f"the held-out rows per task must be >= 1, got {per_task}")
+    if per_task is None and not 0.0 < fraction < 1.0:
         raise DataError(f"the held-out fraction must be in (0, 1), got {fraction}")
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
@@ -120,21 +125,24 @@ def stratified_indices(
     for task in sorted(by_task):
         items = list(by_task[task])
         random.Random(f"{seed}:{task}").shuffle(items)
-        n_aside = max(1, round(len(items) * fraction)) if len(items) >= 2 else 0
+        if per_task is not None:
+            n_aside = min(per_task, len(items) // 2)
+        else:
+            n_aside = max(1, round(len(items) * fraction)) if len(items) >= 2 else 0
         aside.extend(items[:n_aside])
         kept.extend(items[n_aside:])
     return kept, aside
 
 
 def stratified_split(
-    rows: Sequence[Example], dev_fraction: float = 0.1, seed: int = 0
+    rows: Sequence[Example], dev_fraction: float = 0.1, seed: int = 0, per_task: int | None = None
 ) -> tuple[list[Example], list[Example]]:
     """The fixed train/dev split: ``stratified_indices`` with the dev rows set aside. Dev rows
     whose (task, input) also occurs in train are kept (the split stays what its seed says) and
     counted in a warning: a dev score on them measures recall, not generalisation."""
-    if not 0.0 < dev_fraction < 1.0:
+    if per_task is None and not 0.0 < dev_fraction < 1.0:
         raise DataError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
-    kept, aside = stratified_indices(rows, dev_fraction, seed)
+    kept, aside = stratified_indices(rows, dev_fraction, seed, per_task)
     train, dev = [rows[i] for i in kept], [rows[i] for i in aside]
     seen = {(r.task, r.input) for r in train}
     leaked = sum((r.task, r.input) in seen for r in dev)
@@ -142,6 +150,14 @@ def stratified_split(
         log.warning("%d of %d dev rows repeat a train row's task and input (duplicates in the data); "
                     "their dev scores are not held out", leaked, len(dev))
     return train, dev
+
+
+def split_task_rows(rows: Sequence[Example], source: str, dev_fraction: float = 0.1,
+                    seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """The train/dev split every stage uses: a data file's is ``dev_fraction`` of each task;
+    the built-in mix's is ``BUILTIN_DEV_ROWS`` rows a task, so its dev scores mean something."""
+    per_task = BUILTIN_DEV_ROWS if source == BUILTIN_SOURCE else None
+    return stratified_split(rows, dev_fraction, seed, per_task)
 
 
 def spread_head(rows: Sequence[Example], n: int) -> list[Example]:

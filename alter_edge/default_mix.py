@@ -1,15 +1,17 @@
-"""The built-in task mix, made in code from corpora that PyPI packages ship (offline).
+"""The built-in task mix: four English tasks a user recognises, all offline.
 
+- ``nli`` (classify: contradiction / entailment / neutral): SNLI sentence pairs, and
+- ``question_gen`` (generate): a SQuAD passage and answer -> the question, both from the
+  ALTER paper's own English mixture, shipped in ``alter_edge/corpora/`` (CC BY-SA 4.0);
 - ``topic`` (classify): a ChatterBot corpus question -> its category (ai, coding, emotion,
-  food, history, literature, money, movies, psychology, science, sports, trivia...).
-- ``answer`` (generate): a ChatterBot corpus question -> the corpus answer.
-- ``reply`` (generate): a turn of the BYU PCC chit-chat dataset -> the next turn.
-- ``question`` (classify): a chit-chat turn -> whether it asks something (its own text ends
-  with ``?`` is the label; the mark is removed from the input).
+  literature, movies, psychology, science, sports, trivia...; chatterbot-corpus, BSD-3-Clause);
+- ``question`` (classify yes/no): a chit-chat turn -> whether it asks something (it ends with
+  ``?``, the mark removed from the input; chitchat-dataset, MIT).
 
-Licenses: chatterbot-corpus is BSD-3-Clause (Gunther Cox); chitchat-dataset is MIT (BYU
-Perception, Control and Cognition lab). Rows are capped per category/task and chosen with a
-fixed seed, so the mix (and the split made from it) is the same on every machine.
+Licenses and why the paper's sentiment and question-type rows are not here: DATA-LICENSES.md.
+Rows are chosen with a fixed seed, so the mix (and the split made from it) is the same on
+every machine. Its dev split is 100 rows a task (half of a task with fewer than 200 rows:
+question_gen has 171), see ``alter_edge.data.split_task_rows``.
 """
 
 from __future__ import annotations
@@ -20,16 +22,15 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from .data import Example
+from .data import Example, load_jsonl
 from .errors import DataError
 
 TOPIC_PROMPT = "Which topic is this question about? Question: {q} Topics: {topics}"
-ANSWER_PROMPT = "Answer the question briefly. Question: {q}"
-REPLY_PROMPT = "Write a short friendly reply to this chat message. Message: {m}"
 QUESTION_PROMPT = "Is this chat message a question? Message: {m} Answer yes or no."
 MIN_TOPIC_ROWS = 20
 PER_TOPIC = 40
-PER_TASK = 240
+QUESTION_ROWS = 400  # half questions, half not
+PAPER_ROWS = Path(__file__).with_name("corpora") / "alter-en-snli-squad.jsonl"
 INSTALL_HINT = "pip install 'alter-edge[data]' (chatterbot-corpus==1.3.3 chitchat-dataset==0.9.0)"
 
 
@@ -75,27 +76,19 @@ def _chitchat_turns() -> list[tuple[str, str]]:
 
 def build_default_mix(seed: int = 0) -> list[Example]:
     rng = random.Random(seed)
+    rows = [Example(r.task, r.input, r.target) for r in load_jsonl(PAPER_ROWS)]
     qa = _chatterbot_pairs()
-    topics = sorted(c for c, rows in qa.items() if len(rows) >= MIN_TOPIC_ROWS and c != "tech_support")
+    topics = sorted(c for c, pairs in qa.items() if len(pairs) >= MIN_TOPIC_ROWS and c != "tech_support")
     topic_list = ", ".join(topics)
-    rows: list[Example] = []
-    answer_pool = []
     for c in topics:
         pairs = list(qa[c])
         rng.shuffle(pairs)
-        for q, _ in pairs[:PER_TOPIC]:
-            rows.append(Example("topic", TOPIC_PROMPT.format(q=q, topics=topic_list), c))
-        answer_pool.extend(pairs[:PER_TOPIC])
-    rng.shuffle(answer_pool)
-    for q, a in answer_pool[:PER_TASK]:
-        rows.append(Example("answer", ANSWER_PROMPT.format(q=q), a))
-    chat = _chitchat_turns()
+        rows.extend(Example("topic", TOPIC_PROMPT.format(q=q, topics=topic_list), c) for q, _ in pairs[:PER_TOPIC])
+    chat = [m for m, _ in _chitchat_turns()]
     rng.shuffle(chat)
-    for m, r in chat[:PER_TASK]:
-        rows.append(Example("reply", REPLY_PROMPT.format(m=m), r))
-    asks = [m for m, _ in chat[PER_TASK:] if m.endswith("?")]
-    says = [m for m, _ in chat[PER_TASK:] if not m.rstrip().endswith("?")]
-    half = PER_TASK // 2
-    for m, lab in [(m, "yes") for m in asks[:half]] + [(m, "no") for m in says[:half]]:
-        rows.append(Example("question", QUESTION_PROMPT.format(m=m.rstrip("?").rstrip()), lab))
+    asks = [m for m in chat if m.endswith("?")]
+    says = [m for m in chat if not m.endswith("?")]
+    half = QUESTION_ROWS // 2
+    for m, label in [(m, "yes") for m in asks[:half]] + [(m, "no") for m in says[:half]]:
+        rows.append(Example("question", QUESTION_PROMPT.format(m=m.rstrip("?").rstrip()), label))
     return rows

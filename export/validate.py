@@ -274,7 +274,7 @@ def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: floa
                       recorded: str | None = None) -> list | None:
     """The held-out (dev) slice of ``data``, split exactly as training split it. Without
     ``data``, the data the checkpoint recorded (the built-in mix, or a file still on disk)."""
-    from alter_edge.data import load_task_rows, recorded_data_path, stratified_split
+    from alter_edge.data import load_task_rows, recorded_data_path, split_task_rows
 
     if data is None and recorded:
         data = recorded_data_path(recorded)  # None: the built-in mix
@@ -282,6 +282,6 @@ def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: floa
             return None
     elif data is None:
         return None
-    rows, _ = load_task_rows(data)
+    rows, source = load_task_rows(data)
     tasks.check_names(sorted({r.task for r in rows}))
-    return stratified_split(rows, dev_fraction, seed)[1]
+    return split_task_rows(rows, source, dev_fraction, seed)[1]

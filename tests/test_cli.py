@@ -39,7 +39,8 @@ def test_train_then_eval(trainable_llama_dir, tiny_data, tmp_path):
 
 def test_train_flags_reach_the_saved_configs(trainable_llama_dir, tiny_data, tmp_path):
     """--attention/--no-attention, --gate and --stage2-holdout land in the checkpoint's configs."""
-    runs = {"default": [], "off": ["--no-attention", "--stage2-holdout", "0.25", "--gate", "token"]}
+    runs = {"default": [], "off": ["--no-attention", "--stage2-holdout", "0.25", "--gate", "token",
+                                   "--eval-rows", "3"]}
     for name, extra in runs.items():
         r = CliRunner().invoke(main, _train_args(trainable_llama_dir, tiny_data, tmp_path / name, *extra))
         assert r.exit_code == 0, r.output
@@ -48,6 +49,7 @@ def test_train_flags_reach_the_saved_configs(trainable_llama_dir, tiny_data, tmp
     assert mta["default"]["lora_attention"] is True and mta["off"]["lora_attention"] is False
     assert mta["default"]["gate"] == "task" and mta["off"]["gate"] == "token"
     assert train["default"]["stage2_holdout"] == 0.0 and train["off"]["stage2_holdout"] == 0.25
+    assert train["default"]["eval_max_rows"] == 0 and train["off"]["eval_max_rows"] == 3
     r = CliRunner().invoke(main, _train_args(trainable_llama_dir, tiny_data, tmp_path / "bad", "--stage2-holdout", "1.5"))
     assert r.exit_code != 0 and "stage2_holdout must be in [0, 1)" in r.output
 

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
-from alter_edge.data import Example, load_jsonl, spread_head, stratified_split, write_jsonl
+from alter_edge.data import (
+    Example,
+    load_jsonl,
+    spread_head,
+    stratified_indices,
+    stratified_split,
+    write_jsonl,
+)
 from alter_edge.errors import DataError, TaskError
 from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
 from alter_edge.tasks import TaskRegistry, TaskSpec
@@ -122,7 +130,37 @@ def test_builtin_mix_has_each_input_once(caplog):
     rows = build_default_mix()
     counts = Counter((r.task, r.input) for r in rows)
     assert max(counts.values()) == 1
-    assert {r.task for r in rows} == {"topic", "answer", "reply", "question"}
+    assert {r.task for r in rows} == {"nli", "question_gen", "topic", "question"}
     with caplog.at_level("WARNING", logger="alter_edge.data"):
         stratified_split(rows, 0.1, 0)
     assert "repeat a train row" not in caplog.text
+
+
+def test_builtin_mix_is_the_default_with_100_dev_rows_a_task():
+    """No --data: the built-in mix, split 100 dev rows a task (question_gen: half its 171)."""
+    pytest.importorskip("chatterbot_corpus")
+    pytest.importorskip("chitchat_dataset")
+    from alter_edge.data import BUILTIN_SOURCE, load_task_rows, split_task_rows, task_counts
+
+    rows, source = load_task_rows(None)
+    assert source == BUILTIN_SOURCE
+    assert task_counts(rows) == {"nli": 940, "question": 400, "question_gen": 171, "topic": 316}
+    train, dev = split_task_rows(rows, source)
+    assert task_counts(dev) == {"nli": 100, "question": 100, "question_gen": 85, "topic": 100}
+    assert task_counts(train)["question_gen"] == 86
+    assert not {(r.task, r.input) for r in dev} & {(r.task, r.input) for r in train}
+    assert sorted({r.target for r in rows if r.task == "nli"}) == ["contradiction", "entailment", "neutral"]
+    assert sorted({r.target for r in rows if r.task == "question"}) == ["no", "yes"]
+    assert split_task_rows(rows, source) == (train, dev)  # fixed
+    # a data file keeps the fractional split
+    _, dev_file = split_task_rows(rows, "some.jsonl", 0.1)
+    assert task_counts(dev_file)["nli"] == 94
+
+
+def test_per_task_split_counts():
+    rows = [Example(t, f"{t}{i}", "y") for t, n in (("a", 500), ("b", 30), ("c", 1)) for i in range(n)]
+    kept, aside = stratified_indices(rows, 0.1, 0, per_task=100)
+    got = Counter(rows[i].task for i in aside)
+    assert got == {"a": 100, "b": 15} and len(kept) + len(aside) == len(rows)
+    with pytest.raises(DataError, match="per task must be >= 1"):
+        stratified_indices(rows, 0.1, 0, per_task=0)

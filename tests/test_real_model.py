@@ -47,7 +47,7 @@ def test_short_training_run_on_builtin_mix(tmp_path):
     from alter_edge.training.trainer import run_training
 
     rows = build_default_mix()
-    assert {r.task for r in rows} == {"topic", "answer", "reply", "question"}
+    assert {r.task for r in rows} == {"nli", "question_gen", "topic", "question"}
     cfg = TrainConfig(stage1_steps=3, stage2_steps=1, batch_size=4, eval_max_rows=4,
                       eval_max_new_tokens=4, max_prompt_tokens=64, mta={"num_top_layers": 2})
     from alter_edge.data import write_jsonl

@@ -26,9 +26,9 @@ from alter_edge.data import (
     load_jsonl,
     load_task_rows,
     recorded_data_path,
+    split_task_rows,
     spread_head,
     stratified_indices,
-    stratified_split,
 )
 from alter_edge.errors import CheckpointError, DataError
 from alter_edge.inject import MTAModel, count_parameters
@@ -222,7 +222,7 @@ def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
 
 def load_data(data: Path | None, cfg: TrainConfig) -> tuple[list[Example], list[Example], str]:
     rows, source = load_task_rows(data)
-    train, dev = stratified_split(rows, cfg.dev_fraction, cfg.split_seed)
+    train, dev = split_task_rows(rows, source, cfg.dev_fraction, cfg.split_seed)
     if not train:
         raise DataError(f"{source}: no training rows after the dev split")
     return train, dev, source

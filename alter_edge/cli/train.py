@@ -38,6 +38,9 @@ from .common import CONTEXT, echo_json, handle_errors
               help="Run each batch in parts of at most this many padded tokens, gradients summed: the same "
                    "update, less memory (default 2048; 0 = whole batches). A run may resume with another value.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-rows", type=click.IntRange(min=0), default=None,
+              help="Score this many dev rows (spread across tasks) after each stage (default 0: the "
+                   "whole dev split).")
 @click.option("--no-cache", is_flag=True, help="Run the full forward every step (no frozen-prefix cache).")
 @click.option("--dtype", "compute_dtype", type=click.Choice(["auto", "bfloat16", "float32"]), default="auto",
               show_default=True,
@@ -50,8 +53,8 @@ from .common import CONTEXT, echo_json, handle_errors
                    "every batch; rank 0 writes the checkpoint (docs/training.md).")
 @handle_errors(extra="train")
 def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention, gate,
-              stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, micro_batch_tokens, seed, no_cache,
-              compute_dtype, resume, quiet, distributed):
+              stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, micro_batch_tokens, seed, eval_rows,
+              no_cache, compute_dtype, resume, quiet, distributed):
     """Train an MTA model with the two-stage recipe and write a checkpoint directory.
 
     \b
@@ -82,7 +85,8 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
     kwargs = {"base_model": base_model, "stages": int(stages), "seed": seed, "use_cache": not no_cache, "mta": mta,
               "compute_dtype": compute_dtype}
     for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size),
-                 ("stage2_holdout", stage2_holdout), ("micro_batch_tokens", micro_batch_tokens)):
+                 ("stage2_holdout", stage2_holdout), ("micro_batch_tokens", micro_batch_tokens),
+                 ("eval_max_rows", eval_rows)):
         if v is not None:
             kwargs[k] = v
     cfg = TrainConfig(**kwargs)
