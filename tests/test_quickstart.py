@@ -60,7 +60,7 @@ def test_quickstart_pipeline_on_a_tiny_model(trainable_llama_dir, tmp_path):
     assert "hashes: ok" in log
     manifest = (out / "bundle" / "manifest.json").read_text()
     for task in ("nli", "question_gen", "topic", "question"):
-        assert f"tasks/{task}/" in manifest
+        assert f"task-{task}.int8.onnx" in manifest
     assert '"int8"' in manifest
     labels = [line.split("\t")[0] for line in log.splitlines() if "\t" in line]
     assert len(labels) == 4 and set(labels[:2]) <= {"even", "odd"} and set(labels[2:]) <= {"yes", "no"}
