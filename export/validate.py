@@ -11,7 +11,8 @@ checks test the code that ships. Checks (docs/export.md lists the tolerances):
 2. ``quantized_vs_fp32``: a quantized graph against its fp32 twin: top-1 agreement with the
    fp32 graph's greedy tokens, step by step on its path, >= ``min_top1`` and, per task, the task
    metric on the held-out (dev) rows,
-   paired row by row: the mean drop must stay within ``budget`` points; its 95% interval is
+   paired row by row: a task fails when its mean drop is over ``budget`` points and its paired
+   95% interval excludes zero (the drop is real, not one or two changed answers); both are
    reported.
 """
 
@@ -88,8 +89,10 @@ def describe_failure(c: dict) -> str:
     if "top1_agreement" in c and c["top1_agreement"] < c["min_top1"]:
         what.append(f"top-1 agreement {c['top1_agreement']:.3f} < {c['min_top1']}")
     for t, d in (c.get("metric_drop_points") or {}).items():
-        if d > c["budget_points"]:
-            what.append(f"task {t} metric drops {d:.2f} points > budget {c['budget_points']}")
+        lo, hi = (c.get("metric_drop_interval95") or {}).get(t, (d, d))
+        if d > c["budget_points"] and lo > 0:
+            what.append(f"task {t} metric drops {d:.2f} points [95% interval {lo:+.2f}, {hi:+.2f}] > budget "
+                        f"{c['budget_points']}")
     return "; ".join(what)
 
 
@@ -235,6 +238,12 @@ def paired_interval(diff: np.ndarray) -> tuple[float, float]:
     return float(diff.mean()) - half, float(diff.mean()) + half
 
 
+def over_budget(drops: dict[str, float], intervals: dict[str, list[float]], budget: float) -> set[str]:
+    """Tasks whose metric drop is over the budget and real: the paired 95% interval excludes
+    zero (on ~100 dev rows one changed answer is a point, so the mean alone fails on noise)."""
+    return {t for t, d in drops.items() if d > budget and intervals[t][0] > 0}
+
+
 def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str, cases: list[Case],
                     heldout: list[HeldOut], tokenizer, pad_id: int, eos_id: int, budget: float,
                     min_top1: float, new_tokens: dict[str, int], src_preds: dict[str, list[str]],
@@ -263,7 +272,7 @@ def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str,
                           "changed_answers": int(sum(a != b for a, b in zip(src_preds[h.task], q_preds, strict=True)))}
         drops[h.task] = round(float((s_src - s_q).mean() * 100), 2)
         intervals[h.task] = [round(lo, 2), round(hi, 2)]
-    passed = top1 >= min_top1 and all(d <= budget for d in drops.values())
+    passed = top1 >= min_top1 and not over_budget(drops, intervals, budget)
     return {"check": "quantized_vs_fp32", "graph": name, "precision": precision, "case": "all",
             "top1_agreement": round(top1, 4), "min_top1": min_top1, "positions": total,
             "metric": scores, "metric_reference": reference, "metric_drop_points": drops,

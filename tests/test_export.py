@@ -305,3 +305,17 @@ def test_quantized_answers_do_not_depend_on_the_batch(int8_bundle):
         mixed = m.generate(texts, tasks=["echo", "colour", "parity", "echo"], max_new_tokens=8)
         for t, task, g in zip(texts, ["echo", "colour", "parity", "echo"], mixed, strict=True):
             assert m.generate(t, task=task, max_new_tokens=8).token_ids == g.token_ids
+
+
+def test_quality_gate_fails_a_real_drop_not_noise():
+    from alter_edge.export.validate import over_budget, paired_interval
+
+    noise = np.zeros(100)
+    noise[:2] = 100.0  # two of 100 answers worse: a 2-point mean, an interval reaching below zero
+    lo, hi = paired_interval(noise)
+    assert lo < 0 < hi
+    real = np.zeros(100)
+    real[:10] = 100.0  # ten worse: 10 points, the interval well above zero
+    rlo, rhi = paired_interval(real)
+    assert over_budget({"a": 2.0, "b": 10.0}, {"a": [lo, hi], "b": [rlo, rhi]}, 1.0) == {"b"}
+    assert over_budget({"a": 0.5}, {"a": [0.1, 0.9]}, 1.0) == set()
