@@ -3,8 +3,7 @@
     python benchmarks/runtime_bench.py --work /tmp/bench --rounds 3 --threads 2
 
 Builds (once, under --work) a random-adapter LoRA checkpoint on the built-in SmolLM2-135M and
-exports it with ``alter_edge.export`` (multi-task graph + one per-task graph, fp32 and int8; blockwise int8 is
-the default, and a second bundle holds the per-task graph in dynamic int8 for comparison),
+exports it with ``alter_edge.export`` (multi-task graph + one per-task graph, fp32 and int8),
 then runs A/B rounds in this process: each round times every engine once at batch 1 and 8
 (32-token prompt, 64 greedy tokens, eos ignored). Prints medians and ratios against PyTorch
 eager fp32; the host's speed drifts, so only ratios from one run mean much. Also times a cold
@@ -30,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers builds the random-adapter checkpoint
 
 
-def build(work: Path, base: str, int8: bool, int8_method: str = "blockwise") -> tuple[Path, Path]:
+def build(work: Path, base: str, int8: bool) -> tuple[Path, Path]:
     from alter_edge.base_model import resolve_base_model
     from tests.helpers import make_tiny_checkpoint
 
-    ckpt, bundle = work / "ckpt", work / f"bundle-{int8_method}"
+    ckpt, bundle = work / "ckpt", work / ("bundle-int8" if int8 else "bundle-fp32")
     if not ckpt.is_dir():
         make_tiny_checkpoint(ckpt, resolve_base_model(base), kind="lora", init_std=0.02)
     if not (bundle / "manifest.json").is_file():
@@ -43,9 +42,8 @@ def build(work: Path, base: str, int8: bool, int8_method: str = "blockwise") -> 
         # A speed benchmark on *random* adapters: the export's accuracy gates are loosened. fp32
         # parity at the default atol 1e-4 failed at 1.01e-4 on SmolLM2-135M's 30 layers, and int8
         # top-1 agreement / task metrics on near-uniform random-adapter outputs mean nothing.
-        export_checkpoint(ckpt, bundle, ExportOptions(tasks="echo", int8=int8, int8_method=int8_method,
-                                                      overwrite=True, atol=1e-3, int8_budget=100.0,
-                                                      min_top1_int8=0.0))
+        export_checkpoint(ckpt, bundle, ExportOptions(tasks="echo", fp32=True, int8=int8, overwrite=True,
+                                                      atol=1e-3, int8_budget=100.0, min_top1_int8=0.0))
     return ckpt, bundle
 
 
@@ -110,10 +108,6 @@ def main() -> None:
     ckpt_dir, bundle = build(args.work, args.base_model, not args.no_int8)
     ck = load_checkpoint(ckpt_dir)
     engines = {}
-    if not args.no_int8:  # onnxruntime's dynamic int8 (--int8-method dynamic), per-task graph only
-        _, dyn = build(args.work, args.base_model, True, "dynamic")
-        engines["ort-int8dynamic-pertask"] = (EdgeModel.load(dyn, threads=args.threads, precision="int8",
-                                                             spinning=False), "echo")
     for prec in ("fp32", "int8"):
         try:
             # no spinning: idle onnxruntime workers would otherwise busy-wait into the next
