@@ -122,28 +122,21 @@ class DecoderBuilder:
         return _np(cos[0, :, :half]), _np(sin[0, :, :half])
 
     # -- pieces -------------------------------------------------------------------------
-    def _mlp(self, g: GraphBuilder, mlp, key: str, x: str, merged: dict | None = None) -> str:
+    def _mlp(self, g: GraphBuilder, mlp, key: str, x: str, merged: dict | None = None, side=None) -> str:
+        """Packed gate/up, SiLU(gate) * up, down. ``merged``: weights replacing the module's (inline);
+        ``side(key, names, widths, x, y)``: adds an adapter's delta to a projection's output."""
         wg, wu, wd = (_wb(getattr(mlp, n))[0] for n in ("gate_proj", "up_proj", "down_proj"))
         if merged:
             wg, wu, wd = merged.get("gate_proj", wg), merged.get("up_proj", wu), merged.get("down_proj", wd)
         k = None if merged else key
         gu = g.linear(x, np.concatenate([wg, wu], 0), key=k and f"{k}.gate_up")
+        if side is not None:
+            gu = side(f"{key}.gu", GATE_UP, (wg.shape[0], wu.shape[0]), x, gu)
         gate, up = g.op("Split", [gu, g.const(np.array([wg.shape[0], wu.shape[0]], np.int64), "split")],
                         outputs=2, axis=-1)
         h = g.op("Mul", [g.op("QuickGelu", [gate], domain=MS, alpha=1.0), up])
-        return g.linear(h, wd, key=k and f"{k}.down")
-
-    def _lora_mlp(self, g, e, ad: LoraKind, mlp, key, x, resid, merged):
-        wg, wu, wd = (_wb(getattr(mlp, n))[0] for n in ("gate_proj", "up_proj", "down_proj"))
-        if merged is not None:
-            return self._mlp(g, mlp, key, x, merged)
-        gu = g.linear(x, np.concatenate([wg, wu], 0), key=f"{key}.gate_up")
-        gu = ad.side(g, e, f"{key}.gu", GATE_UP, (wg.shape[0], wu.shape[0]), x, gu, resid)
-        gate, up = g.op("Split", [gu, g.const(np.array([wg.shape[0], wu.shape[0]], np.int64), "split")],
-                        outputs=2, axis=-1)
-        h = g.op("Mul", [g.op("QuickGelu", [gate], domain=MS, alpha=1.0), up])
-        y = g.linear(h, wd, key=f"{key}.down")
-        return ad.side(g, e, f"{key}.dn", ("down_proj",), (wd.shape[0],), h, y, resid)
+        y = g.linear(h, wd, key=k and f"{k}.down")
+        return y if side is None else side(f"{key}.dn", ("down_proj",), (wd.shape[0],), h, y)
 
     def _attention(self, g: GraphBuilder, e: Emit, i: int, x: str, resid: str, seqlens: str, total: str,
                    cos: str, sin: str) -> str:
@@ -199,7 +192,10 @@ class DecoderBuilder:
             if e.mode == "merged":
                 merged = {n: ad.merged_weight(n, _wb(getattr(mlp.mlp, n))[0], e.task_id)
                           for n in ("gate_proj", "up_proj", "down_proj") if n in ad.lora}
-            return self._lora_mlp(g, e, ad, mlp.mlp, f"{key}.mlp", x, resid, merged)
+            if merged is not None:
+                return self._mlp(g, mlp.mlp, f"{key}.mlp", x, merged)
+            return self._mlp(g, mlp.mlp, f"{key}.mlp", x,
+                             side=lambda k, names, widths, xx, yy: ad.side(g, e, k, names, widths, xx, yy, resid))
         if e.mode == "merged":
             raise ConfigError(f"a merged single-task graph needs lora adapters; this checkpoint's are {ad.name!r} "
                               "(use the per-task graph, which prunes and folds them)")
@@ -229,20 +225,15 @@ class DecoderBuilder:
                                    axis=0)], to=T.INT32)
         cos, sin = g.shared("rotary.cos", self.cos), g.shared("rotary.sin", self.sin)
         # embedding (tied: the quantized lm_head's bytes, viewed as [vocab, hidden * bits / 8])
-        if g.bits and self.tied and self.embed.shape[1] % block_size == 0:
-            q = g.quantized(self.embed, g.bits, "lm_head")
-            data = g.shared("lm_head.q", q.data, view=(self.vocab, q.data.shape[1] * q.data.shape[2]))
-            scales = g.shared("lm_head.scales", q.scales.reshape(-1), view=q.scales.shape)
+        if g.bits:
+            shared_head = self.tied and self.embed.shape[1] % block_size == 0
+            key = "lm_head" if shared_head else "embed"
+            q = g.quantized(self.embed, g.bits, key)
+            data = g.shared(f"{key}.q", q.data, view=(self.vocab, q.data.shape[1] * q.data.shape[2]))
+            scales = g.shared(f"{key}.scales", q.scales.reshape(-1), view=q.scales.shape)
             h = g.op("GatherBlockQuantized", [data, ids, scales], domain=MS, bits=g.bits, block_size=block_size,
                      quantize_axis=1, gather_axis=0)
-            head = q
-        elif g.bits:
-            q = g.quantized(self.embed, g.bits, "embed")
-            data = g.shared("embed.q", q.data, view=(self.vocab, q.data.shape[1] * q.data.shape[2]))
-            scales = g.shared("embed.scales", q.scales.reshape(-1), view=q.scales.shape)
-            h = g.op("GatherBlockQuantized", [data, ids, scales], domain=MS, bits=g.bits, block_size=block_size,
-                     quantize_axis=1, gather_axis=0)
-            head = self.lm_head
+            head = q if shared_head else self.lm_head
         else:
             h = g.op("Gather", [g.shared("lm_head" if self.tied else "embed", self.embed), ids], axis=0)
             head = self.embed if self.tied else self.lm_head

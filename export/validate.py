@@ -155,13 +155,6 @@ def forced_logits(runner: GraphRunner, prompts: list[list[int]], task_ids: list[
     return list(np.stack(out, axis=1))
 
 
-def prompt_logits(runner: GraphRunner, prompts: list[list[int]], task_ids: list[int], pad_id: int) -> list[np.ndarray]:
-    """Each row's logits at its last prompt position, (V,)."""
-    ids, lengths = right_pad(prompts, pad_id)
-    out = runner.step(ids, lengths, np.asarray(task_ids, np.int64), runner.new_cache(len(prompts), ids.shape[1]))
-    return list(out[:, 0])
-
-
 def greedy(runner: GraphRunner, prompts: list[list[int]], task_ids: list[int], pad_id: int, steps: int,
            eos_id: int = -1) -> list[list[int]]:
     """Greedy tokens from the runtime's decode loop (``eos_id=-1``: exactly ``steps`` tokens)."""
