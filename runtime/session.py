@@ -74,21 +74,39 @@ class KVCache:
     """One request's KV cache: per layer a key and a value buffer ``[batch, kv_heads, max_len,
     head_dim]``, allocated once. Bound as both the past input and the present output of every
     step, so GroupQueryAttention writes each row's new entries in place: no step allocates or
-    copies the cache."""
+    copies the cache. ``arrays`` are the numpy buffers the OrtValues share memory with (a row
+    may be written there directly); ``logits`` is the step's output buffer ``[batch, 1, vocab]``,
+    also allocated once. A cache keeps the IO binding of the runner it last ran with, so a step
+    binds only its new tokens and the mask."""
 
-    def __init__(self, kv: KVLayout, batch: int, max_len: int):
+    def __init__(self, kv: KVLayout, batch: int, max_len: int, arrays: list[np.ndarray] | None = None):
         shape = (batch, kv.num_kv_heads, max_len, kv.head_dim)
-        self.values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
-                       for _ in kv.past_names]
-        self.batch, self.max_len = batch, max_len
+        self.arrays = arrays if arrays is not None else [np.zeros(shape, np.float32) for _ in kv.past_names]
+        self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]
+        self.kv, self.batch, self.max_len = kv, batch, max_len
+        self._io = None  # (session, IOBinding, logits array) once bound
+        self._mask = np.zeros(batch * max_len, np.int64)  # the attention mask's storage
 
     def select_rows(self, rows: np.ndarray) -> KVCache:
         """A new cache holding only ``rows`` (a copy; used when finished rows leave a batch)."""
-        new = object.__new__(KVCache)
-        new.values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows]))
-                      for v in self.values]
-        new.batch, new.max_len = len(rows), self.max_len
-        return new
+        return KVCache(self.kv, len(rows), self.max_len, [np.ascontiguousarray(a[rows]) for a in self.arrays])
+
+    def binding(self, session: ort.InferenceSession, vocab: int) -> tuple[ort.IOBinding, np.ndarray]:
+        if self._io is None or self._io[0] is not session:
+            io = session.io_binding()
+            logits = np.empty((self.batch, 1, vocab), np.float32)
+            io.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
+            for past, present, v in zip(self.kv.past_names, self.kv.present_names, self.values, strict=True):
+                io.bind_ortvalue_input(past, v)
+                io.bind_ortvalue_output(present, v)
+            self._io = (session, io, logits)
+        return self._io[1], self._io[2]
+
+    def mask(self, lengths: np.ndarray, width: int) -> np.ndarray:
+        """The attention mask ``[batch, width]`` for these row lengths (a view of one buffer)."""
+        m = self._mask[:self.batch * width].reshape(self.batch, width)  # contiguous
+        np.less(np.arange(width)[None, :], lengths[:, None], out=m, casting="unsafe")
+        return m
 
 
 class GraphRunner:
@@ -130,22 +148,33 @@ class GraphRunner:
     def step(self, input_ids: np.ndarray, lengths: np.ndarray, task_ids: np.ndarray | None,
              cache: KVCache) -> np.ndarray:
         """Run the graph once on ``input_ids`` (B, S) int64; returns logits (B, 1, V) at each row's
-        last valid position."""
+        last valid position (a copy of the cache's output buffer, which the next step overwrites)."""
         lengths = np.asarray(lengths, dtype=np.int64)
-        width = int(lengths.max())
+        width = max(int(lengths.max()), input_ids.shape[1])
         if width > cache.max_len:
             raise ConfigError(f"sequence of {width} tokens exceeds the KV cache of {cache.max_len}")
-        mask = (np.arange(max(width, input_ids.shape[1]))[None, :] < lengths[:, None]).astype(np.int64)
-        io = self.session.io_binding()
+        if self.takes_task_ids and task_ids is None:
+            raise ConfigError(f"{self.path} is the multi-task graph: task_ids are required")
+        io, logits = cache.binding(self.session, self.vocab_size or self._vocab())
         io.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
-        io.bind_cpu_input(ATTENTION_MASK, mask)
+        io.bind_cpu_input(ATTENTION_MASK, cache.mask(lengths, width))
         if self.takes_task_ids:
-            if task_ids is None:
-                raise ConfigError(f"{self.path} is the multi-task graph: task_ids are required")
             io.bind_cpu_input(TASK_IDS, np.ascontiguousarray(task_ids, dtype=np.int64))
-        io.bind_output(LOGITS, "cpu")  # first: outputs come back in binding order
+        self.session.run_with_iobinding(io)
+        return logits.copy()
+
+    def _vocab(self) -> int:
+        """The vocabulary size of a graph whose logits shape leaves it symbolic (one probe step)."""
+        cache = KVCache(self.kv, 1, 1)
+        io = self.session.io_binding()
+        io.bind_cpu_input(INPUT_IDS, np.zeros((1, 1), np.int64))
+        io.bind_cpu_input(ATTENTION_MASK, np.ones((1, 1), np.int64))
+        if self.takes_task_ids:
+            io.bind_cpu_input(TASK_IDS, np.zeros(1, np.int64))
+        io.bind_output(LOGITS, "cpu")
         for past, present, v in zip(self.kv.past_names, self.kv.present_names, cache.values, strict=True):
             io.bind_ortvalue_input(past, v)
             io.bind_ortvalue_output(present, v)
         self.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()
+        self.vocab_size = int(io.get_outputs()[0].shape()[-1])
+        return self.vocab_size
