@@ -39,10 +39,9 @@ def genai_config(meta: dict, graph: str, vocab_size: int, hidden_size: int, num_
     """``genai_config.json`` for ``graph`` (a path in the bundle); ``meta``: the manifest's fields."""
     kv = KVLayout.from_dict(meta["kv_cache"])
     gen = meta.get("generation", {})
-    context = kv.max_sequence_length or None  # positions the graph's rotary cache covers
-    # the default budget of one request (prompt + answer), never past the rotary cache
-    default = gen.get("max_prompt_tokens", 0) + gen.get("max_new_tokens", 0) or context
-    max_length = min(n for n in (default, context) if n)
+    context = kv.max_sequence_length  # positions the graph's rotary cache covers (0: not recorded)
+    budget = gen.get("max_prompt_tokens", 0) + gen.get("max_new_tokens", 0)  # one request's default
+    max_length = min(n for n in (budget, context) if n)  # never past the rotary cache
 
     def pattern(name: str) -> str:  # "past_key_values.{i}.key" -> "past_key_values.%d.key"
         return name.format(i="%d")
