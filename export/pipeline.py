@@ -4,9 +4,10 @@ Graphs are built straight from the checkpoint's tensors (``export.builder``). Ea
 asked for gets one weight file (``weights.<precision>.bin``) holding the base model and the
 adapter tensors every task shares, read by the multi-task graph and every per-task graph of
 that precision. A fp32 reference that is not shipped is built in a temporary directory, used
-for the checks, and dropped. Everything is written to a temporary directory renamed into
-place only after every check passed (``alter_edge.io.atomic_dir``): a failed export leaves no
-bundle behind.
+for the checks, and dropped. ``genai_config.json`` and ``tokenizer_config.json`` make the
+bundle an onnxruntime-genai model folder too (``export.genai``). Everything is written to a
+temporary directory renamed into place only after every check passed
+(``alter_edge.io.atomic_dir``): a failed export leaves no bundle behind.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from alter_edge.tasks import TaskRegistry
 
 from .builder import BuildSpec, DecoderBuilder
 from .bundle import write_manifest
+from .genai import write_genai_files
 from .graph import OPSET, WeightFile
 from .validate import (
     ExportValidationError,
@@ -166,6 +168,8 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
         fp32 = build_all("fp32", tmp if ship_fp32 else work, plan if ship_fp32 else plan[:1])
         quantized = {p: build_all(p, tmp, plan) for p in opts.precisions if p != "fp32"}
         tokenizer = ck.tokenizer
+        dims = {"vocab_size": builder.vocab, "hidden_size": int(builder.cfg.hidden_size),
+                "num_attention_heads": builder.heads}  # for genai_config.json
         ck.model = builder = None  # the torch model is done: only onnxruntime sessions from here
         gc.collect()
         # 2. fp32 graphs against PyTorch (a per-task graph on its task's cases)
@@ -217,6 +221,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
             "generation": {"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
             "tasks": ck.tasks.names,
         }
+        write_genai_files(tmp, meta, entries, **dims)  # listed in the manifest's files below
         manifest = write_manifest(tmp, meta, entries)
     log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
     return manifest

