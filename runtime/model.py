@@ -94,9 +94,10 @@ class EdgeModel:
         disable|basic|extended|all; ``providers``: onnxruntime execution providers (checked);
         ``precision``: fp32|int8|int4 (default: the bundle's best, int8 > int4 > fp32);
         ``verify``: check sha256s (graphs when first opened); ``preload``: open every graph now
-        (default: the multi-task graph now, per-task graphs on first use); ``ort_format``: open each
+        (default: the multi-task graph, which then serves every request); ``ort_format``: open each
         graph's ``.ort`` twin (bundles exported with --ort-format); ``tasks``: open only the
-        graphs serving these tasks now (an app doing one task holds one graph in memory)."""
+        graphs serving these tasks (each task's own graph where the bundle has one, which then
+        serves that task's requests: an app doing one task holds one graph in memory)."""
         t0 = time.perf_counter()
         bundle = load_bundle(bundle_dir, verify=verify)
         try:
@@ -154,10 +155,17 @@ class EdgeModel:
 
     def runner_for(self, task_names: Sequence[str]) -> GraphRunner | None:
         """The graph serving a request of these tasks, or None when rows must be split by
-        task (mixed tasks and no multi-task graph)."""
+        task (mixed tasks and no multi-task graph). A one-task request runs on its task's own
+        graph when that graph is open (``load(tasks=...)`` or ``preload``) or the bundle has no
+        multi-task graph; otherwise on the multi-task graph, so no second graph is loaded
+        unless asked for."""
         names = set(task_names)
         if len(names) == 1:
-            return self._runner(self.bundle.graph_for(names.pop(), self.precision))
+            own = self.bundle.graph_for(names.pop(), self.precision)
+            with self._lock:
+                is_open = own.path in self._runners
+            if own.task is None or is_open or not self.bundle.has_multi_task_graph:
+                return self._runner(own)
         if not self.bundle.has_multi_task_graph:
             return None
         return self._runner(self.bundle.graph_for(None, self.precision))

@@ -52,15 +52,16 @@ def test_tampered_file_is_named(bundle_copy, name):
 
 
 def test_tampered_graph_is_caught_when_first_opened(bundle_copy):
-    """Graphs are hashed when opened: at load for the default graph (or all with preload),
-    at first use for a per-task graph."""
+    """Graphs are hashed when opened: at load for the default graph, the graphs of ``tasks=``
+    (or all with preload); a default load never opens a per-task graph."""
     name = "task-echo.fp32.onnx"
     with open(bundle_copy / name, "ab") as f:
         f.write(b" ")
     m = EdgeModel.load(bundle_copy, threads=1)
     m.generate("is red a colour", task="colour", max_new_tokens=2)  # the multi-task graph is fine
+    m.generate("repeat cat dog", task="echo", max_new_tokens=2)  # served by the multi-task graph too
     with pytest.raises(BundleError, match=f"file {name}.*does not match manifest"):
-        m.generate("repeat cat dog", task="echo", max_new_tokens=2)
+        EdgeModel.load(bundle_copy, tasks=["echo"])
     with pytest.raises(BundleError, match=f"file {name}.*does not match manifest"):
         EdgeModel.load(bundle_copy, preload=True)
     with pytest.raises(BundleError, match="onnxruntime cannot load this graph"):  # no hash check
@@ -145,7 +146,7 @@ def test_ort_format_twin(bundle_copy, edge_model):
     assert [g.token_ids for g in m.generate(texts, tasks=["colour", "parity"], max_new_tokens=6)] == \
         [g.token_ids for g in edge_model.generate(texts, tasks=["colour", "parity"], max_new_tokens=6)]
     with pytest.raises(BundleError, match="has no .ort twin"):
-        m.generate("repeat cat dog", task="echo")  # the per-task graph has none
+        EdgeModel.load(bundle_copy, threads=1, ort_format=True, tasks=["echo"])  # the per-task graph has none
 
 
 def test_load_only_the_graphs_of_some_tasks(runtime_bundle):

@@ -39,12 +39,18 @@ def test_greedy_matches_pytorch_per_task(edge_model, runtime_ckpt, task):
         assert g.text == edge_model.tokenizer.decode(r, skip_special_tokens=True).strip()
 
 
-def test_single_task_uses_its_graph_mixed_uses_multi_task(edge_model):
-    assert edge_model.runner_for(["echo"]).path.name == "task-echo.fp32.onnx"
-    assert edge_model.runner_for(["colour"]).path.name == "model.fp32.onnx"
-    assert edge_model.runner_for(["colour"]).takes_task_ids
-    assert not edge_model.runner_for(["echo"]).takes_task_ids
-    assert edge_model.runner_for(["echo", "colour"]).takes_task_ids
+def test_one_graph_unless_asked_own_graph_when_opened(runtime_bundle):
+    from alter_edge.runtime import EdgeModel
+
+    default = EdgeModel.load(runtime_bundle, threads=1)  # the multi-task graph serves everything
+    for tasks in (["echo"], ["colour"], ["echo", "colour"]):
+        assert default.runner_for(tasks).path.name == "model.fp32.onnx"
+    assert list(default._runners) == ["model.fp32.onnx"]  # no second graph was opened
+    own = EdgeModel.load(runtime_bundle, threads=1, tasks=["echo"])  # asked for: echo's own graph
+    assert own.runner_for(["echo"]).path.name == "task-echo.fp32.onnx"
+    assert not own.runner_for(["echo"]).takes_task_ids
+    assert list(own._runners) == ["task-echo.fp32.onnx"]
+    assert own.runner_for(["echo", "colour"]).takes_task_ids  # a mixed request opens the multi-task graph
 
 
 def test_mixed_task_batch_matches_pytorch(edge_model, runtime_ckpt, monkeypatch):
