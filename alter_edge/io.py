@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -78,10 +79,18 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's sha256. A large file is hashed from a memory map in one call, which releases
+    the GIL for the whole file (a load hashes weights in a thread while onnxruntime builds its
+    session)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        size = os.fstat(f.fileno()).st_size
+        if size >= 16 * chunk:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                h.update(mm)
+        else:
+            while block := f.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -58,9 +58,9 @@ class Bundle:
     verify: bool = True  # check each graph's sha256 when it is opened
     _verified: set = field(default_factory=set, compare=False, repr=False)  # weight files hashed so far
 
-    def check_graph(self, graph: GraphInfo, ort_format: bool = False) -> Path:
+    def check_graph(self, graph: GraphInfo, ort_format: bool = False, weights: bool = True) -> Path:
         """The graph's path (its ``.ort`` twin with ``ort_format``), after its hash check
-        (when ``verify``)."""
+        (when ``verify``); ``weights=False`` leaves its weight files to :meth:`check_weights`."""
         if ort_format:
             if graph.ort is None:
                 raise BundleError(f"{self.root}: graph {graph.path} has no .ort twin "
@@ -76,10 +76,16 @@ class Bundle:
                 if ext not in self.manifest["files"]:
                     raise BundleError(f"{self.root}/manifest.json: graph {graph.path} reads {ext}, "
                                       "which files does not list")
-                if ext not in self._verified:
-                    _check_hash(self.root, ext, self.manifest["files"][ext])
-                    self._verified.add(ext)
+            if weights:
+                self.check_weights(graph)
         return self.root / rel
+
+    def check_weights(self, graph: GraphInfo) -> None:
+        """Hash the graph's weight files not hashed yet (when ``verify``)."""
+        for ext in graph.external_data:
+            if self.verify and ext not in self._verified:
+                _check_hash(self.root, ext, self.manifest["files"][ext])
+                self._verified.add(ext)
 
     def graph_for(self, task: str | None, precision: str | None = None) -> GraphInfo:
         """The per-task graph of ``task`` when the bundle has one, else the multi-task graph

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,13 @@ class TokenEvent:
     finish_reason: str | None = None
 
 
+def _load_tokenizer(root: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(root / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a plain Exception on a bad file
+        raise BundleError(f"{root}/tokenizer.json cannot be loaded ({e})") from e
+
+
 class EdgeModel:
     def __init__(self, bundle: Bundle, tokenizer: Tokenizer, threads: int | None = None,
                  optimization: str = "all", providers: Sequence[str] | None = None,
@@ -75,7 +83,7 @@ class EdgeModel:
             raise ConfigError(f"{precision!r} is not a precision; valid precisions: {', '.join(PRECISIONS)}")
         self.bundle = bundle
         self.ort_format = ort_format
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer  # or a Future of it while load() runs
         self.precision = precision
         self._providers = check_providers(providers)
         self._options = session_options(threads, optimization, spinning)
@@ -100,19 +108,18 @@ class EdgeModel:
         serves that task's requests: an app doing one task holds one graph in memory)."""
         t0 = time.perf_counter()
         bundle = load_bundle(bundle_dir, verify=verify)
-        try:
-            tok = Tokenizer.from_file(str(bundle.root / "tokenizer.json"))
-        except Exception as e:  # tokenizers raises a plain Exception on a bad file
-            raise BundleError(f"{bundle.root}/tokenizer.json cannot be loaded ({e})") from e
-        model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format)
-        if tasks is not None:  # only the graphs serving these tasks (one each)
-            for name in tasks:
-                model._runner(bundle.graph_for(bundle.tasks.get(name).name, precision))
-        else:
-            graphs = list(bundle.graphs) if preload else [model._default_graph()]
-            for g in graphs:
-                if precision is None or g.precision == precision:
-                    model._runner(g)
+        with ThreadPoolExecutor(1) as pool:  # the tokenizer parses while onnxruntime builds sessions
+            tok = pool.submit(_load_tokenizer, bundle.root)
+            model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format)
+            if tasks is not None:  # only the graphs serving these tasks (one each)
+                for name in tasks:
+                    model._runner(bundle.graph_for(bundle.tasks.get(name).name, precision))
+            else:
+                graphs = list(bundle.graphs) if preload else [model._default_graph()]
+                for g in graphs:
+                    if precision is None or g.precision == precision:
+                        model._runner(g)
+            model.tokenizer = tok.result()
         model.load_seconds = time.perf_counter() - t0
         return model
 
@@ -142,12 +149,29 @@ class EdgeModel:
             return self.bundle.graph_for(None, self.precision)
         return self.bundle.graph_for(self.bundle.graphs[0].task, self.precision)
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if isinstance(self._tokenizer, Future):  # still being parsed by load()
+            self._tokenizer = self._tokenizer.result()
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer = value
+
     def _runner(self, graph: GraphInfo) -> GraphRunner:
         with self._lock:
             r = self._runners.get(graph.path)
             if r is None:
-                path = self.bundle.check_graph(graph, self.ort_format)
-                r = GraphRunner(path, self.bundle.kv, self._options, self._providers)
+                path = self.bundle.check_graph(graph, self.ort_format, weights=False)
+                # the weight files hash in a thread while onnxruntime builds the session (both
+                # release the GIL); a mismatch discards the session and raises
+                with ThreadPoolExecutor(1) as pool:
+                    hashed = pool.submit(self.bundle.check_weights, graph)
+                    try:
+                        r = GraphRunner(path, self.bundle.kv, self._options, self._providers)
+                    finally:
+                        hashed.result()
                 check_vocab(self.bundle, self.tokenizer.get_vocab_size(with_added_tokens=True),
                             r.vocab_size, graph.path)
                 self._runners[graph.path] = r

@@ -154,3 +154,17 @@ def test_load_only_the_graphs_of_some_tasks(runtime_bundle):
     assert list(m._runners) == ["task-echo.fp32.onnx"]
     m = EdgeModel.load(runtime_bundle, threads=1, tasks=["colour", "parity"])
     assert list(m._runners) == ["model.fp32.onnx"]
+
+
+def test_changed_weight_file_is_refused_though_hashed_beside_the_session(bundle_copy):
+    """The weight file hashes in a thread while onnxruntime builds the session; a mismatch
+    still fails the load (the session is dropped), naming the file, and a flip that onnxruntime
+    cannot notice (same size, other bytes) is what only the hash catches."""
+    w = bundle_copy / "weights.fp32.bin"
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="file weights.fp32.bin does not match manifest"):
+        EdgeModel.load(bundle_copy, threads=1)
+    m = EdgeModel.load(bundle_copy, threads=1, verify=False)  # onnxruntime itself loads it fine
+    assert m.generate("repeat cat dog", task="echo", max_new_tokens=2).finish_reason in ("eos", "length")
