@@ -36,7 +36,7 @@ def score_labels(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids
     first = log_softmax(logits[:, 0])  # (B, V): the distribution of each label's first token
     scores = np.stack([first[:, lab[0]] for lab in label_ids], axis=1)  # (B, L) float64
     later = [j for j, lab in enumerate(label_ids) if len(lab) > 1]
-    per = max(2, MAX_LABEL_ROWS // B) if batched else 1  # labels per batched group
+    per = max(1, MAX_LABEL_ROWS // B) if batched else 1  # labels per group (a group of one: no copy)
     for g in range(0, len(later), per):
         group = later[g:g + per]
         if len(group) == 1:
