@@ -57,16 +57,20 @@ def test_refill_rows_equal_their_own_runs_mixed_tasks(edge_model, slots, refills
         assert refills, "freed slots were refilled with waiting rows"
 
 
-def test_refill_on_the_per_task_graph_and_through_generate(edge_model, refills):
-    m = edge_model
+def test_refill_on_the_per_task_graph_and_through_generate(edge_model, runtime_bundle, refills):
+    from alter_edge.runtime import EdgeModel
+
+    own = EdgeModel.load(runtime_bundle, tasks=["echo"], threads=1)
+    assert not own.runner_for(["echo"]).takes_task_ids  # echo's own graph
     texts = [r["input"] for r in TINY_ROWS if r["task"] == "echo"][:9]
-    assert not m.runner_for(["echo"]).takes_task_ids
-    alone = [m.generate(t, task="echo", max_new_tokens=10) for t in texts]
+    alone = [own.generate(t, task="echo", max_new_tokens=10) for t in texts]
     for bs in (1, 2, 4):
-        got = m.generate(texts, task="echo", max_new_tokens=10, batch_size=bs)
+        got = own.generate(texts, task="echo", max_new_tokens=10, batch_size=bs)
         assert [(g.token_ids, g.text, g.finish_reason) for g in got] == \
                [(a.token_ids, a.text, a.finish_reason) for a in alone]
+    assert refills
     # mixed tasks through the API: the multi-task graph with refill
+    m = edge_model
     texts = [r["input"] for r in ROWS]
     tasks = [r["task"] for r in ROWS]
     alone = [m.generate(t, task=k, max_new_tokens=10).token_ids for t, k in zip(texts, tasks, strict=True)]
