@@ -5,7 +5,8 @@ interleaved run.
         --precision int8 --rows 48 --max-new-tokens 48 --rounds 3 --threads 2
     python benchmarks/refill_bench.py --tiny --work /tmp/refill-bench-tiny --rounds 2   # smoke test
 
-One process, one EdgeModel (``--threads`` onnxruntime threads, no spinning). Each round runs
+One process, one EdgeModel (``--threads`` onnxruntime threads, no spinning; the multi-task graph,
+or each task's own graph with ``--task-graphs``). Each round runs
 every arm of a section once, in an order that reverses every round (A B, B A, ...); printed are
 the medians over rounds and the ratios to the static arm. Three sections:
 
@@ -250,6 +251,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/refill-bench-tiny"))
     ap.add_argument("--precision", default=None, help="fp32|int8|int4 (default: the bundle's best)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--task-graphs", action="store_true",
+                    help="each task on its own graph (load(tasks=...)); default: the multi-task graph")
     ap.add_argument("--rows", type=int, default=48, help="generate rows for the job and mix sections")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
@@ -269,6 +272,9 @@ def main() -> None:
         args.work.mkdir(parents=True, exist_ok=True)
         args.bundle = tiny_bundle(args.work)
     model = EdgeModel.load(args.bundle, threads=args.threads, precision=args.precision, spinning=False)
+    if args.task_graphs:
+        model = EdgeModel.load(args.bundle, threads=args.threads, precision=args.precision, spinning=False,
+                               tasks=model.tasks.names)
     rows = [r for r in source_rows(args) if r.get("task") in set(model.tasks.names)]
     gen = next((t.name for t in model.tasks if t.kind == "generate"), None)
     gen_rows = [r for r in rows if r["task"] == gen][:args.rows]
