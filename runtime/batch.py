@@ -5,33 +5,36 @@ task is given). A bad row (not UTF-8, not JSON, NaN or a number too big to read,
 deep, an ``id`` that is not a string/finite number/null or not valid Unicode, no or empty
 input, unknown task, an input over the bundle's ``max_prompt_tokens``) becomes an error record
 ``{"id", "line", "error"}`` and the run goes on: no line, however bad, stops the job. Rows are
-grouped by task and sorted by length into batches; the output keeps the input order and is
-written atomically at the end.
+grouped by task and sorted by length; classify rows run in batches, a task's generate rows in
+``batch_size`` slots with continuous refill (a finished row's slot goes to the next row). The
+output keeps the input order and is written atomically at the end.
 
 Progress survives a crash in ``OUTPUT.partial``: a header line (input hash, effective
-settings, bundle) then one finished record per line, appended and fsync'ed after every batch.
-A torn last line (a kill mid-write) is dropped on resume, so a resumed run redoes at most one
-batch and the final file equals an uninterrupted run's.
+settings, bundle) then one finished record per line, appended and fsync'ed after every batch
+(``batch_size`` finished rows). A torn last line (a kill mid-write) is dropped on resume, so a
+resumed run redoes only the unsaved rows and the final file equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from alter_edge.errors import ConfigError, DataError, OutputError, TaskError
 from alter_edge.io import atomic_write_bytes, sha256_file
+from alter_edge.tasks import TaskSpec
 
 from .generate import SamplingParams
-from .model import EdgeModel, collect, input_problem
+from .model import EdgeModel, finished_rows, input_problem
 
 log = logging.getLogger(__name__)
 
@@ -220,23 +223,60 @@ def plan_batches(rows: list[_Row], batch_size: int) -> list[list[_Row]]:
 
 
 def run_batch_rows(model: EdgeModel, batch: list[_Row], opts: BatchOptions) -> list[dict]:
+    """The records of one planned batch (rows of one task), in its order."""
+    spec = model.tasks.get(batch[0].task)
+    if _scores_labels(spec, opts):
+        return _classify_records(model, batch)
+    recs = {r["line"]: r for chunk in _generate_records(model, batch, opts) for r in chunk}
+    return [recs[r.line] for r in batch]
+
+
+def iter_records(model: EdgeModel, rows: list[_Row], opts: BatchOptions) -> Iterator[list[dict]]:
+    """The records of ``rows``, in chunks of at most ``batch_size`` (one chunk: one unit of saved
+    progress), as many chunks as :func:`plan_batches` plans batches. Classify rows run batch
+    by batch; a task's generate rows decode together in ``batch_size`` slots with continuous
+    refill (a finished row's slot goes to the next row), each chunk the next rows to finish."""
+    for task, group in itertools.groupby(plan_batches(rows, opts.batch_size), key=lambda b: b[0].task):
+        if _scores_labels(model.tasks.get(task), opts):
+            for batch in group:
+                yield run_batch_rows(model, batch, opts)
+        else:
+            yield from _generate_records(model, [r for batch in group for r in batch], opts)
+
+
+def _scores_labels(spec: TaskSpec, opts: BatchOptions) -> bool:
+    return spec.kind == "classify" and bool(spec.labels) and not opts.generate_labels
+
+
+def _classify_records(model: EdgeModel, batch: list[_Row]) -> list[dict]:
     task = batch[0].task
+    out = model.classify_ids([r.prompt for r in batch], task)
+    return [_record(r, {"output": c.label, "probability": round(c.probability, 6),
+                        "scores": {k: round(v, 6) for k, v in c.scores.items()}})
+            for r, c in zip(batch, out, strict=True)]
+
+
+def _generate_records(model: EdgeModel, rows: list[_Row], opts: BatchOptions) -> Iterator[list[dict]]:
+    """Records of generate rows of one task, ``batch_size`` at a time, in the order they finish."""
+    task = rows[0].task
     spec = model.tasks.get(task)
-    prompts = [r.prompt for r in batch]
-    if spec.kind == "classify" and spec.labels and not opts.generate_labels:
-        recs = [{"id": r.id, "line": r.line, "task": task, "output": c.label,
-                 "probability": round(c.probability, 6),
-                 "scores": {k: round(v, 6) for k, v in c.scores.items()}}
-                for r, c in zip(batch, model.classify_ids(prompts, task), strict=True)]
-    else:
-        params = SamplingParams(_budget(model, opts))
-        gens = collect(model.stream_ids(prompts, [spec] * len(batch), params), len(batch), [task] * len(batch))
-        recs = [{"id": r.id, "line": r.line, "task": task, "output": g.text.strip(),
-                 "finish_reason": g.finish_reason} for r, g in zip(batch, gens, strict=True)]
-    for r, rec in zip(batch, recs, strict=True):
-        if r.truncated:
-            rec["truncated"] = True
-    return recs
+    events = model.stream_ids([r.prompt for r in rows], [spec] * len(rows), SamplingParams(_budget(model, opts)),
+                              batch_size=opts.batch_size)
+    chunk = []
+    for i, g in finished_rows(events, len(rows), [task] * len(rows)):
+        chunk.append(_record(rows[i], {"output": g.text.strip(), "finish_reason": g.finish_reason}))
+        if len(chunk) == opts.batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _record(row: _Row, result: dict) -> dict:
+    rec = {"id": row.id, "line": row.line, "task": row.task, **result}
+    if row.truncated:
+        rec["truncated"] = True
+    return rec
 
 
 def _budget(model: EdgeModel, opts: BatchOptions) -> int:
@@ -362,8 +402,8 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
               on_batch: Callable[[int], None] | None = None) -> BatchSummary:
     """Run every row of ``input_path``; write ``output_path`` (JSONL, input order). With
     ``resume``, rows an earlier run saved in ``OUTPUT.partial`` are kept (or a fresh start when
-    there is none). ``on_batch`` is called with the batch index after each batch is saved
-    (tests use it to interrupt)."""
+    there is none). ``on_batch`` is called with the batch index after each batch (up to
+    ``batch_size`` finished rows, :func:`iter_records`) is saved (tests use it to interrupt)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -383,15 +423,14 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
     summary.resumed = len(rows) - len(todo)
     bar = tqdm(total=len(rows), initial=summary.resumed, unit="row", desc="run", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
-    for b, batch in enumerate(plan_batches(todo, opts.batch_size)):
-        records = run_batch_rows(model, batch, opts)
+    for b, records in enumerate(iter_records(model, todo, opts)):
         try:
             partial.append(records)
         except OSError as e:
             raise OutputError(f"cannot save progress in {partial.path}: {e.strerror or e}; the rows "
                               "saved before are kept there for a resumed run") from e
         done.update((r["line"], r) for r in records)
-        bar.update(len(batch))
+        bar.update(len(records))
         if on_batch is not None:
             on_batch(b)
     bar.close()

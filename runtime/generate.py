@@ -1,10 +1,12 @@
-"""The decode loop: left-padded batches, per-row eos, greedy or sampled tokens, stop strings.
+"""The decode loop: right-padded batches, per-row eos, greedy or sampled tokens, stop strings,
+continuous refill of finished rows' slots.
 
 One graph serves the prompt and every decode step (docs/bundle-format.md). Step 0 feeds the
 whole right-padded prompt batch into a KV cache allocated once; each later step feeds one token
-per row, written in place at that row's own position. A row that has finished keeps feeding the
-pad token (its output is ignored) until it leaves the batch; greedy outputs match the PyTorch
-reference ``training.evaluate.greedy_generate`` token for token.
+per row, written in place at that row's own position. A row that has finished frees its slot
+for the next waiting row (:func:`decode`, ``slots``) or, with none waiting, leaves the batch;
+greedy outputs match the PyTorch reference ``training.evaluate.greedy_generate`` token for
+token.
 """
 
 from __future__ import annotations
@@ -84,18 +86,24 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 class TokenPicker:
-    """Chooses each row's next token from last-position logits (B, V)."""
+    """Chooses each row's next token from last-position logits (B, V). Row ``r`` draws from its
+    own random stream ``(seed, r)``, made when the row first samples."""
 
-    def __init__(self, params: SamplingParams, batch: int):
+    def __init__(self, params: SamplingParams):
         self.p = params
-        self.rngs = None if params.greedy else [
-            np.random.default_rng([params.seed if params.seed is not None else np.random.SeedSequence().entropy, i])
-            for i in range(batch)
-        ]
+        self.entropy = None if params.greedy else (
+            params.seed if params.seed is not None else np.random.SeedSequence().entropy)
+        self.rngs: dict[int, np.random.Generator] = {}
+
+    def rng(self, row: int) -> np.random.Generator:
+        g = self.rngs.get(row)
+        if g is None:
+            g = self.rngs[row] = np.random.default_rng([self.entropy, row])
+        return g
 
     def __call__(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``rows``: the original row of each logits row (whose random stream it draws from)."""
-        if self.rngs is None:
+        if self.entropy is None:
             return logits.argmax(-1).astype(np.int64)
         x = logits.astype(np.float64) / self.p.temperature  # (B, V)
         V = x.shape[-1]
@@ -114,52 +122,124 @@ class TokenPicker:
         out = np.empty(len(probs), dtype=np.int64)
         for i, (p, r) in enumerate(zip(probs, rows, strict=True)):
             c = np.cumsum(p)
-            out[i] = min(int(np.searchsorted(c, self.rngs[r].random() * c[-1], side="right")), V - 1)
+            out[i] = min(int(np.searchsorted(c, self.rng(int(r)).random() * c[-1], side="right")), V - 1)
+        return out
+
+
+class _RowPickers:
+    """One :class:`TokenPicker` per distinct SamplingParams; each row picks with its own."""
+
+    def __init__(self, row_params: Sequence[SamplingParams]):
+        kinds: dict[SamplingParams, int] = {}
+        self.kind = np.asarray([kinds.setdefault(p, len(kinds)) for p in row_params], dtype=np.int64)
+        self.pickers = [TokenPicker(p) for p in kinds]
+
+    def __call__(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if len(self.pickers) == 1:
+            return self.pickers[0](logits, rows)
+        out = np.empty(len(rows), dtype=np.int64)
+        kind = self.kind[rows]
+        for k, pick in enumerate(self.pickers):
+            m = kind == k
+            if m.any():
+                out[m] = pick(logits[m], rows[m])
         return out
 
 
 def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
-           eos_id: int, pad_id: int, params: SamplingParams,
-           done: np.ndarray | None = None, yield_eos: bool = False) -> Iterator[tuple[int, int | None]]:
+           eos_id: int, pad_id: int, params: SamplingParams | Sequence[SamplingParams],
+           done: np.ndarray | None = None, yield_eos: bool = False, slots: int | None = None,
+           refill_at: int = 1) -> Iterator[tuple[int, int | None]]:
     """Yield ``(row, token_id)`` for every generated token, in step order; a row stops at its
-    eos (not yielded, or yielded as ``(row, None)`` with ``yield_eos``). A caller may set
-    ``done[row] = True`` between yields (a stop string) and that row gets no more tokens.
+    eos (not yielded, or yielded as ``(row, None)`` with ``yield_eos``) or after its
+    ``max_new_tokens``. A caller may set ``done[row] = True`` between yields (a stop string) and
+    that row gets no more tokens. ``params``: one SamplingParams for every row, or one per row.
 
-    The prompt batch is right-padded and its KV cache allocated once for the longest prompt
-    plus ``max_new_tokens``; each decode step feeds one token per row and reads one logits row.
-    When a quarter or more of the rows still in the batch have finished, they are dropped from
-    it (their cache rows with them), so a long answer does not drag finished rows along."""
+    ``slots``: how many rows decode together (None: all of them). The first ``slots`` rows run
+    their right-padded prompts as one step in a KV cache allocated once for the longest prompt
+    plus ``max_new_tokens`` of any row; each decode step then feeds one token per slot, written
+    in place at that row's own position. A row that finishes frees its slot: once ``refill_at``
+    slots are free (or every slot, or all the rows still waiting fit), the next waiting rows, in
+    order, run their prompts as one step of their own in a small cache whose entries are copied
+    into the free slots, and decode on with the others (continuous refill: a batch's speed is
+    not set by its longest row). Every row gets exactly the tokens it gets alone. When no row
+    is waiting and a quarter or more of the slots are free, the finished slots leave the batch
+    (their cache rows with them), so a long answer does not drag finished rows along."""
+    n = len(prompts)
+    if n == 0:
+        return
     if any(len(p) == 0 for p in prompts):
         raise ConfigError("every prompt needs at least one token")
-    ids, lengths = right_pad(prompts, pad_id)
-    B = ids.shape[0]
+    row_params = [params] * n if isinstance(params, SamplingParams) else list(params)
     tids = np.asarray(task_ids, dtype=np.int64)
-    done = np.zeros(B, dtype=bool) if done is None else done
-    pick = TokenPicker(params, B)
-    cache = runner.new_cache(B, ids.shape[1] + params.max_new_tokens)
-    logits = runner.step(ids, lengths, tids, cache)[:, 0]  # (B, V): each row's last prompt position
-    active = np.arange(B)  # original row of each batch row
-    for step in range(params.max_new_tokens):
-        nxt = pick(logits, active)
-        for j, i in enumerate(active):
-            if done[i]:
-                continue
-            if nxt[j] == eos_id and not params.ignore_eos:
-                done[i] = True
-                if yield_eos:
-                    yield int(i), None
-            else:
-                yield int(i), int(nxt[j])
-        live = ~done[active]
-        if not live.any() or step + 1 == params.max_new_tokens:
+    if len(row_params) != n or len(tids) != n:
+        raise ConfigError(f"{n} prompts need {n} task ids and params, got {len(tids)} and {len(row_params)}")
+    if slots is not None and (not _is_int(slots) or slots < 1):
+        raise ConfigError(f"slots must be an integer >= 1 or None (all rows), got {slots!r}")
+    if not _is_int(refill_at) or refill_at < 1:
+        raise ConfigError(f"refill_at must be an integer >= 1, got {refill_at!r}")
+    done = np.zeros(n, dtype=bool) if done is None else done
+    budget = np.asarray([p.max_new_tokens for p in row_params], dtype=np.int64)
+    ignore_eos = np.asarray([p.ignore_eos for p in row_params], dtype=bool)
+    pick = _RowPickers(row_params)
+    B = n if slots is None else min(int(slots), n)
+    longest = max(len(p) + int(b) for p, b in zip(prompts, budget, strict=True))
+    cache = runner.new_cache(B, longest)
+    slot_row = np.full(B, -1, dtype=np.int64)  # the row in each slot; -1: free
+    lengths = np.ones(B, dtype=np.int64)  # valid tokens of each slot (a free slot: 1, cheapest)
+    slot_tids = np.full(B, tids[0], dtype=np.int64)
+    cur = np.full(B, pad_id, dtype=np.int64)  # the token each slot feeds next
+    count = np.zeros(n, dtype=np.int64)  # tokens generated per row
+    waiting = 0  # the next row to enter
+
+    def enter(free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The next waiting rows take the ``free`` slots; (their slots, their prompt logits)."""
+        nonlocal waiting
+        k = min(len(free), n - waiting)
+        rows, take = np.arange(waiting, waiting + k), free[:k]
+        waiting += k
+        ids, lens = right_pad([prompts[i] for i in rows], pad_id)
+        if k == B:  # every slot at once (the first fill): the prompts run in the cache itself
+            logits = runner.step(ids, lens, tids[rows], cache)
+        else:
+            fresh = runner.new_cache(k, ids.shape[1])
+            logits = runner.step(ids, lens, tids[rows], fresh)
+            cache.write_rows(take, fresh, np.arange(k), ids.shape[1])
+        slot_row[take], lengths[take], slot_tids[take] = rows, lens, tids[rows]
+        return take, logits[:, 0]
+
+    take, logits = enter(np.arange(B))
+    while True:
+        rows = slot_row[take]
+        nxt = pick(logits, rows)
+        for j, i, t in zip(take.tolist(), rows.tolist(), nxt.tolist(), strict=True):
+            if not done[i]:
+                if t == eos_id and not ignore_eos[i]:
+                    done[i] = True
+                    if yield_eos:
+                        yield i, None
+                else:
+                    count[i] += 1
+                    cur[j] = t
+                    yield i, t
+            if done[i] or count[i] == budget[i]:  # the slot is free
+                slot_row[j], lengths[j], cur[j] = -1, 1, pad_id
+        free = np.flatnonzero(slot_row < 0)
+        if waiting < n and len(free) >= min(refill_at, n - waiting, B):
+            take, logits = enter(free)
+            continue
+        live = slot_row >= 0
+        if not live.any():
             return
-        if 4 * (len(active) - int(live.sum())) >= len(active):
+        if waiting == n and 4 * len(free) >= B:
             keep = np.flatnonzero(live)
             cache = cache.select_rows(keep)
-            active, lengths, tids, nxt = active[keep], lengths[keep], tids[keep], nxt[keep]
-        cur = np.where(done[active], pad_id, nxt)[:, None]
-        lengths = lengths + 1
-        logits = runner.step(cur, lengths, tids, cache)[:, 0]
+            slot_row, lengths, slot_tids, cur = slot_row[keep], lengths[keep], slot_tids[keep], cur[keep]
+            B, live = len(keep), live[keep]
+        lengths = np.where(live, lengths + 1, 1)
+        out = runner.step(np.where(live, cur, pad_id)[:, None], lengths, slot_tids, cache)[:, 0]
+        take = np.flatnonzero(live)
+        logits = out[take] if len(take) < B else out
 
 
 class RowText:

@@ -16,6 +16,7 @@ every call keeps its state on its own stack.
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -241,61 +242,67 @@ class EdgeModel:
                tasks: Sequence[str] | None = None, max_new_tokens: int | None = None,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                seed: int | None = None, stop: str | Sequence[str] = (),
-               truncate: bool = False) -> Iterator[TokenEvent]:
+               truncate: bool = False, batch_size: int | None = None) -> Iterator[TokenEvent]:
         """Generate, yielding :class:`TokenEvent`s as tokens come (rows interleaved). Arguments
         are checked before the first event; see :meth:`generate`."""
         _, texts = as_texts(texts)
         specs = self._row_tasks(len(texts), task, tasks)
         params = self._params(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        check_batch_size(batch_size)
         prompts, _ = self._prompts(texts, specs, truncate)
-        return self.stream_ids(prompts, specs, params)
+        return self.stream_ids(prompts, specs, params, batch_size)
 
     def stream_ids(self, prompts: Sequence[Sequence[int]], specs: Sequence[TaskSpec],
-                   params: SamplingParams) -> Iterator[TokenEvent]:
-        """:meth:`stream` on token ids (prompts already built)."""
+                   params: SamplingParams, batch_size: int | None = None) -> Iterator[TokenEvent]:
+        """:meth:`stream` on token ids (prompts already built). ``batch_size``: at most this many
+        rows decode at once, a finished row's slot going to the next row (None: all at once).
+        A row's last event (its finish) comes as soon as it ends."""
         if not prompts:
             return
+        check_batch_size(batch_size)
         runner = self.runner_for([s.name for s in specs])
         if runner is None:  # mixed tasks, per-task graphs only: one group per task
             for name in dict.fromkeys(s.name for s in specs):
                 rows = [i for i, s in enumerate(specs) if s.name == name]
-                for ev in self.stream_ids([prompts[i] for i in rows], [specs[i] for i in rows], params):
+                for ev in self.stream_ids([prompts[i] for i in rows], [specs[i] for i in rows], params,
+                                          batch_size):
                     yield TokenEvent(rows[ev.row], ev.token_id, ev.text, ev.finish_reason)
             return
         B = len(prompts)
         rows = [RowText(self.tokenizer, params.stop) for _ in range(B)]
         done = np.zeros(B, dtype=bool)
-        finished = [False] * B
         for i, tok in decode(runner, prompts, [s.id for s in specs], self.bundle.eos_id,
-                             self.bundle.pad_id, params, done, yield_eos=True):
+                             self.bundle.pad_id, params, done, yield_eos=True, slots=batch_size):
             if tok is None:
-                finished[i] = True
                 yield TokenEvent(i, None, rows[i].finish(), "eos")
                 continue
             piece = rows[i].push(tok)
             if rows[i].stopped:
-                done[i] = finished[i] = True
+                done[i] = True
                 yield TokenEvent(i, tok, piece, "stop")
-            else:
-                yield TokenEvent(i, tok, piece)
-        for i in range(B):
-            if not finished[i]:
+                continue
+            yield TokenEvent(i, tok, piece)
+            if len(rows[i].ids) == params.max_new_tokens:  # decode gives the row no more tokens
                 yield TokenEvent(i, None, rows[i].finish(), "length")
 
     def generate(self, texts: str | Sequence[str], task: str | None = None,
                  tasks: Sequence[str] | None = None, max_new_tokens: int | None = None,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, stop: str | Sequence[str] = (),
-                 truncate: bool = False) -> Generation | list[Generation]:
+                 truncate: bool = False, batch_size: int | None = None) -> Generation | list[Generation]:
         """Generate for one text (returns a :class:`Generation`) or a list (one batch; returns
         a list; ``[]`` gives ``[]``). ``task`` for all rows or ``tasks`` per row; temperature 0 =
         greedy; ``max_new_tokens`` None = the bundle's default; ``stop``: a string or a list of
-        them; ``truncate``: cut an over-long input (else a DataError, see :meth:`prompt_ids`)."""
+        them; ``truncate``: cut an over-long input (else a DataError, see :meth:`prompt_ids`);
+        ``batch_size``: at most this many rows decode at once, each finished row's slot going to
+        the next row (None: all rows at once); the answers are the same either way."""
         single, texts = as_texts(texts)
         specs = self._row_tasks(len(texts), task, tasks)
         params = self._params(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        check_batch_size(batch_size)
         prompts, cut = self._prompts(texts, specs, truncate)
-        out = collect(self.stream_ids(prompts, specs, params), len(texts), [s.name for s in specs], cut)
+        out = collect(self.stream_ids(prompts, specs, params, batch_size), len(texts),
+                      [s.name for s in specs], cut)
         return out[0] if single else out
 
     # -- classification --------------------------------------------------------------
@@ -368,17 +375,33 @@ def input_problem(text: object) -> str | None:
     return None
 
 
-def collect(events: Iterator[TokenEvent], n: int, task_names: Sequence[str],
-            truncated: Sequence[bool] | None = None) -> list[Generation]:
-    """Gather a stream into one :class:`Generation` per row."""
+def check_batch_size(batch_size: object) -> None:
+    if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool)
+                                   or batch_size < 1):
+        raise ConfigError(f"batch_size must be an integer >= 1 or None (all rows at once), got {batch_size!r}")
+
+
+def finished_rows(events: Iterator[TokenEvent], n: int, task_names: Sequence[str],
+                  truncated: Sequence[bool] | None = None) -> Iterator[tuple[int, Generation]]:
+    """``(row, its Generation)`` as each row of a stream finishes."""
     ids: list[list[int]] = [[] for _ in range(n)]
     text = [""] * n
-    reason = ["length"] * n
+    cut = truncated or [False] * n
     for ev in events:
         if ev.token_id is not None:
             ids[ev.row].append(ev.token_id)
         text[ev.row] += ev.text
         if ev.finish_reason:
-            reason[ev.row] = ev.finish_reason
-    cut = truncated or [False] * n
-    return [Generation(text[i], ids[i], reason[i], task_names[i], cut[i]) for i in range(n)]
+            yield ev.row, Generation(text[ev.row], ids[ev.row], ev.finish_reason, task_names[ev.row], cut[ev.row])
+
+
+def collect(events: Iterator[TokenEvent], n: int, task_names: Sequence[str],
+            truncated: Sequence[bool] | None = None) -> list[Generation]:
+    """Gather a stream into one :class:`Generation` per row."""
+    out: list[Generation | None] = [None] * n
+    for i, g in finished_rows(events, n, task_names, truncated):
+        out[i] = g
+    missing = [i for i, g in enumerate(out) if g is None]
+    if missing:
+        raise RuntimeError(f"the stream ended without finishing rows {missing[:5]}")
+    return out

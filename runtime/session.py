@@ -108,6 +108,13 @@ class KVCache:
         np.less(np.arange(width)[None, :], lengths[:, None], out=m, casting="unsafe")
         return m
 
+    def write_rows(self, slots: np.ndarray, src: KVCache, rows: np.ndarray, length: int) -> None:
+        """Copy positions ``[0, length)`` of ``src``'s ``rows`` into this cache's ``slots``, in
+        place (a refilled slot takes a new row's prompt entries; label scoring replicates a
+        prompt's rows)."""
+        for dst, a in zip(self.arrays, src.arrays, strict=True):
+            dst[slots, :, :length] = a[rows, :, :length]
+
 
 class GraphRunner:
     """One graph (docs/bundle-format.md, ``runtime.contract``): ``step(input_ids, lengths,

@@ -307,6 +307,35 @@ def test_quantized_answers_do_not_depend_on_the_batch(int8_bundle):
             assert m.generate(t, task=task, max_new_tokens=8).token_ids == g.token_ids
 
 
+def test_quantized_refill_and_batched_labels_equal_their_own_runs(int8_bundle):
+    """int8/int4 graphs: refilled slots give each row its own tokens; label scores batched over
+    labels equal label after label."""
+    from alter_edge.runtime import EdgeModel
+    from alter_edge.runtime.generate import SamplingParams, decode
+    from alter_edge.runtime.scoring import score_labels
+
+    _ck, bundle, _ = int8_bundle
+    texts = ["is red a colour", "repeat cat dog bird fish", "hello", "is the sky blue today or not",
+             "repeat dog", "count x x x"]
+    tasks = ["colour", "echo", "parity", "echo", "echo", "parity"]
+    for precision in ("int8", "int4"):
+        m = EdgeModel.load(bundle, precision=precision, threads=2)
+        alone = [m.generate(t, task=k, max_new_tokens=3 + 2 * i).token_ids
+                 for i, (t, k) in enumerate(zip(texts, tasks, strict=True))]
+        prompts = [m.encode(t, k)[0] for t, k in zip(texts, tasks, strict=True)]
+        got: list[list[int]] = [[] for _ in texts]
+        params = [SamplingParams(max_new_tokens=3 + 2 * i) for i in range(len(texts))]
+        for i, tok in decode(m.runner_for(tasks), prompts, [m.tasks.id_of(k) for k in tasks], m.bundle.eos_id,
+                             m.bundle.pad_id, params, slots=2):
+            got[i].append(tok)
+        assert got == alone
+        runner = m.runner_for(["colour"])
+        ids = [m.encode(t, "colour")[0] for t in texts]
+        labels = [[5, 1], [6, 7, 1], [8]]
+        args = (runner, ids, [m.tasks.id_of("colour")] * len(ids), labels, m.bundle.pad_id)
+        np.testing.assert_allclose(score_labels(*args), score_labels(*args, batched=False), atol=1e-5, rtol=0)
+
+
 def test_quality_gate_fails_a_real_drop_not_noise():
     from alter_edge.export.validate import over_budget, paired_interval
 
