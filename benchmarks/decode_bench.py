@@ -445,8 +445,9 @@ def main() -> None:
     print("\nratios (tokens/s):")
     for k, v in ratios.items():
         print(f"  {v:6.3f}  {k}")
-    bundle_task = json.loads((paths["bundle"] / "tasks.json").read_text())
-    task = (bundle_task[0]["name"] if isinstance(bundle_task, list) else next(iter(bundle_task)))
+    from alter_edge.runtime.bundle import load_bundle
+
+    task = load_bundle(paths["bundle"], verify=False).tasks.names[0]
     cold = {}
     for p in args.precisions:
         for b in ("bundle", "merged"):

@@ -5,7 +5,8 @@
 
 For each graph (a bundle graph takes its KV layout from the bundle's manifest.json beside it;
 otherwise pass ``--kv``), runs a 32-token prompt and ``--steps`` one-token steps at batch 1
-through ``GraphRunner.step`` with profiling on, then prints per decode step: the Python wall
+through ``GraphRunner.step`` with profiling on (the prompt fed one token a step, so
+onnxruntime-genai's graphs, whose logits cover every position, run too), then prints per decode step: the Python wall
 time of ``step`` (binding, run, reading logits), onnxruntime's ``model_run`` time, the summed
 kernel time of its nodes, and the kernel time by operator type (top ten). Wall minus kernel
 time is what the runtime and onnxruntime's executor add around the kernels.
@@ -38,8 +39,9 @@ def profile(graph: Path, kv: KVLayout, steps: int, threads: int, task_id: int | 
     walls = []
     for _ in range(2):  # the second pass is timed; the first warms up
         cache = runner.new_cache(1, prompt.shape[1] + steps + 1)
-        lengths = np.array([prompt.shape[1]], np.int64)
-        logits = runner.step(prompt, lengths, tids, cache)
+        for j in range(prompt.shape[1]):  # token by token: a graph whose logits cover every position works too
+            lengths = np.array([j + 1], np.int64)
+            logits = runner.step(prompt[:, j:j + 1], lengths, tids, cache)
         walls = []
         for _ in range(steps):
             tok = logits[:, 0].argmax(-1)[:, None]
@@ -49,7 +51,7 @@ def profile(graph: Path, kv: KVLayout, steps: int, threads: int, task_id: int | 
             walls.append(time.perf_counter() - t0)
     trace = json.loads(Path(runner.session.end_profiling()).read_text())
     runs = [e for e in trace if e.get("cat") == "Session" and e["name"] == "model_run"]
-    decode_runs = runs[-steps:]  # the timed pass's one-token steps
+    decode_runs = runs[-steps:]  # the timed pass's decode steps
     lo, hi = decode_runs[0]["ts"], decode_runs[-1]["ts"] + decode_runs[-1]["dur"]
     kernel = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
               and lo <= e["ts"] <= hi]
