@@ -99,12 +99,17 @@ class LoraKind:
         m = np.repeat(self.mix.weights(task_id), r) * s
         return w + (B * m[None, :]) @ A
 
-    def side(self, g: GraphBuilder, e: Emit, key: str, names: tuple[str, ...], outs: tuple[int, ...],
-             x: str, y: str, resid: str) -> str:
-        """Add the group's delta to ``y`` (the stacked base outputs of ``names``, widths ``outs``)."""
+    def project(self, g: GraphBuilder, e: Emit, key: str, names: tuple[str, ...], w: np.ndarray,
+                outs: tuple[int, ...], x: str, resid: str, bias: np.ndarray | None = None,
+                base_key: str | None = None) -> str:
+        """The group's projection ``x @ w.T`` (``w``: the stacked base rows of ``names``, widths
+        ``outs``) plus the adapters' delta ``B (m * A x)``. In fp32 and int8 graphs, when the base's
+        input width is whole quantization blocks, one matmul computes both:
+        ``concat(x, m * A x) @ [w | B].T`` (B's columns are blocks of their own, so it quantizes
+        exactly as apart); otherwise (int4 keeps B at 8 bits) base and delta run apart and add."""
         members = self.adapted(names)
         if not members or e.mode == "merged":
-            return y
+            return g.linear(x, w, key=base_key, bias=bias)
         K, r = self.mix.K, self.r
         A = np.concatenate([self.lora[n][0] for n in members], axis=0)  # (n*K*r, in)
         Bm = np.zeros((sum(outs), len(members) * K * r), np.float32)
@@ -122,8 +127,12 @@ class LoraKind:
             m = self.mix.emit(g, e, resid, expand, f"{key}_mix")
         else:  # the task's mixture as a constant: no gather, no softmax; A and B stay shared
             m = g.const((self.mix.weights(e.task_id) @ expand).astype(np.float32), f"{key}_mix")
-        delta = g.linear(g.op("Mul", [h, m]), Bm, key=f"{key}.lora_B", bits=bits)
-        return g.op("Add", [y, delta])
+        hm = g.op("Mul", [h, m])
+        if g.bits in (0, 8) and w.shape[1] % g.block_size == 0:
+            z = g.op("Concat", [x, hm], axis=-1)
+            return g.linear(z, np.concatenate([w, Bm], axis=1), key=f"{key}.wb", bias=bias)
+        y = g.linear(x, w, key=base_key, bias=bias)
+        return g.op("Add", [y, g.linear(hm, Bm, key=f"{key}.lora_B", bits=bits)])
 
 
 class FfnKind:

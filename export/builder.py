@@ -122,21 +122,22 @@ class DecoderBuilder:
         return _np(cos[0, :, :half]), _np(sin[0, :, :half])
 
     # -- pieces -------------------------------------------------------------------------
-    def _mlp(self, g: GraphBuilder, mlp, key: str, x: str, merged: dict | None = None, side=None) -> str:
+    def _mlp(self, g: GraphBuilder, mlp, key: str, x: str, merged: dict | None = None, project=None) -> str:
         """Packed gate/up, SiLU(gate) * up, down. ``merged``: weights replacing the module's (inline);
-        ``side(key, names, widths, x, y)``: adds an adapter's delta to a projection's output."""
+        ``project(key, names, w, widths, x, base_key)``: a projection with an adapter's delta."""
         wg, wu, wd = (_wb(getattr(mlp, n))[0] for n in ("gate_proj", "up_proj", "down_proj"))
         if merged:
             wg, wu, wd = merged.get("gate_proj", wg), merged.get("up_proj", wu), merged.get("down_proj", wd)
         k = None if merged else key
-        gu = g.linear(x, np.concatenate([wg, wu], 0), key=k and f"{k}.gate_up")
-        if side is not None:
-            gu = side(f"{key}.gu", GATE_UP, (wg.shape[0], wu.shape[0]), x, gu)
+        if project is None:
+            def project(_key, _names, w, _widths, xx, base_key):
+                return g.linear(xx, w, key=base_key)
+        gu = project(f"{key}.gu", GATE_UP, np.concatenate([wg, wu], 0), (wg.shape[0], wu.shape[0]), x,
+                     k and f"{k}.gate_up")
         gate, up = g.op("Split", [gu, g.const(np.array([wg.shape[0], wu.shape[0]], np.int64), "split")],
                         outputs=2, axis=-1)
         h = g.op("Mul", [g.op("QuickGelu", [gate], domain=MS, alpha=1.0), up])
-        y = g.linear(h, wd, key=k and f"{k}.down")
-        return y if side is None else side(f"{key}.dn", ("down_proj",), (wd.shape[0],), h, y)
+        return project(f"{key}.dn", ("down_proj",), wd, (wd.shape[0],), h, k and f"{k}.down")
 
     def _attention(self, g: GraphBuilder, e: Emit, i: int, x: str, resid: str, seqlens: str, total: str,
                    cos: str, sin: str) -> str:
@@ -151,9 +152,10 @@ class DecoderBuilder:
         widths = tuple(w.shape[0] for w in ws)
         bias = None if bs[0] is None else np.concatenate(bs)
         key = None if merged else f"layers.{i}.qkv"
-        qkv = g.linear(x, np.concatenate(ws, 0), key=key, bias=bias)
         if lora is not None:
-            qkv = lora.side(g, e, f"layers.{i}.qkv", QKV, widths, x, qkv, resid)
+            qkv = lora.project(g, e, f"layers.{i}.qkv", QKV, np.concatenate(ws, 0), widths, x, resid, bias, key)
+        else:
+            qkv = g.linear(x, np.concatenate(ws, 0), key=key, bias=bias)
         i_name = self.kv.past_names[2 * i], self.kv.past_names[2 * i + 1]
         o_name = self.kv.present_names[2 * i], self.kv.present_names[2 * i + 1]
         attrs = dict(num_heads=self.heads, kv_num_heads=self.kv.num_kv_heads, do_rotary=1, rotary_interleaved=0,
@@ -176,10 +178,10 @@ class DecoderBuilder:
         wo, bo = _wb(attn.o_proj)
         if merged and "o_proj" in lora.lora:
             wo = lora.merged_weight("o_proj", wo, e.task_id)
-        y = g.linear(out, wo, key=None if merged else f"layers.{i}.o", bias=bo)
+        okey = None if merged else f"layers.{i}.o"
         if lora is not None:
-            y = lora.side(g, e, f"layers.{i}.o", ("o_proj",), (wo.shape[0],), out, y, resid)
-        return y
+            return lora.project(g, e, f"layers.{i}.o", ("o_proj",), wo, (wo.shape[0],), out, resid, bo, okey)
+        return g.linear(out, wo, key=okey, bias=bo)
 
     def _block_mlp(self, g: GraphBuilder, e: Emit, i: int, x: str, resid: str) -> str:
         layer, ad = self.layers[i], self.adapters.get(i)
@@ -194,8 +196,8 @@ class DecoderBuilder:
                           for n in ("gate_proj", "up_proj", "down_proj") if n in ad.lora}
             if merged is not None:
                 return self._mlp(g, mlp.mlp, f"{key}.mlp", x, merged)
-            return self._mlp(g, mlp.mlp, f"{key}.mlp", x,
-                             side=lambda k, names, widths, xx, yy: ad.side(g, e, k, names, widths, xx, yy, resid))
+            return self._mlp(g, mlp.mlp, f"{key}.mlp", x, project=lambda k, names, w, widths, xx, base_key:
+                             ad.project(g, e, k, names, w, widths, xx, resid, base_key=base_key))
         if e.mode == "merged":
             raise ConfigError(f"a merged single-task graph needs lora adapters; this checkpoint's are {ad.name!r} "
                               "(use the per-task graph, which prunes and folds them)")

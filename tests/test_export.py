@@ -94,10 +94,19 @@ def test_one_copy_of_the_weights_per_precision(int8_bundle):
 
 def test_fused_operators_and_no_decomposed_attention(int8_bundle):
     _ck, bundle, _ = int8_bundle
-    ops = {n.op_type for n in onnx.load(bundle / "model.int8.onnx", load_external_data=False).graph.node}
+    nodes = onnx.load(bundle / "model.int8.onnx", load_external_data=False).graph.node
+    ops = {n.op_type for n in nodes}
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "MatMulNBits",
             "GatherBlockQuantized", "QuickGelu"} <= ops
-    assert not ops & {"Softmax", "MatMul", "Pow", "ReduceMean", "Concat", "Transpose", "Sin", "Cos"}
+    assert not ops & {"Softmax", "MatMul", "Pow", "ReduceMean", "Transpose", "Sin", "Cos"}
+    # the only Concats join an adapted projection's input with its adapters' m * A x, read by one
+    # MatMulNBits over [W | B]: base and delta in one matmul, no Add after it
+    consumers = {i: n for n in nodes for i in n.input}
+    concats = [n for n in nodes if n.op_type == "Concat"]
+    assert concats and all(consumers[c.output[0]].op_type == "MatMulNBits" for c in concats)
+    assert not any(n.op_type == "Add" for n in nodes)
+    int4 = onnx.load(bundle / "model.int4.onnx", load_external_data=False).graph.node
+    assert not any(n.op_type == "Concat" for n in int4)  # int4: B stays 8-bit, beside the 4-bit base
     task_graph = onnx.load(bundle / "task-echo.int8.onnx", load_external_data=False).graph
     assert "task_ids" not in {i.name for i in task_graph.input}
     # no mixture gathered: the two Gathers left read the mask's width and the step's length

@@ -117,14 +117,15 @@ def test_genai_greedy_equals_alter_edge_fp32(runtime_bundle, edge_model):
 
 
 @needs_genai
-def test_genai_runs_a_per_task_graph_by_overlay(runtime_bundle, edge_model):
+def test_genai_runs_a_per_task_graph_by_overlay(runtime_bundle):
     """A per-task graph (no task_ids input: the one set is not fed) gives that task's tokens."""
     cfg = og.Config(str(runtime_bundle))
     cfg.overlay(json.dumps({"model": {"decoder": {"filename": "task-echo.fp32.onnx"}}}))
-    prompts, tids = _prompts(edge_model, [("echo", t) for t in BATCHES["echo"]])
-    assert edge_model.runner_for(["echo"]).path.name == "task-echo.fp32.onnx"
-    got = _genai_greedy(og.Model(cfg), prompts, tids, edge_model.bundle.pad_id, edge_model.bundle.eos_id)
-    assert got == _edge_greedy(edge_model, prompts, tids, task="echo")
+    own = EdgeModel.load(runtime_bundle, threads=1, tasks=["echo"])  # echo's own graph
+    prompts, tids = _prompts(own, [("echo", t) for t in BATCHES["echo"]])
+    assert own.runner_for(["echo"]).path.name == "task-echo.fp32.onnx"
+    got = _genai_greedy(og.Model(cfg), prompts, tids, own.bundle.pad_id, own.bundle.eos_id)
+    assert got == _edge_greedy(own, prompts, tids, task="echo")
 
 
 @needs_genai

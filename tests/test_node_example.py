@@ -59,9 +59,9 @@ def _python_greedy(bundle: Path, task: str, text: str, graph: str, precision: st
     from alter_edge.runtime import EdgeModel
     from alter_edge.runtime.generate import SamplingParams, decode
 
-    model = EdgeModel.load(bundle, threads=1, precision=precision)
+    model = EdgeModel.load(bundle, threads=1, precision=precision, tasks=[task] if graph == "task" else None)
     ids, _ = model.prompt_ids(text, task)
-    if graph == "task":  # the public API: one task's request runs on that task's own graph
+    if graph == "task":  # the public API: an app loaded for one task runs on that task's own graph
         g = model.generate(text, task=task, max_new_tokens=MAX_NEW)
         assert model.runner_for([task]).path.name == f"task-{task}.{precision}.onnx"
         return ids, g.token_ids, g.text
