@@ -178,15 +178,6 @@ def run_worker(job: dict) -> dict:
 
 
 # -- the driver ------------------------------------------------------------------------
-def cpu_flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return "unknown"
-    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    return ", ".join(have) or "no AVX2"
-
-
 def clean_env(threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     return {**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -246,7 +237,6 @@ def prepare(work: Path, data: Path | None, threads: int) -> dict:
 
     work.mkdir(parents=True, exist_ok=True)
     env = clean_env(threads)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from export_bench import make_checkpoint
 
     ck = work / "checkpoint"
@@ -381,6 +371,8 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from export_bench import cpu_flags
     paths = prepare(args.work, args.data, args.threads)
     if args.prepare_only:
         return
