@@ -12,9 +12,10 @@
 # model with it); AE and PY name the alter-edge command and the Python to use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Passive OpenMP waiting: on a busy machine, spinning workers of two processes starve each
-# other (a training step went from ~2 s to 7-10 s with another training job beside it).
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# OpenMP's own waiting policy: on a quiet machine, OMP_WAIT_POLICY=PASSIVE made a training step
+# 1.29x slower (docs/training.md). On a machine shared with other jobs, spinning workers of two
+# processes starve each other: run with OMP_WAIT_POLICY=PASSIVE there.
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
 OUT="${1:-runs/quickstart}"
 AE="${AE:-.venv/bin/alter-edge}"
 PY="${PY:-.venv/bin/python}"
