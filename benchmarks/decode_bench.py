@@ -178,14 +178,14 @@ def run_worker(job: dict) -> dict:
 
 
 # -- the driver ------------------------------------------------------------------------
-def clean_env(threads: int) -> dict:
+def clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     return {**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
-def spawn(python: str, job: dict, threads: int) -> dict:
+def spawn(python: str, job: dict) -> dict:
     r = subprocess.run([python, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
-                       env=clean_env(threads), timeout=900)
+                       env=clean_env(), timeout=900)
     if r.returncode:
         return {"error": (r.stderr.strip().splitlines() or ["(no output)"])[-1][:300]}
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -236,7 +236,7 @@ def prepare(work: Path, data: Path | None, threads: int) -> dict:
     from alter_edge.base_model import load_base_model, resolve_base_model
 
     work.mkdir(parents=True, exist_ok=True)
-    env = clean_env(threads)
+    env = clean_env()
     from export_bench import make_checkpoint
 
     ck = work / "checkpoint"
@@ -345,7 +345,7 @@ def cold_start(bundle: Path, task: str, precision: str, threads: int) -> dict:
             "from alter_edge.runtime.bench import peak_rss_mb\n"
             "print(t1 - t0, peak_rss_mb())\n")
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(threads))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env())
     wall = time.perf_counter() - t0
     if r.returncode:
         return {"error": r.stderr.strip().splitlines()[-1][:300]}
@@ -385,7 +385,7 @@ def main() -> None:
         order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
         for name in order:
             py, job = plan[name]
-            res = spawn(py, job, args.threads)
+            res = spawn(py, job)
             runs[name].append(res)
             print(f"round {r + 1} {name}: {res}", file=sys.stderr, flush=True)
     bw = read_bandwidth_gbs(args.threads)

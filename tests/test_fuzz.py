@@ -140,11 +140,10 @@ def _paths(m):
     return keys + [(("files", k), k) for k in m["files"]]
 
 
-@st.composite
-def mutated_manifests(draw):
-    m = json.loads(json.dumps(GOOD_MANIFEST))
+def _mutate(draw, m, ops: tuple[str, ...]) -> None:
+    """1-3 times: walk to a random container of ``m``, then apply one of ``ops`` to one entry:
+    replace, delete, path (a path-like string) or addkey (a path-like key, dicts only)."""
     for _ in range(draw(st.integers(1, 3))):
-        # walk to a random container, then replace, delete or add one entry
         node = m
         while True:
             keys = list(node) if isinstance(node, dict) else list(range(len(node)))
@@ -154,7 +153,7 @@ def mutated_manifests(draw):
             if isinstance(node[k], (dict, list)) and draw(st.booleans()):
                 node = node[k]
                 continue
-            what = draw(st.sampled_from(["replace", "delete", "path", "addkey"]))
+            what = draw(st.sampled_from(ops))
             if what == "replace":
                 node[k] = draw(json_values)
             elif what == "delete":
@@ -164,6 +163,12 @@ def mutated_manifests(draw):
             elif isinstance(node, dict):
                 node[draw(path_like)] = draw(st.sampled_from(["d" * 64, None, 1]))
             break
+
+
+@st.composite
+def mutated_manifests(draw):
+    m = json.loads(json.dumps(GOOD_MANIFEST))
+    _mutate(draw, m, ("replace", "delete", "path", "addkey"))
     return m
 
 
@@ -195,24 +200,7 @@ def bundle_manifests(draw, base: dict):
     if draw(st.integers(0, 9)) == 0:
         return draw(st.binary(max_size=64) | deep)
     m = json.loads(json.dumps(base))
-    for _ in range(draw(st.integers(1, 3))):
-        node = m
-        while True:
-            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-            if not keys:
-                break
-            k = draw(st.sampled_from(keys))
-            if isinstance(node[k], (dict, list)) and draw(st.booleans()):
-                node = node[k]
-                continue
-            choice = draw(st.sampled_from(["replace", "delete", "path"]))
-            if choice == "replace":
-                node[k] = draw(json_values)
-            elif choice == "delete":
-                del node[k]
-            else:
-                node[k] = draw(path_like)
-            break
+    _mutate(draw, m, ("replace", "delete", "path"))
     return _encode(m)
 
 
