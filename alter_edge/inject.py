@@ -166,8 +166,11 @@ class MTAModel(nn.Module):
     # -- forward ---------------------------------------------------------------------
     @contextmanager
     def tasks(self, task_ids: torch.Tensor) -> Iterator[None]:
-        if task_ids.dtype != torch.long or task_ids.dim() != 1:
-            raise ValueError(f"task_ids must be int64 of shape [batch], got {task_ids.dtype} {tuple(task_ids.shape)}")
+        """``task_ids``: int64 ``[batch]``, one task a row; or ``[batch, seq]``, one task a token
+        (training's packed rows, where one row of the tensor holds several examples)."""
+        if task_ids.dtype != torch.long or task_ids.dim() not in (1, 2):
+            raise ValueError("task_ids must be int64 of shape [batch] (or [batch, seq] for packed rows), "
+                             f"got {task_ids.dtype} {tuple(task_ids.shape)}")
         self.context.task_ids = task_ids
         try:
             yield
@@ -181,14 +184,17 @@ class MTAModel(nn.Module):
         with self.tasks(task_ids):
             return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    def logits_at(self, input_ids, attention_mask, task_ids, positions, prefix_hidden=None):
+    def logits_at(self, input_ids, attention_mask, task_ids, positions, prefix_hidden=None, position_ids=None):
         """Logits only at ``positions`` (a (batch_idx, pos_idx) pair of index tensors): (N, V).
 
         With ``prefix_hidden`` (the cached input of the first adapted block), blocks below it
-        are skipped; the result equals the full forward's."""
+        are skipped; the result equals the full forward's. Packed rows pass ``position_ids``
+        that restart at 0 for every example and no ``attention_mask``: the attention mask is
+        then block-diagonal (transformers' packed-sequence masks)."""
         backbone = self._backbone()
         with self.tasks(task_ids), self._prefix(prefix_hidden):
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).last_hidden_state
         h = hidden[positions]  # (N, H)
         return self.base.get_output_embeddings()(h)
 

@@ -7,7 +7,8 @@ depends only on the task: a batch may mix tasks, and a single-task graph can fol
 With ``gate="token"`` (an experiment, not exportable) the mixture also depends on the token:
 ``w = softmax((logits[t] + W_g rmsnorm(h) / sqrt(H)) / temperature)`` per position, ``h`` the
 hidden state entering the block; ``W_g`` starts at 0, so the model starts as the task mixture.
-Weights reach the adapters as ``(B, 1, K)`` (task gate) or ``(B, T, K)`` (token gate).
+Weights reach the adapters as ``(B, 1, K)`` (task gate) or ``(B, T, K)`` (token gate, or
+training's packed rows, where every token carries its own example's task id).
 
 Three adapter kinds, all starting equal to the base model where the kind allows:
 
@@ -186,7 +187,8 @@ class MTABlock(nn.Module):
         if task_ids is None:
             raise RuntimeError("MTA block called without task_ids; call the model through MTAModel")
         if self.gate_weight is None:
-            return self.mixture(task_ids)[:, None, :]
+            w = self.mixture(task_ids)  # (B, K), or (B, T, K) for per-token task ids
+            return w[:, None, :] if task_ids.dim() == 1 else w
         if self._token_weights is None:  # every adapted projection of the layer shares it
             h = self.gate_input
             if h is None:
@@ -194,7 +196,8 @@ class MTABlock(nn.Module):
             hf = h.float()
             hn = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)
             z = F.linear(hn, self.gate_weight.float()) / math.sqrt(hn.shape[-1])  # (B, T, K)
-            logits = self.mixture.logits[task_ids][:, None, :] + z
+            task_logits = self.mixture.logits[task_ids]  # (B, K) or (B, T, K)
+            logits = (task_logits[:, None, :] if task_ids.dim() == 1 else task_logits) + z
             self._token_weights = torch.softmax(logits / self.mixture.temperature, dim=-1)
         return self._token_weights
 

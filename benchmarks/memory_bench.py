@@ -107,8 +107,10 @@ def child(setting: str, args) -> dict:
     from alter_edge.config import MTAConfig, TrainConfig
     from alter_edge.inject import MTAModel
     from alter_edge.tasks import TaskRegistry
-    from alter_edge.training.cache import build_prefix_cache, resolve_dtype
+    import alter_edge.training.batching as batching_mod
+    from alter_edge.training.cache import build_prefix_cache
     from alter_edge.training.memory import PAD_MULTIPLE
+    from alter_edge.training.precision import resolve_dtype
 
     torch.set_num_threads(args.threads)
     if setting == "pad32_heap_lazy":
@@ -130,7 +132,7 @@ def child(setting: str, args) -> dict:
     params = model.set_trainable(stage.trains)
     opt = torch.optim.AdamW(params, lr=stage.lr)
     batches = trainer_mod.batch_schedule(ex, len(tasks), stage, 0, cfg.batch_size, cfg.seed)
-    trainer_mod.PAD_MULTIPLE = 1 if setting == "default" else PAD_MULTIPLE
+    batching_mod.PAD_MULTIPLE = 1 if setting == "default" else PAD_MULTIPLE
     setup = rss_mb()
     peak = [setup]
     stop = threading.Event()
@@ -146,8 +148,8 @@ def child(setting: str, args) -> dict:
     for s in range(min(args.steps, len(batches))):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        trainer_mod.accumulate_batch(model, ex, batches[s], pad, cache, dtype,
-                                     args.micro_batch_tokens if setting == "micro" else 0)
+        batching_mod.accumulate_batch(model, ex, batches[s], pad, cache, dtype,
+                                      args.micro_batch_tokens if setting == "micro" else 0, layout=args.layout)
         opt.step()
         if setting not in ("default", "pad32"):
             trim()
@@ -172,6 +174,8 @@ def main() -> None:
                     help="pad32_lazy: RSS growth that triggers a trim (default: the trainer's)")
     ap.add_argument("--micro-batch-tokens", type=int, default=None,
                     help="micro: padded tokens per forward/backward (default: the trainer's)")
+    ap.add_argument("--layout", default="packed", choices=["packed", "padded"],
+                    help="how a step lays rows out (training/batching.py; default: the trainer's)")
     ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.slack_mb is None:
@@ -188,7 +192,8 @@ def main() -> None:
         for s in args.settings:
             cmd = [sys.executable, __file__, "--child", s, "--steps", str(args.steps),
                    "--threads", str(args.threads), "--base-model", args.base_model,
-                   "--slack-mb", str(args.slack_mb), "--micro-batch-tokens", str(args.micro_batch_tokens)]
+                   "--slack-mb", str(args.slack_mb), "--micro-batch-tokens", str(args.micro_batch_tokens),
+                   "--layout", args.layout]
             if args.top_layers is not None:
                 cmd += ["--top-layers", str(args.top_layers)]
             if args.lora_attention:

@@ -128,7 +128,7 @@ def test_stage2_holdout_keeps_rows_away_from_stage1(trainable_llama_dir, tiny_da
     """stage2_holdout: stage 1 never draws the held-out rows, stage 2 draws only them, every
     task keeps rows on both sides; without it both stages draw from every row."""
     from alter_edge.data import load_jsonl
-    from alter_edge.training.trainer import Encoded
+    from alter_edge.training.batching import Encoded
 
     rows = load_jsonl(tiny_data)
     cfg = _cfg(trainable_llama_dir, stage2_holdout=0.25)
@@ -153,7 +153,7 @@ def test_stage2_holdout_keeps_rows_away_from_stage1(trainable_llama_dir, tiny_da
 
 def test_task_sampling_balanced_and_bucketed():
     from alter_edge.config import StageConfig
-    from alter_edge.training.trainer import Encoded
+    from alter_edge.training.batching import Encoded
 
     assert task_probs([940, 681, 208, 171], 0.0) == pytest.approx([0.25] * 4)
     p = task_probs([940, 171], 1.0)
@@ -177,7 +177,7 @@ def test_state_history_is_json(trainable_llama_dir, tiny_data, tmp_path):
 def test_padding_to_a_multiple_leaves_the_loss_unchanged(tiny_llama_dir, monkeypatch):
     """Batches are padded to PAD_MULTIPLE tokens to keep memory flat; the extra positions
     are masked and carry no target, so the loss and its gradients must not move."""
-    import alter_edge.training.trainer as trainer_mod
+    import alter_edge.training.batching as trainer_mod
     from alter_edge.base_model import load_base_model
     from alter_edge.config import MTAConfig
     from alter_edge.inject import MTAModel
@@ -196,7 +196,7 @@ def test_padding_to_a_multiple_leaves_the_loss_unchanged(tiny_llama_dir, monkeyp
     def loss_and_grads(multiple: int):
         monkeypatch.setattr(trainer_mod, "PAD_MULTIPLE", multiple)
         model.zero_grad(set_to_none=True)
-        loss = trainer_mod.batch_loss(model, ex, [0, 1, 2, 3], 0, cache)
+        loss = trainer_mod.batch_loss(model, ex, [0, 1, 2, 3], 0, cache, layout="padded")
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in params]
 
@@ -212,7 +212,7 @@ def test_micro_batches_give_the_whole_batch_gradients(tiny_llama_dir):
     """A batch run in parts of at most N padded tokens accumulates the same loss and gradients
     as the whole batch at once, with and without the prefix cache; a batch that fits is one part
     in its own order."""
-    import alter_edge.training.trainer as trainer_mod
+    import alter_edge.training.batching as trainer_mod
     from alter_edge.base_model import load_base_model
     from alter_edge.config import MTAConfig
     from alter_edge.inject import MTAModel
@@ -229,23 +229,27 @@ def test_micro_batches_give_the_whole_batch_gradients(tiny_llama_dir):
     idx = list(range(len(ex)))
     cache = [model.prefix_hidden(torch.tensor([e.ids]), torch.ones(1, len(e.ids), dtype=torch.long))[0]
              for e in ex]
-    parts = trainer_mod.micro_batches(ex, idx, 128)
+    parts = trainer_mod.micro_batches(ex, idx, 128, layout="padded")
     assert sorted(i for p in parts for i in p) == idx and len(parts) >= 3
     for p in parts:  # every part within the budget, or a single row
         longest = max(-(-len(ex[i].ids) // PAD_MULTIPLE) * PAD_MULTIPLE for i in p)
         assert len(p) * longest <= 128 or len(p) == 1
-    assert trainer_mod.micro_batches(ex, idx, 0) == [idx]
-    assert trainer_mod.micro_batches(ex, idx, 7 * 96) == [idx]
-    for c in (cache, None):
-        got = {}
-        for budget in (0, 128, 1):  # whole, a few parts, one row per part
-            model.zero_grad(set_to_none=True)
-            loss = trainer_mod.accumulate_batch(model, ex, idx, 0, c, "float32", budget)
-            got[budget] = (loss, [p.grad.clone() for p in params])
-        for budget in (128, 1):
-            assert got[budget][0] == pytest.approx(got[0][0], abs=1e-5)
-            for a, b in zip(got[0][1], got[budget][1], strict=True):
-                assert torch.allclose(a, b, atol=1e-5)
+    assert trainer_mod.micro_batches(ex, idx, 0, layout="padded") == [idx]
+    assert trainer_mod.micro_batches(ex, idx, 7 * 96, layout="padded") == [idx]
+    packed = trainer_mod.micro_batches(ex, idx, 200, layout="packed", lane_tokens=96)
+    assert sorted(i for p in packed for i in p) == idx and len(packed) >= 2
+    for layout in ("padded", "packed"):
+        for c in (cache, None):
+            got = {}
+            for budget in (0, 128, 1):  # whole, a few parts, one row (or lane) per part
+                model.zero_grad(set_to_none=True)
+                loss = trainer_mod.accumulate_batch(model, ex, idx, 0, c, "float32", budget, layout=layout,
+                                                    lane_tokens=96)
+                got[budget] = (loss, [p.grad.clone() for p in params])
+            for budget in (128, 1):
+                assert got[budget][0] == pytest.approx(got[0][0], abs=1e-5)
+                for a, b in zip(got[0][1], got[budget][1], strict=True):
+                    assert torch.allclose(a, b, atol=1e-5)
     with pytest.raises(ConfigError, match="micro_batch_tokens must be >= 0"):
         TrainConfig(micro_batch_tokens=-1)
 
@@ -255,8 +259,8 @@ def test_auto_dtype_follows_the_cpu_and_is_recorded(trainable_llama_dir, tiny_da
                                                     native):
     """compute_dtype auto (the default) trains in bfloat16 only where the CPU has native bf16;
     the dtype a run used is in its state, and the autocast really follows it."""
-    import alter_edge.training.cache as cache_mod
-    import alter_edge.training.trainer as trainer_mod
+    import alter_edge.training.batching as trainer_mod
+    import alter_edge.training.precision as cache_mod
 
     monkeypatch.setattr(cache_mod, "native_bf16", lambda: native)
     seen = []
@@ -277,7 +281,7 @@ def test_auto_dtype_follows_the_cpu_and_is_recorded(trainable_llama_dir, tiny_da
 
 
 def test_dtype_resolution_and_errors(monkeypatch, caplog):
-    import alter_edge.training.cache as cache_mod
+    import alter_edge.training.precision as cache_mod
 
     monkeypatch.setattr(cache_mod, "native_bf16", lambda: False)
     monkeypatch.setattr(cache_mod, "_warned_emulated", False)
@@ -346,3 +350,49 @@ def test_keep_heap_keeps_freed_pages_for_the_next_step(keep):
         assert released_mb < 8, released_mb
     else:
         assert released_mb > 56, released_mb
+
+
+@pytest.mark.parametrize("gate", ["task", "token"])
+def test_packed_rows_equal_padded_rows(tiny_llama_dir, gate):
+    """Rows packed into lanes (positions restarting per row, block-diagonal attention, a task id
+    per token) give the padded batch's loss and adapter/mixture gradients, with and without the
+    prefix cache; a lane really holds rows of different tasks."""
+    from alter_edge.base_model import load_base_model
+    from alter_edge.config import MTAConfig
+    from alter_edge.inject import MTAModel
+    from alter_edge.training.batching import Encoded, batch_loss, layout_rows, pack_lanes
+
+    base, _, _ = load_base_model(str(tiny_llama_dir))
+    model = MTAModel(base, MTAConfig(num_tasks=3, num_top_layers=2, init_std=0.2, gate=gate))
+    with torch.no_grad():
+        for b in model.blocks.values():
+            b.mixture.logits.normal_(std=0.3)
+            if b.gate_weight is not None:
+                b.gate_weight.normal_(std=0.5)
+    params = model.set_trainable(["adapters", "mixture"])
+    V = base.config.vocab_size
+    g = torch.Generator().manual_seed(3)
+    lens = [9, 30, 4, 17, 25, 6, 40, 11]
+    ex = [Encoded(i % 3, torch.randint(3, V, (n,), generator=g).tolist(),
+                  torch.randint(3, V, (1 + i % 4,), generator=g).tolist()) for i, n in enumerate(lens)]
+    idx = [7, 0, 3, 5, 1, 6, 2, 4]
+    packed = layout_rows(ex, idx, 0, "packed", lane_tokens=48)
+    assert packed.ids.shape[0] < len(idx)  # fewer lanes than rows
+    assert any(len({int(t) for t in row[:30]}) > 1 for row in packed.task_ids)  # tasks share a lane
+    cache = [model.prefix_hidden(torch.tensor([e.ids]), torch.ones(1, len(e.ids), dtype=torch.long))[0]
+             for e in ex]
+
+    def loss_and_grads(layout, c):
+        model.zero_grad(set_to_none=True)
+        loss = batch_loss(model, ex, idx, 0, c, layout=layout, lane_tokens=48)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    for c in (cache, None):
+        (lp, gp), (lq, gq) = loss_and_grads("padded", c), loss_and_grads("packed", c)
+        assert torch.allclose(lp, lq, atol=1e-5)
+        assert len(gp) == len(gq) > 0 and all(a.abs().sum() > 0 for a in gp[:2])
+        for a, b in zip(gp, gq, strict=True):
+            assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert pack_lanes([5, 3, 8, 2], 10) == [[2, 3], [0, 1]]
+    assert pack_lanes([12, 3], 10) == [[0], [1]]  # a row longer than a lane gets its own

@@ -11,12 +11,10 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from alter_edge.base_model import load_base_model, special_ids
@@ -35,32 +33,15 @@ from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.prompts import encode_example
 from alter_edge.tasks import TaskRegistry
 
-from .cache import (
-    autocast,
-    build_prefix_cache,
-    cache_bytes,
-    pad_hidden,
-    padded_length,
-    resolve_dtype,
-    right_pad,
-)
+from .batching import Encoded, accumulate_batch
+from .cache import build_prefix_cache, cache_bytes
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .distributed import Collective
 from .evaluate import evaluate
-from .memory import PAD_MULTIPLE, trim_heap
+from .memory import trim_heap
+from .precision import autocast, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Encoded:
-    task_id: int
-    prompt: list[int]
-    target: list[int]  # target tokens + eos (possibly truncated)
-
-    @property
-    def ids(self) -> list[int]:
-        return self.prompt + self.target
 
 
 def encode_rows(rows: Sequence[Example], tokenizer, tasks: TaskRegistry, eos_id: int,
@@ -116,73 +97,6 @@ def lr_at(step: int, stage: StageConfig) -> float:
     span = max(1, stage.steps - stage.warmup_steps)
     progress = min(1.0, (step - stage.warmup_steps) / span)
     return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def batch_loss(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int], pad_id: int,
-               cache: Sequence[torch.Tensor] | None) -> torch.Tensor:
-    """Mean over examples of the mean target-token cross-entropy; logits only at target
-    positions; with ``cache``, the blocks below the first adapted one are skipped."""
-    seqs = [examples[i].ids for i in idx]
-    ids, mask = right_pad(seqs, pad_id, PAD_MULTIPLE)
-    b_idx, p_idx, labels, owner = [], [], [], []
-    for j, i in enumerate(idx):
-        e = examples[i]
-        start = len(e.prompt)
-        for k, tok in enumerate(e.target):
-            b_idx.append(j)
-            p_idx.append(start - 1 + k)  # the position whose logits predict this target token
-            labels.append(tok)
-            owner.append(j)
-    positions = (torch.tensor(b_idx), torch.tensor(p_idx))
-    task_ids = torch.tensor([examples[i].task_id for i in idx], dtype=torch.long)
-    prefix = pad_hidden([cache[i] for i in idx], ids.shape[1]) if cache is not None else None
-    logits = model.logits_at(ids, mask, task_ids, positions, prefix_hidden=prefix)  # (N, V)
-    tok_loss = F.cross_entropy(logits.float(), torch.tensor(labels), reduction="none")  # (N,)
-    owner_t = torch.tensor(owner)
-    per_ex = torch.zeros(len(idx)).index_add(0, owner_t, tok_loss)
-    counts = torch.zeros(len(idx)).index_add(0, owner_t, torch.ones_like(tok_loss))
-    return (per_ex / counts).mean()
-
-
-def micro_batches(examples: Sequence[Encoded], idx: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """One batch split into parts of at most ``max_tokens`` padded tokens (rows x the part's
-    length padded to PAD_MULTIPLE), longest rows first; a part holds at least one row. A batch
-    that fits (or ``max_tokens`` 0) stays one part in its own order."""
-    def padded(i: int) -> int:
-        return padded_length(len(examples[i].ids), PAD_MULTIPLE)
-
-    if max_tokens <= 0 or len(idx) * max(padded(i) for i in idx) <= max_tokens:
-        return [list(idx)]
-    parts: list[list[int]] = []
-    for i in sorted(idx, key=lambda i: len(examples[i].ids), reverse=True):
-        if parts and (len(parts[-1]) + 1) * padded(parts[-1][0]) <= max_tokens:
-            parts[-1].append(i)
-        else:
-            parts.append([i])
-    return parts
-
-
-def accumulate_batch(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int], pad_id: int,
-                     cache: Sequence[torch.Tensor] | None, dtype: str, max_tokens: int,
-                     batch_rows: int | None = None) -> float:
-    """``batch_loss(idx).backward()`` in micro-batches (:func:`micro_batches`): each part's loss
-    is weighted by its share of the rows, so the gradients that accumulate in ``.grad`` are the
-    whole batch's. ``batch_rows``: the rows of the whole batch when ``idx`` is one rank's share
-    of it (default ``len(idx)``); the ranks' summed gradients are then the batch's. Returns the
-    (share of the) batch's loss."""
-    batch_rows = batch_rows or len(idx)
-    if not idx:
-        return 0.0
-    parts = micro_batches(examples, idx, max_tokens)
-    total = 0.0
-    for part in parts:
-        with autocast(dtype):
-            loss = batch_loss(model, examples, part, pad_id, cache)
-        if len(parts) > 1 or batch_rows != len(idx):
-            loss = loss * (len(part) / batch_rows)
-        loss.backward()
-        total += loss.item()
-    return total
 
 
 # settings that do not change what a run computes: a run may resume with other values
