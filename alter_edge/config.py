@@ -134,10 +134,20 @@ class TrainConfig:
     # the part's padded length), gradients summed: the same update with a lower peak memory
     # (a 16-row batch of 288-token rows is 4,608 tokens); 0 = the whole batch in one pass
     micro_batch_tokens: int = 2048
+    # how a step lays its rows out (training/batching.py): packed = rows concatenated into lanes
+    # of up to lane_tokens tokens (positions restart per row, block-diagonal attention); padded =
+    # one row each, right-padded to the longest. The same loss and gradients.
+    layout: str = "packed"
+    lane_tokens: int = 256
+    # hand free heap pages back to the OS every N optimizer steps (training/memory.py); 0 = never
+    trim_every: int = 1
     sampling_temperature: float = 0.0
     # > 0: this fraction of each task's train rows is kept away from stage 1, and stage 2 (the
     # mixture) trains on those rows only; 0: both stages train on every train row
     stage2_holdout: float = 0.0
+    # two-stage runs: this fraction of each task's train rows is trained on by neither stage;
+    # stage 2's mixture is kept only if the loss on them goes down (else stage 1's is restored)
+    stage2_guard: float = 0.05
     max_prompt_tokens: int = 256  # longer prompts are cut in the middle (alter_edge.prompts)
     max_target_tokens: int = 48
     dev_fraction: float = 0.1
@@ -163,12 +173,19 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.micro_batch_tokens < 0:
             raise ConfigError(f"micro_batch_tokens must be >= 0 (0 = whole batches), got {self.micro_batch_tokens}")
+        if self.layout not in ("packed", "padded"):
+            raise ConfigError(f"layout {self.layout!r} must be packed or padded")
+        if self.lane_tokens < 8 or self.trim_every < 0:
+            raise ConfigError(f"lane_tokens must be >= 8 (got {self.lane_tokens}) and trim_every >= 0 "
+                              f"(got {self.trim_every})")
         if self.compute_dtype not in ("auto", "bfloat16", "float32"):
             raise ConfigError(f"compute_dtype {self.compute_dtype!r} must be auto, bfloat16 or float32")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise ConfigError(f"cache_dtype {self.cache_dtype!r} must be float16, bfloat16 or float32")
         if self.max_prompt_tokens < 8 or self.max_target_tokens < 1:
             raise ConfigError("max_prompt_tokens must be >= 8 and max_target_tokens >= 1")
+        if not 0.0 <= self.stage2_guard < 0.5:
+            raise ConfigError(f"stage2_guard must be in [0, 0.5), got {self.stage2_guard}")
         if not 0.0 <= self.stage2_holdout < 1.0:
             raise ConfigError(f"stage2_holdout must be in [0, 1), got {self.stage2_holdout}")
         if self.stage2_holdout > 0 and (self.stages == 1 or self.stage2_steps == 0):

@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import MTAConfig
 from .errors import ConfigError
-from .mta import MTABlock, TaskContext
+from .mta import MTABlock, TaskContext, prior_logits
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class MTAModel(nn.Module):
             p.requires_grad_(False)
         self.base.eval()
         self._skip_layers: nn.ModuleList | None = None
+        self._head_weight: torch.Tensor | None = None  # set by frozen_weights_in
 
     # -- structure -------------------------------------------------------------------
     def _backbone(self) -> nn.Module:
@@ -155,6 +157,16 @@ class MTAModel(nn.Module):
                     raise ValueError(f"adapter weight {k}: shape {tuple(v.shape)} != {tuple(own[k].shape)}")
                 own[k].copy_(v)
 
+    def reset_mixture(self) -> None:
+        """Every block's mixture back to its prior, and the token gate (if any) back to zero:
+        the mixture a two-stage run's stage 1 trains with."""
+        prior = prior_logits(self.cfg)
+        with torch.no_grad():
+            for b in self.blocks.values():
+                b.mixture.logits.copy_(prior)
+                if b.gate_weight is not None:
+                    b.gate_weight.zero_()
+
     def mixture_weights(self) -> dict[int, torch.Tensor]:
         """Per adapted block: the (num_tasks, K) mixture every task uses."""
         with torch.no_grad():
@@ -196,7 +208,35 @@ class MTAModel(nn.Module):
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               use_cache=False).last_hidden_state
         h = hidden[positions]  # (N, H)
-        return self.base.get_output_embeddings()(h)
+        head = self.base.get_output_embeddings()
+        if self._head_weight is not None and torch.is_autocast_enabled("cpu"):
+            return F.linear(h, self._head_weight, head.bias)  # the head's low-precision copy
+        return head(h)
+
+    @contextmanager
+    def frozen_weights_in(self, dtype: torch.dtype | None, layers: list[int] | None = None) -> Iterator[None]:
+        """Inside, the base model's projection weights in ``layers`` (default: the adapted
+        blocks) are ``dtype`` tensors and
+        the output head has a ``dtype`` copy (the embedding it may be tied to is untouched);
+        the float32 originals are back on exit (adapter weights are never touched). Under autocast to ``dtype`` that is the same
+        arithmetic, without casting every weight again at every call (a frozen weight's cast is
+        not cached by autocast). ``None`` or float32: nothing changes."""
+        if dtype is None or dtype == torch.float32:
+            yield
+            return
+        mta = {id(p) for ps in self.parameter_groups().values() for p in ps}
+        frozen = [m for i in (self.adapted_layers if layers is None else layers) for m in self._layers()[i].modules()
+                  if isinstance(m, nn.Linear) and id(m.weight) not in mta]
+        originals = [m.weight for m in frozen]
+        try:
+            for m in frozen:
+                m.weight = nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
+            self._head_weight = self.base.get_output_embeddings().weight.detach().to(dtype)
+            yield
+        finally:
+            for m, w in zip(frozen, originals, strict=True):
+                m.weight = w
+            self._head_weight = None
 
     @contextmanager
     def _prefix(self, prefix_hidden: torch.Tensor | None) -> Iterator[None]:

@@ -140,7 +140,7 @@ def test_two_stage_training_trains_the_gate_in_stage_2_and_per_task_export_refus
 
     monkeypatch.setenv("ALTER_EDGE_CACHE", str(tmp_path / "cache"))
     kw = dict(base_model=str(trainable_llama_dir), stage1_steps=12, batch_size=8, stage1_lr=5e-3,
-              stage2_lr=5e-2, save_every=5, eval_max_rows=6, eval_max_new_tokens=4,
+              stage2_lr=5e-2, save_every=5, stage2_guard=0.0, eval_max_rows=6, eval_max_new_tokens=4,
               mta={"num_top_layers": 2, "adapter_kind": "lora", "gate": "token"})
     run_training(tiny_data, tmp_path / "s1", TrainConfig(stage2_steps=0, **kw), progress=False)
     run_training(tiny_data, tmp_path / "s2", TrainConfig(stage2_steps=6, **kw), progress=False)

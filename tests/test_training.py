@@ -50,8 +50,9 @@ def test_loss_falls_and_checkpoint_is_complete(trainable_llama_dir, tiny_data, t
 
 
 def test_two_stage_semantics(trainable_llama_dir, tiny_data, tmp_path):
-    """Stage 1 keeps the mixture at its prior; stage 2 keeps the adapters where stage 1 left them."""
-    cfg = _cfg(trainable_llama_dir)
+    """Stage 1 keeps the mixture at its prior; stage 2 keeps the adapters where stage 1 left them
+    (no guard rows, so both runs' stage 1 trains on the same rows and stage 2 always keeps)."""
+    cfg = _cfg(trainable_llama_dir, stage2_guard=0.0)
     one = run_training(tiny_data, tmp_path / "s1", _cfg(trainable_llama_dir, stage2_steps=0), progress=False)
     assert one["complete"]
     after1 = load_checkpoint(tmp_path / "s1").model
@@ -131,13 +132,18 @@ def test_stage2_holdout_keeps_rows_away_from_stage1(trainable_llama_dir, tiny_da
     from alter_edge.training.batching import Encoded
 
     rows = load_jsonl(tiny_data)
-    cfg = _cfg(trainable_llama_dir, stage2_holdout=0.25)
-    s1, s2 = stage_pools(rows, cfg, 2)
-    assert sorted(s1 + s2) == list(range(len(rows))) and not set(s1) & set(s2)
+    cfg = _cfg(trainable_llama_dir, stage2_holdout=0.25, stage2_guard=0.0)
+    (s1, s2), guard = stage_pools(rows, cfg, 2)
+    assert sorted(s1 + s2) == list(range(len(rows))) and not set(s1) & set(s2) and guard == []
     tasks = {r.task for r in rows}
     assert {rows[i].task for i in s1} == tasks == {rows[i].task for i in s2}
     assert len(s2) == sum(round(sum(r.task == t for r in rows) * 0.25) for t in tasks)
-    assert stage_pools(rows, _cfg(trainable_llama_dir), 2) == [None, None]
+    assert stage_pools(rows, _cfg(trainable_llama_dir, stage2_guard=0.0), 2) == ([None, None], [])
+    # the guard rows: trained on by neither stage, every task among them
+    (g1, g2), guard = stage_pools(rows, _cfg(trainable_llama_dir, stage2_holdout=0.25, stage2_guard=0.2), 2)
+    assert guard and not set(guard) & (set(g1) | set(g2))
+    assert sorted(g1 + g2 + guard) == list(range(len(rows))) and {rows[i].task for i in guard} == tasks
+    assert stage_pools(rows, _cfg(trainable_llama_dir, stages=1), 1) == ([None], [])
     exs = [Encoded(sorted(tasks).index(r.task), [1, 2], [3]) for r in rows]
     for si, pool in enumerate((s1, s2)):
         stage = cfg.stage_plan()[si]
@@ -396,3 +402,38 @@ def test_packed_rows_equal_padded_rows(tiny_llama_dir, gate):
             assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
     assert pack_lanes([5, 3, 8, 2], 10) == [[2, 3], [0, 1]]
     assert pack_lanes([12, 3], 10) == [[0], [1]]  # a row longer than a lane gets its own
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_stage2_keeps_its_mixture_only_when_the_guard_loss_falls(trainable_llama_dir, tiny_data, tmp_path,
+                                                                  monkeypatch, helps):
+    """Stage 2's mixture survives only if the loss on the guard rows (trained on by neither
+    stage) went down; otherwise every block's mixture is back at stage 1's, and the state says
+    which and why."""
+    import alter_edge.training.trainer as trainer_mod
+    from alter_edge.mta import prior_logits
+    from alter_edge.training.checkpoint import load_checkpoint
+
+    real = trainer_mod._guard_loss
+    calls = []
+
+    def guard_loss(run):
+        calls.append(real(run))
+        if len(calls) == 2 and not helps:  # pretend stage 2 made the guard rows worse
+            return calls[0] + 1.0
+        if len(calls) == 2 and helps:
+            return calls[0] - 1.0
+        return calls[-1]
+
+    monkeypatch.setattr(trainer_mod, "_guard_loss", guard_loss)
+    cfg = _cfg(trainable_llama_dir, stage1_steps=3, stage2_steps=3, stage2_lr=0.5, stage2_guard=0.2)
+    state = run_training(tiny_data, tmp_path / "r", cfg, progress=False)
+    g = state["stage2_guard"]
+    assert len(calls) == 2 and g["rows"] > 0 and g["kept"] is helps
+    assert g["loss_before"] == round(calls[0], 5) and ("improved" in g["why"]) is helps
+    ck = load_checkpoint(tmp_path / "r")
+    prior = prior_logits(ck.model.cfg)
+    moved = [not torch.allclose(b.mixture.logits, prior) for b in ck.model.blocks.values()]
+    assert all(moved) if helps else not any(moved)
+    saved = json.loads((tmp_path / "r" / "state.json").read_text())["stage2_guard"]
+    assert saved == g

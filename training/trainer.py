@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,13 @@ from alter_edge.inject import MTAModel, count_parameters
 from alter_edge.prompts import encode_example
 from alter_edge.tasks import TaskRegistry
 
-from .batching import Encoded, accumulate_batch
+from .batching import Encoded, accumulate_batch, batch_loss
 from .cache import build_prefix_cache, cache_bytes
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .distributed import Collective
 from .evaluate import evaluate
 from .memory import trim_heap
-from .precision import autocast, resolve_dtype
+from .precision import DTYPES, autocast, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def lr_at(step: int, stage: StageConfig) -> float:
 
 
 # settings that do not change what a run computes: a run may resume with other values
-_SAME_RESULT = ("micro_batch_tokens",)
+_SAME_RESULT = ("micro_batch_tokens", "layout", "lane_tokens", "trim_every")
 
 
 def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
@@ -142,15 +143,60 @@ def load_data(data: Path | None, cfg: TrainConfig) -> tuple[list[Example], list[
     return train, dev, source
 
 
-def stage_pools(train_rows: Sequence[Example], cfg: TrainConfig, num_stages: int) -> list[list[int] | None]:
-    """The train-row indices each stage draws from: None (every row) unless ``stage2_holdout``
-    sets aside a stratified slice of each task's rows that only stage 2 (the mixture) sees."""
-    if cfg.stage2_holdout <= 0 or num_stages < 2:
-        return [None] * num_stages
-    kept, aside = stratified_indices(train_rows, cfg.stage2_holdout, f"{cfg.split_seed}:stage2")
+def stage_pools(train_rows: Sequence[Example], cfg: TrainConfig,
+                num_stages: int) -> tuple[list[list[int] | None], list[int]]:
+    """The train-row indices each stage draws from (None: every row), and the guard rows.
+
+    Two-stage runs set aside ``stage2_guard`` of each task's rows (stratified) that neither
+    stage trains on: stage 2's mixture is kept only if their loss goes down. ``stage2_holdout``
+    sets aside a further slice that only stage 2 (the mixture) trains on."""
+    if num_stages < 2 or cfg.stage2_steps == 0:
+        return [None] * num_stages, []
+    rows = list(range(len(train_rows)))
+    guard: list[int] = []
+    if cfg.stage2_guard > 0:
+        kept, guard = stratified_indices(train_rows, cfg.stage2_guard, f"{cfg.split_seed}:guard")
+        rows = kept
+    if cfg.stage2_holdout <= 0:
+        pools: list[list[int] | None] = [rows, rows] if guard else [None, None]
+        return pools, guard
+    sub = [train_rows[i] for i in rows]
+    kept, aside = stratified_indices(sub, cfg.stage2_holdout, f"{cfg.split_seed}:stage2")
     log.info("stage2_holdout %.2f: stage 1 trains on %d rows, stage 2 on %d others",
              cfg.stage2_holdout, len(kept), len(aside))
-    return [kept, aside]
+    return [[rows[i] for i in kept], [rows[i] for i in aside]], guard
+
+
+@dataclass
+class _Run:
+    """What every part of a training run shares."""
+
+    out: Path
+    cfg: TrainConfig
+    dist: Collective
+    model: MTAModel
+    tokenizer: object
+    info: object
+    tasks: TaskRegistry
+    state: dict
+    examples: list[Encoded]
+    dev_rows: list[Example]
+    pools: list[list[int] | None]
+    guard: list[int]
+    eos_id: int
+    pad_id: int
+    dtype: str
+    progress: bool
+    t_start: float
+    cache: list[torch.Tensor] | None = None
+    steps_left: int | None = None  # stop_after's optimizer steps still to run in this call
+
+    def elapsed(self) -> float:
+        return self.state["seconds"] + time.perf_counter() - self.t_start
+
+    def save(self, state: dict, optimizer: dict | None) -> None:
+        if self.dist.is_main:  # one writer; every rank holds the same weights
+            save_checkpoint(self.out, self.model, self.tasks, self.cfg, self.info, state, optimizer)
 
 
 def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = False,
@@ -162,14 +208,35 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     default one process."""
     out = Path(out)
     dist = collective or Collective()
-    progress = progress and dist.is_main
     train_rows, dev_rows, source = load_data(data, cfg)
     state = _check_out_dir(out, cfg, resume)
     if state is not None and state.get("complete"):
         log.warning("%s is already complete; nothing to do", out)
         return state
-    all_rows = train_rows + dev_rows
-    tasks = TaskRegistry.infer([r.to_dict() for r in all_rows])
+    run = _open_run(out, cfg, dist, train_rows, dev_rows, source, state, progress and dist.is_main)
+    with run.model.frozen_weights_in(DTYPES[run.dtype]):
+        if cfg.use_cache and run.model.adapted_layers[0] > 0:
+            run.cache = _prefix_cache(run)
+        run.steps_left = stop_after
+        plan = cfg.stage_plan()
+        for si in range(run.state["stage"], len(plan)):
+            if not _run_stage(run, si, plan[si]):  # stopped inside the stage (stop_after)
+                return run.state
+    state = run.state
+    state["complete"] = True
+    state["seconds"] = round(run.elapsed(), 1)
+    state["parameters"] = count_parameters(run.model)
+    run.save(state, None)
+    if dist.is_main:
+        (out / "optimizer.pt").unlink(missing_ok=True)
+    dist.barrier()
+    return state
+
+
+def _open_run(out: Path, cfg: TrainConfig, dist: Collective, train_rows: list[Example], dev_rows: list[Example],
+              source: str, state: dict | None, progress: bool) -> _Run:
+    """The model (new, or the checkpoint being resumed), its tokenizer and the run's state."""
+    tasks = TaskRegistry.infer([r.to_dict() for r in train_rows + dev_rows])
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
     if state is not None:
@@ -192,85 +259,120 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
                     dtype, state["compute_dtype"], cfg.compute_dtype)
     state["compute_dtype"] = dtype
     log.info("compute dtype: %s (compute_dtype %s)", dtype, cfg.compute_dtype)
-    examples = encode_rows(train_rows, tokenizer, tasks, eos_id, cfg)
     params = count_parameters(model)
     log.info("MTA: %s, blocks %s, K=%s; trainable adapters %d, mixture %d",
              model.cfg.adapter_kind, model.adapted_layers, model.cfg.num_adapters,
              params["adapters"], params["mixture"])
-    cache = None
-    if cfg.use_cache and model.adapted_layers[0] > 0:
-        t0 = time.perf_counter()
-        with dist.main_first():  # the other ranks read rank 0's copy from disk (same key)
-            cache = build_prefix_cache(model, [e.ids for e in examples], pad_id, info.sha256,
-                                       cfg.cache_dtype, progress=progress, compute_dtype=dtype)
-        state.setdefault("cache", {"seconds": round(time.perf_counter() - t0, 1),
-                                   "bytes": cache_bytes(cache)})
-    plan = cfg.stage_plan()
-    pools = stage_pools(train_rows, cfg, len(plan))
-    steps_this_call = 0
+    pools, guard = stage_pools(train_rows, cfg, len(cfg.stage_plan()))
+    return _Run(out, cfg, dist, model, tokenizer, info, tasks, state,
+                encode_rows(train_rows, tokenizer, tasks, eos_id, cfg), dev_rows, pools, guard, eos_id, pad_id,
+                dtype, progress, t_start)
 
-    def save(st: dict, optimizer: dict | None) -> None:
-        if dist.is_main:  # one writer; every rank holds the same weights
-            save_checkpoint(out, model, tasks, cfg, info, st, optimizer)
 
-    optimizer_state = None
-    if (out / "optimizer.pt").is_file():
-        optimizer_state = torch.load(out / "optimizer.pt", weights_only=True)
-    for si in range(state["stage"], len(plan)):
-        stage = plan[si]
-        if stage.steps == 0:  # an empty stage trains nothing and needs no evaluation
-            state["stage"], state["step"] = si + 1, 0
-            continue
-        trainable = model.set_trainable(stage.trains)
-        opt = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.0)
-        if optimizer_state is not None and state["step"] > 0:
-            opt.load_state_dict(optimizer_state)
-        optimizer_state = None
-        batches = batch_schedule(examples, len(tasks), stage, si, cfg.batch_size, cfg.seed, pools[si])
-        bar = tqdm(total=stage.steps, initial=state["step"], desc=stage.name, unit="step",
-                   disable=not progress)
-        t_stage = time.perf_counter()
-        seen = 0
-        for step in range(state["step"], stage.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, stage)
-            opt.zero_grad(set_to_none=True)
-            loss = accumulate_batch(model, examples, dist.shard(batches[step]), pad_id, cache, dtype,
-                                    cfg.micro_batch_tokens, batch_rows=len(batches[step]))
-            loss = dist.reduce_grads(trainable, loss)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            opt.step()
-            trim_heap()
-            seen += len(batches[step])
-            state["step"] = step + 1
-            state["history"].append({"stage": stage.name, "step": step + 1, "loss": round(loss, 5)})
-            bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{seen / (time.perf_counter() - t_stage):.1f}")
-            bar.update(1)
-            steps_this_call += 1
-            last = step + 1 == stage.steps
-            if stop_after is not None and steps_this_call >= stop_after and not last:
-                state["seconds"] += time.perf_counter() - t_start
-                save(state, opt.state_dict())
-                bar.close()
-                dist.barrier()  # no rank returns before the checkpoint is written
-                return state
-            if (step + 1) % cfg.save_every == 0 and not last:
-                save({**state, "seconds": state["seconds"] + time.perf_counter() - t_start}, opt.state_dict())
-        bar.close()
-        if stage.name not in state["evals"] and dev_rows and dist.is_main:
-            ev = _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg, dtype, progress)
-            state["evals"][stage.name] = ev
-            log.info("%s dev: %s", stage.name, ev)
+def _prefix_cache(run: _Run) -> list[torch.Tensor]:
+    t0 = time.perf_counter()
+    with run.dist.main_first():  # the other ranks read rank 0's copy from disk (same key)
+        cache = build_prefix_cache(run.model, [e.ids for e in run.examples], run.pad_id, run.info.sha256,
+                                   run.cfg.cache_dtype, progress=run.progress, compute_dtype=run.dtype)
+    run.state.setdefault("cache", {"seconds": round(time.perf_counter() - t0, 1), "bytes": cache_bytes(cache)})
+    return cache
+
+
+def _run_stage(run: _Run, si: int, stage: StageConfig) -> bool:
+    """Train stage ``si`` from the state's step to its end, evaluate, save; True when done.
+    With ``run.steps_left`` set, the call stops (resumably, the checkpoint saved) once that
+    many steps have run, unless at a stage's last step: then it returns False."""
+    state, cfg, model = run.state, run.cfg, run.model
+    if stage.steps == 0:  # an empty stage trains nothing and needs no evaluation
         state["stage"], state["step"] = si + 1, 0
-        save({**state, "seconds": state["seconds"] + time.perf_counter() - t_start}, None)
-    state["complete"] = True
-    state["seconds"] = round(state["seconds"] + time.perf_counter() - t_start, 1)
-    state["parameters"] = params
-    save(state, None)
-    if dist.is_main:
-        (out / "optimizer.pt").unlink(missing_ok=True)
-    dist.barrier()
-    return state
+        return True
+    trainable = model.set_trainable(stage.trains)
+    opt = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.0)
+    if state["step"] > 0 and (run.out / "optimizer.pt").is_file():
+        opt.load_state_dict(torch.load(run.out / "optimizer.pt", weights_only=True))
+    guarded = stage.trains == ["mixture"] and bool(run.guard)
+    if guarded and "stage2_guard" not in state:
+        state["stage2_guard"] = {"rows": len(run.guard), "loss_before": round(_guard_loss(run), 5)}
+    batches = batch_schedule(run.examples, len(run.tasks), stage, si, cfg.batch_size, cfg.seed, run.pools[si])
+    bar = tqdm(total=stage.steps, initial=state["step"], desc=stage.name, unit="step", disable=not run.progress)
+    t_stage, seen = time.perf_counter(), 0
+    for step in range(state["step"], stage.steps):
+        loss = _train_step(run, opt, trainable, batches[step], lr_at(step, stage))
+        seen += len(batches[step])
+        state["step"] = step + 1
+        state["history"].append({"stage": stage.name, "step": step + 1, "loss": round(loss, 5)})
+        bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{seen / (time.perf_counter() - t_stage):.1f}")
+        bar.update(1)
+        last = step + 1 == stage.steps
+        if run.steps_left is not None:
+            run.steps_left -= 1
+            if run.steps_left <= 0 and not last:
+                state["seconds"] = run.elapsed()
+                run.t_start = time.perf_counter()
+                run.save(state, opt.state_dict())
+                bar.close()
+                run.dist.barrier()  # no rank returns before the checkpoint is written
+                return False
+        if (step + 1) % cfg.save_every == 0 and not last:
+            run.save({**state, "seconds": run.elapsed()}, opt.state_dict())
+    bar.close()
+    if guarded:
+        _keep_or_revert_mixture(run)
+    if stage.name not in state["evals"] and run.dev_rows and run.dist.is_main:
+        ev = _dev_eval(run.model, run.tokenizer, run.tasks, run.dev_rows, run.eos_id, run.pad_id, cfg, run.dtype,
+                       run.progress)
+        state["evals"][stage.name] = ev
+        log.info("%s dev: %s", stage.name, ev)
+    state["stage"], state["step"] = si + 1, 0
+    run.save({**state, "seconds": run.elapsed()}, None)
+    return True
+
+
+def _train_step(run: _Run, opt, trainable: list[torch.nn.Parameter], idx: list[int], lr: float) -> float:
+    """One optimizer step on batch ``idx`` (this rank's share of it); returns the batch loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    cfg = run.cfg
+    loss = accumulate_batch(run.model, run.examples, run.dist.shard(idx), run.pad_id, run.cache, run.dtype,
+                            cfg.micro_batch_tokens, batch_rows=len(idx), layout=cfg.layout,
+                            lane_tokens=cfg.lane_tokens)
+    loss = run.dist.reduce_grads(trainable, loss)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    opt.step()
+    if cfg.trim_every and len(run.state["history"]) % cfg.trim_every == 0:
+        trim_heap()
+    return loss
+
+
+@torch.no_grad()
+def _guard_loss(run: _Run) -> float:
+    """The mean target loss on the guard rows (train rows that neither stage trains on)."""
+    total = 0.0
+    for s in range(0, len(run.guard), run.cfg.batch_size):
+        part = run.guard[s : s + run.cfg.batch_size]
+        with autocast(run.dtype):
+            total += batch_loss(run.model, run.examples, part, run.pad_id, run.cache, run.cfg.layout,
+                                run.cfg.lane_tokens).item() * len(part)
+    return total / len(run.guard)
+
+
+def _keep_or_revert_mixture(run: _Run) -> None:
+    """Stage 2 keeps the mixture it trained only if the guard rows' loss went down; otherwise
+    every block's mixture (and token gate) goes back to what stage 1 trained with. The state
+    records the losses, the decision and why."""
+    g = run.state["stage2_guard"]
+    if "kept" in g:
+        return
+    after = _guard_loss(run)
+    g["loss_after"] = round(after, 5)
+    g["kept"] = after < g["loss_before"]
+    if g["kept"]:
+        g["why"] = f"guard loss {g['loss_before']:.4f} -> {after:.4f}: stage 2 improved it"
+    else:
+        g["why"] = f"guard loss {g['loss_before']:.4f} -> {after:.4f}: not lower, so stage 1's mixture is kept"
+        run.model.reset_mixture()
+    log.info("stage 2 guard (%d rows): %s", g["rows"], g["why"])
 
 
 def _dev_eval(model, tokenizer, tasks, dev_rows, eos_id, pad_id, cfg: TrainConfig, dtype: str,
