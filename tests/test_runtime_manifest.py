@@ -237,9 +237,9 @@ def test_validator_refuses_paths_in_any_marked_field(tmp_path):
         **GRAPH, "adapter_files": Field((list,), items=Field((str,), path=True))}))}
     m = json.loads(json.dumps({
         "format": "alter-edge-bundle", "format_version": 1, "eos_token_id": 0, "pad_token_id": 0,
-        "kv_cache": {"num_layers": 1, "num_kv_heads": 1, "head_dim": 1},
+        "kv_cache": {"num_layers": 1, "num_kv_heads": 1, "head_dim": 1, "max_sequence_length": 512},
         "graphs": [{"path": "model.onnx", "sha256": "0" * 64, "adapter_files": ["../w.bin"]}],
-        "files": {}}))
+        "files": {"tasks.json": "0" * 64, "tokenizer.json": "0" * 64}}))
     with pytest.raises(BundleError, match=r"graphs\[0\]\.adapter_files\[0\] '\.\./w\.bin'"):
         validate_manifest(m, tmp_path, schema)
     m["graphs"][0]["adapter_files"] = ["weights/base.int8.bin"]
