@@ -25,6 +25,10 @@ from .session import GraphRunner
 
 log = logging.getLogger(__name__)
 
+# Sampling temperatures: 0 is greedy; below MIN, logits / temperature overflow (a subnormal such as
+# 5e-324 makes every logit inf and the draw garbage); above MAX the distribution is uniform.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -41,8 +45,10 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not _is_real(self.temperature) or self.temperature < 0:
-            raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not _is_real(self.temperature) or not (
+                self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise ConfigError(f"temperature must be 0 (greedy) or a number in {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}, "
+                              f"got {self.temperature!r}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:

@@ -19,7 +19,7 @@ import logging
 import numbers
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,6 +352,9 @@ def as_texts(texts: object) -> tuple[bool, list[str]]:
     if isinstance(texts, (bytes, bytearray, memoryview)):
         raise ConfigError(f"texts must be a str or a list of str, got {type(texts).__name__} "
                           "(decode it first, e.g. .decode('utf-8'))")
+    if isinstance(texts, (Mapping, Set)):  # a dict would run its keys; a set has no order
+        raise ConfigError(f"texts must be a str or a list of str, got {type(texts).__name__} "
+                          "(pass list(...) of the texts, in the order the results should come)")
     try:
         out = list(texts)
     except TypeError:
