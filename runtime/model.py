@@ -175,6 +175,7 @@ class EdgeModel:
                         hashed.result()
                 check_vocab(self.bundle, self.tokenizer.get_vocab_size(with_added_tokens=True),
                             r.vocab_size, graph.path)
+                r.check_task_ids(len(self.tasks))
                 self._runners[graph.path] = r
             return r
 
@@ -342,6 +343,19 @@ class EdgeModel:
             out.append(Classification(spec.labels[j], float(p[j]),
                                       {lab: float(v) for lab, v in zip(spec.labels, s, strict=True)}, task))
         return out
+
+
+def verify_bundle(bundle_dir: str | Path) -> dict:
+    """Every check the runtime makes when it loads the bundle and serves a request, and the
+    manifest it checked; a BundleError names the first problem. The load checks (format,
+    version, the manifest's schema and path confinement, tasks, every listed file's sha256, no
+    unlisted file), then the tokenizer and, one graph at a time: sha256, onnxruntime session, KV
+    layout, vocabulary, every task id; each ``.ort`` twin's sha256. ``alter-edge inspect`` runs
+    it; so should an app before it hands a bundle to another runtime (onnxruntime-genai reads
+    genai_config.json and the graphs and checks no hash, docs/bundle-format.md)."""
+    model = EdgeModel.load(Path(bundle_dir), threads=1, optimization="disable", verify=True, tasks=())
+    model.verify_graphs()
+    return model.bundle.manifest
 
 
 def as_texts(texts: object) -> tuple[bool, list[str]]:
