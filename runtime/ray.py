@@ -53,6 +53,7 @@ from .batch import (
     BatchOptions,
     BatchSummary,
     _Row,
+    output_target,
     plan_batches,
     read_rows,
     record_line,
@@ -292,7 +293,7 @@ def run_file(bundle: str | Path, input_path: str | Path, output_path: str | Path
     atomically). Needs ``ray.init()`` first (a local cluster or ``address=...``)."""
     t0 = time.perf_counter()
     opts, ropts = opts or BatchOptions(), ropts or RayOptions()
-    input_path, output_path = Path(input_path), Path(output_path)
+    input_path, output_path = Path(input_path), output_target(output_path)
     if not input_path.exists():
         raise DataError(f"input file not found: {input_path}")
     model = _driver_model(bundle)
