@@ -1,8 +1,9 @@
 """Reading a bundle directory (docs/bundle-format.md): the manifest, its checks, graph choice.
 
-Loading checks, in order: the folder and manifest exist and parse; ``format`` and
-``format_version`` are ones this runtime reads; every listed file exists and the sha256 of every
-non-graph file matches (the error names the file); the task registry parses. A graph's sha256
+Loading checks, in order: the folder and manifest exist and parse; the manifest passes
+``runtime.manifest`` (format and version, schema, path confinement, positions: the one manifest
+checker); every listed file exists and the sha256 of every non-graph file matches (the error
+names the file); the task registry parses and names the manifest's tasks. A graph's sha256
 is checked when it is first opened (hashing every graph of a big bundle would dominate start-up),
 and its logits must cover the tokenizer's vocabulary and the eos/pad ids. Any failure is a
 :class:`BundleError`.
