@@ -16,8 +16,10 @@ failed actor's block is retried by Ray on a restarted actor) and returns them in
 
 The bundle reaches the workers once: either as a path every node can read (shared storage,
 ``bundle_transport="path"``) or packed into the object store by the driver
-(``"object_store"``) and unpacked once per node. Each actor opens it with ``verify=True``, so
-its graphs' sha256s are checked on that worker.
+(``"object_store"``) and unpacked once per node, keyed by its manifest's sha256, into a private
+folder of this user (a folder someone else placed there is never used). Each actor opens it
+with ``verify=True``, so its graphs' sha256s are checked on that worker. A planned row travels
+with every field of the local job's row (``truncated`` included), so the records are its bytes.
 """
 
 from __future__ import annotations
