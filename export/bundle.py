@@ -1,7 +1,8 @@
 """Bundle manifest: write it, and verify a bundle for ``alter-edge inspect`` (torch-free).
 
 The format is docs/bundle-format.md; reading and checking a bundle is the runtime's loader
-(``alter_edge.runtime.bundle``), so the exporter's checks and the runtime's are the same code.
+(``alter_edge.runtime.bundle``), and ``verify_bundle`` is the runtime's
+(``alter_edge.runtime.verify_bundle``), so the exporter's checks and the runtime's are the same code.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from pathlib import Path
 
 from alter_edge.io import atomic_write_text, sha256_file
 from alter_edge.runtime.bundle import BUNDLE_FORMAT, SUPPORTED_FORMAT_VERSIONS
+from alter_edge.runtime.model import verify_bundle
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "describe", "verify_bundle", "write_manifest"]
 
 FORMAT = BUNDLE_FORMAT
 FORMAT_VERSION = max(SUPPORTED_FORMAT_VERSIONS)  # what the exporter writes
@@ -40,20 +44,6 @@ def write_manifest(bundle: Path, meta: dict, graphs: list[dict]) -> dict:
     return manifest
 
 
-def verify_bundle(bundle: Path) -> dict:
-    """Every check the runtime makes when it loads the bundle and serves a request
-    (``runtime.bundle.load_bundle``: format, version, the manifest's schema and path
-    confinement, tasks, every listed file's sha256, no unlisted file; then the tokenizer and,
-    one at a time, each graph: sha256, onnxruntime session, KV layout, vocabulary; each ``.ort``
-    twin's sha256). One reader, so ``inspect`` passes only a bundle the runtime can run.
-    Returns the manifest."""
-    from alter_edge.runtime.model import EdgeModel
-
-    model = EdgeModel.load(Path(bundle), threads=1, optimization="disable", verify=True, tasks=())
-    model.verify_graphs()
-    return model.bundle.manifest
-
-
 def describe(manifest: dict) -> list[str]:
     """Human-readable lines for ``alter-edge inspect``."""
     kv = manifest.get("kv_cache", {})
@@ -69,7 +59,8 @@ def describe(manifest: dict) -> list[str]:
     ]
     for g in manifest["graphs"]:
         task = g.get("task") or "(multi-task)"
-        lines.append(f"  {g['path']:<32} {task:<16} {g['precision']:<5} {g.get('mode', ''):<9} "
+        precision = g.get("precision", "fp32")  # what the runtime reads when it is absent
+        lines.append(f"  {g['path']:<32} {task:<16} {precision:<5} {g.get('mode', ''):<9} "
                      f"{g.get('bytes', 0) / 1e6:9.2f} MB  {g['sha256'][:12]}")
     lines.append("files:")
     lines += [f"  {rel:<40} {digest[:12]}" for rel, digest in manifest["files"].items()]

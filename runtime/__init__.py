@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .bundle import Bundle, load_bundle
 from .generate import SamplingParams
-from .model import Classification, EdgeModel, Generation, TokenEvent
+from .model import Classification, EdgeModel, Generation, TokenEvent, verify_bundle
 
 __all__ = ["Bundle", "Classification", "EdgeModel", "Generation", "SamplingParams", "TokenEvent",
-           "load_bundle"]
+           "load_bundle", "verify_bundle"]

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -38,7 +39,7 @@ from .model import EdgeModel, finished_rows, input_problem
 
 log = logging.getLogger(__name__)
 
-PARTIAL_VERSION = 2  # 2: effective settings in the header
+PARTIAL_VERSION = 3  # 2: effective settings in the header; 3: the bundle is its manifest's sha256
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ def parse_row(raw: bytes, lineno: int, default_task: str | None,
               known_tasks: Collection[str]) -> ParsedRow:
     """One JSONL line of the batch job -> a :class:`ParsedRow`, or a :class:`RowError` naming the
     line. The id is a string, a finite number or null, valid Unicode (it is written back); the
-    input a non-empty string; the task one of ``known_tasks``. Anything else (not UTF-8, not
+    input a non-empty string; the task one of ``known_tasks``. A field that is null counts as
+    absent (``"task": null`` takes the default task), as a null column of a Parquet row does. Anything else (not UTF-8, not
     JSON, NaN, a 5,000-digit number, nesting deeper than the parser goes) is a RowError, never
     another exception."""
     try:
@@ -121,6 +123,7 @@ def parse_row(raw: bytes, lineno: int, default_task: str | None,
         raise RowError(f"line {lineno}: not valid JSON ({str(e)[:120]})") from None
     if not isinstance(obj, dict):
         raise RowError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
+    obj = {k: v for k, v in obj.items() if v is not None}  # null is absent, as in a Parquet row
     row_id = obj.get("id")
     problem = _id_problem(row_id)
     if problem:
@@ -172,11 +175,12 @@ def row_from_line(model: EdgeModel, raw: bytes | dict, lineno: int, opts: BatchO
     row_id = None
     try:
         if isinstance(raw, dict):
-            raw = json.dumps({k: v for k, v in raw.items() if v is not None}, ensure_ascii=False).encode()
+            raw = json.dumps(raw, ensure_ascii=False).encode()
         parsed = parse_row(raw, lineno, opts.task, known if known is not None else set(model.tasks.names))
         row_id = parsed.id
         try:
             prompt, cut = model.prompt_ids(parsed.input, parsed.task, opts.truncate)
+            _check_positions(model, prompt, parsed.task, opts)
         except (DataError, TaskError) as e:
             raise RowError(f"line {lineno}: {e}", row_id) from e
         return _Row(lineno, row_id, parsed.task, prompt, cut, parsed.default_task)
@@ -186,6 +190,19 @@ def row_from_line(model: EdgeModel, raw: bytes | dict, lineno: int, opts: BatchO
         log.exception("line %d could not be read", lineno)
         return {"id": row_id, "line": lineno,
                 "error": f"line {lineno}: cannot be read ({type(e).__name__}: {_short(str(e))})"}
+
+
+def _check_positions(model: EdgeModel, prompt: list[int], task: str, opts: BatchOptions) -> None:
+    """The row's prompt plus what runs after it (its new tokens, or its task's longest label)
+    fits the positions the bundle's graphs cover; else a DataError for this row alone."""
+    limit = model.bundle.kv.max_sequence_length
+    if _scores_labels(model.tasks.get(task), opts):
+        after, what = max(len(x) for x in model.label_ids(task)), "tokens of its longest label"
+    else:
+        after, what = _budget(model, opts), "new tokens"
+    if len(prompt) + after > limit:
+        raise DataError(f"its prompt of {len(prompt)} tokens plus {after} {what} exceed the {limit} positions "
+                        "the bundle's graphs cover (ask for fewer `max_new_tokens`, or shorten the input)")
 
 
 def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[_Row], dict[int, dict]]:
@@ -362,6 +379,8 @@ def header_difference(old: dict, new: dict) -> str:
             name = k.removeprefix("options.")
             if k == "input_sha256":
                 diffs.append("the input file changed")
+            elif k == "bundle":
+                diffs.append("another bundle (its manifest.json differs)")
             elif k == "alter_edge_partial":
                 diffs.append(f"progress format {a.get(k)!r} there, {b.get(k)!r} now")
             else:
@@ -369,20 +388,51 @@ def header_difference(old: dict, new: dict) -> str:
     return "; ".join(diffs) or "the header differs"
 
 
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a pipe"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def output_target(output_path: str | Path) -> Path:
+    """The file the job writes for ``output_path``: the path itself, or the regular file a
+    symlink leads to (written through, the link stays). The output is written atomically, a new
+    file renamed over the old, so anything that is not a regular file (a device such as
+    /dev/null, a pipe such as /dev/stdout, a folder; also through a link) is refused, never
+    replaced."""
+    path = Path(output_path)
+    try:
+        st = os.stat(path)  # follows links, /proc's fd links too
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise OutputError(f"output {path} is a symlink to a missing file; give a file path") from None
+        return path
+    except OSError as e:
+        raise OutputError(f"output {path} cannot be checked: {e.strerror or e}") from e
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise OutputError(f"output {path} is {kind}: the job writes a regular file, atomically (a new file "
+                          "renamed into place, which would replace it); give a file path")
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    if not (target.is_file() and os.path.samefile(target, path)):  # a /proc fd link names no path
+        raise OutputError(f"output {path} is a link that cannot be written through; give a file path")
+    return target
+
+
 def check_paths(input_path: str | Path, output_path: str | Path) -> None:
-    """Refuse, before any model is loaded: a missing input; an output (or its ``.partial``) that
-    is the input file, also through a symlink or hard link; an output location that cannot be
-    written (read-only, full, not a folder). Creates the output's folder when missing."""
-    input_path, output_path = Path(input_path), Path(output_path)
+    """Refuse, before any model is loaded: a missing input; an output that is not a regular file
+    (:func:`output_target`); an output (or its ``.partial``) that is the input file, also through
+    a symlink or hard link; an output location that cannot be written (read-only, full, not a
+    folder). Creates the output's folder when missing."""
+    input_path = Path(input_path)
     if not input_path.is_file():
         raise DataError(f"input file not found: {input_path}")
+    output_path = output_target(output_path)
     partial = output_path.with_name(output_path.name + ".partial")
     for target in (output_path, partial):
         if target.exists() and os.path.samefile(target, input_path):
             raise OutputError(f"output {target} is the input file {input_path}: writing it would "
                               "overwrite the input; choose another output")
-    if output_path.is_dir():
-        raise OutputError(f"output {output_path} is a folder; give a file name")
     folder = output_path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -407,8 +457,8 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    input_path, output_path = Path(input_path), Path(output_path)
     check_paths(input_path, output_path)
+    input_path, output_path = Path(input_path), output_target(output_path)
     if opts.task is not None:
         model.tasks.get(opts.task)  # an unknown default task fails the job, not every row
     rows, errors = read_rows(model, input_path, opts)
@@ -463,6 +513,6 @@ def _header(model: EdgeModel, input_path: Path, opts: BatchOptions, rows: list[_
         "generate_labels": opts.generate_labels and any(t.kind == "classify" for t in tasks),
     }
     return {"input_sha256": sha256_file(input_path), "options": options,
-            "bundle": model.bundle.manifest.get("checkpoint_sha256"), "precision": model.default_precision}
+            "bundle": model.bundle.manifest_sha256, "precision": model.default_precision}
 
 

@@ -1,8 +1,9 @@
 """Reading a bundle directory (docs/bundle-format.md): the manifest, its checks, graph choice.
 
-Loading checks, in order: the folder and manifest exist and parse; ``format`` and
-``format_version`` are ones this runtime reads; every listed file exists and the sha256 of every
-non-graph file matches (the error names the file); the task registry parses. A graph's sha256
+Loading checks, in order: the folder and manifest exist and parse; the manifest passes
+``runtime.manifest`` (format and version, schema, path confinement, positions: the one manifest
+checker); every listed file exists and the sha256 of every non-graph file matches (the error
+names the file); the task registry parses and names the manifest's tasks. A graph's sha256
 is checked when it is first opened (hashing every graph of a big bundle would dominate start-up),
 and its logits must cover the tokenizer's vocabulary and the eos/pad ids. Any failure is a
 :class:`BundleError`.
@@ -18,17 +19,25 @@ from alter_edge.errors import BundleError, TaskError
 from alter_edge.io import read_json, sha256_file
 from alter_edge.tasks import TaskRegistry
 
-from .contract import CONTRACT, KVLayout
+from .contract import KVLayout
+from .manifest import (
+    BUNDLE_FORMAT,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_PROMPT_TOKENS,
+    PRECISIONS,
+    REQUIRED_FILES,
+    SUPPORTED_FORMAT_VERSIONS,
+    check_format,
+    validate_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "alter-edge-bundle"
-SUPPORTED_FORMAT_VERSIONS = (2,)
-PRECISIONS = ("fp32", "int8", "int4")
 # Which precision a request gets when the bundle holds several and the caller names none:
 # int8 first (validated, ~4x smaller weights than fp32, accurate), then int4, then fp32.
 PRECISION_PREFERENCE = ("int8", "int4", "fp32")
-REQUIRED_FILES = ("tasks.json", "tokenizer.json")
+__all__ = ["BUNDLE_FORMAT", "PRECISIONS", "PRECISION_PREFERENCE", "SUPPORTED_FORMAT_VERSIONS", "Bundle",
+           "GraphInfo", "check_vocab", "load_bundle"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class Bundle:
     pad_id: int
     max_new_tokens: int
     max_prompt_tokens: int
+    manifest_sha256: str = ""  # names this bundle's exact contents (the manifest hashes every file)
     verify: bool = True  # check each graph's sha256 when it is opened
     _verified: set = field(default_factory=set, compare=False, repr=False)  # weight files hashed so far
 
@@ -72,10 +82,6 @@ class Bundle:
             rel, digest = graph.path, graph.sha256
         if self.verify:
             _check_hash(self.root, rel, digest)
-            for ext in graph.external_data:
-                if ext not in self.manifest["files"]:
-                    raise BundleError(f"{self.root}/manifest.json: graph {graph.path} reads {ext}, "
-                                      "which files does not list")
             if weights:
                 self.check_weights(graph)
         return self.root / rel
@@ -127,12 +133,6 @@ def _read_json(path: Path, what: str) -> dict:
     return obj
 
 
-def _field(manifest: dict, key: str, root: Path):
-    if key not in manifest:
-        raise BundleError(f"{root}/manifest.json lacks the field {key!r}")
-    return manifest[key]
-
-
 def _check_hash(root: Path, rel: str, expected: str) -> None:
     path = root / rel
     if not path.is_file():
@@ -145,16 +145,6 @@ def _check_hash(root: Path, rel: str, expected: str) -> None:
         )
 
 
-def _kv_layout(kv: dict, root: Path) -> KVLayout:
-    try:
-        layout = KVLayout.from_dict(kv)
-        layout.past_names  # noqa: B018 (the name patterns must format)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise BundleError(f"{root}/manifest.json: kv_cache needs num_layers, num_kv_heads, head_dim and "
-                          f"name patterns with {{i}} ({e!r})") from e
-    return layout
-
-
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     """Read and check a bundle directory; ``verify=False`` skips the sha256 checks (faster
     start for a bundle already verified, e.g. on a read-only app partition)."""
@@ -162,42 +152,29 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     if not root.is_dir():
         raise BundleError(f"bundle not found: {root} is not a directory")
     m = _read_json(root / "manifest.json", "the manifest")
-    if m.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{root}/manifest.json: format is {m.get('format')!r}, expected {BUNDLE_FORMAT!r}")
-    version = m.get("format_version")
-    if version == 1:
-        raise BundleError(f"{root}: bundle format_version 1 (one traced graph per task) is no longer read; "
-                          "re-export the checkpoint with this alter-edge to get a format 2 bundle")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise BundleError(
-            f"{root}: bundle format_version {version!r} is not supported; this runtime reads "
-            f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} (re-export, or upgrade alter-edge)"
-        )
-    from .manifest import validate_manifest  # schema + path confinement, before any file is opened
-
-    validate_manifest(m, root)
-    graphs = []
-    for g in _field(m, "graphs", root):
-        try:
-            info = GraphInfo(g["path"], g.get("task"), g.get("precision", "fp32"), g["sha256"],
+    check_format(m, root)
+    validate_manifest(m, root)  # schema + path confinement, before any file is opened
+    graphs = tuple(GraphInfo(g["path"], g.get("task"), g.get("precision", "fp32"), g["sha256"],
                              tuple(g.get("inputs", ())), tuple(g.get("outputs", ())), g.get("ort"),
                              g.get("mode", "multitask" if g.get("task") is None else "task"),
-                             tuple(g.get("external_data", ())))
-        except (KeyError, TypeError) as e:
-            raise BundleError(f"{root}/manifest.json: a graph entry lacks {e}") from e
-        if info.precision not in PRECISIONS:
-            raise BundleError(f"{root}: graph {info.path} has precision {info.precision!r}; "
-                              f"known: {', '.join(PRECISIONS)}")
-        graphs.append(info)
-    if not graphs:
-        raise BundleError(f"{root}/manifest.json lists no graphs")
-    if m.get("graph_contract", CONTRACT) != CONTRACT:
-        raise BundleError(f"{root}/manifest.json: graph_contract {m.get('graph_contract')!r} is not "
-                          f"{CONTRACT!r}, the one this runtime runs")
-    files = dict(_field(m, "files", root))
-    missing = [f for f in REQUIRED_FILES if f not in files]
-    if missing:
-        raise BundleError(f"{root}/manifest.json: files does not list {', '.join(missing)}")
+                             tuple(g.get("external_data", ()))) for g in m["graphs"])
+    _check_files(root, m["files"], graphs, verify)
+    tasks = _load_tasks(root, m, graphs)
+    gen = m.get("generation", {})
+    bundle = Bundle(
+        root=root, manifest=m, tasks=tasks, graphs=graphs, kv=KVLayout.from_dict(m["kv_cache"]),
+        eos_id=m["eos_token_id"], pad_id=m["pad_token_id"],
+        max_new_tokens=gen.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
+        max_prompt_tokens=gen.get("max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS),
+        manifest_sha256=sha256_file(root / "manifest.json"), verify=verify,
+    )
+    log.info("bundle %s: %d graph(s), %d task(s)", root, len(graphs), len(tasks))
+    return bundle
+
+
+def _check_files(root: Path, files: dict, graphs: tuple[GraphInfo, ...], verify: bool) -> None:
+    """Every listed file exists; with ``verify``, every non-graph, non-weight file matches its
+    sha256 and no file is unlisted."""
     listed = {*files, *(g.path for g in graphs)}
     weights = {w for g in graphs for w in g.external_data}  # hashed when a graph reading them opens
     for rel in sorted(listed):
@@ -211,23 +188,24 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         if unlisted:
             raise BundleError(f"{root}: file {unlisted[0]} is not listed in manifest.json "
                               f"({len(unlisted)} unlisted): the bundle was modified")
+
+
+def _load_tasks(root: Path, manifest: dict, graphs: tuple[GraphInfo, ...]) -> TaskRegistry:
+    """tasks.json, which must name the tasks the manifest's graphs were exported with (in id
+    order): a task id past the graphs' task table would fail inside onnxruntime."""
     try:
         tasks = TaskRegistry.load(root / "tasks.json")
     except TaskError as e:
         raise BundleError(f"{root}: {e}") from e
+    exported = manifest.get("tasks")
+    if exported is not None and tasks.names != list(exported):
+        raise BundleError(f"{root}: tasks.json has tasks {', '.join(tasks.names)} (ids 0..{len(tasks) - 1}) but "
+                          f"the graphs were exported for {', '.join(exported) or 'none'} (manifest.json tasks): "
+                          "the task registry does not belong to these graphs")
     for g in graphs:
         if g.task is not None and g.task not in tasks:
             raise BundleError(f"{root}: graph {g.path} is for task {g.task!r}, which tasks.json lacks")
-    gen = m.get("generation", {})
-    bundle = Bundle(
-        root=root, manifest=m, tasks=tasks, graphs=tuple(graphs),
-        kv=_kv_layout(_field(m, "kv_cache", root), root),
-        eos_id=int(_field(m, "eos_token_id", root)), pad_id=int(_field(m, "pad_token_id", root)),
-        max_new_tokens=int(gen.get("max_new_tokens", 32)),
-        max_prompt_tokens=int(gen.get("max_prompt_tokens", 320)), verify=verify,
-    )
-    log.info("bundle %s: %d graph(s), %d task(s)", root, len(graphs), len(tasks))
-    return bundle
+    return tasks
 
 
 def check_vocab(bundle: Bundle, tokenizer_vocab: int, graph_vocab: int | None, graph: str) -> None:

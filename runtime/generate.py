@@ -25,6 +25,10 @@ from .session import GraphRunner
 
 log = logging.getLogger(__name__)
 
+# Sampling temperatures: 0 is greedy; below MIN, logits / temperature overflow (a subnormal such as
+# 5e-324 makes every logit inf and the draw garbage); above MAX the distribution is uniform.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -41,8 +45,10 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not _is_real(self.temperature) or self.temperature < 0:
-            raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not _is_real(self.temperature) or not (
+                self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise ConfigError(f"temperature must be 0 (greedy) or a number in {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}, "
+                              f"got {self.temperature!r}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
@@ -168,6 +174,45 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     n = len(prompts)
     if n == 0:
         return
+    row_params, tids = _decode_args(prompts, task_ids, params, slots, refill_at)
+    done = np.zeros(n, dtype=bool) if done is None else done
+    budget = np.asarray([p.max_new_tokens for p in row_params], dtype=np.int64)
+    ignore_eos = np.asarray([p.ignore_eos for p in row_params], dtype=bool)
+    count = np.zeros(n, dtype=np.int64)  # tokens generated per row
+    pick = _RowPickers(row_params)
+    B = n if slots is None else min(int(slots), n)
+    batch = _Slots(runner, prompts, tids, pad_id, B, max(len(p) + int(b) for p, b in zip(prompts, budget, strict=True)))
+    take, logits = batch.enter(np.arange(B))
+    while True:
+        rows = batch.row[take]
+        for j, i, t in zip(take.tolist(), rows.tolist(), pick(logits, rows).tolist(), strict=True):
+            if not done[i]:
+                if t == eos_id and not ignore_eos[i]:
+                    done[i] = True
+                    if yield_eos:
+                        yield i, None
+                else:
+                    count[i] += 1
+                    batch.cur[j] = t
+                    yield i, t
+            if done[i] or count[i] == budget[i]:
+                batch.release(j)
+        free = np.flatnonzero(batch.row < 0)
+        if batch.waiting < n and len(free) >= min(refill_at, n - batch.waiting, B):
+            take, logits = batch.enter(free)
+        elif not (batch.row >= 0).any():
+            return
+        else:
+            if batch.waiting == n and 4 * len(free) >= len(batch.row):
+                batch.compact()
+            take, logits = batch.step()
+
+
+def _decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
+                 params: SamplingParams | Sequence[SamplingParams], slots: int | None,
+                 refill_at: int) -> tuple[list[SamplingParams], np.ndarray]:
+    """(one SamplingParams per row, task ids int64 (n,)), after checking :func:`decode`'s arguments."""
+    n = len(prompts)
     if any(len(p) == 0 for p in prompts):
         raise ConfigError("every prompt needs at least one token")
     row_params = [params] * n if isinstance(params, SamplingParams) else list(params)
@@ -178,68 +223,58 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
         raise ConfigError(f"slots must be an integer >= 1 or None (all rows), got {slots!r}")
     if not _is_int(refill_at) or refill_at < 1:
         raise ConfigError(f"refill_at must be an integer >= 1, got {refill_at!r}")
-    done = np.zeros(n, dtype=bool) if done is None else done
-    budget = np.asarray([p.max_new_tokens for p in row_params], dtype=np.int64)
-    ignore_eos = np.asarray([p.ignore_eos for p in row_params], dtype=bool)
-    pick = _RowPickers(row_params)
-    B = n if slots is None else min(int(slots), n)
-    longest = max(len(p) + int(b) for p, b in zip(prompts, budget, strict=True))
-    cache = runner.new_cache(B, longest)
-    slot_row = np.full(B, -1, dtype=np.int64)  # the row in each slot; -1: free
-    lengths = np.ones(B, dtype=np.int64)  # valid tokens of each slot (a free slot: 1, cheapest)
-    slot_tids = np.full(B, tids[0], dtype=np.int64)
-    cur = np.full(B, pad_id, dtype=np.int64)  # the token each slot feeds next
-    count = np.zeros(n, dtype=np.int64)  # tokens generated per row
-    waiting = 0  # the next row to enter
+    return row_params, tids
 
-    def enter(free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The next waiting rows take the ``free`` slots; (their slots, their prompt logits)."""
-        nonlocal waiting
-        k = min(len(free), n - waiting)
-        rows, take = np.arange(waiting, waiting + k), free[:k]
-        waiting += k
-        ids, lens = right_pad([prompts[i] for i in rows], pad_id)
-        if k == B:  # every slot at once (the first fill): the prompts run in the cache itself
-            logits = runner.step(ids, lens, tids[rows], cache)
+
+class _Slots:
+    """The rows decoding together: for each slot, the row it holds (-1: free), that row's valid
+    tokens, task id and next token to feed, all in one KV cache allocated once; rows enter
+    in order, ``waiting`` being the next one."""
+
+    def __init__(self, runner: GraphRunner, prompts: Sequence[Sequence[int]], tids: np.ndarray, pad_id: int,
+                 size: int, max_len: int):
+        self.runner, self.prompts, self.tids, self.pad_id = runner, prompts, tids, pad_id
+        self.cache = runner.new_cache(size, max_len)
+        self.row = np.full(size, -1, dtype=np.int64)
+        self.lengths = np.ones(size, dtype=np.int64)  # a free slot: 1, the cheapest
+        self.task = np.full(size, tids[0], dtype=np.int64)
+        self.cur = np.full(size, pad_id, dtype=np.int64)
+        self.waiting = 0
+
+    def enter(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The next waiting rows take the ``free`` slots: (their slots, their prompt logits (k, V)).
+        Filling every slot at once (the first fill), the prompts run in the cache itself; else
+        in a small cache of their own whose entries are copied into the free slots."""
+        k = min(len(free), len(self.prompts) - self.waiting)
+        rows, take = np.arange(self.waiting, self.waiting + k), free[:k]
+        self.waiting += k
+        ids, lens = right_pad([self.prompts[i] for i in rows], self.pad_id)
+        if k == len(self.row):
+            logits = self.runner.step(ids, lens, self.tids[rows], self.cache)
         else:
-            fresh = runner.new_cache(k, ids.shape[1])
-            logits = runner.step(ids, lens, tids[rows], fresh)
-            cache.write_rows(take, fresh, np.arange(k), ids.shape[1])
-        slot_row[take], lengths[take], slot_tids[take] = rows, lens, tids[rows]
+            fresh = self.runner.new_cache(k, ids.shape[1])
+            logits = self.runner.step(ids, lens, self.tids[rows], fresh)
+            self.cache.write_rows(take, fresh, np.arange(k), ids.shape[1])
+        self.row[take], self.lengths[take], self.task[take] = rows, lens, self.tids[rows]
         return take, logits[:, 0]
 
-    take, logits = enter(np.arange(B))
-    while True:
-        rows = slot_row[take]
-        nxt = pick(logits, rows)
-        for j, i, t in zip(take.tolist(), rows.tolist(), nxt.tolist(), strict=True):
-            if not done[i]:
-                if t == eos_id and not ignore_eos[i]:
-                    done[i] = True
-                    if yield_eos:
-                        yield i, None
-                else:
-                    count[i] += 1
-                    cur[j] = t
-                    yield i, t
-            if done[i] or count[i] == budget[i]:  # the slot is free
-                slot_row[j], lengths[j], cur[j] = -1, 1, pad_id
-        free = np.flatnonzero(slot_row < 0)
-        if waiting < n and len(free) >= min(refill_at, n - waiting, B):
-            take, logits = enter(free)
-            continue
-        live = slot_row >= 0
-        if not live.any():
-            return
-        if waiting == n and 4 * len(free) >= B:
-            keep = np.flatnonzero(live)
-            cache = cache.select_rows(keep)
-            slot_row, lengths, slot_tids, cur = slot_row[keep], lengths[keep], slot_tids[keep], cur[keep]
-            B, live = len(keep), live[keep]
-        lengths = np.where(live, lengths + 1, 1)
-        out = runner.step(np.where(live, cur, pad_id)[:, None], lengths, slot_tids, cache)[:, 0]
+    def release(self, slot: int) -> None:
+        self.row[slot], self.lengths[slot], self.cur[slot] = -1, 1, self.pad_id
+
+    def compact(self) -> None:
+        """Free slots leave the batch, their cache rows with them."""
+        keep = np.flatnonzero(self.row >= 0)
+        self.cache = self.cache.select_rows(keep)
+        self.row, self.lengths, self.task, self.cur = self.row[keep], self.lengths[keep], self.task[keep], self.cur[keep]
+
+    def step(self) -> tuple[np.ndarray, np.ndarray]:
+        """One token per live slot, written at that row's own position: (the live slots, their logits)."""
+        live = self.row >= 0
+        self.lengths = np.where(live, self.lengths + 1, 1)
+        out = self.runner.step(np.where(live, self.cur, self.pad_id)[:, None], self.lengths, self.task,
+                               self.cache)[:, 0]
         take = np.flatnonzero(live)
-        logits = out[take] if len(take) < B else out
+        return take, (out[take] if len(take) < len(self.row) else out)
 
 
 class RowText:

@@ -22,9 +22,14 @@ from pathlib import Path, PureWindowsPath
 
 from alter_edge.errors import BundleError
 
-from .bundle import PRECISIONS
-from .contract import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
+from .contract import CONTRACT, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 
+BUNDLE_FORMAT = "alter-edge-bundle"
+SUPPORTED_FORMAT_VERSIONS = (2,)
+PRECISIONS = ("fp32", "int8", "int4")
+REQUIRED_FILES = ("tasks.json", "tokenizer.json")
+
+DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PROMPT_TOKENS = 32, 320  # a bundle without `generation`
 STR, INT, LIST, DICT, NULL = (str,), (int,), (list,), (dict,), (type(None),)
 DEFAULT_KV_NAMES = {"past_key": PAST_KEY, "past_value": PAST_VALUE,
                     "present_key": PRESENT_KEY, "present_value": PRESENT_VALUE}
@@ -100,6 +105,8 @@ KV_CACHE = {
     "head_dim": Field(INT, required=True, check=between(1, MAX_HEAD_DIM)),
     **{name: Field(STR, check=layer_pattern)
        for name in ("past_key", "past_value", "present_key", "present_value")},
+    # positions the graphs' rotary cache covers: every prompt plus its new tokens must fit
+    "max_sequence_length": Field(INT, required=True, check=between(2, MAX_TOKENS)),
 }
 GENERATION = {
     "max_new_tokens": Field(INT, check=between(1, MAX_TOKENS)),
@@ -123,14 +130,41 @@ MANIFEST = {
 }
 
 
+def check_format(manifest: dict, root: Path) -> None:
+    """``format`` and ``format_version`` are ones this runtime reads."""
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{root}/manifest.json: format is {_short(manifest.get('format'))}, "
+                          f"expected {BUNDLE_FORMAT!r}")
+    version = manifest.get("format_version")
+    if version == 1:
+        raise BundleError(f"{root}: bundle format_version 1 (one traced graph per task) is no longer read; "
+                          "re-export the checkpoint with this alter-edge to get a format 2 bundle")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleError(
+            f"{root}: bundle format_version {_short(version)} is not supported; this runtime reads "
+            f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} (re-export, or upgrade alter-edge)"
+        )
+
+
 def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = MANIFEST) -> None:
     """Check ``manifest`` against ``schema``, confine its paths to ``root`` and check that each
-    graph's listed inputs/outputs match the KV-cache layout; raise one BundleError line."""
+    graph's listed inputs/outputs match the KV-cache layout, that the required files are listed
+    and that prompts fit the graphs' positions; raise one BundleError line."""
     root = Path(root)
     where = f"{root}/manifest.json"
     confine(root, "manifest.json", "manifest.json itself")  # not a symlink leading out
     _check_object(manifest, schema, root, where, "")
+    if manifest.get("graph_contract", CONTRACT) != CONTRACT:
+        raise BundleError(f"{where}: graph_contract {_short(manifest.get('graph_contract'))} is not "
+                          f"{CONTRACT!r}, the one this runtime runs")
+    missing = [f for f in REQUIRED_FILES if f not in manifest["files"]]
+    if missing:
+        raise BundleError(f"{where}: files does not list {', '.join(missing)}")
     kv = manifest["kv_cache"]
+    prompt = manifest.get("generation", {}).get("max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS)
+    if prompt >= kv["max_sequence_length"]:
+        raise BundleError(f"{where}: generation.max_prompt_tokens {prompt} leaves no room for a new token "
+                          f"in kv_cache.max_sequence_length {kv['max_sequence_length']} (it must be smaller)")
     for i, g in enumerate(manifest["graphs"]):
         for ext in g.get("external_data") or ():
             if ext not in manifest["files"]:

@@ -19,7 +19,7 @@ import logging
 import numbers
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +175,7 @@ class EdgeModel:
                         hashed.result()
                 check_vocab(self.bundle, self.tokenizer.get_vocab_size(with_added_tokens=True),
                             r.vocab_size, graph.path)
+                r.check_task_ids(len(self.tasks))
                 self._runners[graph.path] = r
             return r
 
@@ -344,6 +345,19 @@ class EdgeModel:
         return out
 
 
+def verify_bundle(bundle_dir: str | Path) -> dict:
+    """Every check the runtime makes when it loads the bundle and serves a request, and the
+    manifest it checked; a BundleError names the first problem. The load checks (format,
+    version, the manifest's schema and path confinement, tasks, every listed file's sha256, no
+    unlisted file), then the tokenizer and, one graph at a time: sha256, onnxruntime session, KV
+    layout, vocabulary, every task id; each ``.ort`` twin's sha256. ``alter-edge inspect`` runs
+    it; so should an app before it hands a bundle to another runtime (onnxruntime-genai reads
+    genai_config.json and the graphs and checks no hash, docs/bundle-format.md)."""
+    model = EdgeModel.load(Path(bundle_dir), threads=1, optimization="disable", verify=True, tasks=())
+    model.verify_graphs()
+    return model.bundle.manifest
+
+
 def as_texts(texts: object) -> tuple[bool, list[str]]:
     """(one text?, the texts as a list): a str is one text; bytes or a non-string item is a
     ConfigError (bytes are not split into numbers)."""
@@ -352,6 +366,9 @@ def as_texts(texts: object) -> tuple[bool, list[str]]:
     if isinstance(texts, (bytes, bytearray, memoryview)):
         raise ConfigError(f"texts must be a str or a list of str, got {type(texts).__name__} "
                           "(decode it first, e.g. .decode('utf-8'))")
+    if isinstance(texts, (Mapping, Set)):  # a dict would run its keys; a set has no order
+        raise ConfigError(f"texts must be a str or a list of str, got {type(texts).__name__} "
+                          "(pass list(...) of the texts, in the order the results should come)")
     try:
         out = list(texts)
     except TypeError:

@@ -16,8 +16,10 @@ failed actor's block is retried by Ray on a restarted actor) and returns them in
 
 The bundle reaches the workers once: either as a path every node can read (shared storage,
 ``bundle_transport="path"``) or packed into the object store by the driver
-(``"object_store"``) and unpacked once per node. Each actor opens it with ``verify=True``, so
-its graphs' sha256s are checked on that worker.
+(``"object_store"``) and unpacked once per node, keyed by its manifest's sha256, into a private
+folder of this user (a folder someone else placed there is never used). Each actor opens it
+with ``verify=True``, so its graphs' sha256s are checked on that worker. A planned row travels
+with every field of the local job's row (``truncated`` included), so the records are its bytes.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +48,14 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
     raise ModuleNotFoundError("alter_edge.runtime.ray needs Ray Data: pip install 'alter-edge[ray]'",
                               name=e.name) from e
 
-from alter_edge.errors import DataError
-from alter_edge.io import atomic_write_text
+from alter_edge.errors import BundleError, DataError
+from alter_edge.io import atomic_write_text, sha256_file
 
 from .batch import (
     BatchOptions,
     BatchSummary,
     _Row,
+    output_target,
     plan_batches,
     read_rows,
     record_line,
@@ -75,7 +79,6 @@ class RayOptions:
     blocks_per_actor: int = 8  # planned batches are cut into actors x this many blocks: the unit of retry
     max_restarts: int = 3  # times Ray restarts a dead actor
     max_task_retries: int = 3  # times a block is retried after its actor died
-    crash_once: str | None = None  # tests: the actor that claims this file exits at its second batch
 
     def __post_init__(self) -> None:
         for name in ("actors", "threads_per_actor", "blocks_per_actor"):
@@ -87,31 +90,70 @@ class RayOptions:
 
 # -- the bundle on the workers -----------------------------------------------------------------
 def _pack_bundle(bundle_dir: Path) -> tuple[str, bytes]:
-    """(checkpoint hash, the bundle folder as an uncompressed tar)."""
+    """(the manifest's sha256, the bundle folder as an uncompressed tar). The manifest lists the
+    sha256 of every file, so its hash names this exact bundle (two exports of one checkpoint
+    differ)."""
     b = load_bundle(bundle_dir, verify=False)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(b.root), arcname="bundle")
-    return str(b.manifest.get("checkpoint_sha256", "bundle"))[:16], buf.getvalue()
+    return b.manifest_sha256, buf.getvalue()
 
 
-def _unpack_bundle(key: str, ref_box: list) -> Path:
-    """The shipped bundle in this node's temp folder, unpacked once per node (atomically)."""
-    final = Path(tempfile.gettempdir()) / "alter-edge-ray" / key
-    if (final / "bundle").is_dir():
-        return final / "bundle"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+def private_cache_dir(parent: Path, name: str) -> Path | None:
+    """``parent/name``, made 0700 when missing; None when what is there is not a private folder
+    of this user (a symlink, another owner, group or world access): never trust a folder that
+    someone else could have placed in a shared temp directory."""
+    d = Path(parent) / name
     try:
-        with tarfile.open(fileobj=io.BytesIO(ray.get(ref_box[0])), mode="r") as tar:
+        d.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("%s is not a private folder of this user: unpacking the bundle elsewhere", d)
+        return None
+    return d
+
+
+def _unpack_bundle(key: str, fetch: Callable[[], bytes]) -> Path:
+    """The shipped bundle (``fetch()``: its tar) unpacked under this node's private cache folder,
+    once per node per manifest hash ``key`` (atomically); a copy whose manifest does not hash to
+    ``key`` is never used. Each actor then loads it with ``verify=True``."""
+    tmpdir = Path(tempfile.gettempdir())
+    cache = private_cache_dir(tmpdir, f"alter-edge-ray-{os.getuid()}")
+    if cache is None:
+        cache = Path(tempfile.mkdtemp(prefix="alter-edge-ray-", dir=tmpdir))  # this actor's own
+    final = cache / key
+    if _manifest_is(final / "bundle", key):
+        return final / "bundle"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.", dir=cache))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(fetch()), mode="r") as tar:
             tar.extractall(tmp, filter="data")
+        if not _manifest_is(tmp / "bundle", key):
+            raise BundleError(f"the bundle shipped through the object store does not match manifest sha256 {key}")
         os.replace(tmp, final)  # another actor on this node may have won: then use its copy
     except OSError:
-        if not (final / "bundle").is_dir():
+        if not _manifest_is(final / "bundle", key):
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final / "bundle"
+
+
+def _manifest_is(bundle: Path, key: str) -> bool:
+    manifest = bundle / "manifest.json"
+    return manifest.is_file() and not manifest.is_symlink() and sha256_file(manifest) == key
+
+
+def _ship_row(row: _Row) -> list:
+    """A planned row as JSON for the actors: every field of :class:`_Row`, in order."""
+    return [getattr(row, f.name) for f in fields(_Row)]
+
+
+def _unship_row(item: list) -> _Row:
+    return _Row(*item)
 
 
 class _Predictor:
@@ -119,25 +161,15 @@ class _Predictor:
     record lines out)."""
 
     def __init__(self, bundle: str | None, shipped: tuple[str, list] | None, threads: int,
-                 precision: str | None, opts: dict, crash_once: str | None = None):
-        path = _unpack_bundle(*shipped) if shipped is not None else Path(bundle)
+                 precision: str | None, opts: dict):
+        path = Path(bundle) if shipped is None else _unpack_bundle(shipped[0], lambda: ray.get(shipped[1][0]))
         self.model = EdgeModel.load(path, threads=threads, precision=precision, verify=True)
         self.opts = BatchOptions(**opts)
-        self.crash_once = crash_once
-        self.calls = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.calls += 1
-        if self.crash_once and self.calls == 2:
-            try:
-                os.rename(self.crash_once, self.crash_once + ".taken")  # one actor wins, once
-            except OSError:
-                pass
-            else:
-                os._exit(1)
         lines, texts = [], []
         for planned in batch["rows"]:
-            rows = [_Row(line, row_id, task, prompt) for line, row_id, task, prompt in json.loads(planned)]
+            rows = [_unship_row(r) for r in json.loads(planned)]
             for rec in run_batch_rows(self.model, rows, self.opts):
                 lines.append(rec["line"])
                 texts.append(record_line(rec))
@@ -161,8 +193,7 @@ def _map(ds: ray.data.Dataset, shipped, bundle: Path, opts: BatchOptions, ropts:
     return ds.map_batches(
         _Predictor,
         fn_constructor_kwargs={"bundle": str(bundle), "shipped": shipped, "threads": ropts.threads_per_actor,
-                               "precision": ropts.precision, "opts": asdict(opts),
-                               "crash_once": ropts.crash_once},
+                               "precision": ropts.precision, "opts": asdict(opts)},
         batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ropts.actors),
         num_cpus=ropts.threads_per_actor,
         ray_remote_args_fn=lambda: {"max_restarts": ropts.max_restarts,
@@ -176,8 +207,7 @@ def _run_planned(bundle: Path, rows: list[_Row], opts: BatchOptions, ropts: RayO
     batches = plan_batches(rows, opts.batch_size)
     if not batches:
         return {}
-    items = [{"rows": json.dumps([[r.line, r.id, r.task, r.prompt] for r in b], ensure_ascii=False)}
-             for b in batches]
+    items = [{"rows": json.dumps([_ship_row(r) for r in b], ensure_ascii=False)} for b in batches]
     shipped = None
     if ropts.bundle_transport == "object_store":
         key, blob = _pack_bundle(bundle)
@@ -265,7 +295,7 @@ def run_file(bundle: str | Path, input_path: str | Path, output_path: str | Path
     atomically). Needs ``ray.init()`` first (a local cluster or ``address=...``)."""
     t0 = time.perf_counter()
     opts, ropts = opts or BatchOptions(), ropts or RayOptions()
-    input_path, output_path = Path(input_path), Path(output_path)
+    input_path, output_path = Path(input_path), output_target(output_path)
     if not input_path.exists():
         raise DataError(f"input file not found: {input_path}")
     model = _driver_model(bundle)

@@ -116,6 +116,22 @@ class KVCache:
             dst[slots, :, :length] = a[rows, :, :length]
 
 
+def _check_kv_shapes(path: Path, inputs: Sequence, kv: KVLayout) -> None:
+    """Each past input's fixed dims ``[batch, num_kv_heads, seq, head_dim]`` are the manifest's."""
+    past = set(kv.past_names)
+    for i in inputs:
+        if i.name not in past:
+            continue
+        for axis, name in ((1, "num_kv_heads"), (3, "head_dim")):
+            dim = i.shape[axis] if len(i.shape) == 4 else None
+            if isinstance(dim, int) and dim != getattr(kv, name):
+                raise BundleError(f"{path}: input {i.name} has {dim} at axis {axis} but manifest.json's "
+                                  f"kv_cache.{name} is {getattr(kv, name)}: the manifest does not describe this graph")
+        if len(i.shape) != 4:
+            raise BundleError(f"{path}: input {i.name} has {len(i.shape)} axes, not 4 "
+                              "(batch, num_kv_heads, seq, head_dim)")
+
+
 class GraphRunner:
     """One graph (docs/bundle-format.md, ``runtime.contract``): ``step(input_ids, lengths,
     task_ids, cache)`` -> logits. ``lengths[b]`` is row b's number of valid tokens after this
@@ -141,16 +157,36 @@ class GraphRunner:
         if extra:  # e.g. kv_cache.num_layers smaller than the graph's: inputs nobody would feed
             raise BundleError(f"{path}: graph takes input(s) {', '.join(extra[:4])} that manifest.json's "
                               f"kv_cache layout does not name (num_layers {kv.num_layers})")
+        _check_kv_shapes(path, self.session.get_inputs(), kv)
         vocab = self.session.get_outputs()[out_names.index(LOGITS)].shape[-1]
         self.vocab_size = vocab if isinstance(vocab, int) else None
         log.info("loaded %s (task_ids input: %s)", path, self.takes_task_ids)
+
+    def check_task_ids(self, n_tasks: int) -> None:
+        """One one-token step with every task id ``0..n_tasks-1`` (a multi-task graph): an id past
+        the graph's task table is a BundleError here, not an onnxruntime error mid-request."""
+        if not self.takes_task_ids or n_tasks < 1:
+            return
+        try:
+            self.step(np.zeros((n_tasks, 1), np.int64), np.ones(n_tasks, np.int64),
+                      np.arange(n_tasks, dtype=np.int64), self.new_cache(n_tasks, 1))
+        except Exception as e:  # onnxruntime raises its own types (a Gather index out of range)
+            raise BundleError(f"{self.path}: the graph cannot run task ids 0..{n_tasks - 1} of tasks.json "
+                              f"({str(e).splitlines()[0][:160]}): tasks.json does not belong to this graph") from e
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         limit = self.kv.max_sequence_length
         if limit and max_len > limit:
             raise ConfigError(f"{max_len} tokens (prompt plus new tokens) exceed the {limit} positions this "
                               f"graph covers; ask for fewer new tokens or a shorter input")
-        return KVCache(self.kv, batch, max_len)
+        try:
+            return KVCache(self.kv, batch, max_len)
+        except MemoryError:
+            kv = self.kv
+            gb = 8 * kv.num_layers * batch * kv.num_kv_heads * max_len * kv.head_dim / 1e9  # key + value, fp32
+            raise ConfigError(f"a KV cache of {batch} rows x {max_len} positions ({gb:,.1f} GB) cannot be allocated: "
+                              "ask for fewer new tokens (`max_new_tokens`) or fewer rows at once "
+                              "(`batch_size`)") from None
 
     def step(self, input_ids: np.ndarray, lengths: np.ndarray, task_ids: np.ndarray | None,
              cache: KVCache) -> np.ndarray:

@@ -120,7 +120,7 @@ def test_read_rows_keeps_every_line(edge_model, fuzz_dir, batch):
 
 GOOD_MANIFEST = {
     "format": "alter-edge-bundle", "format_version": 1, "eos_token_id": 2, "pad_token_id": 0,
-    "kv_cache": {"num_layers": 1, "num_kv_heads": 1, "head_dim": 4},
+    "kv_cache": {"num_layers": 1, "num_kv_heads": 1, "head_dim": 4, "max_sequence_length": 16},
     "generation": {"max_new_tokens": 4, "max_prompt_tokens": 8},
     "graphs": [{"path": "model.onnx", "task": None, "precision": "fp32", "sha256": "a" * 64,
                 "inputs": ["input_ids", "attention_mask", "past_key_values.0.key", "past_key_values.0.value"]}],

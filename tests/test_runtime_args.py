@@ -17,9 +17,12 @@ from alter_edge.runtime import EdgeModel, SamplingParams
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1, got 0"),
     ({"max_new_tokens": 2.5}, "max_new_tokens must be an integer >= 1, got 2.5"),
-    ({"temperature": math.nan}, "temperature must be a finite number >= 0"),
-    ({"temperature": math.inf}, "temperature must be a finite number >= 0"),
-    ({"temperature": "0.5"}, "temperature must be a finite number"),
+    ({"temperature": math.nan}, r"temperature must be 0 \(greedy\) or a number in 0.001..100, got nan"),
+    ({"temperature": math.inf}, "temperature must be 0 .greedy. or a number in 0.001..100, got inf"),
+    ({"temperature": "0.5"}, "temperature must be 0 .greedy. or a number in 0.001..100"),
+    ({"temperature": 1e-310}, "temperature must be 0 .greedy. or a number in 0.001..100, got 1e-310"),  # subnormal
+    ({"temperature": 5e-324}, "temperature must be 0 .greedy. or a number in 0.001..100, got 5e-324"),
+    ({"temperature": -0.5}, "temperature must be 0 .greedy. or a number in 0.001..100, got -0.5"),
     ({"top_p": math.nan}, r"top_p must be a number in \(0, 1\]"),
     ({"top_k": 1.5}, "top_k must be an integer >= 0"),
     ({"seed": -1, "temperature": 0.5}, "seed must be an integer >= 0 or None, got -1"),
@@ -61,6 +64,15 @@ def test_bytes_are_not_three_generations(edge_model):
         edge_model.classify(b"abc", task="colour")
     with pytest.raises(ConfigError, match=r"texts\[1\] must be a str, got int"):
         edge_model.generate(["a", 3], task="echo")
+
+
+@pytest.mark.parametrize("texts", [{"a": 1, "b": 2}, {"repeat cat dog"}, {"x": "y"}.keys()])
+def test_a_mapping_or_set_is_not_a_list_of_texts(edge_model, texts):
+    """A dict would run its keys, a set in no defined order: both are refused, naming the type."""
+    for call in (lambda: edge_model.generate(texts, task="echo"), lambda: edge_model.stream(texts, task="echo"),
+                 lambda: edge_model.classify(texts, task="colour")):
+        with pytest.raises(ConfigError, match=f"texts must be a str or a list of str, got {type(texts).__name__}"):
+            call()
 
 
 def test_empty_list_in_empty_list_out(edge_model):

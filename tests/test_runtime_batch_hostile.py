@@ -281,3 +281,116 @@ def test_unknown_default_task_fails_the_job_not_every_row(edge_model, tmp_path):
     inp = _write(tmp_path / "in.jsonl", [{"input": "x"}])
     with pytest.raises(TaskError, match="unknown task 'nope'"):
         run_jsonl(edge_model, inp, tmp_path / "o.jsonl", BatchOptions(task="nope"), progress=False)
+
+
+# -- output locations that are not regular files -----------------------------------------------
+def test_an_output_that_is_a_device_or_a_pipe_is_refused_never_replaced(runtime_bundle, edge_model, tmp_path):
+    inp = _write(tmp_path / "in.jsonl", GOOD[:2])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    to_fifo = tmp_path / "to-fifo.jsonl"
+    to_fifo.symlink_to(fifo)
+    for out, kind in ((os.devnull, "a character device"), (fifo, "a pipe"), (to_fifo, "a pipe")):
+        r = CliRunner().invoke(main, ["run", str(runtime_bundle), "--input", str(inp), "--output", str(out),
+                                      "--quiet"])
+        assert r.exit_code == 1 and f"output {out} is {kind}" in r.output, r.output
+        with pytest.raises(OutputError, match=f"is {kind}"):
+            run_jsonl(edge_model, inp, out, progress=False)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode) and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert to_fifo.is_symlink()
+    # /dev/stdout of a process whose stdout is a pipe (a symlink to /proc/self/fd/1)
+    import subprocess
+    import sys
+
+    code = "from alter_edge.runtime.batch import check_paths; import sys; check_paths(sys.argv[1], '/dev/stdout')"
+    r = subprocess.run([sys.executable, "-c", code, str(inp)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "OutputError: output /dev/stdout is a pipe" in r.stderr, r.stderr
+
+
+def test_an_output_symlink_to_a_file_is_written_through(edge_model, tmp_path):
+    inp = _write(tmp_path / "in.jsonl", GOOD[:3])
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "out.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(target)
+    run_jsonl(edge_model, inp, link, BatchOptions(batch_size=2), progress=False)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert [r["id"] for r in _records(target)] == [g["id"] for g in GOOD[:3]]
+    assert not list(tmp_path.glob("*.partial")) and not list(target.parent.glob("*.partial"))
+    dangling = tmp_path / "dangling.jsonl"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.jsonl")
+    with pytest.raises(OutputError, match="is a symlink to a missing file"):
+        check_paths(inp, dangling)
+
+
+# -- resume, rows that do not fit, null fields ---------------------------------------------------
+def test_resume_with_another_bundle_of_the_same_checkpoint_is_refused(runtime_bundle, edge_model, tmp_path):
+    """The partial file names the bundle by its manifest's sha256, not the checkpoint's."""
+    import shutil
+
+    from alter_edge.runtime import EdgeModel
+
+    twin = tmp_path / "twin"
+    shutil.copytree(runtime_bundle, twin)
+    m = json.loads((twin / "manifest.json").read_text())
+    m["generation"]["max_prompt_tokens"] = 200  # another export of the same checkpoint
+    (twin / "manifest.json").write_text(json.dumps(m))
+    other = EdgeModel.load(twin, threads=1)
+    assert other.bundle.manifest["checkpoint_sha256"] == edge_model.bundle.manifest["checkpoint_sha256"]
+    inp = _write(tmp_path / "in.jsonl", GOOD)
+    out = tmp_path / "out.jsonl"
+    _interrupted(edge_model, inp, out, BatchOptions(batch_size=2))
+    with pytest.raises(DataError, match=r"belongs to a different run \(another bundle \(its manifest.json differs\)\)"):
+        run_jsonl(other, inp, out, BatchOptions(batch_size=2), resume=True, progress=False)
+    s = run_jsonl(edge_model, inp, out, BatchOptions(batch_size=2), resume=True, progress=False)
+    assert s.resumed == 2
+
+
+def test_a_row_too_long_for_the_positions_is_an_error_row(runtime_bundle, tmp_path):
+    """With a large max_new_tokens, one row that cannot fit the graphs' positions is its own
+    error record; it used to end the whole job."""
+    import shutil
+
+    from alter_edge.runtime import EdgeModel
+
+    b = tmp_path / "b"
+    shutil.copytree(runtime_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["kv_cache"]["max_sequence_length"], m["generation"]["max_prompt_tokens"] = 64, 48
+    (b / "manifest.json").write_text(json.dumps(m))
+    model = EdgeModel.load(b, threads=1)
+    long = "repeat"
+    while len(model.prompt_ids(long, "echo")[0]) <= 40:
+        long += " cat"
+    rows = [*GOOD[:4], {"id": "long", "task": "echo", "input": long}, *GOOD[4:]]
+    inp = _write(tmp_path / "in.jsonl", rows)
+    s = run_jsonl(model, inp, tmp_path / "out.jsonl", BatchOptions(batch_size=3, max_new_tokens=24), progress=False)
+    recs = _records(tmp_path / "out.jsonl")
+    assert s.failed == 1 and s.ok == len(GOOD)
+    bad = recs[4]
+    assert bad["id"] == "long" and bad["error"].startswith("line 5: its prompt of ")
+    assert "plus 24 new tokens exceed the 64 positions the bundle's graphs cover" in bad["error"]
+    r = CliRunner().invoke(main, ["run", str(b), "--input", str(inp), "--output", str(tmp_path / "cli.jsonl"),
+                                  "--batch-size", "3", "--max-new-tokens", "24", "--quiet"])
+    assert r.exit_code == 3 and "ask for fewer --max-new-tokens" in r.output, r.output
+
+
+def test_a_kv_cache_too_big_for_memory_is_one_error(edge_model):
+    from alter_edge.errors import ConfigError
+
+    runner = edge_model.runner_for(["echo"])
+    with pytest.raises(ConfigError, match=r"a KV cache of 1000000000 rows x 2048 positions .* cannot be allocated"):
+        runner.new_cache(10**9, 2048)
+
+
+def test_null_fields_are_absent_as_in_a_parquet_row(edge_model, tmp_path):
+    """JSONL and Parquet agree: "task": null takes the default task, "input": null is missing."""
+    inp = _write(tmp_path / "in.jsonl", [{"id": "n", "task": None, "input": "swap cat dog"},
+                                         {"id": None, "task": "echo", "input": "repeat cat"},
+                                         {"id": "m", "task": "echo", "input": None}])
+    s = run_jsonl(edge_model, inp, tmp_path / "o.jsonl", BatchOptions(task="echo", max_new_tokens=3), progress=False)
+    recs = _records(tmp_path / "o.jsonl")
+    assert s.failed == 1
+    assert recs[0]["task"] == "echo" and "output" in recs[0] and recs[1]["id"] is None
+    assert "missing field(s) input" in recs[2]["error"] and recs[2]["id"] == "m"

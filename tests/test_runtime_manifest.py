@@ -237,10 +237,83 @@ def test_validator_refuses_paths_in_any_marked_field(tmp_path):
         **GRAPH, "adapter_files": Field((list,), items=Field((str,), path=True))}))}
     m = json.loads(json.dumps({
         "format": "alter-edge-bundle", "format_version": 1, "eos_token_id": 0, "pad_token_id": 0,
-        "kv_cache": {"num_layers": 1, "num_kv_heads": 1, "head_dim": 1},
+        "kv_cache": {"num_layers": 1, "num_kv_heads": 1, "head_dim": 1, "max_sequence_length": 512},
         "graphs": [{"path": "model.onnx", "sha256": "0" * 64, "adapter_files": ["../w.bin"]}],
-        "files": {}}))
+        "files": {"tasks.json": "0" * 64, "tokenizer.json": "0" * 64}}))
     with pytest.raises(BundleError, match=r"graphs\[0\]\.adapter_files\[0\] '\.\./w\.bin'"):
         validate_manifest(m, tmp_path, schema)
     m["graphs"][0]["adapter_files"] = ["weights/base.int8.bin"]
     validate_manifest(m, tmp_path, schema)
+
+
+# -- bundles `inspect` passed that `run` could not serve -------------------------------------
+def _add_task(b, also_in_manifest: bool):
+    tasks = json.loads((b / "tasks.json").read_text())
+    tasks["tasks"].append({**tasks["tasks"][-1], "name": "extra", "id": len(tasks["tasks"])})
+    (b / "tasks.json").write_text(json.dumps(tasks))
+
+    def fn(m):
+        m["files"]["tasks.json"] = sha256_file(b / "tasks.json")
+        if also_in_manifest:
+            m["tasks"].append("extra")
+    _edit(b, fn)
+
+
+def test_tasks_json_with_an_extra_task_is_refused(bundle_copy):
+    """The graphs' task table has 3 rows; task id 3 was an onnxruntime Gather error mid-job."""
+    _add_task(bundle_copy, also_in_manifest=False)
+    _refused_everywhere(bundle_copy, r"tasks.json has tasks colour, echo, parity, extra \(ids 0..3\) but the graphs "
+                                     r"were exported for colour, echo, parity")
+
+
+def test_an_extra_task_in_both_files_is_found_by_running_its_id(bundle_copy):
+    _add_task(bundle_copy, also_in_manifest=True)
+    load_bundle(bundle_copy)  # the files agree with each other: the graph itself tells
+    _refused_everywhere(bundle_copy, r"model.fp32.onnx: the graph cannot run task ids 0..3 of tasks.json")
+
+
+def test_num_kv_heads_or_head_dim_not_matching_the_graph(bundle_copy):
+    kv = load_bundle(bundle_copy).kv
+    _edit(bundle_copy, _set(["kv_cache", "num_kv_heads"], kv.num_kv_heads + 1))
+    _refused_everywhere(bundle_copy, rf"input past_key_values.0.key has {kv.num_kv_heads} at axis 1 but "
+                                     rf"manifest.json's kv_cache.num_kv_heads is {kv.num_kv_heads + 1}")
+    _edit(bundle_copy, _set(["kv_cache", "num_kv_heads"], kv.num_kv_heads))
+    _edit(bundle_copy, _set(["kv_cache", "head_dim"], 2 * kv.head_dim))
+    _refused_everywhere(bundle_copy, rf"kv_cache.head_dim is {2 * kv.head_dim}")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_set(["kv_cache", "max_sequence_length"], -1), r"kv_cache.max_sequence_length must be in 2..1048576, got -1"),
+    (_set(["kv_cache", "max_sequence_length"], 0), r"kv_cache.max_sequence_length must be in 2..1048576, got 0"),
+    (lambda m: m["kv_cache"].pop("max_sequence_length"), r"lacks the field 'kv_cache.max_sequence_length'"),
+    (_set(["kv_cache", "max_sequence_length"], 100), r"generation.max_prompt_tokens 256 leaves no room for a new "
+                                                       r"token in kv_cache.max_sequence_length 100"),
+])
+def test_max_sequence_length_is_checked(bundle_copy, edit, match):
+    """-1 refused every request; absent, a huge max_new_tokens ran out of memory."""
+    _edit(bundle_copy, edit)
+    _refused_everywhere(bundle_copy, match)
+
+
+def test_inspect_reads_a_graph_entry_without_precision(bundle_copy):
+    """precision is optional (fp32, as the runtime reads it); inspect crashed with a KeyError."""
+    from click.testing import CliRunner
+
+    from alter_edge.cli import main
+
+    _edit(bundle_copy, lambda m: [g.pop("precision") for g in m["graphs"]])
+    r = CliRunner().invoke(main, ["inspect", str(bundle_copy)])
+    assert r.exit_code == 0, r.output
+    assert "fp32" in r.output and "hashes: ok" in r.output
+
+
+def test_verify_bundle_is_public_and_refuses_a_tampered_graph(bundle_copy):
+    """What an app runs before handing a bundle to onnxruntime-genai, which checks no hash."""
+    from alter_edge.runtime import verify_bundle as public
+
+    assert public is verify_bundle  # inspect's check is the runtime's own
+    assert public(bundle_copy)["format"] == "alter-edge-bundle"
+    g = bundle_copy / "task-echo.fp32.onnx"
+    g.write_bytes(g.read_bytes()[:-1] + bytes([g.read_bytes()[-1] ^ 1]))
+    with pytest.raises(BundleError, match="file task-echo.fp32.onnx does not match manifest.json"):
+        public(bundle_copy)

@@ -4,6 +4,9 @@ bundle shipped through the object store, and an actor killed mid-run."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 
 import pytest
 
@@ -13,6 +16,7 @@ from tests.helpers import TINY_ROWS
 ray = pytest.importorskip("ray", reason="the Ray job needs the [ray] extra (pip install -e '.[ray]')")
 pytest.importorskip("ray.data", reason="the Ray job needs Ray Data (the [ray] extra)")
 
+import alter_edge.runtime.ray as ray_job  # noqa: E402
 from alter_edge.runtime.ray import RayOptions, predict, run_file  # noqa: E402
 
 GOOD = [{"id": f"r{i}", "task": r["task"], "input": r["input"]} for i, r in enumerate(TINY_ROWS[:30])]
@@ -84,17 +88,95 @@ def test_parquet_through_ray_readers_and_the_object_store(cluster, runtime_bundl
     assert "unknown task 'nope'" in got[10] and "missing field(s) input" in got[12]
 
 
-def test_a_killed_actor_loses_and_duplicates_no_row(cluster, runtime_bundle, job, tmp_path):
+def test_a_killed_actor_loses_and_duplicates_no_row(cluster, runtime_bundle, job, tmp_path, monkeypatch):
     inp, opts, local = job
     token = tmp_path / "crash-token"
     token.write_text("")
+
+    class CrashOnce(ray_job._Predictor):
+        """The actor that claims the token file exits at its second batch (one actor, once)."""
+
+        calls = 0
+
+        def __call__(self, batch):
+            self.calls += 1
+            if self.calls == 2:
+                try:
+                    os.rename(token, f"{token}.taken")
+                except OSError:
+                    pass
+                else:
+                    os._exit(1)
+            return super().__call__(batch)
+
+    monkeypatch.setattr(ray_job, "_Predictor", CrashOnce)
     out = tmp_path / "ray.jsonl"
-    ropts = RayOptions(actors=2, blocks_per_actor=4, crash_once=str(token))
-    run_file(runtime_bundle, inp, out, opts, ropts, progress=False)
+    run_file(runtime_bundle, inp, out, opts, RayOptions(actors=2, blocks_per_actor=4), progress=False)
     assert not token.exists() and (tmp_path / "crash-token.taken").exists()  # an actor did die
     lines = [json.loads(x)["line"] for x in out.read_text().splitlines()]
     assert len(lines) == len(set(lines))
     assert out.read_bytes() == local.read_bytes()
+
+
+def test_truncated_and_bad_rows_are_the_local_jobs_bytes(cluster, runtime_bundle, edge_model, tmp_path):
+    """--truncate: the over-long row keeps "truncated": true on Ray (the actors got every field
+    of the planned row), and the bad rows are the same error records."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b"\n".join(_lines(edge_model)) + b"\n")
+    opts = BatchOptions(task="echo", batch_size=3, max_new_tokens=3, truncate=True)
+    run_jsonl(edge_model, inp, tmp_path / "local.jsonl", opts, progress=False)
+    s = run_file(runtime_bundle, inp, tmp_path / "ray.jsonl", opts, RayOptions(actors=2), progress=False)
+    local = (tmp_path / "local.jsonl").read_bytes()
+    assert (tmp_path / "ray.jsonl").read_bytes() == local
+    recs = [json.loads(x) for x in local.splitlines()]
+    assert [r["id"] for r in recs if r.get("truncated")] == ["b3"]
+    assert s.failed == 5 == sum("error" in r for r in recs)
+
+
+def _twin_bundle(runtime_bundle, tmp_path):
+    """A second bundle of the same checkpoint whose manifest differs (another export)."""
+    twin = tmp_path / "twin"
+    shutil.copytree(runtime_bundle, twin)
+    m = json.loads((twin / "manifest.json").read_text())
+    m["generation"]["max_new_tokens"] = 7
+    (twin / "manifest.json").write_text(json.dumps(m))
+    return twin
+
+
+def test_object_store_copy_is_keyed_by_the_manifest_in_a_private_folder(runtime_bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    twin = _twin_bundle(runtime_bundle, tmp_path)
+    (k1, blob1), (k2, blob2) = ray_job._pack_bundle(runtime_bundle), ray_job._pack_bundle(twin)
+    assert k1 != k2  # same checkpoint_sha256, different manifests
+    p1, p2 = ray_job._unpack_bundle(k1, lambda: blob1), ray_job._unpack_bundle(k2, lambda: blob2)
+    assert p1 != p2
+    assert json.loads((p2 / "manifest.json").read_text())["generation"]["max_new_tokens"] == 7
+    assert ray_job._unpack_bundle(k1, lambda: pytest.fail("unpacked twice")) == p1  # once per node
+    cache = tmp_path / "tmp" / f"alter-edge-ray-{os.getuid()}"
+    assert p1.parent.parent == cache and stat.S_IMODE(cache.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("plant", ["world-writable", "symlink"])
+def test_object_store_copy_never_uses_a_planted_folder(runtime_bundle, tmp_path, monkeypatch, plant):
+    """A folder someone placed in a shared temp directory (writable by others, or a symlink to
+    their folder), even holding a copy under the right key, is not used."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    key, blob = ray_job._pack_bundle(runtime_bundle)
+    theirs = tmp_path / "theirs"
+    shutil.copytree(runtime_bundle, theirs / key / "bundle")
+    theirs.chmod(0o777)
+    planted = tmp_path / "tmp" / f"alter-edge-ray-{os.getuid()}"
+    if plant == "symlink":
+        theirs.chmod(0o700)
+        planted.symlink_to(theirs)
+    else:
+        os.replace(theirs, planted)
+        theirs = planted
+    got = ray_job._unpack_bundle(key, lambda: blob)
+    assert not got.resolve().is_relative_to(theirs.resolve())
+    assert (got / "manifest.json").read_bytes() == (runtime_bundle / "manifest.json").read_bytes()
 
 
 def test_cli_ray_flag_writes_the_local_jobs_file(cluster, runtime_bundle, job, tmp_path):

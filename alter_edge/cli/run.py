@@ -77,9 +77,10 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
             raise click.UsageError("give texts or --input, not both")
         if output_path is None:
             raise click.UsageError("--input needs --output")
-        from alter_edge.runtime.batch import BatchOptions, check_paths, run_jsonl
+        from alter_edge.runtime.batch import BatchOptions, check_paths, output_target, run_jsonl
 
         check_paths(input_path, output_path)  # before the model loads
+        partial = f"{output_target(output_path)}.partial"  # beside the file a symlink leads to
         opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
         if ray_address is not None:
             if resume:
@@ -93,7 +94,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
                 summary = run_jsonl(_load(bundle, threads, precision), input_path, output_path, opts,
                                     resume=resume, progress=not quiet)
         except KeyboardInterrupt:
-            click.echo(f"interrupted; progress is saved in {output_path}.partial: rerun with --resume",
+            click.echo(f"interrupted; progress is saved in {partial}: rerun with --resume",
                        err=True)
             ctx.exit(EXIT_INTERRUPTED)
         click.echo(f"{summary.rows} rows ({summary.resumed} resumed), {summary.failed} failed, "
