@@ -102,12 +102,12 @@ def keep_heap() -> bool:
 def child(setting: str, args) -> dict:
     import torch
 
+    import alter_edge.training.batching as batching_mod
     import alter_edge.training.trainer as trainer_mod
     from alter_edge.base_model import load_base_model, special_ids
     from alter_edge.config import MTAConfig, TrainConfig
     from alter_edge.inject import MTAModel
     from alter_edge.tasks import TaskRegistry
-    import alter_edge.training.batching as batching_mod
     from alter_edge.training.cache import build_prefix_cache
     from alter_edge.training.memory import PAD_MULTIPLE
     from alter_edge.training.precision import resolve_dtype
