@@ -180,7 +180,7 @@ def run_worker(job: dict) -> dict:
 # -- the driver ------------------------------------------------------------------------
 def clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return {**env, "HF_HUB_OFFLINE": "1"}
 
 
 def spawn(python: str, job: dict) -> dict:
@@ -234,11 +234,10 @@ def read_bandwidth_gbs(threads: int, mb: int = 512, repeats: int = 5) -> float:
 def prepare(work: Path, data: Path | None, threads: int) -> dict:
     """Checkpoint, our bundles and plain-base graphs, the anchors' graphs: made once under ``work``."""
     from alter_edge.base_model import load_base_model, resolve_base_model
+    from alter_edge.testing import make_tiny_checkpoint
 
     work.mkdir(parents=True, exist_ok=True)
     env = clean_env()
-    from export_bench import make_checkpoint
-
     ck = work / "checkpoint"
     if not (ck / "state.json").is_file():
         if data is None:
@@ -246,7 +245,8 @@ def prepare(work: Path, data: Path | None, threads: int) -> dict:
 
             data = work / "builtin-mix.jsonl"
             data.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in build_default_mix()))
-        make_checkpoint(ck, data)
+        make_tiny_checkpoint(ck, "smollm2-135m", kind="lora+attn", num_top_layers=12, init_std=0.002,
+                             data=data)
     bundle = work / "bundle"
     if not (bundle / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "alter_edge.cli", "export", str(ck), "--task", "all", "--int8",
@@ -371,8 +371,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from export_bench import cpu_flags
+    from alter_edge.testing import (
+        cpu_flags,  # not in the workers: the anchors' venvs lack alter_edge
+    )
+
     paths = prepare(args.work, args.data, args.threads)
     if args.prepare_only:
         return

@@ -21,30 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from alter_edge.testing import random_adapter_bundle
+
 # PyTorch's OpenMP workers busy-wait by default; on a shared, oversubscribed CPU that made eager
 # decoding ~4x slower here (3.8 vs 16 tok/s). Passive waiting matches onnxruntime's
 # spinning=False below, so both sides wait the same way. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.helpers builds the random-adapter checkpoint
-
-
-def build(work: Path, base: str, int8: bool) -> tuple[Path, Path]:
-    from alter_edge.base_model import resolve_base_model
-    from tests.helpers import make_tiny_checkpoint
-
-    ckpt, bundle = work / "ckpt", work / ("bundle-int8" if int8 else "bundle-fp32")
-    if not ckpt.is_dir():
-        make_tiny_checkpoint(ckpt, resolve_base_model(base), kind="lora", init_std=0.02)
-    if not (bundle / "manifest.json").is_file():
-        from alter_edge.export.pipeline import ExportOptions, export_checkpoint
-
-        # A speed benchmark on *random* adapters: the export's accuracy gates are loosened. fp32
-        # parity at the default atol 1e-4 failed at 1.01e-4 on SmolLM2-135M's 30 layers, and int8
-        # top-1 agreement / task metrics on near-uniform random-adapter outputs mean nothing.
-        export_checkpoint(ckpt, bundle, ExportOptions(tasks="echo", fp32=True, int8=int8, overwrite=True,
-                                                      atol=1e-3, int8_budget=100.0, min_top1_int8=0.0))
-    return ckpt, bundle
 
 
 def torch_generation(model, prompt: list[int], task_id: int, batch: int, new_tokens: int) -> tuple[float, float]:
@@ -105,7 +87,7 @@ def main() -> None:
     from alter_edge.training.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
-    ckpt_dir, bundle = build(args.work, args.base_model, not args.no_int8)
+    ckpt_dir, bundle = random_adapter_bundle(args.work, args.base_model, not args.no_int8)
     ck = load_checkpoint(ckpt_dir)
     engines = {}
     for prec in ("fp32", "int8"):

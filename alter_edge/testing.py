@@ -1,11 +1,20 @@
-"""Builders for tiny random models, a tokenizer and a synthetic task mix (no network)."""
+"""Fixtures shared by the tests and the benchmarks: tiny random models, a word-level tokenizer,
+a synthetic task mix, random-adapter checkpoints and the bundles the real exporter makes of them.
+
+Torch-free to import (the torch-free runtime test imports it): torch, transformers and the
+exporter are imported inside the functions that need them. Nothing here touches the network,
+except a checkpoint over the built-in model, which reads its cached files.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 SPECIAL = ["<pad>", "<eos>", "<unk>"]
 
@@ -77,11 +86,14 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
 
 
 def make_tiny_checkpoint(
-    out_dir: Path, base_dir: Path, kind: str = "lora", init_std: float = 0.2, seed: int = 0,
-    num_top_layers: int = 2, gate: str = "task", gate_std: float = 0.0,
+    out_dir: Path, base_dir: Path | str, kind: str = "lora", init_std: float = 0.2, seed: int = 0,
+    num_top_layers: int = 2, gate: str = "task", gate_std: float = 0.0, data: Path | None = None,
 ) -> Path:
-    """A checkpoint over a tiny base with *random* (non-zero) adapters and mixtures, so
-    parity tests can fail. No training: fast. ``gate="token"``: its gate drawn with ``gate_std``."""
+    """A checkpoint over a base (a folder, or a built-in name such as "smollm2-135m") with
+    *random* (non-zero) adapters and mixtures, so parity tests can fail. No training: fast.
+    ``kind`` "lora+attn": LoRA on the attention projections too. ``gate="token"``: its gate
+    drawn with ``gate_std``. ``data``: a JSONL file whose tasks the checkpoint gets (recorded in
+    its state, as training records it); default the synthetic mix (TINY_ROWS)."""
     import torch
 
     from alter_edge.base_model import load_base_model
@@ -90,10 +102,10 @@ def make_tiny_checkpoint(
     from alter_edge.tasks import TaskRegistry
     from alter_edge.training.checkpoint import save_checkpoint
 
-    tasks = TaskRegistry.infer(TINY_ROWS)
+    rows = TINY_ROWS if data is None else [json.loads(x) for x in Path(data).read_text().splitlines() if x.strip()]
+    tasks = TaskRegistry.infer(rows)
     base, _tok, info = load_base_model(str(base_dir))
     torch.manual_seed(seed)
-    # "lora+attn": the lora kind on the attention projections too
     adapter_kind, attn = kind.split("+")[0], kind.endswith("+attn")
     cfg = MTAConfig(num_tasks=len(tasks), adapter_kind=adapter_kind, num_top_layers=num_top_layers,
                     init_std=init_std, lora_attention=attn, gate=gate)
@@ -106,7 +118,8 @@ def make_tiny_checkpoint(
     tc = TrainConfig(base_model=str(base_dir), stage1_steps=0, stage2_steps=0,
                      mta={"adapter_kind": adapter_kind, "num_top_layers": num_top_layers,
                           "lora_attention": attn, "gate": gate})
-    save_checkpoint(Path(out_dir), model, tasks, tc, info, {"complete": True, "stage": 2, "step": 0})
+    state = {"complete": True, "stage": 2, "step": 0, **({"data": str(data)} if data is not None else {})}
+    save_checkpoint(Path(out_dir), model, tasks, tc, info, state)
     return Path(out_dir)
 
 
@@ -118,6 +131,7 @@ def train_tiny_base(base_dir: Path, steps: int = 60, lr: float = 3e-3, seed: int
 
     from alter_edge.base_model import load_tokenizer
     from alter_edge.tasks import TaskRegistry
+    from alter_edge.training.cache import right_pad
 
     base_dir = Path(base_dir)
     tok = load_tokenizer(base_dir)
@@ -129,12 +143,7 @@ def train_tiny_base(base_dir: Path, steps: int = 60, lr: float = 3e-3, seed: int
         spec = tasks.get(r["task"])
         text = spec.prompt_template.format(input=r["input"]) + " " + r["target"]
         seqs.append(tok.encode(text, add_special_tokens=False).ids + [eos])
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    ids, mask = right_pad(seqs, pad)
     labels = ids.masked_fill(mask == 0, -100)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -147,3 +156,72 @@ def train_tiny_base(base_dir: Path, steps: int = 60, lr: float = 3e-3, seed: int
     model.eval()
     model.save_pretrained(base_dir)
     return base_dir
+
+
+def build_bundle(checkpoint_dir: Path, out_dir: Path, task_graphs: tuple[str, ...] = (), **options) -> Path:
+    """The real exporter: validated fp32 graphs (the multi-task graph plus a per-task graph for
+    each name in ``task_graphs``), generation defaults from the checkpoint."""
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+
+    export_checkpoint(Path(checkpoint_dir), Path(out_dir),
+                      ExportOptions(tasks=",".join(task_graphs) or None, progress=False, **options))
+    return Path(out_dir)
+
+
+def tiny_bundle(work: Path, init_range: float = 0.02) -> tuple[Path, Path, Path]:
+    """(base, checkpoint, bundle) under ``work``, each made once: a 4-layer random Llama with the
+    tiny tokenizer, a random-adapter LoRA checkpoint, and its bundle with a graph for 'echo'."""
+    work = Path(work)
+    tok, base, ckpt, bundle = work / "tok", work / "base", work / "ckpt", work / "bundle"
+    if not (base / "config.json").is_file():
+        make_tokenizer(tok)
+        make_tiny_base("llama", base, tok, init_range=init_range)
+    if not ckpt.is_dir():
+        make_tiny_checkpoint(ckpt, base, kind="lora")
+    if not (bundle / "manifest.json").is_file():
+        build_bundle(ckpt, bundle, task_graphs=("echo",))
+    return base, ckpt, bundle
+
+
+def random_adapter_bundle(work: Path, base: str, int8: bool) -> tuple[Path, Path]:
+    """(checkpoint, bundle) under ``work``, each made once: a random-adapter LoRA checkpoint on
+    ``base`` (e.g. "smollm2-135m") and its bundle (multi-task graph + 'echo', fp32, int8 too
+    with ``int8``). For speed benchmarks only: the export's accuracy gates are loosened."""
+    from alter_edge.base_model import resolve_base_model
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+
+    ckpt, bundle = work / "ckpt", work / ("bundle-int8" if int8 else "bundle-fp32")
+    if not ckpt.is_dir():
+        make_tiny_checkpoint(ckpt, resolve_base_model(base), kind="lora", init_std=0.02)
+    if not (bundle / "manifest.json").is_file():
+        # fp32 parity at the default atol 1e-4 failed at 1.01e-4 on SmolLM2-135M's 30 layers, and
+        # int8 top-1 agreement / task metrics on near-uniform random-adapter outputs mean nothing.
+        export_checkpoint(ckpt, bundle, ExportOptions(tasks="echo", fp32=True, int8=int8, overwrite=True,
+                                                      atol=1e-3, int8_budget=100.0, min_top1_int8=0.0))
+    return ckpt, bundle
+
+
+def cpu_flags() -> str:
+    """The CPU's model name, the SIMD flags that matter for onnxruntime and PyTorch, and the
+    number of cpus: the line every benchmark figure is stated with."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = set(text.split("flags")[1].split("\n")[0].split())
+        model = text.split("model name")[1].split("\n")[0].strip(" :\t")
+    except (OSError, IndexError):
+        return "unknown"
+    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return f"{model}; {', '.join(have) or 'no AVX2'}; {os.cpu_count()} cpus"
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The script at ``path`` (a benchmark) as the module ``name``, loaded once by its path:
+    no directory goes on ``sys.path``, so its neighbours stay unimportable."""
+    import importlib.util
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # before it runs: dataclasses look their module up there
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
