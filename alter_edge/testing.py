@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -225,3 +226,20 @@ def load_script(path: Path, name: str) -> ModuleType:
         sys.modules[name] = mod  # before it runs: dataclasses look their module up there
         spec.loader.exec_module(mod)
     return sys.modules[name]
+
+
+def time_torch_greedy(model, prompt: list[int], task_id: int, batch: int, new_tokens: int, pad_id: int
+                      ) -> tuple[float, float]:
+    """PyTorch eager greedy decoding of ``batch`` copies of ``prompt`` through training's own loop
+    (``alter_edge.training.evaluate.greedy_generate``, KV cache; eos ignored: id -1 never comes):
+    (seconds to the first token, decode tokens/s after it). The first token is timed by a
+    one-token run, the rest by a ``new_tokens`` run less that."""
+    from alter_edge.training.evaluate import greedy_generate
+
+    args = (model, [prompt] * batch, [task_id] * batch, -1, pad_id)
+    t0 = time.perf_counter()
+    greedy_generate(*args, max_new_tokens=1)
+    t1 = time.perf_counter()
+    greedy_generate(*args, max_new_tokens=new_tokens)
+    first, total = t1 - t0, time.perf_counter() - t1
+    return first, batch * (new_tokens - 1) / max(total - first, 1e-9)

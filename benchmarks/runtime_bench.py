@@ -21,33 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-from alter_edge.testing import random_adapter_bundle
+from alter_edge.testing import random_adapter_bundle, time_torch_greedy
 
 # PyTorch's OpenMP workers busy-wait by default; on a shared, oversubscribed CPU that made eager
 # decoding ~4x slower here (3.8 vs 16 tok/s). Passive waiting matches onnxruntime's
 # spinning=False below, so both sides wait the same way. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def torch_generation(model, prompt: list[int], task_id: int, batch: int, new_tokens: int) -> tuple[float, float]:
-    """PyTorch eager greedy decoding with the KV cache: (s to first token, decode tok/s)."""
-    import torch
-
-    with torch.no_grad():
-        ids = torch.tensor([prompt] * batch)
-        mask = torch.ones_like(ids)
-        tids = torch.full((batch,), task_id, dtype=torch.long)
-        t0 = time.perf_counter()
-        past, cur, first = None, ids, None
-        for _ in range(new_tokens):
-            pos = (mask.cumsum(-1) - 1)[:, -cur.shape[1]:]
-            out = model(cur, mask, tids, past_key_values=past, position_ids=pos, use_cache=True)
-            past = out.past_key_values
-            cur = out.logits[:, -1].argmax(-1)[:, None]
-            first = first or time.perf_counter()
-            mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], 1)
-        end = time.perf_counter()
-    return first - t0, batch * (new_tokens - 1) / (end - first)
 
 
 def cold_start(bundle: Path, task: str, threads: int, precision: str | None) -> dict:
@@ -114,7 +93,8 @@ def main() -> None:
                 order.reverse()  # alternate who goes first
             for name in order:
                 if name == "torch-eager-fp32":
-                    ttft, tps = torch_generation(ck.model, prompt, ck.tasks.id_of("colour"), batch, args.new_tokens)
+                    ttft, tps = time_torch_greedy(ck.model, prompt, ck.tasks.id_of("colour"), batch, args.new_tokens,
+                                                  ck.pad_id)
                 else:
                     m, task = engines[name]
                     if r == 0 and batch == 1:
