@@ -5,7 +5,7 @@
 
 Batch job: each round runs, in this order, the local job (``run_jsonl``, one EdgeModel with
 2 threads), Ray with 1 actor x 1 thread and Ray with 2 actors x 1 thread on the same JSONL
-rows (the three tasks of tests/helpers.py, repeated to --rows), on a local Ray cluster with
+rows (the three tasks of alter_edge.testing.TINY_ROWS, repeated to --rows), on a local Ray cluster with
 one CPU per core. Each timing includes loading the model(s): what a user waits for. Prints
 rows/s per round, medians and the ratios to the local job; the goal is Ray 2x1 >= 0.9x local.
 Every Ray output is checked byte-identical to the local one.
