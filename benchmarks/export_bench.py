@@ -27,17 +27,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from alter_edge.testing import cpu_flags, make_tiny_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 GENAI = ROOT / ".venv-genai" / "bin" / "python"
-
-
-def cpu_flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return "unknown"
-    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    return ", ".join(have) or "no AVX2"
 
 
 def timed(cmd: list[str], env: dict | None = None) -> dict:
@@ -57,29 +50,6 @@ def dir_mb(d: Path, pattern: str = "*") -> float:
     return round(sum(p.stat().st_size for p in d.rglob(pattern) if p.is_file()) / 1e6, 1)
 
 
-def make_checkpoint(out: Path, data: Path) -> Path:
-    import torch
-
-    from alter_edge.base_model import load_base_model
-    from alter_edge.config import MTAConfig, TrainConfig
-    from alter_edge.inject import MTAModel
-    from alter_edge.tasks import TaskRegistry
-    from alter_edge.training.checkpoint import save_checkpoint
-
-    rows = [json.loads(x) for x in data.read_text().splitlines() if x.strip()]
-    tasks = TaskRegistry.infer(rows)
-    base, _tok, info = load_base_model("smollm2-135m")
-    torch.manual_seed(0)
-    model = MTAModel(base, MTAConfig(num_tasks=len(tasks), adapter_kind="lora", num_top_layers=12, init_std=0.002))
-    with torch.no_grad():
-        for b in model.blocks.values():
-            b.mixture.logits.add_(torch.randn_like(b.mixture.logits) * 0.2)
-    tc = TrainConfig(base_model="smollm2-135m", stage1_steps=0, stage2_steps=0,
-                     mta={"adapter_kind": "lora", "num_top_layers": 12})
-    save_checkpoint(out, model, tasks, tc, info, {"complete": True, "stage": 2, "step": 0, "data": str(data)})
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=None)
@@ -95,7 +65,9 @@ def main() -> None:
             ap.error("without --checkpoint, --data gives the tasks of the random-adapter checkpoint")
         ck = args.out / "random-checkpoint"
         if not (ck / "state.json").is_file():
-            make_checkpoint(ck, args.data)
+            # lora in the top 12 blocks, attention and MLP
+            make_tiny_checkpoint(ck, "smollm2-135m", kind="lora+attn", num_top_layers=12, init_std=0.002,
+                                 data=args.data)
     from alter_edge.base_model import resolve_base_model
 
     hf_dir = resolve_base_model("smollm2-135m")

@@ -68,15 +68,9 @@ EXPORT_PREFIX = "export:"
 
 def _results_module():
     """benchmarks/results.py (bundle scoring, the export row's bundle layout), loaded by path."""
-    import importlib.util
+    from alter_edge.testing import load_script
 
-    name = "alter_edge_bench_results"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("results.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return load_script(Path(__file__).with_name("results.py"), "alter_edge_bench_results")
 
 
 def _check_reproduced(what: str, recorded: dict, now: dict) -> None:

@@ -5,7 +5,7 @@
 
 Batch job: each round runs, in this order, the local job (``run_jsonl``, one EdgeModel with
 2 threads), Ray with 1 actor x 1 thread and Ray with 2 actors x 1 thread on the same JSONL
-rows (the three tasks of tests/helpers.py, repeated to --rows), on a local Ray cluster with
+rows (the three tasks of alter_edge.testing.TINY_ROWS, repeated to --rows), on a local Ray cluster with
 one CPU per core. Each timing includes loading the model(s): what a user waits for. Prints
 rows/s per round, medians and the ratios to the local job; the goal is Ray 2x1 >= 0.9x local.
 Every Ray output is checked byte-identical to the local one.
@@ -26,41 +26,28 @@ import json
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.helpers builds tiny models and the task rows
 
 
 def build(work: Path, tiny: bool) -> tuple[Path, Path, str]:
     """(checkpoint, bundle, base model reference)."""
+    from alter_edge.base_model import resolve_base_model
+    from alter_edge.testing import random_adapter_bundle, tiny_bundle
+
     if not tiny:
-        from alter_edge.base_model import resolve_base_model
-        from benchmarks.runtime_bench import build as build_real
-
-        ckpt, bundle = build_real(work, "smollm2-135m", int8=False)
+        ckpt, bundle = random_adapter_bundle(work, "smollm2-135m", int8=False)
         return ckpt, bundle, str(resolve_base_model("smollm2-135m"))
-    from tests.bundle_fixture import BUILD_BUNDLE
-    from tests.helpers import make_tiny_base, make_tiny_checkpoint, make_tokenizer
-
-    tok, base, ckpt, bundle = work / "tok", work / "base", work / "ckpt", work / "bundle"
-    if not (base / "config.json").is_file():
-        make_tokenizer(tok)
-        make_tiny_base("llama", base, tok, init_range=0.2)
-    if not ckpt.is_dir():
-        make_tiny_checkpoint(ckpt, base, kind="lora")
-    if not (bundle / "manifest.json").is_file():
-        BUILD_BUNDLE(ckpt, bundle, task_graphs=("echo",))
+    base, ckpt, bundle = tiny_bundle(work, init_range=0.2)
     return ckpt, bundle, str(base)
 
 
 def write_rows(path: Path, n: int) -> Path:
-    from tests.helpers import TINY_ROWS
+    from alter_edge.testing import TINY_ROWS
 
     rows = [{"id": i, "task": r["task"], "input": r["input"]} for i, r in
             zip(range(n), (TINY_ROWS[i % len(TINY_ROWS)] for i in range(n)), strict=True)]
@@ -172,7 +159,7 @@ def main() -> None:
         data = args.data
         if data is None and args.tiny:
             from alter_edge.data import write_jsonl
-            from tests.helpers import TINY_ROWS
+            from alter_edge.testing import TINY_ROWS
 
             data = args.work / "train.jsonl"
             write_jsonl(data, TINY_ROWS)

@@ -34,47 +34,20 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+from alter_edge.testing import cpu_flags, tiny_bundle
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.helpers builds the tiny model
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = set(text.split("flags")[1].split("\n")[0].split())
-        model = text.split("model name")[1].split("\n")[0].strip(" :\t")
-    except (OSError, IndexError):
-        return "unknown"
-    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    return f"{model}; {', '.join(have) or 'no AVX2'}; {os.cpu_count()} cpus"
-
-
-def tiny_bundle(work: Path) -> Path:
-    from tests.bundle_fixture import BUILD_BUNDLE
-    from tests.helpers import make_tiny_base, make_tiny_checkpoint, make_tokenizer
-
-    tok, base, ckpt, bundle = work / "tok", work / "base", work / "ckpt", work / "bundle"
-    if not (base / "config.json").is_file():
-        make_tokenizer(tok)
-        make_tiny_base("llama", base, tok)
-    if not ckpt.is_dir():
-        make_tiny_checkpoint(ckpt, base, kind="lora")
-    if not (bundle / "manifest.json").is_file():
-        BUILD_BUNDLE(ckpt, bundle, task_graphs=("echo",))
-    return bundle
 
 
 def source_rows(args) -> list[dict]:
     if args.data:
         return [json.loads(x) for x in Path(args.data).read_text().splitlines() if x.strip()]
     if args.tiny:
-        from tests.helpers import TINY_ROWS
+        from alter_edge.testing import TINY_ROWS
 
         return list(TINY_ROWS)
     from alter_edge.default_mix import build_default_mix
@@ -270,7 +243,7 @@ def main() -> None:
         if not args.tiny:
             raise SystemExit("give --bundle (or --tiny)")
         args.work.mkdir(parents=True, exist_ok=True)
-        args.bundle = tiny_bundle(args.work)
+        args.bundle = tiny_bundle(args.work)[2]
     model = EdgeModel.load(args.bundle, threads=args.threads, precision=args.precision, spinning=False)
     if args.task_graphs:
         model = EdgeModel.load(args.bundle, threads=args.threads, precision=args.precision, spinning=False,

@@ -21,51 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from alter_edge.testing import random_adapter_bundle, time_torch_greedy
+
 # PyTorch's OpenMP workers busy-wait by default; on a shared, oversubscribed CPU that made eager
 # decoding ~4x slower here (3.8 vs 16 tok/s). Passive waiting matches onnxruntime's
 # spinning=False below, so both sides wait the same way. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.helpers builds the random-adapter checkpoint
-
-
-def build(work: Path, base: str, int8: bool) -> tuple[Path, Path]:
-    from alter_edge.base_model import resolve_base_model
-    from tests.helpers import make_tiny_checkpoint
-
-    ckpt, bundle = work / "ckpt", work / ("bundle-int8" if int8 else "bundle-fp32")
-    if not ckpt.is_dir():
-        make_tiny_checkpoint(ckpt, resolve_base_model(base), kind="lora", init_std=0.02)
-    if not (bundle / "manifest.json").is_file():
-        from alter_edge.export.pipeline import ExportOptions, export_checkpoint
-
-        # A speed benchmark on *random* adapters: the export's accuracy gates are loosened. fp32
-        # parity at the default atol 1e-4 failed at 1.01e-4 on SmolLM2-135M's 30 layers, and int8
-        # top-1 agreement / task metrics on near-uniform random-adapter outputs mean nothing.
-        export_checkpoint(ckpt, bundle, ExportOptions(tasks="echo", fp32=True, int8=int8, overwrite=True,
-                                                      atol=1e-3, int8_budget=100.0, min_top1_int8=0.0))
-    return ckpt, bundle
-
-
-def torch_generation(model, prompt: list[int], task_id: int, batch: int, new_tokens: int) -> tuple[float, float]:
-    """PyTorch eager greedy decoding with the KV cache: (s to first token, decode tok/s)."""
-    import torch
-
-    with torch.no_grad():
-        ids = torch.tensor([prompt] * batch)
-        mask = torch.ones_like(ids)
-        tids = torch.full((batch,), task_id, dtype=torch.long)
-        t0 = time.perf_counter()
-        past, cur, first = None, ids, None
-        for _ in range(new_tokens):
-            pos = (mask.cumsum(-1) - 1)[:, -cur.shape[1]:]
-            out = model(cur, mask, tids, past_key_values=past, position_ids=pos, use_cache=True)
-            past = out.past_key_values
-            cur = out.logits[:, -1].argmax(-1)[:, None]
-            first = first or time.perf_counter()
-            mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], 1)
-        end = time.perf_counter()
-    return first - t0, batch * (new_tokens - 1) / (end - first)
 
 
 def cold_start(bundle: Path, task: str, threads: int, precision: str | None) -> dict:
@@ -105,7 +66,7 @@ def main() -> None:
     from alter_edge.training.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
-    ckpt_dir, bundle = build(args.work, args.base_model, not args.no_int8)
+    ckpt_dir, bundle = random_adapter_bundle(args.work, args.base_model, not args.no_int8)
     ck = load_checkpoint(ckpt_dir)
     engines = {}
     for prec in ("fp32", "int8"):
@@ -132,7 +93,8 @@ def main() -> None:
                 order.reverse()  # alternate who goes first
             for name in order:
                 if name == "torch-eager-fp32":
-                    ttft, tps = torch_generation(ck.model, prompt, ck.tasks.id_of("colour"), batch, args.new_tokens)
+                    ttft, tps = time_torch_greedy(ck.model, prompt, ck.tasks.id_of("colour"), batch, args.new_tokens,
+                                                  ck.pad_id)
                 else:
                     m, task = engines[name]
                     if r == 0 and batch == 1:

@@ -101,130 +101,168 @@ def graph_path(task: str | None, precision: str, mode: str = "multitask") -> str
 
 def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     """Write a validated bundle for ``checkpoint`` to ``out``; returns the manifest."""
-    from alter_edge.training.checkpoint import (
-        checkpoint_hash,
-        load_checkpoint,
-        read_checkpoint_meta,
-    )
+    from alter_edge.training.checkpoint import load_checkpoint
 
     out, checkpoint = Path(out), Path(checkpoint)
+    _check_request(checkpoint, out, opts)
+    t_start = time.perf_counter()
+    ck = load_checkpoint(checkpoint, base_model=opts.base_model)
+    specs = ck.tasks.resolve(opts.tasks) if opts.tasks else []
+    # what to build at each precision: the multi-task graph, then per task (folded or merged)
+    plan = [BuildSpec("multitask")] + [BuildSpec("merged" if opts.merged else "task", s.id) for s in specs]
+    ex = _Export(ck, opts, {s.id: s.name for s in specs})
+
+    from tqdm.auto import tqdm
+
+    ship_fp32 = "fp32" in opts.precisions
+    ex.bar = tqdm(total=len(plan) * len(opts.precisions) + int(not ship_fp32), desc="export", unit="graph",
+                  disable=not opts.progress, leave=False)
+    with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work, atomic_dir(out, opts.overwrite) as tmp:
+        # 1. the PyTorch reference, then every graph built while the torch weights are at hand
+        ref = {c.name: torch_reference(ck.model, c, ex.pad, opts.steps) for c in ex.cases}
+        fp32 = ex.build_all("fp32", tmp if ship_fp32 else Path(work), plan if ship_fp32 else plan[:1], ship_fp32)
+        quantized = {p: ex.build_all(p, tmp, plan, True) for p in opts.precisions if p != "fp32"}
+        ex.drop_torch()
+        # 2. fp32 graphs against PyTorch; 3. quantized graphs against the fp32 multi-task graph
+        src = ex.check_fp32(fp32, ref)
+        entries = [_entry(s, p, "fp32", ex.names) for s, p in fp32] if ship_fp32 else []
+        entries += ex.check_quantized(quantized, src)
+        del src
+        ex.bar.close()
+        manifest = ex.write_files(checkpoint, tmp, entries, t_start)
+    log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
+    return manifest
+
+
+def _check_request(checkpoint: Path, out: Path, opts: ExportOptions) -> None:
+    """What fails before any torch work: an existing ``out``, a missing or incomplete
+    checkpoint, per-task graphs of a per-token gate, an unknown task name."""
+    from alter_edge.training.checkpoint import read_checkpoint_meta
+
     if out.exists() and not opts.overwrite:
         raise BundleError(f"{out} already exists; pass `overwrite` to replace it")
-    meta = read_checkpoint_meta(checkpoint)  # missing or incomplete: CheckpointError before any torch work
+    meta = read_checkpoint_meta(checkpoint)
     gate = meta["mta_config"].get("gate", "task")
     if gate != "task" and (opts.tasks or opts.merged):
         raise CheckpointError(f"{checkpoint} was trained with gate {gate!r}: its mixture changes per token, so "
                               "it does not fold into per-task graphs; export the multi-task graph only")
-    if opts.tasks:  # an unknown task name fails before the model loads
+    if opts.tasks:
         TaskRegistry.load(checkpoint / "tasks.json").resolve(opts.tasks)
-    t_start = time.perf_counter()
-    ck = load_checkpoint(checkpoint, base_model=opts.base_model)
-    builder = DecoderBuilder(ck.model)
-    kv = builder.kv
-    specs = ck.tasks.resolve(opts.tasks) if opts.tasks else []
-    tc = ck.train_config
-    rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"))
-    inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
-    cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
-    heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, cases,
-                            opts.heldout_rows)
-    new_tokens = {s.name: _answer_tokens(ck.tokenizer, s, tc.eval_max_new_tokens) for s in ck.tasks}
-    pad, eos = ck.pad_id, ck.eos_id
-    report = ValidationReport(opts.atol, opts.steps)
-    info: dict = {"build": {}, "quantization": {}}
-    entries: list[dict] = []
-    so = session_options(opts.threads)
 
-    def runner(path: Path) -> GraphRunner:
-        return GraphRunner(path, kv, so, ["CPUExecutionProvider"])
 
-    # what to build at each precision: the multi-task graph, then per task (folded or merged)
-    plan = [BuildSpec("multitask")] + [BuildSpec("merged" if opts.merged else "task", s.id) for s in specs]
-    names = {s.id: s.name for s in specs}
+class _Export:
+    """One export's state between the steps of ``export_checkpoint``: the builder while the
+    torch weights are at hand, the validation cases and held-out rows, the report, the facts
+    that go to validation.json."""
 
-    from tqdm.auto import tqdm
+    def __init__(self, ck, opts: ExportOptions, names: dict[int, str]):
+        self.ck, self.opts, self.names = ck, opts, names
+        self.builder = DecoderBuilder(ck.model)
+        self.kv = self.builder.kv
+        self.dims = {"vocab_size": self.builder.vocab, "hidden_size": int(self.builder.cfg.hidden_size),
+                     "num_attention_heads": self.builder.heads}  # for genai_config.json
+        self.pad, self.eos = ck.pad_id, ck.eos_id
+        tc = ck.train_config
+        rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"))
+        inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
+        self.cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
+        self.heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, self.cases,
+                                     opts.heldout_rows)
+        self.new_tokens = {s.name: _answer_tokens(ck.tokenizer, s, tc.eval_max_new_tokens) for s in ck.tasks}
+        self.report = ValidationReport(opts.atol, opts.steps)
+        self.info: dict = {"build": {}, "quantization": {}}
+        self.session_options = session_options(opts.threads)
+        self.bar = None
 
-    bar = tqdm(total=len(plan) * len(opts.precisions) + int("fp32" not in opts.precisions), desc="export",
-               unit="graph", disable=not opts.progress, leave=False)
-    with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work_s, atomic_dir(out, opts.overwrite) as tmp:
-        work = Path(work_s)
+    def runner(self, path: Path) -> GraphRunner:
+        return GraphRunner(path, self.kv, self.session_options, ["CPUExecutionProvider"])
 
-        def build_all(precision: str, where: Path, specs: list[BuildSpec]) -> list[tuple[BuildSpec, Path, dict]]:
-            wf = WeightFile(where / f"weights.{precision}.bin")
-            built = []
-            for spec in specs:
-                rel = graph_path(names.get(spec.task_id), precision, spec.mode)
-                facts = builder.build(where / rel, spec, precision, wf if spec.mode != "merged" else None,
-                                      opts.block_size, opts.accuracy_level, opts.prune_threshold)
-                info["build"][rel if where == tmp else f"(reference) {rel}"] = facts
-                built.append((spec, where / rel, facts))
-                bar.update()
-            wf.close()
-            return built
+    def build_all(self, precision: str, where: Path, specs: list[BuildSpec], shipped: bool
+                  ) -> list[tuple[BuildSpec, Path]]:
+        """Build ``specs`` at ``precision`` into ``where``, sharing one weight file (a merged
+        graph has its own weights)."""
+        o = self.opts
+        wf = WeightFile(where / f"weights.{precision}.bin")
+        built = []
+        for spec in specs:
+            rel = graph_path(self.names.get(spec.task_id), precision, spec.mode)
+            facts = self.builder.build(where / rel, spec, precision, wf if spec.mode != "merged" else None,
+                                       o.block_size, o.accuracy_level, o.prune_threshold)
+            self.info["build"][rel if shipped else f"(reference) {rel}"] = facts
+            built.append((spec, where / rel))
+            self.bar.update()
+        wf.close()
+        return built
 
-        # 1. the PyTorch reference, then every graph built while the torch weights are at hand
-        ref = {c.name: torch_reference(ck.model, c, pad, opts.steps) for c in cases}
-        ship_fp32 = "fp32" in opts.precisions
-        fp32 = build_all("fp32", tmp if ship_fp32 else work, plan if ship_fp32 else plan[:1])
-        quantized = {p: build_all(p, tmp, plan) for p in opts.precisions if p != "fp32"}
-        tokenizer = ck.tokenizer
-        dims = {"vocab_size": builder.vocab, "hidden_size": int(builder.cfg.hidden_size),
-                "num_attention_heads": builder.heads}  # for genai_config.json
-        ck.model = builder = None  # the torch model is done: only onnxruntime sessions from here
+    def drop_torch(self) -> None:
+        """The torch model is done: only onnxruntime sessions from here."""
+        self.ck.model = self.builder = None
         gc.collect()
-        # 2. fp32 graphs against PyTorch (a per-task graph on its task's cases)
+
+    def check_fp32(self, fp32: list[tuple[BuildSpec, Path]], ref: dict) -> GraphRunner:
+        """fp32 graphs against PyTorch (a per-task graph on its task's cases); returns the
+        multi-task graph's session, the fp32 reference of every quantized graph."""
         src = None
-        for spec, path, _ in fp32:
-            r = runner(path)
-            mine = cases if spec.mode == "multitask" else [c for c in cases if c.name == names[spec.task_id]]
-            check_against("fp32_vs_torch", ref, r, path.name, mine, pad, report)
+        for spec, path in fp32:
+            r = self.runner(path)
+            mine = self.cases if spec.mode == "multitask" else [c for c in self.cases
+                                                               if c.name == self.names[spec.task_id]]
+            check_against("fp32_vs_torch", ref, r, path.name, mine, self.pad, self.report)
             if spec.mode == "multitask":
-                src = r  # the fp32 reference of every quantized graph
+                src = r
             del r
-        if ship_fp32:
-            entries += [_entry(s, p, "fp32", names) for s, p, _ in fp32]
-        # 3. quantized graphs against the fp32 multi-task graph (run with each row's task id)
+        return src
+
+    def check_quantized(self, quantized: dict[str, list[tuple[BuildSpec, Path]]], src: GraphRunner) -> list[dict]:
+        """Quantized graphs against the fp32 multi-task graph (run with each row's task id), a
+        folded per-task graph also against its own precision's multi-task graph; the manifest
+        entries of the graphs that passed (the first that fails raises)."""
+        o, pad, entries = self.opts, self.pad, []
         fp32_preds: dict[str, list[str]] = {}
         for precision, built in quantized.items():
-            budget = opts.int8_budget if precision == "int8" else opts.int4_budget
-            min_top1 = opts.min_top1_int8 if precision == "int8" else opts.min_top1_int4
+            budget = o.int8_budget if precision == "int8" else o.int4_budget
+            min_top1 = o.min_top1_int8 if precision == "int8" else o.min_top1_int4
             multi_ref = None  # the quantized multi-task graph's own outputs: a per-task graph must equal them
-            for spec, path, _ in built:
-                task = names.get(spec.task_id)
-                mine = cases if task is None else [c for c in cases if c.name == task]
-                held = heldout if task is None else [h for h in heldout if h.task == task]
-                q = runner(path)
+            for spec, path in built:
+                task = self.names.get(spec.task_id)
+                mine = self.cases if task is None else [c for c in self.cases if c.name == task]
+                held = self.heldout if task is None else [h for h in self.heldout if h.task == task]
+                q = self.runner(path)
                 if task is None:
-                    multi_ref = {c.name: reference_outputs(q, c, pad, opts.steps) for c in cases}
+                    multi_ref = {c.name: reference_outputs(q, c, pad, o.steps) for c in self.cases}
                 elif spec.mode == "task":  # folded: the same tensors, the mixture a constant
-                    check_against("task_vs_multitask", multi_ref, q, path.name, mine, pad, report)
-                rec = check_quantized(src, q, path.name, precision, mine, held, tokenizer, pad, eos, budget,
-                                      min_top1, new_tokens, fp32_preds, opts.steps)
+                    check_against("task_vs_multitask", multi_ref, q, path.name, mine, pad, self.report)
+                rec = check_quantized(src, q, path.name, precision, mine, held, self.ck.tokenizer, pad, self.eos,
+                                      budget, min_top1, self.new_tokens, fp32_preds, o.steps)
                 del q
-                report.record(rec, fatal=False)
+                self.report.record(rec, fatal=False)
                 if not rec["passed"]:
                     raise ExportValidationError(describe_failure(rec))
-                entries.append(_entry(spec, path, precision, names))
-        del src
-        bar.close()
+                entries.append(_entry(spec, path, precision, self.names))
+        return entries
+
+    def write_files(self, checkpoint: Path, tmp: Path, entries: list[dict], t_start: float) -> dict:
+        """Tokenizer, tasks, validation.json, the onnxruntime-genai files and the manifest;
+        returns the manifest."""
+        from alter_edge.training.checkpoint import checkpoint_hash
+
+        ck, tc = self.ck, self.ck.train_config
         shutil.copy(checkpoint / "tokenizer.json", tmp / "tokenizer.json")
         shutil.copy(checkpoint / "tasks.json", tmp / "tasks.json")
-        info["seconds"] = round(time.perf_counter() - t_start, 1)
-        info["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
-        atomic_write_text(tmp / "validation.json", json.dumps({**report.to_dict(), **info}, indent=2) + "\n")
+        self.info["seconds"] = round(time.perf_counter() - t_start, 1)
+        self.info["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
+        atomic_write_text(tmp / "validation.json", json.dumps({**self.report.to_dict(), **self.info}, indent=2) + "\n")
         base = ck.base_info
         meta = {
             "checkpoint_sha256": checkpoint_hash(checkpoint),
             "base_model": {"reference": base.reference, "model_type": base.model_type, "sha256": base.sha256},
             "adapter_kind": ck.mta_config.adapter_kind, "graph_contract": CONTRACT,
-            "opset": OPSET, "eos_token_id": eos, "pad_token_id": pad, "kv_cache": kv.to_dict(),
+            "opset": OPSET, "eos_token_id": self.eos, "pad_token_id": self.pad, "kv_cache": self.kv.to_dict(),
             "generation": {"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
             "tasks": ck.tasks.names,
         }
-        write_genai_files(tmp, meta, entries, **dims)  # listed in the manifest's files below
-        manifest = write_manifest(tmp, meta, entries)
-    log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
-    return manifest
+        write_genai_files(tmp, meta, entries, **self.dims)  # listed in the manifest's files below
+        return write_manifest(tmp, meta, entries)
 
 
 def _answer_tokens(tokenizer, spec, default: int) -> int:

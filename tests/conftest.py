@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
-from tests.helpers import TINY_ROWS, make_tiny_base, make_tokenizer  # noqa: E402
+from alter_edge.testing import TINY_ROWS, make_tiny_base, make_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +57,17 @@ def tiny_data(tmp_path):
 # -- runtime: one tiny checkpoint and its bundle per test session ----------------------------
 @pytest.fixture(scope="session")
 def runtime_ckpt_dir(tmp_path_factory, tiny_llama_dir):
-    from tests.helpers import make_tiny_checkpoint
+    from alter_edge.testing import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("rt-ckpt") / "ckpt", tiny_llama_dir, kind="lora")
 
 
 @pytest.fixture(scope="session")
 def runtime_bundle(tmp_path_factory, runtime_ckpt_dir):
-    """Multi-task model.onnx + a per-task graph for 'echo' (tests/bundle_fixture.py)."""
-    from tests.bundle_fixture import BUILD_BUNDLE
+    """Multi-task model.onnx + a per-task graph for 'echo' (alter_edge.testing.build_bundle)."""
+    from alter_edge.testing import build_bundle
 
-    return BUILD_BUNDLE(runtime_ckpt_dir, tmp_path_factory.mktemp("rt-bundle") / "bundle",
+    return build_bundle(runtime_ckpt_dir, tmp_path_factory.mktemp("rt-bundle") / "bundle",
                         task_graphs=("echo",))
 
 

@@ -2,13 +2,14 @@
 against the first engine, and a clear error for a malformed engine argument."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import compare_bundles  # noqa: E402
+from alter_edge.testing import load_script
+
+compare_bundles = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "compare_bundles.py",
+                              "bench_compare_bundles")
 
 
 def test_report_has_every_engine_and_ratios(runtime_bundle, tmp_path, capsys):

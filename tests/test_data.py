@@ -18,7 +18,7 @@ from alter_edge.data import (
 from alter_edge.errors import DataError, TaskError
 from alter_edge.metrics import exact_match, overall_score, rouge_l_f1
 from alter_edge.tasks import TaskRegistry, TaskSpec
-from tests.helpers import TINY_ROWS
+from alter_edge.testing import TINY_ROWS
 
 
 def _write(tmp_path, lines: list[bytes]):

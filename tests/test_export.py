@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from tests.helpers import TINY_ROWS, make_tiny_base, make_tiny_checkpoint
+from alter_edge.testing import TINY_ROWS, make_tiny_base, make_tiny_checkpoint
 
 LIFTED = dict(int8_budget=100.0, int4_budget=100.0, min_top1_int8=0.0, min_top1_int4=0.0)  # random models
 

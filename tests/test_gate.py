@@ -165,8 +165,8 @@ def test_gated_checkpoint_exports_the_multitask_graph_with_the_gate_in_it(tiny_l
     from alter_edge.export.pipeline import ExportOptions, export_checkpoint
     from alter_edge.export.validate import forced_logits
     from alter_edge.runtime import EdgeModel
+    from alter_edge.testing import make_tiny_checkpoint
     from alter_edge.training.checkpoint import load_checkpoint
-    from tests.helpers import make_tiny_checkpoint
 
     ck_dir = make_tiny_checkpoint(tmp_path / "ck", tiny_llama_dir, kind="lora+attn", gate="token", gate_std=0.5)
     lifted = dict(int8_budget=100.0, int4_budget=100.0, min_top1_int8=0.0, min_top1_int4=0.0)  # random model

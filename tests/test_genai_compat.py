@@ -13,7 +13,7 @@ import pytest
 
 from alter_edge.runtime import EdgeModel
 from alter_edge.runtime.generate import SamplingParams, decode, right_pad
-from tests.helpers import TINY_ROWS
+from alter_edge.testing import TINY_ROWS
 
 try:
     import onnxruntime_genai as og
@@ -88,9 +88,9 @@ def _assert_same_tokens(genai_model, edge: EdgeModel) -> None:
 @pytest.fixture(scope="module")
 def quantized_bundle(tmp_path_factory, runtime_ckpt_dir):
     """int8 and int4 graphs only (MatMulNBits, GatherBlockQuantized), no fp32 shipped."""
-    from tests.bundle_fixture import BUILD_BUNDLE
+    from alter_edge.testing import build_bundle
 
-    return BUILD_BUNDLE(runtime_ckpt_dir, tmp_path_factory.mktemp("genai-q") / "bundle",
+    return build_bundle(runtime_ckpt_dir, tmp_path_factory.mktemp("genai-q") / "bundle",
                         int8=True, int4=True, **LIFTED)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -13,19 +12,12 @@ from safetensors.torch import load_file
 
 from alter_edge.config import MTAConfig
 from alter_edge.mta import prior_logits
-from tests.helpers import make_tiny_checkpoint
+from alter_edge.testing import load_script, make_tiny_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mixture_report.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_mixture_report", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-report = _load_script()
+report = load_script(SCRIPT, "bench_mixture_report")
 
 
 def test_summary_of_the_prior_matches_its_formula():
@@ -56,7 +48,7 @@ def test_token_gate_report_measures_how_far_tokens_move_from_the_task_mixture(
         tiny_llama_dir, tmp_path, monkeypatch, capsys):
     import pytest
 
-    from tests.helpers import TINY_ROWS
+    from alter_edge.testing import TINY_ROWS
 
     data = tmp_path / "dev.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in TINY_ROWS[:12]))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_ROWS
+from alter_edge.testing import TINY_ROWS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
 NODE = shutil.which("node")
@@ -44,7 +44,7 @@ def node_bundle(tmp_path_factory, tiny_llama_dir):
     """A graph per task plus the multi-task graph, fp32 and int8 (random adapters: the int8
     quality gates are lifted, as in tests/test_gate.py)."""
     from alter_edge.export.pipeline import ExportOptions, export_checkpoint
-    from tests.helpers import make_tiny_checkpoint
+    from alter_edge.testing import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("node")
     ck = make_tiny_checkpoint(root / "ck", tiny_llama_dir, kind="lora")

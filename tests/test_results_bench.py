@@ -7,32 +7,22 @@ the errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from alter_edge.data import write_jsonl
-from tests.helpers import TINY_ROWS
+from alter_edge.testing import TINY_ROWS, load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 TASKS = {"colour", "echo", "parity"}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_results", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_results"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-results = _load_script()
+results = load_script(SCRIPT, "bench_results")
 
 # A budget the tiny model learns something in (colour and echo), still seconds a row.
 SETS = ["eval_max_new_tokens=4", "stage1_steps=40", "stage1_lr=0.005", "stage2_lr=0.05",
@@ -248,10 +238,7 @@ def test_report_only_trains_nothing_and_lists_what_is_missing(table, capsys):
 
 
 def _paired():
-    spec = importlib.util.spec_from_file_location("bench_paired", SCRIPT.parent / "paired.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT.parent / "paired.py", "bench_paired")
 
 
 def test_paired_comparison_matches_the_table_and_rescores_old_runs(table, tmp_path, capsys):

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from alter_edge.cli import main
 from alter_edge.errors import DataError, OutputError, TaskError
 from alter_edge.runtime.batch import BatchOptions, PartialFile, check_paths, run_jsonl
-from tests.helpers import TINY_ROWS
+from alter_edge.testing import TINY_ROWS
 
 GOOD = [{"id": f"r{i}", "task": r["task"], "input": r["input"]} for i, r in enumerate(TINY_ROWS[:8])]
 

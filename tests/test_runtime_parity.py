@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from alter_edge.runtime import EdgeModel
-from tests.helpers import TINY_ROWS
+from alter_edge.testing import TINY_ROWS
 
 MAX_NEW = 12
 

@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from alter_edge.runtime.batch import BatchOptions, run_jsonl
-from tests.helpers import TINY_ROWS
+from alter_edge.testing import TINY_ROWS
 
 ray = pytest.importorskip("ray", reason="the Ray job needs the [ray] extra (pip install -e '.[ray]')")
 pytest.importorskip("ray.data", reason="the Ray job needs Ray Data (the [ray] extra)")

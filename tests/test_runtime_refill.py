@@ -12,7 +12,7 @@ from alter_edge.errors import ConfigError
 from alter_edge.runtime.batch import BatchOptions, plan_batches, read_rows, run_jsonl
 from alter_edge.runtime.generate import SamplingParams, decode
 from alter_edge.runtime.session import KVCache
-from tests.helpers import TINY_ROWS
+from alter_edge.testing import TINY_ROWS
 
 ROWS = TINY_ROWS[:24]  # colour, echo, parity interleaved
 

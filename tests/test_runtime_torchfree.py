@@ -8,8 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 BLOCKER = textwrap.dedent("""
     import sys
 
@@ -29,8 +27,7 @@ def _run(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(BLOCKER + textwrap.dedent(code))
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                                             "PYTHONPATH": str(ROOT)})
+                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
 
 
 def test_blocker_works(tmp_path):

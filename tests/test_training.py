@@ -3,7 +3,6 @@ stage semantics, and bad output directories."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -114,7 +113,7 @@ def test_out_dir_guards(trainable_llama_dir, tiny_data, tmp_path):
 
 
 def test_checkpoint_from_other_base_is_refused(trainable_llama_dir, tiny_data, tmp_path, tiny_tokenizer_dir):
-    from tests.helpers import make_tiny_base
+    from alter_edge.testing import make_tiny_base
 
     run_training(tiny_data, tmp_path / "r", _cfg(trainable_llama_dir, stage1_steps=2, stage2_steps=1), progress=False)
     other = make_tiny_base("llama", tmp_path / "other-base", tiny_tokenizer_dir, seed=1)
@@ -308,10 +307,9 @@ _BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _memory_bench():
-    spec = importlib.util.spec_from_file_location("memory_bench", _BENCH / "memory_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from alter_edge.testing import load_script
+
+    return load_script(_BENCH / "memory_bench.py", "memory_bench")
 
 
 def test_lazy_trim_trims_only_on_growth(monkeypatch):

@@ -22,7 +22,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 # top-level modules each install extra brings (pyproject.toml [project.optional-dependencies])
 EXTRA_MODULES = {
     "train": ("torch", "transformers", "safetensors", "gguf", "accelerate", "yaml"),
-    "export": ("torch", "transformers", "safetensors", "onnx", "onnxscript"),
+    "export": ("torch", "transformers", "safetensors", "onnx", "gguf", "accelerate"),
     "ray": ("ray",),
 }
 
