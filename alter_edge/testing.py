@@ -132,7 +132,7 @@ def train_tiny_base(base_dir: Path, steps: int = 60, lr: float = 3e-3, seed: int
 
     from alter_edge.base_model import load_tokenizer
     from alter_edge.tasks import TaskRegistry
-    from alter_edge.training.cache import right_pad
+    from alter_edge.training.batching import right_pad
 
     base_dir = Path(base_dir)
     tok = load_tokenizer(base_dir)
