@@ -198,3 +198,25 @@ def test_one_scaled_block_fails_the_int8_gate(learned, monkeypatch):
     msg = str(err.value)
     assert msg.startswith("quantized_vs_fp32 failed for model.int8.onnx"), msg
     assert any(f"task {t} " in msg for t in ("colour", "echo", "sky")), msg
+
+
+@pytest.mark.parametrize("kind", ["lora+attn", "bottleneck"])
+def test_int4_graphs_keep_the_adapter_factors_at_8_bits(kind, tmp_path, tiny_llama_dir):
+    """int4 graphs: the base matmuls 4-bit, the low-rank adapter factors 8-bit."""
+    import onnx
+
+    from alter_edge.export.builder import BuildSpec, DecoderBuilder
+    from alter_edge.export.graph import WeightFile
+    from alter_edge.training.checkpoint import load_checkpoint
+    from tests.helpers import make_tiny_checkpoint
+
+    ck = load_checkpoint(make_tiny_checkpoint(tmp_path / "ck", tiny_llama_dir, kind))
+    wf = WeightFile(tmp_path / "weights.int4.bin")
+    DecoderBuilder(ck.model).build(tmp_path / "model.int4.onnx", BuildSpec("multitask"), "int4", wf)
+    wf.close()
+    bits = {n.input[1]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in onnx.load(tmp_path / "model.int4.onnx", load_external_data=False).graph.node
+            if n.op_type == "MatMulNBits"}
+    adapter = {k for k in bits if "lora_" in k or k.rsplit("_", 2)[-2] in ("down", "up") and "_mlp_" not in k}
+    assert adapter and {bits[k] for k in adapter} == {8}, bits
+    assert {bits[k] for k in bits.keys() - adapter} == {4}, bits
