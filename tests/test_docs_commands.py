@@ -26,15 +26,15 @@ FLAG = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")
 FENCE = re.compile(r"^\s*```")
 
 
-def _logical_lines(block: list[str]) -> list[str]:
-    """A code block's lines with continuations joined onto the command line they continue."""
-    out: list[str] = []
-    for line in block:
-        cont = out and (out[-1].endswith("\\") or re.match(r"\s+(\[|--)", line))
-        if cont:
-            out[-1] = out[-1].rstrip("\\") + " " + line.strip()
+def _logical_lines(block: list[str]) -> list[tuple[int, str]]:
+    """A code block's lines (index in the block, text) with continuations joined onto the
+    command line they continue."""
+    out: list[tuple[int, str]] = []
+    for i, line in enumerate(block):
+        if out and (out[-1][1].endswith("\\") or re.match(r"\s+(\[|--)", line)):
+            out[-1] = (out[-1][0], out[-1][1].rstrip("\\") + " " + line.strip())
         else:
-            out.append(line)
+            out.append((i, line))
     return out
 
 
@@ -47,9 +47,9 @@ def shown_commands() -> list[tuple[str, int, str, str]]:
         for i, line in enumerate(lines, 1):
             if FENCE.match(line):
                 if in_block:
-                    for text in _logical_lines(block):
+                    for k, text in _logical_lines(block):
                         for m in COMMAND.finditer(text):
-                            found.append((doc.name, start, m.group(1), m.group(2)))
+                            found.append((doc.name, start + 1 + k, m.group(1), m.group(2)))
                 in_block, block, start = not in_block, [], i
                 continue
             if in_block:
@@ -99,7 +99,7 @@ def test_every_flag_shown_in_the_docs_exists():
 ])
 def test_continuations_are_read(text, expected):
     got = []
-    for t in _logical_lines(text):
+    for _, t in _logical_lines(text):
         for m in COMMAND.finditer(t):
             got.append((m.group(1), set(FLAG.findall(m.group(2)))))
     assert got == expected
