@@ -1,7 +1,7 @@
 """Decode speed of several bundle graphs side by side, interleaved (A B C, C B A, ...).
 
     HF_HUB_OFFLINE=1 python benchmarks/compare_bundles.py \\
-        int8-blockwise=/tmp/q8/blockwise:int8 int8-dynamic=runs/results/export/bundle:int8 \\
+        int8=runs/results/export/bundle:int8 int4=runs/results/export/bundle:int4 \\
         fp32=runs/results/export/bundle:fp32 --task sentiment --rounds 5
 
 Each argument is ``NAME=BUNDLE:PRECISION``. Every round times each engine once at batch 1 and

@@ -14,7 +14,7 @@ was scored in, checked to reproduce its recorded per-task scores, and the predic
 kept in ``OUT/<row>-s<seed>/predictions.json``.
 
 The export row's precisions compare the same way, as ``export:PRECISION`` (``pytorch``,
-``fp32``, ``int8``, ``int4``, ``int8_dynamic``): what quantization changes, row by row, on one
+``fp32``, ``int8``, ``int4``): what quantization changes, row by row, on one
 checkpoint (one "seed")::
 
     python benchmarks/paired.py runs/results-v2 export:int8 export:fp32

@@ -343,7 +343,7 @@ def precision_size(manifest: dict, bundle: Path, precision: str) -> dict:
 
 
 def quantized_checks(validation: dict, precision: str) -> list[dict]:
-    keep = ("graph", "top1_agreement", "min_top1", "metric_drop_points", "budget_points", "fp32_rung", "passed")
+    keep = ("graph", "top1_agreement", "min_top1", "metric_drop_points", "budget_points", "passed")
     return [{k: c[k] for k in keep if k in c} for c in validation.get("checks", [])
             if c.get("check") == "quantized_vs_fp32" and c.get("precision") == precision]
 
@@ -556,8 +556,7 @@ def markdown(res: dict) -> str:
             if rec is not None and rec.get("gate_failure"):
                 gate = "FAILED the default gates (measured with them lifted): " + rec["gate_failure"]
             elif rec is not None and rec.get("validation"):
-                gate = "passed" + "".join(f" (fp32 rung {c['fp32_rung']})" for c in rec["validation"][-1:]
-                                          if c.get("fp32_rung") not in (None, "none"))
+                gate = "passed"
             cells = [label, *[f"{ev['per_task'].get(t, float('nan')):.3f}" for t in tasks], f"**{ev['overall']:.3f}**",
                      *[f"{ev['label_scoring'].get(t, float('nan')):.3f}" for t in ls_tasks],
                      f"{ev['overall_ls']:.3f}", f"{rec['size_mb']:.1f}" if rec else "-",

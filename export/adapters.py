@@ -21,6 +21,12 @@ from .graph import MS, GraphBuilder
 MODES = ("multitask", "task", "merged")
 
 
+def adapter_bits(graph_bits: int) -> int:
+    """Bits of the low-rank adapter factors (lora A/B, bottleneck down/up): 8 in every quantized
+    graph, int4 included (small tensors, where 4 bits cost the most accuracy); 0 (fp32) in fp32."""
+    return 8 if graph_bits else 0
+
+
 def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
@@ -121,7 +127,7 @@ class LoraKind:
             row += width
         # expand: mixture (K,) -> the stacked width (n*K*r,): repeat each weight r times, tile n times
         expand = np.tile(np.kron(np.eye(K), np.ones((1, r))), (1, len(members)))  # (K, n*K*r)
-        bits = min(g.bits, 8) if g.bits else 0
+        bits = adapter_bits(g.bits)
         h = g.linear(x, A, key=f"{key}.lora_A", bits=bits)
         if e.mode == "multitask":
             m = self.mix.emit(g, e, resid, expand, f"{key}_mix")
@@ -177,7 +183,7 @@ class BottleneckKind:
     def mlp(self, g: GraphBuilder, e: Emit, key: str, x: str, resid: str, emit_mlp) -> str:
         base = emit_mlp(self.mlp_module, f"{key}.mlp", x)
         K, r = self.mix.K, self.r
-        bits = min(g.bits, 8) if g.bits else 0
+        bits = adapter_bits(g.bits)
         expand = np.kron(np.eye(K), np.ones((1, r)))
         h = g.linear(x, self.down, key=f"{key}.down", bits=bits)
         h = g.op("BiasGelu", [h, g.const(self.bias, "down_bias")], domain=MS)

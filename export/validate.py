@@ -9,7 +9,8 @@ checks test the code that ships. Checks (docs/export.md lists the tolerances):
    MTA model: identical greedy tokens for ``steps`` steps with the KV cache, and max |logits
    diff| <= ``atol`` at every one of those steps (the last prompt position, then each token).
 2. ``quantized_vs_fp32``: a quantized graph against its fp32 twin: top-1 agreement with the
-   fp32 graph's greedy tokens, step by step on its path, >= ``min_top1`` and, per task, the task
+   fp32 graph's greedy tokens, step by step on its path, >= ``min_top1`` over all cases (each
+   case's own figure is recorded, and a failure names the cases below it) and, per task, the task
    metric on the held-out (dev) rows,
    paired row by row: a task fails when its mean drop is over ``budget`` points and its paired
    95% interval excludes zero (the drop is real, not one or two changed answers); both are
@@ -87,7 +88,10 @@ def describe_failure(c: dict) -> str:
     if c.get("tokens_equal") is False:
         what.append(f"greedy tokens differ from step {c.get('first_token_mismatch')}")
     if "top1_agreement" in c and c["top1_agreement"] < c["min_top1"]:
-        what.append(f"top-1 agreement {c['top1_agreement']:.3f} < {c['min_top1']}")
+        low = [f"{'the mixed batch' if k == 'mixed' else 'task ' + k} {v:.3f}"
+               for k, v in sorted((c.get("top1_by_case") or {}).items(), key=lambda kv: kv[1]) if v < c["min_top1"]]
+        what.append(f"top-1 agreement {c['top1_agreement']:.3f} < {c['min_top1']}"
+                    + (f" (below it: {', '.join(low)})" if low else ""))
     for t, d in (c.get("metric_drop_points") or {}).items():
         lo, hi = (c.get("metric_drop_interval95") or {}).get(t, (d, d))
         if d > c["budget_points"] and lo > 0:
@@ -245,11 +249,15 @@ def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str,
     task (filled here when missing, so several quantized graphs share them). Returns the record
     (the caller decides if it is fatal)."""
     agree = total = 0
+    by_case = {}
     for case in cases:  # top-1 of the quantized graph on the fp32 graph's greedy path
         ref = greedy(src, case.prompts, case.task_ids, pad_id, steps)
+        a = n = 0
         for toks, lg in zip(ref, forced_logits(q, case.prompts, case.task_ids, pad_id, ref), strict=True):
-            agree += int((lg.argmax(-1) == np.asarray(toks)).sum())
-            total += len(toks)
+            a += int((lg.argmax(-1) == np.asarray(toks)).sum())
+            n += len(toks)
+        by_case[case.name] = round(a / max(n, 1), 4)
+        agree, total = agree + a, total + n
     top1 = agree / max(total, 1)
     scores, drops, intervals, reference = {}, {}, {}, {}
     for h in heldout:
@@ -267,7 +275,7 @@ def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str,
         intervals[h.task] = [round(lo, 2), round(hi, 2)]
     passed = top1 >= min_top1 and not over_budget(drops, intervals, budget)
     return {"check": "quantized_vs_fp32", "graph": name, "precision": precision, "case": "all",
-            "top1_agreement": round(top1, 4), "min_top1": min_top1, "positions": total,
+            "top1_agreement": round(top1, 4), "top1_by_case": by_case, "min_top1": min_top1, "positions": total,
             "metric": scores, "metric_reference": reference, "metric_drop_points": drops,
             "metric_drop_interval95": intervals, "budget_points": budget, "passed": passed}
 

@@ -1,0 +1,222 @@
+"""Quantization held to the real gates: the block-wise quantizer against onnxruntime's own
+``MatMulNBits`` and ``GatherBlockQuantized`` kernels (so the byte layout is pinned by
+onnxruntime, not by our dequantizer); a tiny model trained until its tasks are learned exports
+int8 and int4 under the default ``ExportOptions`` gates; one corrupted packed weight fails them
+with a message naming the graph and the task."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from alter_edge.export.graph import MS, OPSET, GraphBuilder, QuantizedMatrix, quantize_blockwise
+
+# -- the quantizer against onnxruntime's kernels -----------------------------------------------
+
+
+def _session(node, inputs, output, inits) -> ort.InferenceSession:
+    g = helper.make_graph([node], "g", inputs, [output], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
+    m.ir_version = 10
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _matmul_nbits(q: QuantizedMatrix, x: np.ndarray) -> np.ndarray:
+    """``x @ W^T`` by onnxruntime's MatMulNBits on ``q``'s bytes, fp32 compute (accuracy level 0)."""
+    node = helper.make_node("MatMulNBits", ["x", "B", "scales"], ["y"], domain=MS, K=q.K, N=q.N, bits=q.bits,
+                            block_size=q.block_size, accuracy_level=0)
+    s = _session(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, q.K])],
+                 helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, q.N]),
+                 [numpy_helper.from_array(q.data, "B"), numpy_helper.from_array(q.scales.reshape(-1), "scales")])
+    return s.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(("N", "K", "block_size"), [(24, 64, 32), (8, 48, 16), (40, 96, 32), (5, 40, 32)])
+def test_matmul_nbits_reads_our_layout(bits, N, K, block_size):
+    """onnxruntime's kernel on our bytes equals the numpy matmul on our dequantized weights
+    (K=40: a padded last block), and our dequantized weights are the fp32 ones up to the
+    quantization step."""
+    rng = np.random.default_rng(bits * 1000 + K)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    x = rng.standard_normal((3, K)).astype(np.float32)
+    q = quantize_blockwise(w, bits, block_size)
+    assert q.data.shape == (N, -(-K // block_size), block_size * bits // 8) and q.data.dtype == np.uint8
+    np.testing.assert_allclose(_matmul_nbits(q, x), x @ q.dequantize().T, rtol=1e-5, atol=1e-5)
+    step = np.repeat(q.scales, block_size, axis=1)[:, :K]
+    assert np.all(np.abs(q.dequantize() - w) <= step / 2 + 1e-6)
+
+
+def test_matmul_nbits_sees_a_nibble_swap():
+    """The check above can fail: the same bytes with each byte's nibbles swapped give other outputs."""
+    rng = np.random.default_rng(0)
+    w, x = rng.standard_normal((16, 64)).astype(np.float32), rng.standard_normal((2, 64)).astype(np.float32)
+    q = quantize_blockwise(w, 4, 32)
+    swapped = QuantizedMatrix((q.data >> 4) | (q.data << 4), q.scales, 4, 32, 64)
+    assert np.abs(_matmul_nbits(swapped, x) - x @ q.dequantize().T).max() > 0.1
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gather_block_quantized_reads_our_layout(bits):
+    """The quantized embedding: GatherBlockQuantized on the lm_head's bytes viewed as
+    ``[vocab, hidden * bits / 8]`` returns our dequantized rows."""
+    rng = np.random.default_rng(bits)
+    V, H, bs = 11, 64, 32
+    q = quantize_blockwise(rng.standard_normal((V, H)).astype(np.float32), bits, bs)
+    data_init = numpy_helper.from_array(q.data.reshape(V, -1), "data")  # uint8, as export/builder.py views it
+    node = helper.make_node("GatherBlockQuantized", ["data", "ids", "scales"], ["y"], domain=MS, bits=bits,
+                            block_size=bs, quantize_axis=1, gather_axis=0)
+    s = _session(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                 helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, H]),
+                 [data_init, numpy_helper.from_array(q.scales, "scales")])
+    ids = np.array([0, 3, 10, 3], np.int64)
+    np.testing.assert_allclose(s.run(None, {"ids": ids})[0], q.dequantize()[ids], rtol=1e-6, atol=1e-6)
+
+
+# -- a learned tiny model under the default gates ------------------------------------------------
+
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird"]
+
+
+def _learnable_rows(n_per_task: int = 100, seed: int = 1) -> list[dict]:
+    """Three tasks a 4-layer, 32-wide model learns in seconds, in the tiny tokenizer's words:
+    'colour' and 'sky' (classify yes/no on one word, by different rules, so the task id
+    matters) and 'echo' (generate: the two words swapped)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_per_task):
+        w = rng.choice(WORDS)
+        rows.append({"task": "colour", "input": f"is {w} a colour", "target": "yes" if w in WORDS[:3] else "no"})
+        w = rng.choice(WORDS)
+        rows.append({"task": "sky", "input": f"what is {w}", "target": "yes" if w in ("sun", "moon", "bird") else "no"})
+        a, b = rng.choice(WORDS), rng.choice(WORDS)
+        rows.append({"task": "echo", "input": f"swap {a} {b}", "target": f"{b} {a}"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory, trainable_llama_dir):
+    """A tiny MTA checkpoint trained until every task is learned (dev metric >= 0.9), and its data."""
+    from alter_edge.config import TrainConfig
+    from alter_edge.data import write_jsonl
+    from alter_edge.training.trainer import run_training
+
+    root = tmp_path_factory.mktemp("learned")
+    data = root / "data.jsonl"
+    write_jsonl(data, _learnable_rows())
+    cfg = TrainConfig(base_model=str(trainable_llama_dir), stage1_steps=300, stage2_steps=10, batch_size=16,
+                      stage1_lr=5e-3, stage2_lr=5e-2, save_every=1000, dev_fraction=0.1, eval_max_new_tokens=4,
+                      compute_dtype="float32", mta={"num_top_layers": 4, "adapter_kind": "lora"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALTER_EDGE_CACHE", str(root / "cache"))
+        state = run_training(data, root / "ck", cfg, progress=False)
+    return root, state
+
+
+def _export(root, name, **kw):
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+
+    opts = ExportOptions(tasks="all", int8=True, int4=True, progress=False, threads=1, **kw)
+    return export_checkpoint(root / "ck", root / name, opts)
+
+
+def test_learned_model_passes_the_default_gates(learned):
+    import json
+
+    from alter_edge.export.pipeline import ExportOptions
+
+    root, state = learned
+    dev = state["evals"]["stage2"]
+    assert dev["counts"] == {"colour": 10, "echo": 10, "sky": 10}
+    assert min(dev["per_task"].values()) >= 0.9, dev  # every task learned
+    defaults = ExportOptions()
+    manifest = _export(root, "bundle")
+    assert {(g["task"], g["precision"]) for g in manifest["graphs"]} == {
+        (t, p) for t in (None, "colour", "echo", "sky") for p in ("int8", "int4")}
+    report = json.loads((root / "bundle" / "validation.json").read_text())
+    quantized = [c for c in report["checks"] if c["check"] == "quantized_vs_fp32"]
+    assert len(quantized) == 8 and report["passed"]
+    for c in quantized:  # the gates that ran are the defaults, on every dev row of the graph's tasks
+        p = c["precision"]
+        assert c["min_top1"] == getattr(defaults, f"min_top1_{p}")
+        assert c["budget_points"] == getattr(defaults, f"{p}_budget")
+        assert all(m["rows"] == 10 for m in c["metric"].values())
+        assert all(m[p] >= 0.9 for m in c["metric"].values()), c["metric"]
+
+
+def _corrupting(monkeypatch, target: str, corrupt) -> None:
+    """Every graph quantizes the weight stored under ``target`` with ``corrupt`` applied."""
+    real = GraphBuilder.quantized
+
+    def quantized(self, w, bits, key=None):
+        q = real(self, w, bits, key)
+        return corrupt(q) if key == target else q
+
+    monkeypatch.setattr(GraphBuilder, "quantized", quantized)
+
+
+def _nibbles_swapped(q: QuantizedMatrix) -> QuantizedMatrix:
+    return QuantizedMatrix((q.data >> 4) | (q.data << 4), q.scales, q.bits, q.block_size, q.K)
+
+
+def test_swapped_nibbles_in_one_weight_fail_the_int4_gate(learned, monkeypatch):
+    """A 4-bit layout mismatch in one matrix (the first block's packed q/k/v) fails the int4
+    multi-task graph, the first int4 graph checked; the int8 graphs read other bytes and pass."""
+    from alter_edge.export.validate import ExportValidationError
+
+    root, _ = learned
+    _corrupting(monkeypatch, "layers.0.qkv", lambda q: _nibbles_swapped(q) if q.bits == 4 else q)
+    with pytest.raises(ExportValidationError) as err:
+        _export(root, "nibbles")
+    msg = str(err.value)
+    assert msg.startswith("quantized_vs_fp32 failed for model.int4.onnx"), msg
+    assert "task " in msg and any(f"task {t} " in msg for t in ("colour", "echo", "sky")), msg
+    assert not (root / "nibbles").exists()  # a failed export leaves no bundle
+
+
+def test_one_scaled_block_fails_the_int8_gate(learned, monkeypatch):
+    """One block's scale x50 (32 weights) in the first block's int8 down projection (stored with
+    the LoRA B factors beside it) fails the int8 multi-task graph, the first graph checked."""
+    from alter_edge.export.validate import ExportValidationError
+
+    root, _ = learned
+
+    def scaled(q: QuantizedMatrix) -> QuantizedMatrix:
+        if q.bits != 8:
+            return q
+        s = q.scales.copy()
+        s[0, 0] *= 50.0
+        return QuantizedMatrix(q.data, s, q.bits, q.block_size, q.K)
+
+    _corrupting(monkeypatch, "layers.0.mlp.dn.wb", scaled)
+    with pytest.raises(ExportValidationError) as err:
+        _export(root, "scaled")
+    msg = str(err.value)
+    assert msg.startswith("quantized_vs_fp32 failed for model.int8.onnx"), msg
+    assert any(f"task {t} " in msg for t in ("colour", "echo", "sky")), msg
+
+
+@pytest.mark.parametrize("kind", ["lora+attn", "bottleneck"])
+def test_int4_graphs_keep_the_adapter_factors_at_8_bits(kind, tmp_path, tiny_llama_dir):
+    """int4 graphs: the base matmuls 4-bit, the low-rank adapter factors 8-bit."""
+    import onnx
+
+    from alter_edge.export.builder import BuildSpec, DecoderBuilder
+    from alter_edge.export.graph import WeightFile
+    from alter_edge.training.checkpoint import load_checkpoint
+    from alter_edge.testing import make_tiny_checkpoint
+
+    ck = load_checkpoint(make_tiny_checkpoint(tmp_path / "ck", tiny_llama_dir, kind))
+    wf = WeightFile(tmp_path / "weights.int4.bin")
+    DecoderBuilder(ck.model).build(tmp_path / "model.int4.onnx", BuildSpec("multitask"), "int4", wf)
+    wf.close()
+    bits = {n.input[1]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in onnx.load(tmp_path / "model.int4.onnx", load_external_data=False).graph.node
+            if n.op_type == "MatMulNBits"}
+    adapter = {k for k in bits if "lora_" in k or k.rsplit("_", 2)[-2] in ("down", "up") and "_mlp_" not in k}
+    assert adapter and {bits[k] for k in adapter} == {8}, bits
+    assert {bits[k] for k in bits.keys() - adapter} == {4}, bits
