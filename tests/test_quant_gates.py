@@ -207,8 +207,8 @@ def test_int4_graphs_keep_the_adapter_factors_at_8_bits(kind, tmp_path, tiny_lla
 
     from alter_edge.export.builder import BuildSpec, DecoderBuilder
     from alter_edge.export.graph import WeightFile
-    from alter_edge.training.checkpoint import load_checkpoint
     from alter_edge.testing import make_tiny_checkpoint
+    from alter_edge.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(make_tiny_checkpoint(tmp_path / "ck", tiny_llama_dir, kind))
     wf = WeightFile(tmp_path / "weights.int4.bin")
