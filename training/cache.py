@@ -22,7 +22,9 @@ from alter_edge.inject import MTAModel
 
 from .batching import right_pad
 from .memory import trim_heap
-from .precision import DTYPES, autocast
+from .precision import DTYPES, autocast, resolve_dtype
+
+CACHE_ROW_TOKENS = 256  # a cache batch holds batch_size x this many padded tokens at most
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,18 @@ def build_prefix_cache(
     out: list[torch.Tensor | None] = [None] * len(seqs)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     bar = tqdm(total=len(seqs), desc="prefix cache", unit="ex", disable=not progress)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        ids, mask = right_pad([seqs[i] for i in idx], pad_id)
-        with autocast(compute_dtype):
-            h = model.prefix_hidden(ids, mask)  # (B, T, H)
-        if torch_dtype == torch.float16 and h.abs().max() > 6e4:
-            raise OverflowError("prefix hidden states overflow float16: use cache_dtype float32")
-        for j, i in enumerate(idx):
-            out[i] = h[j, : len(seqs[i])].to(torch_dtype).clone()
-        bar.update(len(idx))
+    low = resolve_dtype(compute_dtype)
+    frozen = model.frozen_weights_in(None if low == "float32" else DTYPES[low], layers=range(model.adapted_layers[0]))
+    with frozen:
+        for idx in _length_batches(order, seqs, batch_size * CACHE_ROW_TOKENS):
+            ids, mask = right_pad([seqs[i] for i in idx], pad_id)
+            with autocast(compute_dtype):
+                h = model.prefix_hidden(ids, mask)  # (B, T, H)
+            if torch_dtype == torch.float16 and h.abs().max() > 6e4:
+                raise OverflowError("prefix hidden states overflow float16: use cache_dtype float32")
+            for j, i in enumerate(idx):
+                out[i] = h[j, : len(seqs[i])].to(torch_dtype).clone()
+            bar.update(len(idx))
     bar.close()
     trim_heap()
     if use_disk:
@@ -84,6 +88,18 @@ def build_prefix_cache(
         except OSError as e:
             log.warning("could not write the prefix cache to %s (%s)", path, e)
     return out  # type: ignore[return-value]
+
+
+def _length_batches(order: Sequence[int], seqs: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
+    """Rows in ``order`` (shortest first) grouped so a batch's rows x its longest row stay
+    within ``max_tokens``: short rows run many to a batch, long ones few."""
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * len(seqs[i]) <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def cache_bytes(cache: Sequence[torch.Tensor]) -> int:
