@@ -26,6 +26,7 @@ only with AVX512-BF16 or AMX; ``auto`` decides so). ``pip install -e '.[bench]'`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -105,11 +106,14 @@ def main() -> None:
         train_rows = train_rows[:: max(1, len(train_rows) // args.max_rows)][: args.max_rows]
     tasks = TaskRegistry.infer([r.to_dict() for r in train_rows])
     base, tok, info = load_base_model(cfg.base_model)
-    spare = {p: copy.deepcopy(base) for p in ("peft", "packed_token_gate") if p in args.paths}
+    spare = {p: copy.deepcopy(base) for p in ("peft", "packed", "packed_token_gate") if p in args.paths}
     torch.manual_seed(0)
     mcfg = MTAConfig(num_tasks=len(tasks), **cfg.mta)
     model = MTAModel(base, mcfg)
-    models = {p: model for p in ("padded", "packed", "plain")}
+    models = {p: model for p in ("padded", "plain")}
+    if "packed" in spare:
+        torch.manual_seed(0)  # the same adapter values on a copy whose frozen weights go to bf16
+        models["packed"] = MTAModel(spare["packed"], mcfg)
     if "packed_token_gate" in spare:
         torch.manual_seed(0)  # the same adapter values; the gate itself starts at zero
         models["packed_token_gate"] = MTAModel(spare["packed_token_gate"], MTAConfig(
@@ -147,6 +151,19 @@ def main() -> None:
         if path == "padded" or (path not in ("peft", "plain") and cfg.trim_every == 1):
             trim_heap()
 
+    # the trainer holds the adapted blocks' frozen weights in the compute dtype while it trains
+    # (MTAModel.frozen_weights_in); the padded path keeps today's per-call autocast casts
+    with contextlib.ExitStack() as stack:
+        for p in ("packed", "packed_token_gate"):
+            if p in args.paths and len(dtypes) == 1 and dtypes[0] == "bfloat16":
+                stack.enter_context(models[p].frozen_weights_in(torch.bfloat16))
+        times, tokens = time_paths(args, dtypes, batches, step, examples)
+    report(args, cfg, mcfg, model, source, examples, dtypes, times, tokens, cache_s, cache)
+
+
+def time_paths(args, dtypes, batches, step, examples) -> tuple[dict[str, list[float]], list[int]]:
+    """Every path on every batch, the order rotating from batch to batch; the first
+    ``args.skip`` batches warm up and are not timed."""
     runs = [(p, d) for p in args.paths for d in dtypes]
     label = {r: r[0] if len(dtypes) == 1 else f"{r[0]}@{r[1]}" for r in runs}
     times: dict[str, list[float]] = {label[r]: [] for r in runs}
@@ -160,6 +177,12 @@ def main() -> None:
                 times[label[r]].append(time.perf_counter() - t)
         if n >= args.skip:
             tokens.append(sum(len(examples[i].ids) for i in b))
+    return times, tokens
+
+
+def report(args, cfg, mcfg, model, source, examples, dtypes, times, tokens, cache_s, cache) -> None:
+    runs = [(p, d) for p in args.paths for d in dtypes]
+    label = {r: r[0] if len(dtypes) == 1 else f"{r[0]}@{r[1]}" for r in runs}
     med = {k: statistics.median(v) for k, v in times.items()}
     ex_s = {k: len(v) * cfg.batch_size / sum(v) for k, v in times.items()}
     first = label[runs[0]]

@@ -297,7 +297,9 @@ def _run_stage(run: _Run, si: int, stage: StageConfig) -> bool:
     bar = tqdm(total=stage.steps, initial=state["step"], desc=stage.name, unit="step", disable=not run.progress)
     t_stage, seen = time.perf_counter(), 0
     for step in range(state["step"], stage.steps):
+        t_step = time.perf_counter()
         loss = _train_step(run, opt, trainable, batches[step], lr_at(step, stage))
+        state["step_seconds"] = round(state.get("step_seconds", 0.0) + time.perf_counter() - t_step, 2)
         seen += len(batches[step])
         state["step"] = step + 1
         state["history"].append({"stage": stage.name, "step": step + 1, "loss": round(loss, 5)})
