@@ -57,6 +57,16 @@ def test_quickstart_pipeline_on_a_tiny_model(trainable_llama_dir, tmp_path):
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["complete"] and len(state["history"]) == 10  # 8 + 2 steps: the test's budget won
     assert "overall (mean over task groups)" in log
+    assert re.search(r"^int8 .*\d\.\d{3}$", log, flags=re.M)  # the dev table's int8 row
+    # dev rows picked by a fixed seed, each with its gold answer and the bundle's prediction
+    golds = re.findall(r"^\[(\w+)\] .*\n    gold: (.*)\n  [= ] pred: ", log, flags=re.M)
+    from alter_edge.demo import seeded_dev_rows
+
+    picked = seeded_dev_rows(out / "checkpoint", 8, 0)  # 8, or the whole dev split when smaller
+    n = len(picked)
+    assert n >= 5 and len(golds) == n and re.search(rf"^\d of {n} exactly right$", log, flags=re.M), log[-2500:]
+    assert [(r.task, r.target) for r in picked] == golds
+    assert seeded_dev_rows(out / "checkpoint", 8, 0) == picked  # the same rows every run
     assert "hashes: ok" in log
     manifest = (out / "bundle" / "manifest.json").read_text()
     for task in ("nli", "question_gen", "topic", "question"):

@@ -33,6 +33,15 @@ from .common import CONTEXT, echo_json, handle_errors
               help="2 = ALTER's two-stage recipe; 1 = adapters and mixture together.")
 @click.option("--stage2-holdout", type=float, default=None,
               help="Keep this fraction of each task's train rows for stage 2 only (default 0: both stages see every row).")
+@click.option("--stage2-guard", type=float, default=None,
+              help="Two stages: this fraction of each task's train rows is trained on by neither stage; stage 2's "
+                   "mixture is kept only if their loss falls (default 0.05; 0 = always keep).")
+@click.option("--stage1-lr", type=float, default=None, help="Stage 1's peak learning rate (default 3e-3).")
+@click.option("--sampling-temperature", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Task sampling p ~ n_task^T: 0 = balanced across tasks, 1 = as in the data.")
+@click.option("--layout", type=click.Choice(["packed", "padded"]), default=None,
+              help="packed (default): rows concatenated into lanes, block-diagonal attention; padded: a row each. "
+                   "The same loss and gradients.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--micro-batch-tokens", type=int, default=None,
               help="Run each batch in parts of at most this many padded tokens, gradients summed: the same "
@@ -53,8 +62,8 @@ from .common import CONTEXT, echo_json, handle_errors
                    "every batch; rank 0 writes the checkpoint (docs/training.md).")
 @handle_errors(extra="train")
 def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention, gate,
-              stage1_steps, stage2_steps, stages, stage2_holdout, batch_size, micro_batch_tokens, seed, eval_rows,
-              no_cache, compute_dtype, resume, quiet, distributed):
+              stage1_steps, stage2_steps, stages, stage2_holdout, stage2_guard, stage1_lr, sampling_temperature, layout,
+              batch_size, micro_batch_tokens, seed, eval_rows, no_cache, compute_dtype, resume, quiet, distributed):
     """Train an MTA model with the two-stage recipe and write a checkpoint directory.
 
     \b
@@ -86,7 +95,8 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
               "compute_dtype": compute_dtype}
     for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size),
                  ("stage2_holdout", stage2_holdout), ("micro_batch_tokens", micro_batch_tokens),
-                 ("eval_max_rows", eval_rows)):
+                 ("eval_max_rows", eval_rows), ("stage2_guard", stage2_guard), ("stage1_lr", stage1_lr),
+                 ("sampling_temperature", sampling_temperature), ("layout", layout)):
         if v is not None:
             kwargs[k] = v
     cfg = TrainConfig(**kwargs)
@@ -101,6 +111,9 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
     for stage, ev in result.get("evals", {}).items():
         click.echo(f"{stage}: dev overall {ev['overall']:.3f}  " +
                    "  ".join(f"{t}={s:.3f}" for t, s in ev["per_task"].items()))
+    guard = result.get("stage2_guard")
+    if guard and "kept" in guard:
+        click.echo(f"stage 2 guard ({guard['rows']} rows): {guard['why']}")
     click.echo(f"checkpoint: {out}")
 
 
