@@ -28,8 +28,9 @@ import numpy as np
 
 from alter_edge.errors import BundleError
 from alter_edge.metrics import row_metric
+from alter_edge.padding import pad_rows
 from alter_edge.prompts import encode_example
-from alter_edge.runtime.generate import SamplingParams, decode, right_pad
+from alter_edge.runtime.generate import SamplingParams, decode
 from alter_edge.runtime.session import GraphRunner
 from alter_edge.tasks import TaskRegistry
 
@@ -147,7 +148,7 @@ def forced_logits(runner: GraphRunner, prompts: list[list[int]], task_ids: list[
     """Each row's logits ``(steps, V)`` at its last prompt position and after each of ``tokens``
     (teacher-forced, all rows the same number of steps): the graph's prompt step, then one-token
     steps on the in-place cache, as the runtime's decode loop runs them."""
-    ids, lengths = right_pad(prompts, pad_id)
+    ids, lengths = pad_rows(prompts, pad_id)
     tids = np.asarray(task_ids, np.int64)
     steps = len(tokens[0])
     cache = runner.new_cache(len(prompts), ids.shape[1] + steps)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from alter_edge.errors import ConfigError
+from alter_edge.padding import pad_rows
 
 from .session import GraphRunner
 
@@ -74,15 +75,6 @@ def _is_int(v: object) -> bool:
 
 def _is_real(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids int64 (B, T) padded on the right, lengths int64 (B,))."""
-    lengths = np.asarray([len(x) for x in seqs], dtype=np.int64)
-    ids = np.full((len(seqs), int(lengths.max())), pad_id, dtype=np.int64)
-    for i, x in enumerate(seqs):
-        ids[i, :len(x)] = x
-    return ids, lengths
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -248,7 +240,7 @@ class _Slots:
         k = min(len(free), len(self.prompts) - self.waiting)
         rows, take = np.arange(self.waiting, self.waiting + k), free[:k]
         self.waiting += k
-        ids, lens = right_pad([self.prompts[i] for i in rows], self.pad_id)
+        ids, lens = pad_rows([self.prompts[i] for i in rows], self.pad_id)
         if k == len(self.row):
             logits = self.runner.step(ids, lens, self.tids[rows], self.cache)
         else:

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .generate import log_softmax, right_pad
+from alter_edge.padding import pad_rows
+
+from .generate import log_softmax
 from .session import GraphRunner
 
 MAX_LABEL_ROWS = 64  # at most this many rows (prompts x labels) in one batched label step
@@ -27,7 +29,7 @@ def score_labels(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids
     """(B, L) sums of log-probabilities of each label's tokens (with eos) after each prompt;
     the same quantity as ``training.evaluate.label_scores``. ``batched=False``: one label after
     the other on the shared prompt cache (same scores; the benchmark's reference)."""
-    ids, lengths = right_pad(prompts, pad_id)
+    ids, lengths = pad_rows(prompts, pad_id)
     B = ids.shape[0]
     tids = np.asarray(task_ids, dtype=np.int64)
     longest = max(len(lab) for lab in label_ids)

@@ -11,8 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
+from alter_edge.padding import pad_rows
 from alter_edge.runtime import EdgeModel
-from alter_edge.runtime.generate import SamplingParams, decode, right_pad
+from alter_edge.runtime.generate import SamplingParams, decode
 from alter_edge.testing import TINY_ROWS
 
 try:
@@ -51,7 +52,7 @@ def _edge_greedy(model: EdgeModel, prompts, task_ids, n: int = MAX_NEW, task: st
 
 def _genai_greedy(model, prompts, task_ids, pad: int, eos: int, n: int = MAX_NEW) -> list[list[int]]:
     """onnxruntime-genai's greedy tokens, each row cut before its eos (alter-edge yields none)."""
-    ids, _ = right_pad(prompts, pad)
+    ids, _ = pad_rows(prompts, pad)
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=ids.shape[1] + n, do_sample=False, batch_size=len(prompts))
     gen = og.Generator(model, params)

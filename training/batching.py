@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from alter_edge.inject import MTAModel
+from alter_edge.padding import length_mask, pad_rows
 
 from .memory import PAD_MULTIPLE
 from .precision import autocast
@@ -49,15 +50,10 @@ def padded_length(n: int, multiple: int) -> int:
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), padded on the right to the longest row rounded up to
-    ``multiple`` tokens."""
-    T = padded_length(max(len(s) for s in seqs), multiple)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    """(input_ids, attention_mask) as torch tensors, padded on the right to the longest row
+    rounded up to ``multiple`` tokens (:func:`alter_edge.padding.pad_rows`)."""
+    ids, lengths = pad_rows(seqs, pad_id, "right", multiple)
+    return torch.from_numpy(ids), torch.from_numpy(length_mask(lengths, ids.shape[1]))
 
 
 def pack_lanes(lengths: Sequence[int], capacity: int) -> list[list[int]]:

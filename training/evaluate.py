@@ -14,6 +14,7 @@ from alter_edge.base_model import kv_cache_kwarg, kv_cache_out
 from alter_edge.data import Example
 from alter_edge.inject import MTAModel
 from alter_edge.metrics import overall_score, row_metric
+from alter_edge.padding import length_mask, pad_rows
 from alter_edge.prompts import encode_example, label_token_ids, prompt_text
 from alter_edge.tasks import TaskRegistry
 
@@ -23,15 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both int64 (B, T), padded on the left."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, T - len(s):] = 1
-    return ids, mask
+    """(input_ids, attention_mask), both int64 (B, T), padded on the left
+    (:func:`alter_edge.padding.pad_rows`)."""
+    ids, lengths = pad_rows(seqs, pad_id, "left")
+    return torch.from_numpy(ids), torch.from_numpy(length_mask(lengths, ids.shape[1], "left"))
 
 
 @torch.no_grad()
