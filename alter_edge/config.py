@@ -20,8 +20,20 @@ def _check_keys(cls, d: dict) -> None:
         raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; allowed: {sorted(known)}")
 
 
+class _JsonConfig:
+    """A config dataclass saved as JSON: ``to_dict`` and a ``from_dict`` that names unknown keys."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        _check_keys(cls, d)
+        return cls(**d)
+
+
 @dataclass
-class MTAConfig:
+class MTAConfig(_JsonConfig):
     """How the Mixture-of-Task-Adapters module is built."""
 
     num_tasks: int
@@ -89,14 +101,6 @@ class MTAConfig:
             raise ConfigError(f"layers {bad} out of range: the model has blocks 0..{num_layers - 1}")
         return list(self.layers)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MTAConfig:
-        _check_keys(cls, d)
-        return cls(**d)
-
 
 @dataclass
 class StageConfig:
@@ -120,7 +124,7 @@ class StageConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_JsonConfig):
     """A whole run. ``stages`` = 2 is the ALTER recipe; 1 trains adapters and mixture together."""
 
     base_model: str = "smollm2-135m"
@@ -202,14 +206,6 @@ class TrainConfig:
             StageConfig("stage2", ["mixture"], self.stage2_steps, self.stage2_lr,
                         warmup_steps=min(5, self.stage2_steps), sampling_temperature=t),
         ]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        _check_keys(cls, d)
-        return cls(**d)
 
 
 def save_json(path: Path, obj: dict) -> None:
