@@ -110,7 +110,7 @@ def learned(tmp_path_factory, trainable_llama_dir):
     write_jsonl(data, _learnable_rows())
     cfg = TrainConfig(base_model=str(trainable_llama_dir), stage1_steps=300, stage2_steps=10, batch_size=16,
                       stage1_lr=5e-3, stage2_lr=5e-2, save_every=1000, dev_fraction=0.1, eval_max_new_tokens=4,
-                      compute_dtype="float32", mta={"num_top_layers": 4, "adapter_kind": "lora"})
+                      compute_dtype="float32", stage2_guard=0.0, mta={"num_top_layers": 4, "adapter_kind": "lora"})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALTER_EDGE_CACHE", str(root / "cache"))
         state = run_training(data, root / "ck", cfg, progress=False)
