@@ -7,7 +7,7 @@ the evaluator and the ONNX exporter all call.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -214,29 +214,31 @@ class MTAModel(nn.Module):
         return head(h)
 
     @contextmanager
-    def frozen_weights_in(self, dtype: torch.dtype | None, layers: list[int] | None = None) -> Iterator[None]:
+    def frozen_weights_in(self, dtype: torch.dtype, layers: Sequence[int] | None = None) -> Iterator[None]:
         """Inside, the base model's projection weights in ``layers`` (default: the adapted
-        blocks) are ``dtype`` tensors and
-        the output head has a ``dtype`` copy (the embedding it may be tied to is untouched);
-        the float32 originals are back on exit (adapter weights are never touched). Under autocast to ``dtype`` that is the same
-        arithmetic, without casting every weight again at every call (a frozen weight's cast is
-        not cached by autocast). ``None`` or float32: nothing changes."""
-        if dtype is None or dtype == torch.float32:
+        blocks) are ``dtype`` tensors and the output head has a ``dtype`` copy (the embedding it
+        may be tied to is untouched); the float32 originals are back on exit, and adapter weights
+        are never touched. Under autocast to ``dtype`` that is the same arithmetic without
+        casting every weight again at every call (autocast does not cache a frozen weight's
+        cast). float32: nothing changes. Contexts nest (the prefix cache's inside training's)."""
+        if dtype == torch.float32:
             yield
             return
         mta = {id(p) for ps in self.parameter_groups().values() for p in ps}
         frozen = [m for i in (self.adapted_layers if layers is None else layers) for m in self._layers()[i].modules()
-                  if isinstance(m, nn.Linear) and id(m.weight) not in mta]
+                  if isinstance(m, nn.Linear) and id(m.weight) not in mta and m.weight.dtype != dtype]
         originals = [m.weight for m in frozen]
+        head = self._head_weight
         try:
             for m in frozen:
                 m.weight = nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
-            self._head_weight = self.base.get_output_embeddings().weight.detach().to(dtype)
+            if head is None or head.dtype != dtype:
+                self._head_weight = self.base.get_output_embeddings().weight.detach().to(dtype)
             yield
         finally:
             for m, w in zip(frozen, originals, strict=True):
                 m.weight = w
-            self._head_weight = None
+            self._head_weight = head
 
     @contextmanager
     def _prefix(self, prefix_hidden: torch.Tensor | None) -> Iterator[None]:

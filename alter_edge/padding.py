@@ -8,6 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def padded_length(n: int, multiple: int) -> int:
+    """``n`` tokens rounded up to a multiple of ``multiple``: the length a batch is padded to."""
+    return -(-n // multiple) * multiple
+
+
 def pad_rows(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right",
              multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64 (B, T), lengths int64 (B,)): every row padded with ``pad_id`` on ``side``
@@ -15,8 +20,7 @@ def pad_rows(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right",
     if side not in ("right", "left"):
         raise ValueError(f"side {side!r}: allowed are right, left")
     lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)
-    longest = int(lengths.max()) if len(seqs) else 0
-    T = -(-longest // multiple) * multiple
+    T = padded_length(int(lengths.max()) if len(seqs) else 0, multiple)
     ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
     for i, s in enumerate(seqs):
         if len(s):

@@ -11,7 +11,7 @@ Stage 1's learning rate follows its schedule over the whole run, so an early poi
 before its decay: it is a lower bound on what a run of that many steps would reach.
 
     python benchmarks/curve.py --out runs/curve                              # the built-in mix
-    python benchmarks/curve.py --out runs/curve --candidates today t05 --points 80 160 240 \\
+    python benchmarks/curve.py --out runs/curve --candidates balanced t05 --points 80 160 240 \\
         --table docs/results/curve.md --png docs/results/curve.png
 
 Resumable: a candidate whose ``OUT/<name>/curve.json`` is complete is reused.
@@ -30,7 +30,7 @@ from alter_edge.io import atomic_write_text
 
 # name -> TrainConfig overrides (every candidate: two stages, the TrainConfig defaults otherwise)
 CANDIDATES: dict[str, dict] = {
-    "today": {"sampling_temperature": 0.0, "stage1_lr": 3e-3},
+    "balanced": {"sampling_temperature": 0.0, "stage1_lr": 3e-3},
     "t05": {"sampling_temperature": 0.5, "stage1_lr": 3e-3},
     "t1": {"sampling_temperature": 1.0, "stage1_lr": 3e-3},
     "t05_lr5e-3": {"sampling_temperature": 0.5, "stage1_lr": 5e-3},
@@ -121,7 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="JSONL task file (default: the built-in mix)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--candidates", nargs="+", default=["today", "t05", "t1"], choices=sorted(CANDIDATES))
+    ap.add_argument("--candidates", nargs="+", default=["balanced", "t05", "t1"], choices=sorted(CANDIDATES))
     ap.add_argument("--points", nargs="+", type=int, default=[80, 160, 240], help="stage-1 steps scored")
     ap.add_argument("--stage2-steps", type=int, default=20)
     ap.add_argument("--per-task", type=int, default=25, help="dev rows scored per task at every point")

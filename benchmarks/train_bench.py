@@ -152,7 +152,7 @@ def main() -> None:
             trim_heap()
 
     # the trainer holds the adapted blocks' frozen weights in the compute dtype while it trains
-    # (MTAModel.frozen_weights_in); the padded path keeps today's per-call autocast casts
+    # (MTAModel.frozen_weights_in); the padded path keeps autocast's per-call casts
     with contextlib.ExitStack() as stack:
         for p in ("packed", "packed_token_gate"):
             if p in args.paths and len(dtypes) == 1 and dtypes[0] == "bfloat16":

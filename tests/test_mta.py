@@ -155,3 +155,26 @@ def test_attention_lora_adds_adapters_to_attention(tiny_base_dir):
     assert all(len(b.lora_layers) > len(model.spec.lora_targets) for b in model.blocks.values())
     with pytest.raises(ConfigError, match="lora_attention"):
         MTAModel(load_base_model(str(tiny_base_dir))[0], _cfg("ffn+attn", num_top_layers=1))
+
+
+def test_frozen_weights_in_bf16_nests_and_restores(tiny_llama_dir):
+    """The frozen projections go to bf16 inside (adapters untouched), an inner context over
+    the blocks below keeps the outer one's head copy, and every float32 original comes back
+    (Llama: nn.Linear projections)."""
+    base, _, _ = load_base_model(str(tiny_llama_dir))
+    model = MTAModel(base, _cfg("lora", num_top_layers=2, init_std=0.2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adapters = {id(p) for ps in model.parameter_groups().values() for p in ps}
+    first = model.adapted_layers[0]
+    with model.frozen_weights_in(torch.bfloat16):
+        top = [m for i in model.adapted_layers for m in model._layers()[i].modules() if isinstance(m, torch.nn.Linear)]
+        assert top and all(m.weight.dtype == torch.bfloat16 for m in top)
+        assert all(p.dtype == torch.float32 for p in model.parameters() if id(p) in adapters)
+        with model.frozen_weights_in(torch.bfloat16, layers=range(first)):
+            low = [m for i in range(first) for m in model._layers()[i].modules() if isinstance(m, torch.nn.Linear)]
+            assert low and all(m.weight.dtype == torch.bfloat16 for m in low)
+        assert model._head_weight is not None and model._head_weight.dtype == torch.bfloat16
+        assert all(m.weight.dtype == torch.float32 for m in low)
+    assert model._head_weight is None
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)

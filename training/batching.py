@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from alter_edge.inject import MTAModel
-from alter_edge.padding import length_mask, pad_rows
+from alter_edge.padding import length_mask, pad_rows, padded_length
 
 from .memory import PAD_MULTIPLE
 from .precision import autocast
@@ -42,11 +42,6 @@ class Encoded:
     @property
     def ids(self) -> list[int]:
         return self.prompt + self.target
-
-
-def padded_length(n: int, multiple: int) -> int:
-    """``n`` tokens rounded up to a multiple of ``multiple``: the length a batch is padded to."""
-    return -(-n // multiple) * multiple
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

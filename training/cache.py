@@ -28,6 +28,7 @@ CACHE_ROW_TOKENS = 256  # a cache batch holds batch_size x this many padded toke
 
 log = logging.getLogger(__name__)
 
+
 def cache_key(base_sha: str, first_layer: int, seqs: Sequence[Sequence[int]], dtype: str) -> str:
     h = hashlib.sha256(f"{base_sha}:{first_layer}:{dtype}:v1".encode())
     for s in seqs:
@@ -63,9 +64,8 @@ def build_prefix_cache(
     out: list[torch.Tensor | None] = [None] * len(seqs)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     bar = tqdm(total=len(seqs), desc="prefix cache", unit="ex", disable=not progress)
-    low = resolve_dtype(compute_dtype)
-    frozen = model.frozen_weights_in(None if low == "float32" else DTYPES[low], layers=range(model.adapted_layers[0]))
-    with frozen:
+    frozen_dtype = DTYPES[resolve_dtype(compute_dtype)]
+    with model.frozen_weights_in(frozen_dtype, layers=range(model.adapted_layers[0])):
         for idx in _length_batches(order, seqs, batch_size * CACHE_ROW_TOKENS):
             ids, mask = right_pad([seqs[i] for i in idx], pad_id)
             with autocast(compute_dtype):

@@ -342,7 +342,7 @@ def _train_step(run: _Run, opt, trainable: list[torch.nn.Parameter], idx: list[i
     loss = run.dist.reduce_grads(trainable, loss)
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     opt.step()
-    if cfg.trim_every and len(run.state["history"]) % cfg.trim_every == 0:
+    if cfg.trim_every and (len(run.state["history"]) + 1) % cfg.trim_every == 0:  # this step included
         trim_heap()
     return loss
 
