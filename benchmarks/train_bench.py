@@ -39,6 +39,7 @@ from alter_edge.base_model import load_base_model, special_ids
 from alter_edge.config import MTAConfig, TrainConfig
 from alter_edge.inject import MTAModel
 from alter_edge.tasks import TaskRegistry
+from alter_edge.testing import cpu_flags
 from alter_edge.training.batching import accumulate_batch, right_pad
 from alter_edge.training.cache import build_prefix_cache, cache_bytes
 from alter_edge.training.memory import trim_heap
@@ -161,11 +162,16 @@ def main() -> None:
     report(args, cfg, mcfg, model, source, examples, dtypes, times, tokens, cache_s, cache)
 
 
+def _runs(paths: list[str], dtypes: list[str]) -> tuple[list[tuple[str, str]], dict[tuple[str, str], str]]:
+    """Every (path, dtype) timed, and its label (the dtype only when several are compared)."""
+    runs = [(p, d) for p in paths for d in dtypes]
+    return runs, {r: r[0] if len(dtypes) == 1 else f"{r[0]}@{r[1]}" for r in runs}
+
+
 def time_paths(args, dtypes, batches, step, examples) -> tuple[dict[str, list[float]], list[int]]:
     """Every path on every batch, the order rotating from batch to batch; the first
     ``args.skip`` batches warm up and are not timed."""
-    runs = [(p, d) for p in args.paths for d in dtypes]
-    label = {r: r[0] if len(dtypes) == 1 else f"{r[0]}@{r[1]}" for r in runs}
+    runs, label = _runs(args.paths, dtypes)
     times: dict[str, list[float]] = {label[r]: [] for r in runs}
     tokens = []
     for n, b in enumerate(batches):
@@ -181,8 +187,7 @@ def time_paths(args, dtypes, batches, step, examples) -> tuple[dict[str, list[fl
 
 
 def report(args, cfg, mcfg, model, source, examples, dtypes, times, tokens, cache_s, cache) -> None:
-    runs = [(p, d) for p in args.paths for d in dtypes]
-    label = {r: r[0] if len(dtypes) == 1 else f"{r[0]}@{r[1]}" for r in runs}
+    runs, label = _runs(args.paths, dtypes)
     med = {k: statistics.median(v) for k, v in times.items()}
     ex_s = {k: len(v) * cfg.batch_size / sum(v) for k, v in times.items()}
     first = label[runs[0]]
@@ -191,7 +196,7 @@ def report(args, cfg, mcfg, model, source, examples, dtypes, times, tokens, cach
         "adapted_layers": model.adapted_layers, "lora_attention": mcfg.lora_attention, "rank": mcfg.lora_rank,
         "batch_size": cfg.batch_size, "timed_batches": len(tokens), "threads": args.threads,
         "compute_dtype": dtypes, "native_bf16": native_bf16(), "cpu_count": os.cpu_count(),
-        "cpu": _cpu_model(), "cache_build_s": round(cache_s, 1), "cache_mb": round(cache_bytes(cache) / 2**20, 1),
+        "cpu": cpu_flags(), "cache_build_s": round(cache_s, 1), "cache_mb": round(cache_bytes(cache) / 2**20, 1),
         "mean_tokens_per_batch": round(statistics.mean(tokens)),
         "median_step_s": {k: round(v, 3) for k, v in med.items()},
         "examples_per_s": {k: round(v, 2) for k, v in ex_s.items()},
@@ -207,17 +212,6 @@ def report(args, cfg, mcfg, model, source, examples, dtypes, times, tokens, cach
     else:
         for k, v in result.items():
             print(f"{k:>34}: {v}")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
