@@ -21,10 +21,13 @@ from .graph import MS, GraphBuilder
 MODES = ("multitask", "task", "merged")
 
 
-def adapter_bits(graph_bits: int) -> int:
-    """Bits of the low-rank adapter factors (lora A/B, bottleneck down/up): 8 in every quantized
-    graph, int4 included (small tensors, where 4 bits cost the most accuracy); 0 (fp32) in fp32."""
-    return 8 if graph_bits else 0
+def adapter_bits(graph_bits: int, override: int | None = None) -> int:
+    """Bits of the low-rank adapter factors (lora A/B, bottleneck down/up): the graph's own by
+    default (so lora's B joins the base projection's ``MatMulNBits``), ``override`` (8 or 4) in a
+    quantized graph when asked; 0 (fp32) in an fp32 graph."""
+    if not graph_bits:
+        return 0
+    return graph_bits if override is None else override
 
 
 def _np(t) -> np.ndarray:
@@ -112,7 +115,9 @@ class LoraKind:
         ``outs``) plus the adapters' delta ``B (m * A x)``. In fp32 and int8 graphs, when the base's
         input width is whole quantization blocks, one matmul computes both:
         ``concat(x, m * A x) @ [w | B].T`` (B's columns are blocks of their own, so it quantizes
-        exactly as apart); otherwise (int4 keeps B at 8 bits) base and delta run apart and add."""
+        exactly as apart); otherwise (B at other bits than the base, e.g. ``adapter_bits=8`` in an
+        int4 graph) base and delta run apart and add. A per-task graph folds its mixture into
+        the rows of its own copy of A: no gather and no multiply."""
         members = self.adapted(names)
         if not members or e.mode == "merged":
             return g.linear(x, w, key=base_key, bias=bias)
@@ -127,14 +132,13 @@ class LoraKind:
             row += width
         # expand: mixture (K,) -> the stacked width (n*K*r,): repeat each weight r times, tile n times
         expand = np.tile(np.kron(np.eye(K), np.ones((1, r))), (1, len(members)))  # (K, n*K*r)
-        bits = adapter_bits(g.bits)
-        h = g.linear(x, A, key=f"{key}.lora_A", bits=bits)
+        bits = adapter_bits(g.bits, g.adapter_bits)
         if e.mode == "multitask":
-            m = self.mix.emit(g, e, resid, expand, f"{key}_mix")
-        else:  # the task's mixture as a constant: no gather, no softmax; A and B stay shared
-            m = g.const((self.mix.weights(e.task_id) @ expand).astype(np.float32), f"{key}_mix")
-        hm = g.op("Mul", [h, m])
-        if g.bits in (0, 8) and w.shape[1] % g.block_size == 0:
+            hm = g.op("Mul", [g.linear(x, A, key=f"{key}.lora_A", bits=bits),
+                              self.mix.emit(g, e, resid, expand, f"{key}_mix")])
+        else:  # one task: its mixture scales A's rows (this graph's own A, no Mul); B stays shared
+            hm = g.linear(x, (self.mix.weights(e.task_id) @ expand)[:, None] * A, bits=bits)
+        if bits == g.bits and w.shape[1] % g.block_size == 0:
             z = g.op("Concat", [x, hm], axis=-1)
             return g.linear(z, np.concatenate([w, Bm], axis=1), key=f"{key}.wb", bias=bias)
         y = g.linear(x, w, key=base_key, bias=bias)
@@ -183,15 +187,15 @@ class BottleneckKind:
     def mlp(self, g: GraphBuilder, e: Emit, key: str, x: str, resid: str, emit_mlp) -> str:
         base = emit_mlp(self.mlp_module, f"{key}.mlp", x)
         K, r = self.mix.K, self.r
-        bits = adapter_bits(g.bits)
+        bits = adapter_bits(g.bits, g.adapter_bits)
         expand = np.kron(np.eye(K), np.ones((1, r)))
         h = g.linear(x, self.down, key=f"{key}.down", bits=bits)
         h = g.op("BiasGelu", [h, g.const(self.bias, "down_bias")], domain=MS)
         if e.mode == "multitask":
             m = self.mix.emit(g, e, resid, expand, f"{key}_mix")
-        else:
-            m = g.const((self.mix.weights(e.task_id) @ expand).astype(np.float32), f"{key}_mix")
-        delta = g.linear(g.op("Mul", [h, m]), self.up, key=f"{key}.up", bits=bits)
+            delta = g.linear(g.op("Mul", [h, m]), self.up, key=f"{key}.up", bits=bits)
+        else:  # one task: its mixture scales the columns of this graph's own copy of up
+            delta = g.linear(h, self.up * (self.mix.weights(e.task_id) @ expand)[None, :], bits=bits)
         return g.op("Add", [base, delta])
 
 

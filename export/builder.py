@@ -205,14 +205,15 @@ class DecoderBuilder:
 
     # -- the graph ----------------------------------------------------------------------
     def build(self, path: Path, spec: BuildSpec, precision: str, weights: WeightFile | None,
-              block_size: int = 32, accuracy_level: int = 4, prune_threshold: float = 1e-5) -> dict:
+              block_size: int = 32, accuracy_level: int = 4, prune_threshold: float = 1e-5,
+              adapter_bits: int | None = None) -> dict:
         """Write one graph to ``path``; returns facts about it (nodes, operators, seconds)."""
         t0 = time.perf_counter()
         multitask = spec.mode == "multitask" and self.mta is not None
         if spec.mode != "multitask" and self.token_gate:
             raise ConfigError("a token-gated checkpoint's mixture changes per token: it builds as the "
                               "multi-task graph only")
-        g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level)
+        g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level, adapter_bits)
         T = TensorProto
         ids = g.add_input(INPUT_IDS, T.INT64, ["batch", "seq"])
         mask = g.add_input(ATTENTION_MASK, T.INT64, ["batch", "total_seq"])
