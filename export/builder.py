@@ -33,7 +33,7 @@ from alter_edge.runtime.contract import (
     KVLayout,
 )
 
-from .adapters import Emit, FfnKind, LoraKind, _np, adapter_for
+from .adapters import Emit, FfnKind, LoraKind, _np, adapter_for, emit_mixtures
 from .graph import MS, GraphBuilder, WeightFile
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,7 @@ class DecoderBuilder:
             m = self._block_mlp(g, e, i, x, resid)
             nxt = self.layers[i + 1].input_layernorm.weight if i + 1 < len(self.layers) else None
             x, resid = self._skip_norm(g, m, resid_mid, nxt, final=nxt is None)
+        emit_mixtures(g, e)
         # logits only at each row's last valid position of this step: min(seqlens_k, seq - 1) is
         # len - 1 in a right-padded prompt and 0 in a one-token step
         last_seq = g.op("Sub", [g.op("Gather", [g.op("Shape", [ids]), g.const(np.array(1, np.int64), "idx1")],

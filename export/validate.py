@@ -194,33 +194,20 @@ def reference_outputs(runner: GraphRunner, case: Case, pad_id: int, steps: int) 
 
 
 def check_against(check: str, ref: dict, runner: GraphRunner, name: str, cases: list[Case], pad_id: int,
-                  report: ValidationReport, atol: dict[str, float] | None = None) -> None:
+                  report: ValidationReport) -> None:
     """``runner``'s graph against the PyTorch reference (``ref[case.name]``) for each case: its
     greedy tokens from the runtime's decode loop, its logits at every step (teacher-forced on the
-    reference tokens). ``atol``: a case's own tolerance where given (else the report's)."""
+    reference tokens)."""
     for case in cases:
         ref_logits, ref_tokens = ref[case.name]
         got = forced_logits(runner, case.prompts, case.task_ids, pad_id, ref_tokens)
         diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_logits, got, strict=True))
         tokens = greedy(runner, case.prompts, case.task_ids, pad_id, report.steps)
         mismatch = _first_mismatch(ref_tokens, tokens)
-        tol = (atol or {}).get(case.name, report.atol)
         report.record({"check": check, "graph": name, "case": case.name, "rows": len(case.prompts),
-                       "max_abs_diff": diff, "atol": tol, "greedy_steps": report.steps,
+                       "max_abs_diff": diff, "atol": report.atol, "greedy_steps": report.steps,
                        "tokens_equal": mismatch is None, "first_token_mismatch": mismatch,
-                       "passed": diff <= tol and mismatch is None})
-
-
-def quantization_noise(ref: dict, src: GraphRunner, cases: list[Case], pad_id: int) -> dict[str, float]:
-    """Per case, max |logits diff| between a quantized graph's outputs ``ref[case.name]`` and the
-    fp32 graph ``src`` teacher-forced on the quantized graph's own tokens: how far quantization
-    alone moves the logits."""
-    noise = {}
-    for case in cases:
-        q_logits, q_tokens = ref[case.name]
-        got = forced_logits(src, case.prompts, case.task_ids, pad_id, q_tokens)
-        noise[case.name] = max(float(np.abs(a - b).max()) for a, b in zip(q_logits, got, strict=True))
-    return noise
+                       "passed": diff <= report.atol and mismatch is None})
 
 
 def _score(kind: str, preds: list[str], golds: list[str]) -> np.ndarray:
