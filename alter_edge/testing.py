@@ -86,6 +86,64 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
     return out_dir
 
 
+# a tiny config of each decoder family the builder writes (2 layers, hidden 64), with each
+# family's peculiarities switched on: sliding windows shorter than the test prompts, partial
+# rotary, multipliers and softcaps away from 1
+FAMILY_CONFIGS = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": 5}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {}),
+    "gemma3_text": ("Gemma3TextConfig", {"sliding_window": 5, "query_pre_attn_scalar": 24,
+                                         "final_logit_softcapping": 3.0,
+                                         "layer_types": ["sliding_attention", "full_attention"],
+                                         "rope_parameters": {
+                                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                             "full_attention": {"rope_type": "default", "rope_theta": 1e6}}}),
+    "phi3": ("Phi3Config", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                "partial_rotary_factor": 0.5}}),
+    "gpt2": ("GPT2Config", {}),
+    "granite": ("GraniteConfig", {"embedding_multiplier": 6.0, "attention_multiplier": 0.15,
+                                  "residual_multiplier": 0.5, "logits_scaling": 2.0}),
+    "olmo2": ("Olmo2Config", {}),
+}
+
+
+def make_tiny_family(family: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0, init_range: float = 0.1) -> Path:
+    """Save a 2-layer random model of ``family`` (a ``FAMILY_CONFIGS`` key) with the tiny
+    tokenizer, its config built in-process (no network)."""
+    import torch
+    import transformers
+
+    vocab = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+    V = max(vocab.values()) + 1
+    eos, pad = vocab["<eos>"], vocab["<pad>"]
+    cls, extra = FAMILY_CONFIGS[family]
+    if family == "gpt2":
+        common = dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=256, resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0)
+    else:
+        common = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True)
+        if family == "phi3":
+            # head_dim 32: GroupQueryAttention's partial rotary takes multiples of 16 rotated dims
+            common.update(original_max_position_embeddings=256, resid_pdrop=0.0, embd_pdrop=0.0,
+                          num_attention_heads=2, num_key_value_heads=1)
+            del common["head_dim"]
+    cfg = getattr(transformers, cls)(**common, **extra, eos_token_id=eos, pad_token_id=pad, bos_token_id=eos,
+                                     initializer_range=init_range)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # norms away from their init (ones, or Gemma's zeros), so a wrong norm shows
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
+    return out_dir
+
+
 def make_tiny_checkpoint(
     out_dir: Path, base_dir: Path | str, kind: str = "lora", init_std: float = 0.2, seed: int = 0,
     num_top_layers: int = 2, gate: str = "task", gate_std: float = 0.0, data: Path | None = None,
