@@ -120,7 +120,7 @@ def make_tiny_family(family: str, out_dir: Path, tokenizer_dir: Path, seed: int 
     eos, pad = vocab["<eos>"], vocab["<pad>"]
     cls, extra = FAMILY_CONFIGS[family]
     if family == "gpt2":
-        common = dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=256, resid_pdrop=0.0,
+        common = dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=1024, resid_pdrop=0.0,
                       embd_pdrop=0.0, attn_pdrop=0.0)
     else:
         common = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -301,3 +301,32 @@ def time_torch_greedy(model, prompt: list[int], task_id: int, batch: int, new_to
     greedy_generate(*args, max_new_tokens=new_tokens)
     first, total = t1 - t0, time.perf_counter() - t1
     return first, batch * (new_tokens - 1) / max(total - first, 1e-9)
+
+
+def genai_greedy(model, prompts, task_ids, pad: int, eos: int, n: int) -> list[list[int]]:
+    """onnxruntime-genai's greedy tokens (``model``: an ``onnxruntime_genai.Model`` of a bundle)
+    on right-padded ``prompts``, ``task_ids`` fed per row; each row cut before its eos
+    (alter-edge yields none)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from alter_edge.padding import pad_rows
+
+    ids, _ = pad_rows(prompts, pad)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=ids.shape[1] + n, do_sample=False, batch_size=len(prompts))
+    gen = og.Generator(model, params)
+    # onnxruntime-genai reads this array's memory at each step without holding a reference:
+    # it must stay alive as long as the generator
+    tids = np.asarray(task_ids, dtype=np.int64)
+    gen.set_model_input("task_ids", tids)
+    gen.append_tokens(ids.astype(np.int32))
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    while not gen.is_done():
+        gen.generate_next_token()
+        for row, token in enumerate(gen.get_next_tokens()):
+            done[row] = done[row] or int(token) == eos
+            if not done[row]:
+                out[row].append(int(token))
+    return out
