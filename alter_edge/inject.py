@@ -49,8 +49,8 @@ ARCH_TABLE: dict[str, ArchSpec] = {
 
 def arch_spec(model_type: str) -> ArchSpec:
     if model_type not in ARCH_TABLE:
-        raise ConfigError(f"base model type {model_type!r} is not supported; alter-edge trains and exports the "
-                          f"families {', '.join(sorted(ARCH_TABLE))}")
+        raise ConfigError(f"base model type {model_type!r} is not supported; supported: "
+                          f"{', '.join(sorted(ARCH_TABLE))} (the families alter-edge trains and exports)")
     return ARCH_TABLE[model_type]
 
 
