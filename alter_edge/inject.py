@@ -50,7 +50,7 @@ ARCH_TABLE: dict[str, ArchSpec] = {
 def arch_spec(model_type: str) -> ArchSpec:
     if model_type not in ARCH_TABLE:
         raise ConfigError(f"base model type {model_type!r} is not supported; supported: "
-                          f"{', '.join(sorted(ARCH_TABLE))} (the families alter-edge trains and exports)")
+                          f"{', '.join(sorted(ARCH_TABLE))} (the families that train and export)")
     return ARCH_TABLE[model_type]
 
 
