@@ -3,17 +3,18 @@
 The graph is written op by op with onnxruntime's fused contrib operators, nothing traced:
 
 - embedding: ``Gather`` (fp32) or ``GatherBlockQuantized`` reading the quantized lm_head bytes
-  when the embedding is tied;
-- per block: ``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm), one packed q/k/v
-  matmul, ``GroupQueryAttention`` (rotary inside, KV cache in place), the o projection, one
-  packed gate/up matmul, ``QuickGelu(alpha=1)`` (= SiLU) times up, the down projection;
+  when the embedding is tied; a scale (Gemma, Granite) or learned positions (GPT-2) after it;
+- per block: ``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm; ``SkipLayerNormalization``
+  for LayerNorm families), one packed q/k/v matmul, ``GroupQueryAttention`` (rotary inside, KV
+  cache in place), the o projection, one packed gate/up matmul, the activation of gate times up,
+  the down projection (or up, activation, down for a plain MLP);
 - matmuls: ``MatMul`` on the transposed fp32 weight (fp32), ``MatMulNBits`` (int8 / int4, block-wise);
 - adapters: the block's kind emits its piece (``export.adapters``).
 
-Supported backbones: the Llama family (``llama``, ``mistral``, ``qwen2``, ``qwen3``). GPT-2 is
-not built (docs/export.md).
+What differs between the supported families (``llama``, ``mistral``, ``qwen2``, ``qwen3``,
+``gemma3_text``, ``phi3``, ``gpt2``, ``granite``, ``olmo2``) is a short description of each in
+``export.families`` (docs/base-models.md).
 """
-
 from __future__ import annotations
 
 import logging
