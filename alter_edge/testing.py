@@ -94,7 +94,7 @@ FAMILY_CONFIGS = {
     "mistral": ("MistralConfig", {"sliding_window": 5}),
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {}),
-    "gemma3_text": ("Gemma3TextConfig", {"sliding_window": 5, "query_pre_attn_scalar": 24,
+    "gemma3_text": ("Gemma3TextConfig", {"sliding_window": 5, "query_pre_attn_scalar": 24, "attn_logit_softcapping": 5.0,
                                          "final_logit_softcapping": 3.0,
                                          "layer_types": ["sliding_attention", "full_attention"],
                                          "rope_parameters": {

@@ -128,7 +128,6 @@ class DecoderBuilder:
         self.residual_multiplier = self._scalar(fam.residual_multiplier)
         self.logits_divisor = self._scalar(fam.logits_divisor)
         self.logit_softcap = self._scalar(fam.logit_softcap)
-        self.attn_softcap = self._scalar(fam.attn_softcap)
         self.adapters = {}
         if self.mta is not None:
             spec = self.mta.spec
@@ -294,8 +293,6 @@ class DecoderBuilder:
         window = self._window(attn)
         if window:
             attrs["local_window_size"] = int(window)
-        if self.attn_softcap:
-            attrs["softcap"] = self.attn_softcap
         rot_ins = list(rot) if rot is not None else []
         if f.qk_norm is not None:
             # q/k RMSNorm before rotary, per head (qwen3, gemma3) or over the whole projection (olmo2)

@@ -15,7 +15,8 @@ modeling file; numbers (epsilons, multipliers, caps) are read from the model's c
   ``plain`` (up, act, down), and the config key holding its activation.
 - scalars: embedding scale (``embed_scale``: the embedding module's own ``embed_scale``
   buffer, cast to the embedding's dtype; ``embedding_multiplier``: a config key), the residual
-  branch multiplier, the logits divisor, the final logit softcap, the attention softcap.
+  branch multiplier, the logits divisor, the final logit softcap (Gemma 3's attention takes no
+  softcap: its modeling code never passes ``attn_logit_softcapping`` to the attention).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class Family:
     residual_multiplier: str | None = None
     logits_divisor: str | None = None
     logit_softcap: str | None = None
-    attn_softcap: str | None = None
 
     @property
     def rotary(self) -> bool:
@@ -75,8 +75,7 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family(qk_norm="head"),
     "gemma3_text": Family(norm="rms1p", attn_out="post_attention_layernorm", mlp_in="pre_feedforward_layernorm",
                           mlp_out="post_feedforward_layernorm", qk_norm="head", window="layer",
-                          act="hidden_activation", embed_scale="embed_scale", logit_softcap="final_logit_softcapping",
-                          attn_softcap="attn_logit_softcapping"),
+                          act="hidden_activation", embed_scale="embed_scale", logit_softcap="final_logit_softcapping"),
     "phi3": Family(qkv=("qkv_proj",), up=("gate_up_proj",)),
     "gpt2": Family(layers="h", embed="wte", positions="wpe", final_norm="ln_f", norm="layer", eps="layer_norm_epsilon",
                    attn_in="ln_1", mlp_in="ln_2", attn="attn", qkv=("c_attn",), o="c_proj", gated=False, up=("c_fc",),
