@@ -90,7 +90,9 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
 # family's peculiarities switched on: sliding windows shorter than the test prompts, partial
 # rotary, multipliers and softcaps away from 1
 FAMILY_CONFIGS = {
-    "llama": ("LlamaConfig", {}),
+    "llama": ("LlamaConfig", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                  "original_max_position_embeddings": 64}}),  # Llama 3.x
     "mistral": ("MistralConfig", {"sliding_window": 5}),
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {}),
