@@ -164,6 +164,10 @@ class _Export:
         self.ck, self.opts, self.names = ck, opts, names
         self.builder = DecoderBuilder(ck.model)
         self.kv = self.builder.kv
+        prompt, limit = ck.train_config.max_prompt_tokens, self.kv.max_sequence_length
+        if prompt >= limit:
+            raise ConfigError(f"the checkpoint's max_prompt_tokens {prompt} leaves no room for an answer in the "
+                              f"{limit} positions the base model covers: train with max_prompt_tokens below {limit}")
         self.dims = {"vocab_size": self.builder.vocab, "hidden_size": int(self.builder.cfg.hidden_size),
                      "num_attention_heads": self.builder.heads}  # for genai_config.json
         self.pad, self.eos = ck.pad_id, ck.eos_id

@@ -230,13 +230,28 @@ def test_llama_family_variants_match_pytorch(arch, tiny_tokenizer_dir, tmp_path)
             assert g.shape == ref.shape and np.abs(ref - g).max() < 1e-4
 
 
-def test_gpt2_is_refused_with_its_reason(tiny_tokenizer_dir, tmp_path):
+def test_a_family_the_builder_does_not_write_is_refused_with_the_families():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from alter_edge.errors import ConfigError
+    from alter_edge.export.builder import SUPPORTED, DecoderBuilder
+
+    opt = OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                   num_attention_heads=2, word_embed_proj_dim=16))
+    with pytest.raises(ConfigError, match="not 'opt'") as err:
+        DecoderBuilder(opt)
+    assert all(f in str(err.value) for f in SUPPORTED) and "gpt2" in SUPPORTED
+
+
+def test_a_prompt_budget_past_the_positions_is_refused_before_building(tiny_tokenizer_dir, tmp_path):
+    """GPT-2's learned positions end at n_positions: a checkpoint whose max_prompt_tokens fills
+    them leaves no room for an answer, and the export says so before building anything."""
     from alter_edge.errors import ConfigError
     from alter_edge.export.pipeline import export_checkpoint
 
-    base = make_tiny_base("gpt2", tmp_path / "base", tiny_tokenizer_dir, num_layers=2)
+    base = make_tiny_base("gpt2", tmp_path / "base", tiny_tokenizer_dir, num_layers=2)  # 256 positions
     ck = make_tiny_checkpoint(tmp_path / "ck", base, "lora", num_top_layers=2)
-    with pytest.raises(ConfigError, match="supports the model types llama, mistral, qwen2, qwen3, not 'gpt2'"):
+    with pytest.raises(ConfigError, match="max_prompt_tokens 256 .* 256 positions"):
         export_checkpoint(ck, tmp_path / "b", _opts(tasks=None))
     assert not (tmp_path / "b").exists()
 
