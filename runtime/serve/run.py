@@ -30,6 +30,10 @@ class _Uvicorn(uvicorn.Server):
         super().__init__(config)
         self.ready = ready
 
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()  # a drained shutdown exits 0; uvicorn would re-raise the signal
+
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if not self.should_exit:
