@@ -69,8 +69,8 @@ class Scheduler:
         self.model = model
         self.runner = model.runner_for(model.tasks.names)
         if self.runner is None:
-            raise ConfigError("serving several tasks needs the bundle's multi-task graph "
-                              "(export with --task all)")
+            raise ConfigError("serving several tasks needs the bundle's multi-task graph, and this bundle "
+                              "has per-task graphs only")
         self.max_tokens = model.bundle.max_new_tokens if max_tokens is None else max_tokens
         limit = model.bundle.kv.max_sequence_length
         max_len = model.bundle.max_prompt_tokens + self.max_tokens
