@@ -336,3 +336,41 @@ def test_rows_in_the_pool_free_their_cache_rows(edge_model):
     assert not {("req", i) for i in range(0, 20, 3)} & seen and len(seen) == 13
     assert pool.running == 0 and not pool.waiting and not pool.slot_of
     assert np.all(pool.lengths == 1)
+
+
+def test_scheduler_deadlines_and_stop(edge_model):
+    """In-process: a queued request past its deadline never runs; a running one leaves the
+    batch at its deadline; stopping finishes whatever is left with 'shutdown'."""
+    from alter_edge.runtime.serve.scheduler import DEADLINE, SHUTDOWN, Job, Overloaded, Scheduler
+
+    m = edge_model
+    got: dict[int, list] = {}
+
+    def deliver(job, events):
+        got.setdefault(id(job), []).extend(events)
+
+    sched = Scheduler(m, max_batch=1, max_queue=4, max_tokens=LONG)
+    prompt = m.encode("repeat cat", "echo")[0]
+    tid = m.tasks.id_of("echo")
+    params = SamplingParams(LONG, ignore_eos=True)
+    now = time.monotonic()
+    running = Job("echo", tid, deliver, now + 0.3, prompt=prompt, params=params)
+    expired = Job("echo", tid, deliver, now - 1, prompt=prompt, params=params)
+    held = Job("echo", tid, deliver, now + 600, prompt=prompt, params=params)
+    for j in (running, expired, held):
+        sched.submit(j)
+    sched.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (got.get(id(running)) and got[id(running)][-1].finish_reason):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert got[id(running)][-1].finish_reason == DEADLINE
+        assert 0 < running.tokens < LONG
+        assert [e.finish_reason for e in got[id(expired)]] == [DEADLINE] and expired.tokens == 0
+    finally:
+        sched.stop()
+    assert got[id(held)][-1].finish_reason in (SHUTDOWN, "length")
+    with pytest.raises(Overloaded) as e:
+        sched.submit(Job("echo", tid, deliver, now + 600, prompt=prompt, params=params))
+    assert e.value.closed

@@ -202,6 +202,8 @@ class Server:
         try:
             self.scheduler.submit(job)
         except Overloaded as e:
+            if e.closed:
+                raise self._ended(SHUTDOWN) from None
             self.metrics.rejected.inc()
             raise ApiError(429, f"{e}; retry later", None, "rate_limit_exceeded", type="rate_limit_error",
                            headers={"Retry-After": str(self.scheduler.retry_after())}) from None

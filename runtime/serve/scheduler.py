@@ -28,7 +28,11 @@ SHUTDOWN = "shutdown"  # ... of one still queued or running when the scheduler s
 
 
 class Overloaded(Exception):
-    """The queue is full (the app answers 429)."""
+    """The queue is full (the app answers 429), or with ``closed`` the scheduler has stopped (503)."""
+
+    def __init__(self, message: str, closed: bool = False):
+        super().__init__(message)
+        self.closed = closed
 
 
 class Job:
@@ -108,7 +112,7 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._stop:
-                raise Overloaded("the server is shutting down")
+                raise Overloaded("the server is shutting down", closed=True)
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"the queue is full ({self.max_queue} requests waiting)")
             self._queue.append(job)
