@@ -47,7 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-from alter_edge.testing import cpu_flags, tiny_bundle
+from alter_edge.testing import cpu_flags, load_script, tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_VENV = ROOT / ".venv-llama" / "bin" / "python"
@@ -57,16 +57,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # -- prompts -------------------------------------------------------------------------------
 def source_rows(args, tasks) -> list[dict]:
-    if args.data:
-        rows = [json.loads(x) for x in Path(args.data).read_text().splitlines() if x.strip()]
-    elif args.tiny:
-        from alter_edge.testing import TINY_ROWS
-
-        rows = list(TINY_ROWS)
-    else:
-        from alter_edge.default_mix import build_default_mix
-
-        rows = [r.to_dict() for r in build_default_mix()]
+    """refill_bench's rows (``--data``, the tests' rows with ``--tiny``, else the built-in mix),
+    those of the bundle's tasks, the tasks interleaved."""
+    rows = load_script(ROOT / "benchmarks" / "refill_bench.py", "refill_bench").source_rows(args)
     rows = [r for r in rows if r.get("task") in tasks.names and isinstance(r.get("input"), str)]
     by_task: dict[str, list[dict]] = {}
     for r in rows:
@@ -277,10 +270,12 @@ def ours_bodies(rows: list[dict], max_tokens: int) -> list[dict]:
              "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}} for r in rows]
 
 
-def llama_bodies(rows: list[dict], max_tokens: int, eos_id: int) -> list[dict]:
-    # ignore_eos: llama-server's field; logit_bias: llama-cpp-python's way to the same end
-    return [{"model": "smollm2", "prompt": r["text"], "max_tokens": max_tokens, "temperature": 0,
-             "ignore_eos": True, "logit_bias": {str(eos_id): -100.0}, "stream": True} for r in rows]
+def llama_bodies(rows: list[dict], max_tokens: int, eos_id: int, native: bool) -> list[dict]:
+    """The same prompt text (the task's template filled in). eos ignored: llama-server's
+    ``ignore_eos``; llama-cpp-python's server has no such field, a ``logit_bias`` does the same."""
+    no_eos = {"ignore_eos": True} if native else {"logit_bias": {str(eos_id): -100.0}}
+    return [{"model": "smollm2", "prompt": r["text"], "max_tokens": max_tokens, "temperature": 0, "stream": True,
+             **no_eos} for r in rows]
 
 
 def run_ours(args, rows, clients: int) -> dict:
@@ -301,7 +296,7 @@ def run_llama(args, rows, clients: int, eos_id: int) -> dict | None:
         return None
     p = Proc(cmd, url=f"http://127.0.0.1:{port}", ready_path="/v1/models")
     try:
-        bodies = llama_bodies(rows, args.max_tokens, eos_id)
+        bodies = llama_bodies(rows, args.max_tokens, eos_id, native=args.llama_server is not None)
         asyncio.run(load(p.url + "/v1/completions", bodies[:1], 1, 1))
         results, wall = asyncio.run(load(p.url + "/v1/completions", bodies, clients, args.requests))
     finally:
@@ -357,12 +352,12 @@ def runtime_batch8(model, rows, args) -> float:
 # -- printing ----------------------------------------------------------------------------------
 def row_line(name: str, s: dict) -> str:
     t, lat = s["ttft"], s["latency"]
-    return (f"  {name:<26} {s['tokens_per_s']:9.1f} {t[0] * 1e3:8.0f} {t[1] * 1e3:8.0f} {t[2] * 1e3:8.0f} "
+    return (f"  {name:<32} {s['tokens_per_s']:9.1f} {t[0] * 1e3:8.0f} {t[1] * 1e3:8.0f} {t[2] * 1e3:8.0f} "
             f"{lat[0] * 1e3:9.0f} {lat[1] * 1e3:9.0f} {lat[2] * 1e3:9.0f} {s['errors']:6d} {s['rate_limited']:5d}")
 
 
 def header() -> str:
-    return (f"  {'system':<26} {'tok/s':>9} {'ttft p50':>8} {'p95':>8} {'p99':>8} {'lat p50':>9} {'p95':>9} "
+    return (f"  {'system':<32} {'tok/s':>9} {'ttft p50':>8} {'p95':>8} {'p99':>8} {'lat p50':>9} {'p95':>9} "
             f"{'p99':>9} {'errors':>6} {'429s':>5}   (ms)")
 
 
@@ -431,11 +426,9 @@ def main() -> None:
     ap.add_argument("--disconnect-every", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
-    if args.bundle is None:
-        if not args.tiny:
-            raise SystemExit("give --bundle (or --tiny)")
-        args.work.mkdir(parents=True, exist_ok=True)
-        args.bundle = tiny_bundle(args.work)[2]
+    if args.bundle is None and not args.tiny:
+        raise SystemExit("give --bundle (or --tiny)")
+    args.bundle = args.bundle or tiny_bundle(args.work)[2]
     from alter_edge.runtime import EdgeModel
 
     model = EdgeModel.load(args.bundle, threads=args.threads, precision=args.precision, spinning=False)
