@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .common import CONTEXT, handle_errors
-from .run import _load, _session_options
+from .run import _session_options
 
 
 @click.command("serve", context_settings=CONTEXT)
@@ -60,7 +60,10 @@ def serve_cmd(bundle, host, port, api_key_file, insecure, max_batch, max_queue, 
         raise click.UsageError(f"--host {host} is not a loopback address: give --api-key-file "
                                "(clients then send 'Authorization: Bearer KEY'), or --insecure to serve "
                                "without a key")
-    model = _load(bundle, threads, precision)
+    from alter_edge.runtime.model import EdgeModel
+
+    # no spinning: idle onnxruntime workers would busy-wait on the cores the HTTP thread needs
+    model = EdgeModel.load(bundle, threads=threads, precision=precision, spinning=False)
     options = ServeOptions(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens, timeout=timeout,
                            max_body_bytes=max_body_bytes, api_key=key)
     serve(model, host, port, options, grace=grace, log_level=log_level)

@@ -11,6 +11,7 @@ session. Nothing here imports the web stack: the app hands in a ``deliver`` call
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -89,6 +90,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._running: list[Job] = []
         self._stop = False
+        self._latency: float | None = None  # moving average of finished requests' seconds
         self._thread = threading.Thread(target=self._loop, name="alter-edge-scheduler", daemon=True)
 
     # -- any thread ----------------------------------------------------------------------
@@ -125,8 +127,10 @@ class Scheduler:
                 self._cond.notify()
 
     def retry_after(self) -> int:
-        """Seconds a client should wait after a 429: about one queue's worth of requests."""
-        return 1
+        """Seconds a client should wait after a 429: about how long the queue takes to drain
+        (queued requests / slots x recent request latency), 1 to 60."""
+        per = self._latency or 1.0
+        return max(1, min(60, math.ceil(len(self._queue) / self.pool.size * per)))
 
     # -- the scheduler thread ------------------------------------------------------------
     def _loop(self) -> None:
@@ -156,8 +160,7 @@ class Scheduler:
         if job.text is not None and not job.classify:  # running: leave the pool
             self.pool.cancel(job)
         out.setdefault(job, []).append(TokenEvent(0, None, "", reason))
-        if self.metrics is not None:
-            self.metrics.finished(job, reason, time.monotonic() - job.created)
+        self._record(job, reason)
 
     def _expire(self, out: dict) -> None:
         now = time.monotonic()
@@ -195,9 +198,7 @@ class Scheduler:
             result = e
         job.finished = True
         out.setdefault(job, []).append(result)
-        if self.metrics is not None:
-            self.metrics.finished(job, "error" if isinstance(result, Exception) else "stop",
-                                  time.monotonic() - job.created)
+        self._record(job, "error" if isinstance(result, Exception) else "stop")
 
     def _step(self, out: dict) -> int:
         tokens = 0
@@ -218,10 +219,16 @@ class Scheduler:
                 job.finished = True
                 if reason == "stop":
                     self.pool.cancel(job)
-                if self.metrics is not None:
-                    self.metrics.finished(job, reason, time.monotonic() - job.created)
+                self._record(job, reason)
         self._running = [j for j in self._running if not j.finished]
         return tokens
+
+    def _record(self, job: Job, reason: str) -> None:
+        seconds = time.monotonic() - job.created
+        if reason in ("eos", "stop", "length"):
+            self._latency = seconds if self._latency is None else 0.9 * self._latency + 0.1 * seconds
+        if self.metrics is not None:
+            self.metrics.finished(job, reason, seconds)
 
     def _send(self, out: dict) -> None:
         for job, evs in out.items():
