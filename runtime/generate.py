@@ -220,6 +220,7 @@ class SlotPool:
         self.cur = np.full(size, pad_id, dtype=np.int64)
         self.count = np.zeros(size, dtype=np.int64)  # tokens generated
         self.waiting: deque[_Waiting] = deque()
+        self._queued: dict[object, _Waiting] = {}  # waiting rows not cancelled: key -> row
         self.slot_of: dict[object, int] = {}  # running rows: key -> slot
         self.closed = False
 
@@ -232,12 +233,17 @@ class SlotPool:
         return len(self.slot_of)
 
     @property
+    def queued(self) -> int:
+        """Rows added that have not entered yet (and are not cancelled)."""
+        return len(self._queued)
+
+    @property
     def free(self) -> int:
         return self.size - len(self.slot_of)
 
     @property
     def busy(self) -> bool:
-        return bool(self.slot_of or self.waiting)
+        return bool(self.slot_of or self._queued)
 
     def add(self, key: object, prompt: Sequence[int], task: int, params: SamplingParams,
             picker: TokenPicker | None = None, stream: int = 0, done: bool = False) -> None:
@@ -250,7 +256,10 @@ class SlotPool:
                               f"the {self.max_len} positions of this batch's KV cache")
         if picker is None:
             picker = GREEDY if params.greedy else TokenPicker(params)
-        self.waiting.append(_Waiting(key, prompt, int(task), params, picker, stream, done))
+        w = _Waiting(key, prompt, int(task), params, picker, stream, done)
+        self.waiting.append(w)
+        if not done:
+            self._queued[key] = w
 
     def close(self) -> None:
         self.closed = True
@@ -262,9 +271,9 @@ class SlotPool:
         if j is not None:
             self._release(j)
             return
-        for w in self.waiting:
-            if w.key == key:
-                w.done = True
+        w = self._queued.pop(key, None)
+        if w is not None:
+            w.done = True
 
     def step(self) -> Iterator[tuple[object, int | None]]:
         """One graph run: the next waiting rows' prompts (when enough slots are free) or one
@@ -273,7 +282,7 @@ class SlotPool:
         while self.waiting and self.waiting[0].done:
             self.waiting.popleft()
         free = [j for j, k in enumerate(self.key) if k is None]
-        n_wait = sum(not w.done for w in self.waiting)
+        n_wait = len(self._queued)
         if n_wait and len(free) >= min(self.refill_at, n_wait, self.size):
             take, logits = self._enter(np.asarray(free))
         elif not self.slot_of:
@@ -318,6 +327,7 @@ class SlotPool:
             w = self.waiting.popleft()
             if not w.done:
                 rows.append(w)
+                del self._queued[w.key]
         k = len(rows)
         take = free[:k]
         ids, lens = pad_rows([r.prompt for r in rows], self.pad_id)

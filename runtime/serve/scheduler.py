@@ -179,7 +179,7 @@ class Scheduler:
         while True:
             with self._cond:
                 if not self._queue or (not self._queue[0].classify
-                                       and self.pool.free <= len(self.pool.waiting)):
+                                       and self.pool.free <= self.pool.queued):
                     return
                 job = self._queue.popleft()
             if job.classify:
