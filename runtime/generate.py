@@ -150,8 +150,8 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     done = np.zeros(n, dtype=bool) if done is None else done
     pickers: dict[SamplingParams, TokenPicker] = {}  # rows with the same params share one (row = stream)
     B = n if slots is None else min(int(slots), n)
-    pool = SlotPool(runner, eos_id, pad_id, B, max(len(p) + q.max_new_tokens for p, q in zip(prompts, row_params, strict=True)),
-                    refill_at)
+    longest = max(len(p) + q.max_new_tokens for p, q in zip(prompts, row_params, strict=True))
+    pool = SlotPool(runner, eos_id, pad_id, B, longest, refill_at)
     for i, (p, t, q) in enumerate(zip(prompts, tids.tolist(), row_params, strict=True)):
         pool.add(i, p, t, q, pickers.setdefault(q, TokenPicker(q)), i, done[i])
     pool.close()
@@ -185,7 +185,7 @@ def _decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
     return row_params, tids
 
 
-@dataclass
+@dataclass(eq=False)  # rows compare by identity
 class _Waiting:
     key: object  # the caller's name for the row (decode: its index; the server: its request)
     prompt: Sequence[int]
