@@ -365,10 +365,11 @@ def soak(args, rows) -> dict:
     p = start_ours(args, max_batch=args.max_batch or 8, max_queue=64)
     bodies = ours_bodies(rows, args.max_tokens)
     rss: dict[str, float] = {}
+    first = min(60.0, args.soak / 2)  # after minute 1 (a short smoke run: half-way)
 
     def sample_rss() -> None:
-        time.sleep(min(60.0, args.soak / 2))
-        rss["minute 1"] = p.rss_mb()
+        time.sleep(first)
+        rss["first"] = p.rss_mb()
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     try:
@@ -394,14 +395,14 @@ def soak(args, rows) -> dict:
     s = summary(results, wall)
     dropped = sum(1 for r in results if r.get("dropped"))
     failed = [r for r in results if r["status"] not in (200, 429)]
-    growth = 100.0 * (rss["end"] - rss["minute 1"]) / rss["minute 1"]
+    growth = 100.0 * (rss["end"] - rss["first"]) / rss["first"]
     print(f"soak {args.soak:g} s, 32 clients, mixed tasks, every {args.disconnect_every}th request dropped mid-stream")
     print(f"  requests {len(results)} (dropped on purpose {dropped}, 429s {s['rate_limited']}), "
           f"aggregate {s['tokens_per_s']:.1f} tok/s")
     print(f"  failed requests other than 429s: {len(failed)}"
           + (f" (first: {failed[0].get('error') or failed[0]['status']})" if failed else ""))
     print(f"  metrics back to idle (0 running rows, 0 queued): {'yes' if idle else 'NO'}")
-    print(f"  server RSS: {rss['minute 1']:.1f} MB after minute 1, {rss['end']:.1f} MB at the end "
+    print(f"  server RSS: {rss['first']:.1f} MB after {first:g} s, {rss['end']:.1f} MB at the end "
           f"(growth {growth:+.2f}%)")
     return {"summary": s, "failed": len(failed), "idle": idle, "rss_mb": rss, "rss_growth_pct": growth}
 
