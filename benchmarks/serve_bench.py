@@ -2,7 +2,7 @@
 in one interleaved run.
 
     HF_HUB_OFFLINE=1 python benchmarks/serve_bench.py --bundle runs/decode-bench/bundle \\
-        --precision int8 --threads 2 --clients 1 4 8 16 32 --requests 4 --max-tokens 32
+        --precision int8 --threads 2 --clients 1 4 8 16 32 --requests 16 --max-tokens 32
     HF_HUB_OFFLINE=1 python benchmarks/serve_bench.py --bundle runs/decode-bench/bundle \\
         --precision int8 --threads 2 --soak 600
     python benchmarks/serve_bench.py --tiny --clients 1 4 --requests 2 --max-tokens 8   # smoke test
