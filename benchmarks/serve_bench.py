@@ -1,9 +1,9 @@
 """alter-edge serve under load, beside llama.cpp's server and EdgeModel one request at a time,
 in one interleaved run.
 
-    HF_HUB_OFFLINE=1 python benchmarks/serve_bench.py --bundle runs/decode-bench/bundle \\
+    HF_HUB_OFFLINE=1 python benchmarks/serve_bench.py --bundle runs/serve-bench/bundle \\
         --precision int8 --threads 2 --clients 1 4 8 16 32 --requests 16 --max-tokens 32
-    HF_HUB_OFFLINE=1 python benchmarks/serve_bench.py --bundle runs/decode-bench/bundle \\
+    HF_HUB_OFFLINE=1 python benchmarks/serve_bench.py --bundle runs/serve-bench/bundle \\
         --precision int8 --threads 2 --soak 600
     python benchmarks/serve_bench.py --tiny --clients 1 4 --requests 2 --max-tokens 8   # smoke test
 
