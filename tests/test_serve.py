@@ -138,6 +138,14 @@ def test_models_completions_and_usage(server, edge_model):
     assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (len(prompt_ids), len(want.token_ids))
     assert got.usage.total_tokens == len(prompt_ids) + len(want.token_ids)
     assert got.model == "echo" and got.object == "text_completion"
+    # a stop string: the text ends before it, as EdgeModel's does
+    words = want.text.split()
+    stop = words[len(words) // 2]
+    cut = edge_model.generate(text, task="echo", max_new_tokens=9, stop=stop)
+    assert cut.finish_reason == "stop" and len(cut.text) < len(want.text)
+    got = c.completions.create(model="echo", prompt=text, max_tokens=9, stop=[stop])
+    assert (got.choices[0].text, got.choices[0].finish_reason) == (cut.text, "stop")
+    assert got.usage.completion_tokens == len(cut.token_ids)
 
 
 def test_chat_and_streaming(server, edge_model):
