@@ -2,6 +2,7 @@
 # Virtual environments for the benchmark anchors, each its own (their pins conflict with ours):
 #   bash scripts/anchors.sh genai   # .venv-genai: onnxruntime-genai 0.18.0 + its model builder
 #   bash scripts/anchors.sh llama   # .venv-llama: llama-cpp-python[server] 0.3.36, built from source (~7 min)
+#   bash scripts/anchors.sh llama-server   # .llama-server/bin/llama-server: llama.cpp's own server, same sources
 # Benchmarks skip an anchor whose venv is missing, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,19 @@ for what in "${@:-genai}"; do
       CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
         .venv-llama/bin/python -m pip install -q "llama-cpp-python[server]==0.3.36"
       ;;
-    *) echo "unknown anchor $what (genai, llama)" >&2; exit 2 ;;
+    llama-server)
+      # llama.cpp's own HTTP server (parallel slots, continuous batching) for benchmarks/serve_bench.py,
+      # built with cmake from the llama.cpp sources that llama-cpp-python's sdist vendors (same flags)
+      src=$(mktemp -d)
+      "$PY" -m pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d "$src"
+      tar xzf "$src"/llama_cpp_python-0.3.36.tar.gz -C "$src"
+      cmake -S "$src"/llama_cpp_python-0.3.36/vendor/llama.cpp -B .llama-server -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+      cmake --build .llama-server --target llama-server -j "$(nproc)" >/dev/null
+      rm -rf "$src"
+      echo "llama-server: $(pwd)/.llama-server/bin/llama-server"
+      ;;
+    *) echo "unknown anchor $what (genai, llama, llama-server)" >&2; exit 2 ;;
   esac
 done
