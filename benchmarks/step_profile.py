@@ -5,7 +5,7 @@
 
 For each graph (a bundle graph takes its KV layout from the bundle's manifest.json beside it;
 otherwise pass ``--kv``), runs a 32-token prompt and ``--steps`` one-token steps at batch 1
-through ``GraphRunner.step`` with profiling on (the prompt fed one token a step, so
+through ``GraphRunner.step`` with profiling on (``--batch N``: N copies of the prompt; the prompt fed one token a step, so
 onnxruntime-genai's graphs, whose logits cover every position, run too), then prints per decode step: the Python wall
 time of ``step`` (binding, run, reading logits), onnxruntime's ``model_run`` time, the summed
 kernel time of its nodes, and the kernel time by operator type (top ten). Wall minus kernel
@@ -28,19 +28,19 @@ from alter_edge.runtime.contract import KVLayout
 from alter_edge.runtime.session import GraphRunner, session_options
 
 
-def profile(graph: Path, kv: KVLayout, steps: int, threads: int, task_id: int | None) -> dict:
+def profile(graph: Path, kv: KVLayout, steps: int, threads: int, task_id: int | None, batch: int = 1) -> dict:
     so = session_options(threads)
     prefix = Path(tempfile.mkdtemp()) / "profile"
     so.enable_profiling = True
     so.profile_file_prefix = str(prefix)
     runner = GraphRunner(graph, kv, so, ["CPUExecutionProvider"])
-    prompt = np.arange(100, 132, dtype=np.int64)[None, :]
-    tids = None if task_id is None else np.array([task_id], np.int64)
+    prompt = np.tile(np.arange(100, 132, dtype=np.int64)[None, :], (batch, 1))
+    tids = None if task_id is None else np.full(batch, task_id, np.int64)
     walls = []
     for _ in range(2):  # the second pass is timed; the first warms up
-        cache = runner.new_cache(1, prompt.shape[1] + steps + 1)
+        cache = runner.new_cache(batch, prompt.shape[1] + steps + 1)
         for j in range(prompt.shape[1]):  # token by token: a graph whose logits cover every position works too
-            lengths = np.array([j + 1], np.int64)
+            lengths = np.full(batch, j + 1, np.int64)
             logits = runner.step(prompt[:, j:j + 1], lengths, tids, cache)
         walls = []
         for _ in range(steps):
@@ -60,7 +60,7 @@ def profile(graph: Path, kv: KVLayout, steps: int, threads: int, task_id: int | 
         by_op[e["args"].get("op_name", "?")] += e["dur"]
     n = len(decode_runs)
     return {
-        "graph": str(graph), "steps": n, "nodes_run_per_step": round(len(kernel) / n),
+        "graph": str(graph), "batch": batch, "steps": n, "nodes_run_per_step": round(len(kernel) / n),
         "wall_ms_per_step": round(1000 * statistics.median(walls), 3),
         "model_run_ms_per_step": round(statistics.median(r["dur"] for r in decode_runs) / 1000, 3),
         "kernel_ms_per_step": round(sum(e["dur"] for e in kernel) / n / 1000, 3),
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--task-id", type=int, default=0, help="fed to a multi-task graph")
+    ap.add_argument("--batch", type=int, default=1, help="rows per step (copies of the prompt)")
     args = ap.parse_args()
     for g in args.graphs:
         manifest = g.parent / "manifest.json"
@@ -83,7 +84,7 @@ def main() -> None:
         import onnx
 
         inputs = {i.name for i in onnx.load(str(g), load_external_data=False).graph.input}
-        r = profile(g, kv, args.steps, args.threads, args.task_id if "task_ids" in inputs else None)
+        r = profile(g, kv, args.steps, args.threads, args.task_id if "task_ids" in inputs else None, args.batch)
         print(json.dumps(r, indent=2))
 
 
