@@ -125,7 +125,7 @@ class TokenPicker:
         return out
 
 
-def _nucleus(p: np.ndarray, top_p: float, first: int = 64) -> np.ndarray:
+def _nucleus(p: np.ndarray, top_p: float, first: int = 1024) -> np.ndarray:
     """The ids (ascending) of the smallest set of most likely tokens whose probability reaches
     ``top_p``: the most likely always, then each next one while the mass before it is below
     ``top_p`` (equal probabilities in id order). Sorts only the ``first`` most likely tokens,
