@@ -114,13 +114,14 @@ class EdgeModel:
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int | None = None, optimization: str = "all",
              providers: Sequence[str] | None = None, precision: str | None = None,
-             verify: bool = True, preload: bool = False, spinning: bool = True,
+             verify: bool | str = True, preload: bool = False, spinning: bool = True,
              ort_format: bool = False, tasks: Sequence[str] | None = None,
              engine: str = "onnxruntime") -> EdgeModel:
         """Check and open a bundle. ``threads``: onnxruntime intra-op threads; ``optimization``:
         disable|basic|extended|all; ``providers``: onnxruntime execution providers (checked);
         ``precision``: fp32|int8|int4 (default: the bundle's best, int8 > int4 > fp32);
-        ``verify``: check sha256s (graphs when first opened); ``preload``: open every graph now
+        ``verify``: check sha256s (graphs when first opened; "cached": not again for a file
+        that matched before and is unchanged, ``runtime.verified``); ``preload``: open every graph now
         (default: the multi-task graph, which then serves every request); ``ort_format``: open each
         graph's ``.ort`` twin (bundles exported with --ort-format); ``tasks``: open only the
         graphs serving these tasks (each task's own graph where the bundle has one, which then
