@@ -128,21 +128,32 @@ class TokenPicker:
 def _nucleus(p: np.ndarray, top_p: float, first: int = 1024) -> np.ndarray:
     """The ids (ascending) of the smallest set of most likely tokens whose probability reaches
     ``top_p``: the most likely always, then each next one while the mass before it is below
-    ``top_p`` (equal probabilities in id order). Sorts only the ``first`` most likely tokens,
-    doubling that until the set ends inside them, not the whole vocabulary."""
+    ``top_p``. Sorts only the ``first`` most likely tokens (equal probabilities in id order),
+    and the whole vocabulary, as a full sort did before, only when the set does not end inside
+    them (a flat distribution)."""
     V = len(p)
     m = min(first, V)
-    while True:
-        top = np.argpartition(p, V - m)[V - m:] if m < V else np.arange(V)
-        top = top[np.lexsort((top, -p[top]))]  # most likely first, ties by id
-        sp = p[top]
-        before = np.cumsum(sp) - sp  # the mass of the tokens sorted ahead of each
-        ends = np.flatnonzero(before >= top_p)
-        if len(ends):
-            return np.sort(top[:int(ends[0])])
-        if m == V:
-            return np.arange(V)
-        m = min(2 * m, V)
+    if m < V and float(p.max()) * m >= top_p:  # else the m most likely cannot reach top_p
+        top = np.sort(np.argpartition(p, V - m)[V - m:])
+        top = top[np.argsort(-p[top], kind="stable")]  # most likely first, ties by id
+        n = _nucleus_size(p[top], top_p)
+        if n is not None:
+            return np.sort(top[:n])
+    order = np.argsort(-p)
+    n = _nucleus_size(p[order], top_p)
+    if n is None:
+        return np.arange(V)
+    keep = np.zeros(V, dtype=bool)
+    keep[order[:n]] = True
+    return np.flatnonzero(keep)
+
+
+def _nucleus_size(sp: np.ndarray, top_p: float) -> int | None:
+    """How many of these probabilities, most likely first, the nucleus keeps (None: all, and
+    it may go on past them)."""
+    ends = np.flatnonzero(np.cumsum(sp) - sp >= top_p)  # the mass sorted ahead of each
+    return int(ends[0]) if len(ends) else None
+
 
 class _RowPickers:
     """One :class:`TokenPicker` per distinct SamplingParams; each row picks with its own."""

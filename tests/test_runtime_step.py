@@ -70,7 +70,9 @@ def test_nucleus_is_the_smallest_most_likely_set():
             before = np.cumsum(p[order]) - p[order]
             want = np.sort(order[before < top_p])
             assert _nucleus(p, top_p, first=4).tolist() == want.tolist()
-    assert _nucleus(np.array([0.25, 0.5, 0.25]), 0.6).tolist() == [0, 1]  # a tie: the lower id first
+    tie = np.full(2000, 0.05 / 1997)
+    tie[[5, 7, 9]] = 0.3, 0.35, 0.3
+    assert _nucleus(tie, 0.6).tolist() == [5, 7]  # equal candidates at the edge: the lower id first
 
 
 # -- incremental detokenization -------------------------------------------------------------
