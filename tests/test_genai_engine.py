@@ -119,3 +119,17 @@ def test_decode_ids_keeps_per_task_groups_in_step_with_done(edge_model, runtime_
         seen.append(row)
         done[0] = True
     assert seen.count(0) == 1 and seen.count(1) == 4
+
+
+@needs_genai
+def test_quantized_graphs_give_the_runtimes_greedy_tokens(tmp_path_factory, runtime_ckpt_dir):
+    """int8 and int4 (MatMulNBits) multi-task graphs, mixed tasks per row."""
+    from alter_edge.testing import build_bundle
+
+    b = build_bundle(runtime_ckpt_dir, tmp_path_factory.mktemp("genai-engine-q") / "bundle", int8=True, int4=True,
+                     int8_budget=100.0, int4_budget=100.0, min_top1_int8=0.0, min_top1_int4=0.0)
+    for precision in ("int8", "int4"):
+        ours = EdgeModel.load(b, threads=1, precision=precision)
+        genai = EdgeModel.load(b, threads=1, precision=precision, engine="genai")
+        assert list(genai._genai) == [f"model.{precision}.onnx"]
+        assert [g.token_ids for g in _gen(genai)] == [g.token_ids for g in _gen(ours)], precision
