@@ -60,6 +60,7 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+@functools.cache
 def _timing():
     """runtime/timing.py, the loop ``alter-edge bench`` times too, loaded by path: it needs
     only the standard library, so the anchors' venvs (without alter_edge) run it as well."""
