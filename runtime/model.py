@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence, Set
@@ -73,9 +74,28 @@ class TokenEvent:
 
 def _load_tokenizer(root: Path) -> Tokenizer:
     try:
-        return Tokenizer.from_file(str(root / "tokenizer.json"))
+        tok = Tokenizer.from_file(str(root / "tokenizer.json"))
     except Exception as e:  # tokenizers raises a plain Exception on a bad file
         raise BundleError(f"{root}/tokenizer.json cannot be loaded ({e})") from e
+    trim_heap()
+    return tok
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). Parsing SmolLM2's tokenizer.json frees about 17 MB that malloc would otherwise
+    keep, counted in the process's RSS (and, as it parses beside the session's creation, in its
+    peak). Whether it trimmed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc; musl has none
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 class EdgeModel:

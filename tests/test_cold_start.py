@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -92,3 +93,15 @@ def test_a_stale_or_broken_cache_entry_means_hashing(bundle_copy, tmp_path, monk
 def test_verify_takes_true_false_or_cached(runtime_bundle):
     with pytest.raises(ConfigError, match="verify must be True, False or 'cached'"):
         load_bundle(runtime_bundle, verify="yes")
+
+
+def test_the_tokenizer_load_trims_the_heap(runtime_bundle, monkeypatch):
+    from alter_edge.runtime import model as model_mod
+
+    calls = []
+    monkeypatch.setattr(model_mod, "trim_heap", lambda: calls.append(1) or True)
+    EdgeModel.load(runtime_bundle, threads=1, tasks=())
+    assert calls == [1]
+    monkeypatch.undo()
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert model_mod.trim_heap() is glibc  # nothing to call elsewhere
