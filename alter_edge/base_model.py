@@ -132,6 +132,15 @@ def resolve_base_model(reference: str) -> Path:
     )
 
 
+def base_model_type(reference: str) -> str:
+    """The ``model_type`` in the base model's config.json (no weights are read)."""
+    path = resolve_base_model(reference)
+    try:
+        return str(json.loads((path / "config.json").read_text())["model_type"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelNotFoundError(f"{path}/config.json names no model_type ({type(e).__name__})") from e
+
+
 def load_tokenizer(model_dir: Path):
     from tokenizers import Tokenizer
 

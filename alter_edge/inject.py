@@ -29,23 +29,28 @@ class ArchSpec:
     attn_targets: tuple[str, ...] = ()  # attention projections (lora kind, lora_attention=True)
 
 
-# Llama-family MLPs share gate/up/down; GPT-2 uses Conv1D c_fc/c_proj.
-_LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
-_LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+# Llama-family MLPs share gate/up/down (Gemma 3, Granite, OLMo 2 too); Phi-3 fuses q/k/v and
+# gate/up; GPT-2 uses Conv1D c_attn/c_proj and c_fc/c_proj. Every family here is also one the
+# graph builder writes (export.families.FAMILIES: tests/test_families.py keeps the two equal).
+_LLAMA = ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj"), "self_attn",
+                  ("q_proj", "k_proj", "v_proj", "o_proj"))
 ARCH_TABLE: dict[str, ArchSpec] = {
-    "llama": ArchSpec("layers", "mlp", _LLAMA_MLP, "self_attn", _LLAMA_ATTN),
-    "mistral": ArchSpec("layers", "mlp", _LLAMA_MLP, "self_attn", _LLAMA_ATTN),
-    "qwen2": ArchSpec("layers", "mlp", _LLAMA_MLP, "self_attn", _LLAMA_ATTN),
-    "qwen3": ArchSpec("layers", "mlp", _LLAMA_MLP, "self_attn", _LLAMA_ATTN),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma3_text": _LLAMA,
+    "granite": _LLAMA,
+    "olmo2": _LLAMA,
+    "phi3": ArchSpec("layers", "mlp", ("gate_up_proj", "down_proj"), "self_attn", ("qkv_proj", "o_proj")),
     "gpt2": ArchSpec("h", "mlp", ("c_fc", "c_proj"), "attn", ("c_attn", "c_proj")),
 }
 
 
 def arch_spec(model_type: str) -> ArchSpec:
     if model_type not in ARCH_TABLE:
-        raise ConfigError(
-            f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(ARCH_TABLE))}"
-        )
+        raise ConfigError(f"base model type {model_type!r} is not supported; supported: "
+                          f"{', '.join(sorted(ARCH_TABLE))} (the families that train and export)")
     return ARCH_TABLE[model_type]
 
 

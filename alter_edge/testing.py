@@ -86,6 +86,66 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
     return out_dir
 
 
+# a tiny config of each decoder family the builder writes (2 layers, hidden 64), with each
+# family's peculiarities switched on: sliding windows shorter than the test prompts, partial
+# rotary, multipliers and softcaps away from 1
+FAMILY_CONFIGS = {
+    "llama": ("LlamaConfig", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                  "original_max_position_embeddings": 64}}),  # Llama 3.x
+    "mistral": ("MistralConfig", {"sliding_window": 5}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {}),
+    "gemma3_text": ("Gemma3TextConfig", {"sliding_window": 5, "query_pre_attn_scalar": 24, "attn_logit_softcapping": 5.0,
+                                         "final_logit_softcapping": 3.0,
+                                         "layer_types": ["sliding_attention", "full_attention"],
+                                         "rope_parameters": {
+                                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                             "full_attention": {"rope_type": "default", "rope_theta": 1e6}}}),
+    "phi3": ("Phi3Config", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                "partial_rotary_factor": 0.5}}),
+    "gpt2": ("GPT2Config", {}),
+    "granite": ("GraniteConfig", {"embedding_multiplier": 6.0, "attention_multiplier": 0.15,
+                                  "residual_multiplier": 0.5, "logits_scaling": 2.0}),
+    "olmo2": ("Olmo2Config", {}),
+}
+
+
+def make_tiny_family(family: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0, init_range: float = 0.1) -> Path:
+    """Save a 2-layer random model of ``family`` (a ``FAMILY_CONFIGS`` key) with the tiny
+    tokenizer, its config built in-process (no network)."""
+    import torch
+    import transformers
+
+    vocab = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+    V = max(vocab.values()) + 1
+    eos, pad = vocab["<eos>"], vocab["<pad>"]
+    cls, extra = FAMILY_CONFIGS[family]
+    if family == "gpt2":
+        common = dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=1024, resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0)
+    else:
+        common = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True)
+        if family == "phi3":
+            # head_dim 32: GroupQueryAttention's partial rotary takes multiples of 16 rotated dims
+            common.update(original_max_position_embeddings=256, resid_pdrop=0.0, embd_pdrop=0.0,
+                          num_attention_heads=2, num_key_value_heads=1)
+            del common["head_dim"]
+    cfg = getattr(transformers, cls)(**common, **extra, eos_token_id=eos, pad_token_id=pad, bos_token_id=eos,
+                                     initializer_range=init_range)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # norms away from their init (ones, or Gemma's zeros), so a wrong norm shows
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
+    return out_dir
+
+
 def make_tiny_checkpoint(
     out_dir: Path, base_dir: Path | str, kind: str = "lora", init_std: float = 0.2, seed: int = 0,
     num_top_layers: int = 2, gate: str = "task", gate_std: float = 0.0, data: Path | None = None,
@@ -243,3 +303,32 @@ def time_torch_greedy(model, prompt: list[int], task_id: int, batch: int, new_to
     greedy_generate(*args, max_new_tokens=new_tokens)
     first, total = t1 - t0, time.perf_counter() - t1
     return first, batch * (new_tokens - 1) / max(total - first, 1e-9)
+
+
+def genai_greedy(model, prompts, task_ids, pad: int, eos: int, n: int) -> list[list[int]]:
+    """onnxruntime-genai's greedy tokens (``model``: an ``onnxruntime_genai.Model`` of a bundle)
+    on right-padded ``prompts``, ``task_ids`` fed per row; each row cut before its eos
+    (alter-edge yields none)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from alter_edge.padding import pad_rows
+
+    ids, _ = pad_rows(prompts, pad)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=ids.shape[1] + n, do_sample=False, batch_size=len(prompts))
+    gen = og.Generator(model, params)
+    # onnxruntime-genai reads this array's memory at each step without holding a reference:
+    # it must stay alive as long as the generator
+    tids = np.asarray(task_ids, dtype=np.int64)
+    gen.set_model_input("task_ids", tids)
+    gen.append_tokens(ids.astype(np.int32))
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    while not gen.is_done():
+        gen.generate_next_token()
+        for row, token in enumerate(gen.get_next_tokens()):
+            done[row] = done[row] or int(token) == eos
+            if not done[row]:
+                out[row].append(int(token))
+    return out

@@ -371,6 +371,14 @@ def engines(paths: dict, args) -> dict[str, tuple[str, dict]]:
         if p in paths["genai"]:
             out[f"onnxruntime-genai {p} plain base"] = (str(VENVS["genai"]), {
                 **common, "engine": "genai", "model_dir": str(paths["genai"][p])})
+    for spec in args.also:  # LABEL=GRAPH: another bundle's graph (a variant), its KV layout from its manifest
+        label, _, graph = spec.partition("=")
+        g = Path(graph)
+        manifest = json.loads((g.parent / "manifest.json").read_text())
+        job = {**common, "engine": "ours", "kv": manifest["kv_cache"], "graph": str(g)}
+        if g.name.startswith("model."):  # a multi-task graph: fed the same task id
+            job["task_id"] = tid
+        out[label] = (py, job)
     if VENVS["llama"].is_file():
         out["llama.cpp Q4_1 GGUF"] = (str(VENVS["llama"]), {**common, "engine": "llama", "batches": [1],
                                                             "gguf": str(paths["gguf"])})
@@ -410,6 +418,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--precisions", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
     ap.add_argument("--only", nargs="*", default=None, help="run only engines whose name contains one of these")
+    ap.add_argument("--also", nargs="*", default=[], metavar="LABEL=GRAPH",
+                    help="also time these graphs (e.g. another export's model.int8.onnx; KV layout from the "
+                         "manifest.json beside each), interleaved with the rest")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--prepare-only", action="store_true", help="make the checkpoint and graphs, time nothing")
@@ -441,7 +452,7 @@ def speed_table(plan: dict[str, tuple[str, dict]], runs: dict[str, list[dict]], 
         return format(v, spec) if v is not None else "-"
 
     print(f"{'engine':<42} {'b1 tok/s':>9} {'b8 tok/s':>9} {'TTFT ms':>8} {'peak MB':>8} {'MB/token':>9} "
-          f"{'ceiling':>8}")
+          f"{'ceiling':>8} {'b1/ceil':>7}")
     table = {}
     for name, (_py, job) in plan.items():
         graph = job.get("graph") or (str(Path(job["model_dir"]) / "model.onnx") if "model_dir" in job else None)
@@ -450,11 +461,15 @@ def speed_table(plan: dict[str, tuple[str, dict]], runs: dict[str, list[dict]], 
         row = {k: med(name, k) for k in ("b1_tok_s", "b8_tok_s", "b1_ttft_ms", "peak_rss_mb")}
         row["weight_mb_per_token"] = round(bpt / 1e6, 1) if bpt else None
         row["ceiling_tok_s"] = round(bw * 1e9 / bpt, 1) if bpt else None
+        # the distance to the physical limit: batch-1 tokens/s over the bandwidth ceiling
+        row["b1_of_ceiling"] = (round(row["b1_tok_s"] / row["ceiling_tok_s"], 3)
+                                if row["b1_tok_s"] and row["ceiling_tok_s"] else None)
         row["errors"] = [x["error"] for x in runs[name] if "error" in x]
         table[name] = row
         print(f"{name:<42} {f(row['b1_tok_s'], '9.1f')} {f(row['b8_tok_s'], '9.1f')} "
               f"{f(row['b1_ttft_ms'], '8.1f')} {f(row['peak_rss_mb'], '8.0f')} "
-              f"{f(row['weight_mb_per_token'], '9.1f')} {f(row['ceiling_tok_s'], '8.0f')}"
+              f"{f(row['weight_mb_per_token'], '9.1f')} {f(row['ceiling_tok_s'], '8.0f')} "
+              f"{f(row['b1_of_ceiling'], '7.2f')}"
               + (f"  errors: {row['errors'][0]}" if row["errors"] else ""))
     return table
 

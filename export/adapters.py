@@ -21,10 +21,13 @@ from .graph import MS, GraphBuilder
 MODES = ("multitask", "task", "merged")
 
 
-def adapter_bits(graph_bits: int) -> int:
-    """Bits of the low-rank adapter factors (lora A/B, bottleneck down/up): 8 in every quantized
-    graph, int4 included (small tensors, where 4 bits cost the most accuracy); 0 (fp32) in fp32."""
-    return 8 if graph_bits else 0
+def adapter_bits(graph_bits: int, override: int | None = None) -> int:
+    """Bits of the low-rank adapter factors (lora A/B, bottleneck down/up): the graph's own by
+    default (so lora's B joins the base projection's ``MatMulNBits``), ``override`` (8 or 4) in a
+    quantized graph when asked; 0 (fp32) in an fp32 graph."""
+    if not graph_bits:
+        return 0
+    return graph_bits if override is None else override
 
 
 def _np(t) -> np.ndarray:
@@ -45,6 +48,27 @@ class Emit:
     task_ids: str | None  # the graph's task_ids input (multitask)
     prune_threshold: float = 1e-5
     token_weights: dict = field(default_factory=dict)  # token gate: each block's (B, S, K), made once
+    mixtures: list = field(default_factory=list)  # multitask: (output name, (T, 1, W) table) per use
+
+
+def emit_mixtures(g: GraphBuilder, e: Emit) -> None:
+    """Every side path's mixture in one ``Gather`` by ``task_ids`` and one ``Split``: the tables
+    of all blocks side by side, ``[T, 1, sum W]``, gathered once a step. The two nodes read only
+    a constant and the graph input, so they go first in the graph."""
+    if not e.mixtures:
+        return
+    names, tables = zip(*e.mixtures, strict=True)
+    table = g.const(np.concatenate(tables, axis=-1), "mix_tables")
+    rows = g.fresh("mix_rows")
+    widths = g.const(np.array([t.shape[-1] for t in tables], np.int64), "mix_widths")
+    n = len(g.nodes)
+    g.op("Gather", [table, e.task_ids], outputs=[rows], axis=0)
+    if len(names) == 1:
+        g.op("Identity", [rows], outputs=list(names))
+    else:
+        g.op("Split", [rows, widths], outputs=list(names), axis=-1)
+    g.nodes[:] = g.nodes[n:] + g.nodes[:n]
+    e.mixtures.clear()
 
 
 class MixtureSource:
@@ -64,11 +88,16 @@ class MixtureSource:
 
     def emit(self, g: GraphBuilder, e: Emit, resid: str, expand: np.ndarray, hint: str) -> str:
         """Mixture weights multiplied into a side path's width: ``m @ expand`` with ``expand``
-        (K, W) (repeat over rank, scaling, tiling over stacked projections). Multitask:
-        ``[B, 1, W]`` gathered per row; token gate: ``[B, S, W]`` from the hidden state ``resid``."""
-        if self.gate is None:
-            table = (self.table() @ expand).astype(np.float32)[:, None, :]  # (T, 1, W)
-            return g.op("Gather", [g.const(table, hint), e.task_ids], axis=0)
+        (K, W) (repeat over rank, scaling, tiling over stacked projections). One task: a
+        constant ``[W]``. Multitask:
+        ``[B, 1, W]`` per row (a name :func:`emit_mixtures` gives a value); token gate: ``[B, S, W]``
+        from the hidden state ``resid``."""
+        if e.mode != "multitask":  # one task: its mixture as a constant, A and B stay shared
+            return g.const((self.weights(e.task_id) @ expand).astype(np.float32), hint)
+        if self.gate is None:  # gathered with every other block's by emit_mixtures
+            name = g.fresh(hint)
+            e.mixtures.append((name, (self.table() @ expand).astype(np.float32)[:, None, :]))  # (T, 1, W)
+            return name
         w = e.token_weights.get(id(self))
         if w is None:  # once per block: every adapted projection of it shares the weights
             H = self.gate.shape[1]
@@ -112,7 +141,8 @@ class LoraKind:
         ``outs``) plus the adapters' delta ``B (m * A x)``. In fp32 and int8 graphs, when the base's
         input width is whole quantization blocks, one matmul computes both:
         ``concat(x, m * A x) @ [w | B].T`` (B's columns are blocks of their own, so it quantizes
-        exactly as apart); otherwise (int4 keeps B at 8 bits) base and delta run apart and add."""
+        exactly as apart); otherwise (B at other bits than the base, e.g. ``adapter_bits=8`` in an
+        int4 graph) base and delta run apart and add."""
         members = self.adapted(names)
         if not members or e.mode == "merged":
             return g.linear(x, w, key=base_key, bias=bias)
@@ -127,14 +157,10 @@ class LoraKind:
             row += width
         # expand: mixture (K,) -> the stacked width (n*K*r,): repeat each weight r times, tile n times
         expand = np.tile(np.kron(np.eye(K), np.ones((1, r))), (1, len(members)))  # (K, n*K*r)
-        bits = adapter_bits(g.bits)
+        bits = adapter_bits(g.bits, g.adapter_bits)
         h = g.linear(x, A, key=f"{key}.lora_A", bits=bits)
-        if e.mode == "multitask":
-            m = self.mix.emit(g, e, resid, expand, f"{key}_mix")
-        else:  # the task's mixture as a constant: no gather, no softmax; A and B stay shared
-            m = g.const((self.mix.weights(e.task_id) @ expand).astype(np.float32), f"{key}_mix")
-        hm = g.op("Mul", [h, m])
-        if g.bits in (0, 8) and w.shape[1] % g.block_size == 0:
+        hm = g.op("Mul", [h, self.mix.emit(g, e, resid, expand, f"{key}_mix")])
+        if bits == g.bits and w.shape[1] % g.block_size == 0:
             z = g.op("Concat", [x, hm], axis=-1)
             return g.linear(z, np.concatenate([w, Bm], axis=1), key=f"{key}.wb", bias=bias)
         y = g.linear(x, w, key=base_key, bias=bias)
@@ -183,15 +209,12 @@ class BottleneckKind:
     def mlp(self, g: GraphBuilder, e: Emit, key: str, x: str, resid: str, emit_mlp) -> str:
         base = emit_mlp(self.mlp_module, f"{key}.mlp", x)
         K, r = self.mix.K, self.r
-        bits = adapter_bits(g.bits)
+        bits = adapter_bits(g.bits, g.adapter_bits)
         expand = np.kron(np.eye(K), np.ones((1, r)))
         h = g.linear(x, self.down, key=f"{key}.down", bits=bits)
         h = g.op("BiasGelu", [h, g.const(self.bias, "down_bias")], domain=MS)
-        if e.mode == "multitask":
-            m = self.mix.emit(g, e, resid, expand, f"{key}_mix")
-        else:
-            m = g.const((self.mix.weights(e.task_id) @ expand).astype(np.float32), f"{key}_mix")
-        delta = g.linear(g.op("Mul", [h, m]), self.up, key=f"{key}.up", bits=bits)
+        delta = g.linear(g.op("Mul", [h, self.mix.emit(g, e, resid, expand, f"{key}_mix")]), self.up,
+                         key=f"{key}.up", bits=bits)
         return g.op("Add", [base, delta])
 
 

@@ -3,17 +3,18 @@
 The graph is written op by op with onnxruntime's fused contrib operators, nothing traced:
 
 - embedding: ``Gather`` (fp32) or ``GatherBlockQuantized`` reading the quantized lm_head bytes
-  when the embedding is tied;
-- per block: ``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm), one packed q/k/v
-  matmul, ``GroupQueryAttention`` (rotary inside, KV cache in place), the o projection, one
-  packed gate/up matmul, ``QuickGelu(alpha=1)`` (= SiLU) times up, the down projection;
+  when the embedding is tied; a scale (Gemma, Granite) or learned positions (GPT-2) after it;
+- per block: ``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm; ``SkipLayerNormalization``
+  for LayerNorm families), one packed q/k/v matmul, ``GroupQueryAttention`` (rotary inside, KV
+  cache in place), the o projection, one packed gate/up matmul, the activation of gate times up,
+  the down projection (or up, activation, down for a plain MLP);
 - matmuls: ``MatMul`` on the transposed fp32 weight (fp32), ``MatMulNBits`` (int8 / int4, block-wise);
 - adapters: the block's kind emits its piece (``export.adapters``).
 
-Supported backbones: the Llama family (``llama``, ``mistral``, ``qwen2``, ``qwen3``). GPT-2 is
-not built (docs/export.md).
+What differs between the supported families (``llama``, ``mistral``, ``qwen2``, ``qwen3``,
+``gemma3_text``, ``phi3``, ``gpt2``, ``granite``, ``olmo2``) is a short description of each in
+``export.families`` (docs/base-models.md).
 """
-
 from __future__ import annotations
 
 import logging
@@ -33,14 +34,21 @@ from alter_edge.runtime.contract import (
     KVLayout,
 )
 
-from .adapters import Emit, FfnKind, LoraKind, _np, adapter_for
+from .adapters import Emit, FfnKind, LoraKind, _np, adapter_for, emit_mixtures
+from .families import FAMILIES, SUPPORTED, Family
 from .graph import MS, GraphBuilder, WeightFile
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
-QKV = ("q_proj", "k_proj", "v_proj")
-GATE_UP = ("gate_proj", "up_proj")
+# the activations a family's MLP uses, by transformers' names: (op, domain, attributes)
+ACTIVATIONS = {
+    "silu": ("QuickGelu", MS, {"alpha": 1.0}),  # x * sigmoid(x)
+    "swish": ("QuickGelu", MS, {"alpha": 1.0}),
+    "gelu_pytorch_tanh": ("FastGelu", MS, {}),  # the tanh approximation
+    "gelu_new": ("FastGelu", MS, {}),
+    "gelu_fast": ("FastGelu", MS, {}),
+    "gelu": ("Gelu", MS, {}),  # erf
+}
 
 
 def kv_layout(config) -> KVLayout:
@@ -55,8 +63,19 @@ def _base_layer(module):
 
 
 def _wb(module) -> tuple[np.ndarray, np.ndarray | None]:
+    """A projection's weight ``(out, in)`` and bias (a GPT-2 ``Conv1D`` stores ``(in, out)``)."""
     m = _base_layer(module)
-    return _np(m.weight), (None if getattr(m, "bias", None) is None else _np(m.bias))
+    w = _np(m.weight)
+    if hasattr(m, "nf"):  # transformers' Conv1D
+        w = np.ascontiguousarray(w.T)
+    return w, (None if getattr(m, "bias", None) is None else _np(m.bias))
+
+
+def family_of(model_type: str) -> Family:
+    if model_type not in FAMILIES:
+        raise ConfigError(f"the graph builder supports the model types {', '.join(SUPPORTED)}, "
+                          f"not {model_type!r}")
+    return FAMILIES[model_type]
 
 
 @dataclass
@@ -68,7 +87,8 @@ class BuildSpec:
 
 
 class DecoderBuilder:
-    """Reads a ``MTAModel`` (or a plain Llama-family causal LM) once and writes graphs of it."""
+    """Reads a ``MTAModel`` (or a plain causal LM of a supported family) once and writes graphs
+    of it. What differs between families is their description (``export.families``)."""
 
     def __init__(self, model, max_positions: int | None = None):
         from alter_edge.inject import MTAModel
@@ -76,143 +96,277 @@ class DecoderBuilder:
         self.mta = model if isinstance(model, MTAModel) else None
         base = model.base if self.mta is not None else model
         cfg = base.config
-        if cfg.model_type not in SUPPORTED:
-            raise ConfigError(f"the graph builder supports the model types {', '.join(SUPPORTED)}, "
-                              f"not {cfg.model_type!r}")
+        self.fam = fam = family_of(cfg.model_type)
         self.cfg = cfg
         self.kv = kv_layout(cfg)
         self.heads = int(cfg.num_attention_heads)
-        self.eps = float(cfg.rms_norm_eps)
+        self.eps = float(getattr(cfg, fam.eps))
         self.window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
         backbone = base.base_model
-        self.layers = list(backbone.layers)
-        self.embed = _np(backbone.embed_tokens.weight)
-        self.final_norm = _np(backbone.norm.weight)
-        head = base.get_output_embeddings().weight
-        self.tied = head.data_ptr() == backbone.embed_tokens.weight.data_ptr()
-        self.lm_head = self.embed if self.tied else _np(head)
+        self.layers = list(getattr(backbone, fam.layers))
+        emb = getattr(backbone, fam.embed)
+        self.embed = _np(emb.weight)
+        self.final_norm = self._norm_weights(getattr(backbone, fam.final_norm))
+        head = base.get_output_embeddings()
+        self.tied = head.weight.data_ptr() == emb.weight.data_ptr()
+        self.lm_head = self.embed if self.tied else _np(head.weight)
+        self.head_bias = None if getattr(head, "bias", None) is None else _np(head.bias)
         self.vocab = self.lm_head.shape[0]
-        # rotary positions the graph covers: the model's own limit, at least 2048, at most 8192
+        # positions the graph covers: the model's own limit, at least 2048, at most 8192 (a learned
+        # position table: at most its rows)
         n_pos = int(max_positions or min(max(getattr(cfg, "max_position_embeddings", 2048), 2048), 8192))
-        self.cos, self.sin = self._rotary(backbone, n_pos)
+        self.positions = None
+        self.rotary: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
+        if fam.rotary:
+            self.rotary = self._rotary(backbone, n_pos)
+        else:
+            table = _np(getattr(backbone, fam.positions).weight)
+            n_pos = min(n_pos, table.shape[0])
+            self.positions = np.ascontiguousarray(table[:n_pos])
         self.kv = KVLayout(self.kv.num_layers, self.kv.num_kv_heads, self.kv.head_dim, max_sequence_length=n_pos)
+        self.embed_scale = self._embed_scale(emb)
+        self.residual_multiplier = self._scalar(fam.residual_multiplier)
+        self.logits_divisor = self._scalar(fam.logits_divisor)
+        self.logit_softcap = self._scalar(fam.logit_softcap)
         self.adapters = {}
         if self.mta is not None:
             spec = self.mta.spec
             for i in self.mta.adapted_layers:
                 layer, block = self.layers[i], self.mta.blocks[str(i)]
                 attn = getattr(layer, spec.attn)
-                projections = {n: getattr(attn, n) for n in spec.attn_targets}
+                projections = {self._attn_key(n): getattr(attn, n) for n in spec.attn_targets}
                 if block.kind == "lora":
                     projections.update({n: getattr(block.mlp, n) for n in spec.lora_targets})
                 self.adapters[i] = adapter_for(block, projections)
         self.num_tasks = self.mta.cfg.num_tasks if self.mta is not None else 0
         self.token_gate = any(a.mix.gate is not None for a in self.adapters.values())
 
-    def _rotary(self, backbone, n: int) -> tuple[np.ndarray, np.ndarray]:
+    # -- what the model holds -------------------------------------------------------------
+    def _rotary(self, backbone, n: int) -> dict[str | None, tuple[np.ndarray, np.ndarray]]:
         """cos/sin caches ``[n, rotary_dim / 2]`` from the model's own rotary module, so every
-        rope variant it implements (scaling types, attention factors) is what the graph uses."""
+        rope variant it implements (scaling types, attention factors, partial rotary) is what the
+        graph uses; one pair per layer type where the module takes one (Gemma 3: local/global)."""
+        import inspect
+
         import torch
 
         rot = backbone.rotary_emb
         x = torch.zeros(1, 1, dtype=torch.float32)
+        types = [None]
+        if "layer_type" in inspect.signature(rot.forward).parameters:
+            types = sorted(set(self.cfg.layer_types))
+        out = {}
         with torch.no_grad():
-            cos, sin = rot(x, torch.arange(n)[None, :])
-        half = cos.shape[-1] // 2
-        return _np(cos[0, :, :half]), _np(sin[0, :, :half])
+            for t in types:
+                cos, sin = rot(x, torch.arange(n)[None, :]) if t is None else rot(x, torch.arange(n)[None, :], t)
+                half = cos.shape[-1] // 2
+                out[t] = _np(cos[0, :, :half]), _np(sin[0, :, :half])
+        return out
+
+    def _scalar(self, key: str | None) -> float | None:
+        v = getattr(self.cfg, key, None) if key else None
+        return None if v is None else float(v)
+
+    def _embed_scale(self, emb) -> np.float32 | None:
+        """Gemma: the embedding module's ``embed_scale`` in the embedding's dtype (as its forward
+        applies it); Granite: ``embedding_multiplier``."""
+        key = self.fam.embed_scale
+        if key is None:
+            return None
+        if key == "embed_scale":
+            return np.float32(emb.embed_scale.to(emb.weight.dtype).float().item())
+        return np.float32(getattr(self.cfg, key))
+
+    def _norm_weights(self, module) -> tuple[np.ndarray, np.ndarray | None]:
+        """(scale, bias) of a norm, as the graph's op multiplies: Gemma's ``1 + w``."""
+        w = _np(module.weight)
+        if self.fam.norm == "rms1p":
+            w = (1.0 + w).astype(np.float32)
+        b = getattr(module, "bias", None)
+        return w, (None if b is None else _np(b))
+
+    def _layer_norm(self, layer, name: str | None) -> tuple[np.ndarray, np.ndarray | None] | None:
+        return None if name is None else self._norm_weights(getattr(layer, name))
+
+    def _attn_key(self, name: str) -> str:
+        """An attention projection's name among the block's adapted projections (GPT-2's
+        attention and MLP both have a ``c_proj``)."""
+        return f"attn.{name}" if name in self.fam.mlp_names else name
+
+    def _window(self, attn) -> int | None:
+        if self.fam.window == "layer":
+            return getattr(attn, "sliding_window", None)
+        return self.window
 
     # -- pieces -------------------------------------------------------------------------
+    def _norm(self, g: GraphBuilder, x: str, wb: tuple[np.ndarray, np.ndarray | None], eps: float | None = None,
+              hint: str = "ln") -> str:
+        w, b = wb
+        eps = self.eps if eps is None else eps
+        if self.fam.norm == "layer":
+            return g.op("LayerNormalization", [x, g.const(w, hint), g.const(b, hint + "_b")], epsilon=eps, axis=-1)
+        return g.op("SimplifiedLayerNormalization", [x, g.const(w, hint)], epsilon=eps, axis=-1)
+
+    def _skip_norm(self, g: GraphBuilder, x: str, resid: str, wb) -> tuple[str, str]:
+        """``resid + x`` and its norm (``wb`` None: the sum only)."""
+        if wb is None:
+            s = g.op("Add", [resid, x])
+            return s, s
+        w, b = wb
+        outs = [g.fresh("normed"), "", "", g.fresh("resid")]
+        if self.fam.norm == "layer":
+            res = g.op("SkipLayerNormalization", [x, resid, g.const(w, "ln"), g.const(b, "ln_b")], outputs=outs,
+                       domain=MS, epsilon=self.eps)
+        else:
+            res = g.op("SkipSimplifiedLayerNormalization", [x, resid, g.const(w, "ln")], outputs=outs, domain=MS,
+                       epsilon=self.eps)
+        return res[0], res[3]
+
+    def _branch_out(self, g: GraphBuilder, y: str, layer, norm: str | None) -> str:
+        """A residual branch's output: its own norm (Gemma 3, OLMo 2), the residual multiplier (Granite)."""
+        if norm is not None:
+            y = self._norm(g, y, self._norm_weights(getattr(layer, norm)))
+        if self.residual_multiplier is not None:
+            y = g.op("Mul", [y, g.const(np.float32(self.residual_multiplier), "resid_mult")])
+        return y
+
+    def _act(self, g: GraphBuilder, x: str) -> str:
+        name = getattr(self.cfg, self.fam.act)
+        if name not in ACTIVATIONS:
+            raise ConfigError(f"activation {name!r} is not built; supported: {', '.join(ACTIVATIONS)}")
+        op, domain, attrs = ACTIVATIONS[name]
+        return g.op(op, [x], domain=domain, **attrs)
+
     def _mlp(self, g: GraphBuilder, mlp, key: str, x: str, merged: dict | None = None, project=None) -> str:
-        """Packed gate/up, SiLU(gate) * up, down. ``merged``: weights replacing the module's (inline);
-        ``project(key, names, w, widths, x, base_key)``: a projection with an adapter's delta."""
-        wg, wu, wd = (_wb(getattr(mlp, n))[0] for n in ("gate_proj", "up_proj", "down_proj"))
+        """Gated (packed gate/up, act(gate) * up, down) or plain (up, act, down). ``merged``: weights
+        replacing the module's (inline); ``project(key, names, w, widths, x, base_key, bias)``: a
+        projection with an adapter's delta."""
+        f = self.fam
+        wb = {n: _wb(getattr(mlp, n)) for n in f.mlp_names}
         if merged:
-            wg, wu, wd = merged.get("gate_proj", wg), merged.get("up_proj", wu), merged.get("down_proj", wd)
+            wb = {n: (merged.get(n, w), b) for n, (w, b) in wb.items()}
         k = None if merged else key
         if project is None:
-            def project(_key, _names, w, _widths, xx, base_key):
-                return g.linear(xx, w, key=base_key)
-        gu = project(f"{key}.gu", GATE_UP, np.concatenate([wg, wu], 0), (wg.shape[0], wu.shape[0]), x,
-                     k and f"{k}.gate_up")
-        gate, up = g.op("Split", [gu, g.const(np.array([wg.shape[0], wu.shape[0]], np.int64), "split")],
-                        outputs=2, axis=-1)
-        h = g.op("Mul", [g.op("QuickGelu", [gate], domain=MS, alpha=1.0), up])
-        return project(f"{key}.dn", ("down_proj",), wd, (wd.shape[0],), h, k and f"{k}.down")
+            def project(_key, _names, w, _widths, xx, base_key, bias=None):
+                return g.linear(xx, w, key=base_key, bias=bias)
+        wd, bd = wb[f.down]
+        if not f.gated:
+            (wu, bu), = (wb[n] for n in f.up)
+            h = self._act(g, project(f"{key}.up", f.up, wu, (wu.shape[0],), x, k and f"{k}.up", bu))
+            return project(f"{key}.dn", (f.down,), wd, (wd.shape[0],), h, k and f"{k}.down", bd)
+        ws = [wb[n][0] for n in f.up]
+        bs = [wb[n][1] for n in f.up]
+        inter = sum(w.shape[0] for w in ws) // 2
+        bias = None if bs[0] is None else np.concatenate(bs)
+        gu = project(f"{key}.gu", f.up, np.concatenate(ws, 0), tuple(w.shape[0] for w in ws), x,
+                     k and f"{k}.gate_up", bias)
+        gate, up = g.op("Split", [gu, g.const(np.array([inter, inter], np.int64), "split")], outputs=2, axis=-1)
+        h = g.op("Mul", [self._act(g, gate), up])
+        return project(f"{key}.dn", (f.down,), wd, (wd.shape[0],), h, k and f"{k}.down", bd)
 
     def _attention(self, g: GraphBuilder, e: Emit, i: int, x: str, resid: str, seqlens: str, total: str,
-                   cos: str, sin: str) -> str:
+                   rot: tuple[str, str] | None) -> str:
+        f = self.fam
         layer, ad = self.layers[i], self.adapters.get(i)
-        attn = layer.self_attn
+        attn = getattr(layer, f.attn)
         lora = ad if isinstance(ad, LoraKind) else None
         merged = e.mode == "merged" and lora is not None
-        ws, bs = zip(*(_wb(getattr(attn, n)) for n in QKV), strict=True)
+        names = tuple(self._attn_key(n) for n in f.qkv)
+        ws, bs = zip(*(_wb(getattr(attn, n)) for n in f.qkv), strict=True)
         if merged:
             ws = tuple(lora.merged_weight(n, w, e.task_id) if n in lora.lora else w
-                       for n, w in zip(QKV, ws, strict=True))
+                       for n, w in zip(names, ws, strict=True))
         widths = tuple(w.shape[0] for w in ws)
         bias = None if bs[0] is None else np.concatenate(bs)
         key = None if merged else f"layers.{i}.qkv"
         if lora is not None:
-            qkv = lora.project(g, e, f"layers.{i}.qkv", QKV, np.concatenate(ws, 0), widths, x, resid, bias, key)
+            qkv = lora.project(g, e, f"layers.{i}.qkv", names, np.concatenate(ws, 0), widths, x, resid, bias, key)
         else:
             qkv = g.linear(x, np.concatenate(ws, 0), key=key, bias=bias)
         i_name = self.kv.past_names[2 * i], self.kv.past_names[2 * i + 1]
         o_name = self.kv.present_names[2 * i], self.kv.present_names[2 * i + 1]
-        attrs = dict(num_heads=self.heads, kv_num_heads=self.kv.num_kv_heads, do_rotary=1, rotary_interleaved=0,
-                     scale=float(getattr(attn, "scaling", self.kv.head_dim ** -0.5)))
-        if self.window:
-            attrs["local_window_size"] = int(self.window)
-        if getattr(attn, "q_norm", None) is not None:
-            # qwen3: RMSNorm of each head's q and k before rotary (the CPU kernel has no such prologue)
-            q, k, v = g.op("Split", [qkv, g.const(np.array(widths, np.int64), "split")], outputs=3, axis=-1)
-            heads = g.const(np.array([0, 0, -1, self.kv.head_dim], np.int64), "heads")
-            flat = g.const(np.array([0, 0, -1], np.int64), "flat")
-            eps = float(attn.q_norm.variance_epsilon)
-            q, k = (g.op("Reshape", [g.op("SimplifiedLayerNormalization", [
-                g.op("Reshape", [t, heads]), g.const(_np(w), "qk_norm")], epsilon=eps, axis=-1), flat])
-                for t, w in ((q, attn.q_norm.weight), (k, attn.k_norm.weight)))
-            ins = [q, k, v, *i_name, seqlens, total, cos, sin]
+        d = self.kv.head_dim
+        attrs = dict(num_heads=self.heads, kv_num_heads=self.kv.num_kv_heads, do_rotary=int(rot is not None),
+                     scale=float(getattr(attn, "scaling", d ** -0.5)))
+        if rot is not None:
+            attrs["rotary_interleaved"] = 0
+        window = self._window(attn)
+        if window:
+            attrs["local_window_size"] = int(window)
+        rot_ins = list(rot) if rot is not None else []
+        if f.qk_norm is not None:
+            # q/k RMSNorm before rotary, per head (qwen3, gemma3) or over the whole projection (olmo2)
+            split = (self.heads * d, self.kv.num_kv_heads * d, self.kv.num_kv_heads * d)
+            q, k, v = g.op("Split", [qkv, g.const(np.array(split, np.int64), "split")], outputs=3, axis=-1)
+            eps = float(getattr(attn.q_norm, "variance_epsilon", getattr(attn.q_norm, "eps", self.eps)))
+            if f.qk_norm == "head":
+                heads = g.const(np.array([0, 0, -1, d], np.int64), "heads")
+                flat = g.const(np.array([0, 0, -1], np.int64), "flat")
+                q, k = (g.op("Reshape", [self._norm(g, g.op("Reshape", [t, heads]), self._norm_weights(m), eps,
+                                                    "qk_norm"), flat]) for t, m in ((q, attn.q_norm), (k, attn.k_norm)))
+            else:
+                q, k = (self._norm(g, t, self._norm_weights(m), eps, "qk_norm")
+                        for t, m in ((q, attn.q_norm), (k, attn.k_norm)))
+            ins = [q, k, v, *i_name, seqlens, total, *rot_ins]
         else:
-            ins = [qkv, "", "", *i_name, seqlens, total, cos, sin]
+            ins = [qkv, "", "", *i_name, seqlens, total, *rot_ins]
         out = g.op("GroupQueryAttention", ins, outputs=[g.fresh("attn"), *o_name], domain=MS, **attrs)[0]
-        wo, bo = _wb(attn.o_proj)
-        if merged and "o_proj" in lora.lora:
-            wo = lora.merged_weight("o_proj", wo, e.task_id)
+        oname = self._attn_key(f.o)
+        wo, bo = _wb(getattr(attn, f.o))
+        if merged and oname in lora.lora:
+            wo = lora.merged_weight(oname, wo, e.task_id)
         okey = None if merged else f"layers.{i}.o"
         if lora is not None:
-            return lora.project(g, e, f"layers.{i}.o", ("o_proj",), wo, (wo.shape[0],), out, resid, bo, okey)
+            return lora.project(g, e, f"layers.{i}.o", (oname,), wo, (wo.shape[0],), out, resid, bo, okey)
         return g.linear(out, wo, key=okey, bias=bo)
 
     def _block_mlp(self, g: GraphBuilder, e: Emit, i: int, x: str, resid: str) -> str:
         layer, ad = self.layers[i], self.adapters.get(i)
         key = f"layers.{i}"
-        mlp = layer.mlp
+        mlp = getattr(layer, self.fam.mlp)
         if ad is None:
             return self._mlp(g, mlp, f"{key}.mlp", x)
         if isinstance(ad, LoraKind):
             merged = None
             if e.mode == "merged":
                 merged = {n: ad.merged_weight(n, _wb(getattr(mlp.mlp, n))[0], e.task_id)
-                          for n in ("gate_proj", "up_proj", "down_proj") if n in ad.lora}
+                          for n in self.fam.mlp_names if n in ad.lora}
             if merged is not None:
                 return self._mlp(g, mlp.mlp, f"{key}.mlp", x, merged)
-            return self._mlp(g, mlp.mlp, f"{key}.mlp", x, project=lambda k, names, w, widths, xx, base_key:
-                             ad.project(g, e, k, names, w, widths, xx, resid, base_key=base_key))
+            return self._mlp(g, mlp.mlp, f"{key}.mlp", x, project=lambda k, names, w, widths, xx, base_key, bias=None:
+                             ad.project(g, e, k, names, w, widths, xx, resid, bias, base_key=base_key))
         if e.mode == "merged":
             raise ConfigError(f"a merged single-task graph needs lora adapters; this checkpoint's are {ad.name!r} "
                               "(use the per-task graph, which prunes and folds them)")
         return ad.mlp(g, e, key, x, resid, lambda m, k, xx: self._mlp(g, m, k, xx))
 
+    def _position_ids(self, g: GraphBuilder, ids: str, seqlens: str, total: str) -> str:
+        """Each token's position ``[batch, seq]``, as GroupQueryAttention's rotary counts them: ``0..S-1``
+        in a first prompt (``S`` = the mask's width, padded rows included), else
+        ``seqlens_k + 1 - S + s``."""
+        T = TensorProto
+        s = g.op("Gather", [g.op("Shape", [ids]), g.const(np.array(1, np.int64), "idx1")], axis=0)
+        ar = g.op("Unsqueeze", [g.op("Range", [g.const(np.array(0, np.int64), "zero"), s,
+                                              g.const(np.array(1, np.int64), "one")]),
+                                g.const(np.array([0], np.int64), "ax0")])  # (1, S)
+        first = g.op("Equal", [s, g.op("Cast", [total], to=T.INT64)])
+        past = g.op("Sub", [g.op("Add", [g.op("Cast", [seqlens], to=T.INT64), g.const(np.array(1, np.int64), "one")]),
+                            s])
+        later = g.op("Add", [g.op("Unsqueeze", [past, g.const(np.array([1], np.int64), "ax1")]), ar])  # (B, S)
+        return g.op("Where", [first, g.op("Expand", [ar, g.op("Shape", [later])]), later])
+
     # -- the graph ----------------------------------------------------------------------
     def build(self, path: Path, spec: BuildSpec, precision: str, weights: WeightFile | None,
-              block_size: int = 32, accuracy_level: int = 4, prune_threshold: float = 1e-5) -> dict:
+              block_size: int = 32, accuracy_level: int = 4, prune_threshold: float = 1e-5,
+              adapter_bits: int | None = None) -> dict:
         """Write one graph to ``path``; returns facts about it (nodes, operators, seconds)."""
         t0 = time.perf_counter()
+        f = self.fam
         multitask = spec.mode == "multitask" and self.mta is not None
         if spec.mode != "multitask" and self.token_gate:
             raise ConfigError("a token-gated checkpoint's mixture changes per token: it builds as the "
                               "multi-task graph only")
-        g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level)
+        g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level, adapter_bits)
         T = TensorProto
         ids = g.add_input(INPUT_IDS, T.INT64, ["batch", "seq"])
         mask = g.add_input(ATTENTION_MASK, T.INT64, ["batch", "total_seq"])
@@ -225,7 +379,10 @@ class DecoderBuilder:
         seqlens = g.op("Cast", [g.op("Sub", [g.op("ReduceSum", [mask, one], keepdims=0), one])], to=T.INT32)
         total = g.op("Cast", [g.op("Gather", [g.op("Shape", [mask]), g.const(np.array(1, np.int64), "idx1")],
                                    axis=0)], to=T.INT32)
-        cos, sin = g.shared("rotary.cos", self.cos), g.shared("rotary.sin", self.sin)
+        rot = {}
+        for t, (cos, sin) in self.rotary.items():
+            name = "rotary" if t is None else f"rotary.{t}"
+            rot[t] = g.shared(f"{name}.cos", cos), g.shared(f"{name}.sin", sin)
         # embedding (tied: the quantized lm_head's bytes, viewed as [vocab, hidden * bits / 8])
         if g.bits:
             shared_head = self.tied and self.embed.shape[1] % block_size == 0
@@ -239,15 +396,24 @@ class DecoderBuilder:
         else:
             h = g.op("Gather", [g.shared("lm_head" if self.tied else "embed", self.embed), ids], axis=0)
             head = self.embed if self.tied else self.lm_head
+        if self.embed_scale is not None:
+            h = g.op("Mul", [h, g.const(self.embed_scale, "embed_scale")])
+        if self.positions is not None:  # learned positions (GPT-2)
+            pos = self._position_ids(g, ids, seqlens, total)
+            h = g.op("Add", [h, g.op("Gather", [g.shared("positions", self.positions), pos], axis=0)])
         resid = h
-        x = g.op("SimplifiedLayerNormalization", [h, g.const(_np(self.layers[0].input_layernorm.weight), "ln")],
-                 epsilon=self.eps, axis=-1)
+        first = self._layer_norm(self.layers[0], f.attn_in)
+        x = self._norm(g, h, first) if first is not None else h
         for i, layer in enumerate(self.layers):
-            a = self._attention(g, e, i, x, resid, seqlens, total, cos, sin)
-            x, resid_mid = self._skip_norm(g, a, resid, layer.post_attention_layernorm.weight)
+            lt = self.cfg.layer_types[i] if None not in self.rotary and self.rotary else None
+            a = self._attention(g, e, i, x, resid, seqlens, total, rot.get(lt))
+            a = self._branch_out(g, a, layer, f.attn_out)
+            x, resid_mid = self._skip_norm(g, a, resid, self._layer_norm(layer, f.mlp_in))
             m = self._block_mlp(g, e, i, x, resid)
-            nxt = self.layers[i + 1].input_layernorm.weight if i + 1 < len(self.layers) else None
-            x, resid = self._skip_norm(g, m, resid_mid, nxt, final=nxt is None)
+            m = self._branch_out(g, m, layer, f.mlp_out)
+            nxt = self._layer_norm(self.layers[i + 1], f.attn_in) if i + 1 < len(self.layers) else self.final_norm
+            x, resid = self._skip_norm(g, m, resid_mid, nxt)
+        emit_mixtures(g, e)
         # logits only at each row's last valid position of this step: min(seqlens_k, seq - 1) is
         # len - 1 in a right-padded prompt and 0 in a one-token step
         last_seq = g.op("Sub", [g.op("Gather", [g.op("Shape", [ids]), g.const(np.array(1, np.int64), "idx1")],
@@ -255,7 +421,13 @@ class DecoderBuilder:
         pos = g.op("Min", [g.op("Cast", [seqlens], to=T.INT64), last_seq])
         x = g.op("GatherND", [x, g.op("Unsqueeze", [pos, g.const(np.array([1], np.int64), "ax1")])], batch_dims=1)
         x = g.op("Unsqueeze", [x, g.const(np.array([1], np.int64), "ax1")])  # (B, 1, H)
-        logits = g.linear(x, head, key="lm_head" if self.tied else "lm_head_untied", tied_rows=self.tied)
+        logits = g.linear(x, head, key="lm_head" if self.tied else "lm_head_untied", tied_rows=self.tied,
+                          bias=self.head_bias)
+        if self.logits_divisor is not None:  # Granite
+            logits = g.op("Div", [logits, g.const(np.float32(self.logits_divisor), "logits_div")])
+        if self.logit_softcap is not None:  # Gemma: cap * tanh(logits / cap)
+            cap = g.const(np.float32(self.logit_softcap), "softcap")
+            logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, cap])]), cap])
         g.op("Identity", [logits], outputs=[LOGITS])
         g.add_output(LOGITS, T.FLOAT, ["batch", 1, self.vocab])
         for name in self.kv.present_names:
@@ -266,12 +438,5 @@ class DecoderBuilder:
                  facts["seconds"])
         return facts
 
-    def _skip_norm(self, g: GraphBuilder, x: str, resid: str, weight, final: bool = False) -> tuple[str, str]:
-        w = _np(weight) if weight is not None else self.final_norm
-        outs = [g.fresh("normed"), "", "", g.fresh("resid")]
-        res = g.op("SkipSimplifiedLayerNormalization", [x, resid, g.const(w, "ln")], outputs=outs, domain=MS,
-                   epsilon=self.eps)
-        return res[0], res[3]
 
-
-__all__ = ["BuildSpec", "DecoderBuilder", "FfnKind", "kv_layout"]
+__all__ = ["SUPPORTED", "BuildSpec", "DecoderBuilder", "FfnKind", "family_of", "kv_layout"]

@@ -124,13 +124,14 @@ class GraphBuilder:
     decoder needs. ``weights``: the shared file (None: every tensor inline)."""
 
     def __init__(self, name: str, precision: str, block_size: int, weights: WeightFile | None,
-                 accuracy_level: int = 4):
+                 accuracy_level: int = 4, adapter_bits: int | None = None):
         if precision not in PRECISION_BITS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISION_BITS)}")
         self.name, self.precision, self.block_size = name, precision, block_size
         self.bits = PRECISION_BITS[precision]
         self.weights = weights
         self.accuracy_level = accuracy_level
+        self.adapter_bits = adapter_bits  # adapter factors' bits in a quantized graph (None: the graph's)
         self.nodes: list[onnx.NodeProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []

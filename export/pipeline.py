@@ -56,6 +56,9 @@ class ExportOptions:
     merged: bool = False  # per-task graphs with the adapters merged into the weights (own weights each)
     block_size: int = 32  # weights per scale of the MatMulNBits graphs
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (fast kernels), 0 = fp32 compute
+    # bits of the adapter factors in quantized graphs: None = the graph's own (int4 graphs: 4-bit
+    # lora B joins the base projection's matmul), or 8 (int4 graphs then add an 8-bit delta)
+    adapter_bits: int | None = None
     atol: float = 3e-4  # fp32 parity: max |logits diff| at valid positions (SmolLM2: ~1e-4)
     steps: int = 16  # greedy steps that must match PyTorch, with the KV cache
     int8_budget: float = 1.0  # max mean metric drop per task, points (0-100 scale)
@@ -79,6 +82,8 @@ class ExportOptions:
             raise ConfigError(f"block size must be a power of two >= 16, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ConfigError(f"accuracy level must be 0-4, got {self.accuracy_level}")
+        if self.adapter_bits not in (None, 4, 8):
+            raise ConfigError(f"adapter bits must be 4, 8 or None (the graph's own), got {self.adapter_bits!r}")
         if self.int8_budget < 0 or self.int4_budget < 0:
             raise ConfigError("quantization budgets must be >= 0 points")
         if not 0 <= self.prune_threshold < 1:
@@ -159,6 +164,10 @@ class _Export:
         self.ck, self.opts, self.names = ck, opts, names
         self.builder = DecoderBuilder(ck.model)
         self.kv = self.builder.kv
+        prompt, limit = ck.train_config.max_prompt_tokens, self.kv.max_sequence_length
+        if prompt >= limit:
+            raise ConfigError(f"the checkpoint's max_prompt_tokens {prompt} leaves no room for an answer in the "
+                              f"{limit} positions the base model covers: train with max_prompt_tokens below {limit}")
         self.dims = {"vocab_size": self.builder.vocab, "hidden_size": int(self.builder.cfg.hidden_size),
                      "num_attention_heads": self.builder.heads}  # for genai_config.json
         self.pad, self.eos = ck.pad_id, ck.eos_id
@@ -187,7 +196,7 @@ class _Export:
         for spec in specs:
             rel = graph_path(self.names.get(spec.task_id), precision, spec.mode)
             facts = self.builder.build(where / rel, spec, precision, wf if spec.mode != "merged" else None,
-                                       o.block_size, o.accuracy_level, o.prune_threshold)
+                                       o.block_size, o.accuracy_level, o.prune_threshold, o.adapter_bits)
             self.info["build"][rel if shipped else f"(reference) {rel}"] = facts
             built.append((spec, where / rel))
             self.bar.update()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -155,24 +156,7 @@ def _nucleus_size(sp: np.ndarray, top_p: float) -> int | None:
     return int(ends[0]) if len(ends) else None
 
 
-class _RowPickers:
-    """One :class:`TokenPicker` per distinct SamplingParams; each row picks with its own."""
-
-    def __init__(self, row_params: Sequence[SamplingParams]):
-        kinds: dict[SamplingParams, int] = {}
-        self.kind = np.asarray([kinds.setdefault(p, len(kinds)) for p in row_params], dtype=np.int64)
-        self.pickers = [TokenPicker(p) for p in kinds]
-
-    def __call__(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if len(self.pickers) == 1:
-            return self.pickers[0](logits, rows)
-        out = np.empty(len(rows), dtype=np.int64)
-        kind = self.kind[rows]
-        for k, pick in enumerate(self.pickers):
-            m = kind == k
-            if m.any():
-                out[m] = pick(logits[m], rows[m])
-        return out
+GREEDY = TokenPicker(SamplingParams())  # argmax: keeps no state, shared by every greedy row
 
 
 def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
@@ -184,51 +168,34 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     ``max_new_tokens``. A caller may set ``done[row] = True`` between yields (a stop string) and
     that row gets no more tokens. ``params``: one SamplingParams for every row, or one per row.
 
-    ``slots``: how many rows decode together (None: all of them). The first ``slots`` rows run
-    their right-padded prompts as one step in a KV cache allocated once for the longest prompt
-    plus ``max_new_tokens`` of any row; each decode step then feeds one token per slot, written
-    in place at that row's own position. A row that finishes frees its slot: once ``refill_at``
-    slots are free (or every slot, or all the rows still waiting fit), the next waiting rows, in
-    order, run their prompts as one step of their own in a small cache whose entries are copied
-    into the free slots, and decode on with the others (continuous refill: a batch's speed is
-    not set by its longest row). Every row gets exactly the tokens it gets alone. When no row
-    is waiting and a quarter or more of the slots are free, the finished slots leave the batch
-    (their cache rows with them), so a long answer does not drag finished rows along."""
+    ``slots``: how many rows decode together (None: all of them), in one :class:`SlotPool`
+    whose KV cache is allocated once for the longest prompt plus ``max_new_tokens`` of any row.
+    A row that finishes frees its slot for the next waiting row (continuous refill, see
+    :class:`SlotPool`); every row gets exactly the tokens it gets alone. When no row is waiting
+    and a quarter or more of the slots are free, the finished slots leave the batch (their
+    cache rows with them), so a long answer does not drag finished rows along."""
     n = len(prompts)
     if n == 0:
         return
     row_params, tids = _decode_args(prompts, task_ids, params, slots, refill_at)
     done = np.zeros(n, dtype=bool) if done is None else done
-    budget = np.asarray([p.max_new_tokens for p in row_params], dtype=np.int64)
-    ignore_eos = np.asarray([p.ignore_eos for p in row_params], dtype=bool)
-    count = np.zeros(n, dtype=np.int64)  # tokens generated per row
-    pick = _RowPickers(row_params)
+    pickers: dict[SamplingParams, TokenPicker] = {}  # rows with the same params share one (row = stream)
     B = n if slots is None else min(int(slots), n)
-    batch = _Slots(runner, prompts, tids, pad_id, B, max(len(p) + int(b) for p, b in zip(prompts, budget, strict=True)))
-    take, logits = batch.enter(np.arange(B))
-    while True:
-        rows = batch.row[take]
-        for j, i, t in zip(take.tolist(), rows.tolist(), pick(logits, rows).tolist(), strict=True):
-            if not done[i]:
-                if t == eos_id and not ignore_eos[i]:
-                    done[i] = True
-                    if yield_eos:
-                        yield i, None
-                else:
-                    count[i] += 1
-                    batch.cur[j] = t
-                    yield i, t
-            if done[i] or count[i] == budget[i]:
-                batch.release(j)
-        free = np.flatnonzero(batch.row < 0)
-        if batch.waiting < n and len(free) >= min(refill_at, n - batch.waiting, B):
-            take, logits = batch.enter(free)
-        elif not (batch.row >= 0).any():
-            return
-        else:
-            if batch.waiting == n and 4 * len(free) >= len(batch.row):
-                batch.compact()
-            take, logits = batch.step()
+    longest = max(len(p) + q.max_new_tokens for p, q in zip(prompts, row_params, strict=True))
+    pool = SlotPool(runner, eos_id, pad_id, B, longest, refill_at)
+    for i, (p, t, q) in enumerate(zip(prompts, tids.tolist(), row_params, strict=True)):
+        pool.add(i, p, t, q, pickers.setdefault(q, TokenPicker(q)), i, done[i])
+    pool.close()
+    while pool.busy:
+        for i, tok in pool.step():
+            if tok is None:
+                done[i] = True
+                if yield_eos:
+                    yield i, None
+                continue
+            yield i, tok
+            if done[i]:
+                pool.cancel(i)
 
 
 def _decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
@@ -249,55 +216,189 @@ def _decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
     return row_params, tids
 
 
-class _Slots:
-    """The rows decoding together: for each slot, the row it holds (-1: free), that row's valid
-    tokens, task id and next token to feed, all in one KV cache allocated once; rows enter
-    in order, ``waiting`` being the next one."""
+@dataclass(eq=False)  # rows compare by identity
+class _Waiting:
+    key: object  # the caller's name for the row (decode: its index; the server: its request)
+    prompt: Sequence[int]
+    task: int
+    params: SamplingParams
+    picker: TokenPicker
+    stream: int  # the row's random stream in its picker
+    done: bool = False
 
-    def __init__(self, runner: GraphRunner, prompts: Sequence[Sequence[int]], tids: np.ndarray, pad_id: int,
-                 size: int, max_len: int):
-        self.runner, self.prompts, self.tids, self.pad_id = runner, prompts, tids, pad_id
+
+class SlotPool:
+    """The rows decoding together in ``size`` slots of one KV cache of ``max_len`` positions,
+    allocated once: for each slot, the row it holds (None: free), that row's valid tokens, task
+    id, next token to feed, token count and budget. Rows are appended with :meth:`add` (while
+    the pool runs: the server; all at once: :func:`decode`) and enter in order; :meth:`step`
+    runs the graph once and yields ``(key, token)`` for each row that got a token (``None``: its
+    eos). Once ``refill_at`` slots are free (or every slot, or all the rows still waiting fit),
+    the next waiting rows run their right-padded prompts as one step of their own, in a small
+    cache whose entries are copied into the free slots (filling every slot: in the cache itself),
+    and decode on with the others, each token written at that row's own position. A row that
+    ends (eos, its ``max_new_tokens``, or :meth:`cancel`) frees its slot at once. A pool that is
+    closed (no more rows will come) drops finished slots when a quarter or more are free."""
+
+    def __init__(self, runner: GraphRunner, eos_id: int, pad_id: int, size: int, max_len: int,
+                 refill_at: int = 1):
+        self.runner, self.eos_id, self.pad_id, self.refill_at = runner, eos_id, pad_id, refill_at
+        self.max_len = max_len
         self.cache = runner.new_cache(size, max_len)
-        self.row = np.full(size, -1, dtype=np.int64)
+        self.key: list[_Waiting | None] = [None] * size  # the row each slot holds
         self.lengths = np.ones(size, dtype=np.int64)  # a free slot: 1, the cheapest
-        self.task = np.full(size, tids[0], dtype=np.int64)
+        self.task = np.zeros(size, dtype=np.int64)
         self.cur = np.full(size, pad_id, dtype=np.int64)
-        self.waiting = 0
+        self.count = np.zeros(size, dtype=np.int64)  # tokens generated
+        self.waiting: deque[_Waiting] = deque()
+        self._queued: dict[object, _Waiting] = {}  # waiting rows not cancelled: key -> row
+        self.slot_of: dict[object, int] = {}  # running rows: key -> slot
+        self.closed = False
 
-    def enter(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The next waiting rows take the ``free`` slots: (their slots, their prompt logits (k, V)).
-        Filling every slot at once (the first fill), the prompts run in the cache itself; else
-        in a small cache of their own whose entries are copied into the free slots."""
-        k = min(len(free), len(self.prompts) - self.waiting)
-        rows, take = np.arange(self.waiting, self.waiting + k), free[:k]
-        self.waiting += k
-        ids, lens = pad_rows([self.prompts[i] for i in rows], self.pad_id)
-        if k == len(self.row):
-            logits = self.runner.step(ids, lens, self.tids[rows], self.cache, copy=False)
+    @property
+    def size(self) -> int:
+        return len(self.key)
+
+    @property
+    def running(self) -> int:
+        return len(self.slot_of)
+
+    @property
+    def queued(self) -> int:
+        """Rows added that have not entered yet (and are not cancelled)."""
+        return len(self._queued)
+
+    @property
+    def free(self) -> int:
+        return self.size - len(self.slot_of)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.slot_of or self._queued)
+
+    def add(self, key: object, prompt: Sequence[int], task: int, params: SamplingParams,
+            picker: TokenPicker | None = None, stream: int = 0, done: bool = False) -> None:
+        """Queue a row; it enters at a step when a slot is free. ``picker``: the TokenPicker the
+        row draws with, from its random ``stream`` (default: greedy, or one of its own)."""
+        if not prompt:
+            raise ConfigError("every prompt needs at least one token")
+        if len(prompt) + params.max_new_tokens > self.max_len:
+            raise ConfigError(f"{len(prompt)} prompt tokens plus max_new_tokens {params.max_new_tokens} exceed "
+                              f"the {self.max_len} positions of this batch's KV cache")
+        if picker is None:
+            picker = GREEDY if params.greedy else TokenPicker(params)
+        w = _Waiting(key, prompt, int(task), params, picker, stream, done)
+        self.waiting.append(w)
+        if not done:
+            self._queued[key] = w
+
+    def close(self) -> None:
+        self.closed = True
+
+    def cancel(self, key: object) -> None:
+        """The row gets no more tokens: a running row frees its slot before the next step, a
+        waiting one never enters."""
+        j = self.slot_of.get(key)
+        if j is not None:
+            self._release(j)
+            return
+        w = self._queued.pop(key, None)
+        if w is not None:
+            w.done = True
+
+    def step(self) -> Iterator[tuple[object, int | None]]:
+        """One graph run: the next waiting rows' prompts (when enough slots are free) or one
+        token for every running row; yields ``(key, token or None at eos)`` per row. A caller
+        may :meth:`cancel` a row between yields."""
+        while self.waiting and self.waiting[0].done:
+            self.waiting.popleft()
+        free = [j for j, k in enumerate(self.key) if k is None]
+        n_wait = len(self._queued)
+        if n_wait and len(free) >= min(self.refill_at, n_wait, self.size):
+            take, logits = self._enter(np.asarray(free))
+        elif not self.slot_of:
+            return
+        else:
+            if self.closed and not n_wait and 4 * len(free) >= self.size:
+                self._compact()
+            take, logits = self._decode_step()
+        rows = [self.key[j] for j in take.tolist()]
+        for j, r, t in zip(take.tolist(), rows, self._pick(rows, take, logits).tolist(), strict=True):
+            if r.done or self.key[j] is not r:
+                continue
+            if t == self.eos_id and not r.params.ignore_eos:
+                self._release(j)
+                yield r.key, None
+                continue
+            self.count[j] += 1
+            self.cur[j] = t
+            last = self.count[j] == r.params.max_new_tokens
+            if last:
+                self._release(j)
+            yield r.key, t
+
+    def _pick(self, rows: list[_Waiting], take: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        first = rows[0].picker
+        streams = np.asarray([r.stream for r in rows], dtype=np.int64)
+        if all(r.picker is first for r in rows):
+            return first(logits, streams)
+        out = np.empty(len(rows), dtype=np.int64)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(id(r.picker), []).append(i)
+        for idx in groups.values():
+            ix = np.asarray(idx)
+            out[ix] = rows[idx[0]].picker(logits[ix], streams[ix])
+        return out
+
+    def _enter(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The next waiting rows take the ``free`` slots: (their slots, their prompt logits (k, V))."""
+        rows: list[_Waiting] = []
+        while self.waiting and len(rows) < len(free):
+            w = self.waiting.popleft()
+            if not w.done:
+                rows.append(w)
+                del self._queued[w.key]
+        k = len(rows)
+        take = free[:k]
+        ids, lens = pad_rows([r.prompt for r in rows], self.pad_id)
+        tids = np.asarray([r.task for r in rows], dtype=np.int64)
+        if k == self.size:
+            logits = self.runner.step(ids, lens, tids, self.cache, copy=False)
         else:
             fresh = self.runner.new_cache(k, ids.shape[1])
-            logits = self.runner.step(ids, lens, self.tids[rows], fresh, copy=False)
+            logits = self.runner.step(ids, lens, tids, fresh, copy=False)
             self.cache.write_rows(take, fresh, np.arange(k), ids.shape[1])
-        self.row[take], self.lengths[take], self.task[take] = rows, lens, self.tids[rows]
+        for j, r in zip(take.tolist(), rows, strict=True):
+            self.key[j] = r
+            self.slot_of[r.key] = j
+        self.lengths[take], self.task[take], self.count[take] = lens, tids, 0
         return take, logits[:, 0]
 
-    def release(self, slot: int) -> None:
-        self.row[slot], self.lengths[slot], self.cur[slot] = -1, 1, self.pad_id
+    def _release(self, slot: int) -> None:
+        r = self.key[slot]
+        if r is not None:
+            r.done = True
+            self.slot_of.pop(r.key, None)
+        self.key[slot], self.lengths[slot], self.cur[slot] = None, 1, self.pad_id
 
-    def compact(self) -> None:
+    def _compact(self) -> None:
         """Free slots leave the batch, their cache rows with them."""
-        keep = np.flatnonzero(self.row >= 0)
+        keep = np.asarray([j for j, k in enumerate(self.key) if k is not None], dtype=np.int64)
         self.cache = self.cache.select_rows(keep)
-        self.row, self.lengths, self.task, self.cur = self.row[keep], self.lengths[keep], self.task[keep], self.cur[keep]
+        self.key = [self.key[j] for j in keep.tolist()]
+        self.lengths, self.task, self.cur, self.count = (self.lengths[keep], self.task[keep], self.cur[keep],
+                                                         self.count[keep])
+        self.slot_of = {r.key: j for j, r in enumerate(self.key)}
 
-    def step(self) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_step(self) -> tuple[np.ndarray, np.ndarray]:
         """One token per live slot, written at that row's own position: (the live slots, their logits)."""
-        live = self.row >= 0
+        live = np.asarray([k is not None for k in self.key])
         self.lengths = np.where(live, self.lengths + 1, 1)
         out = self.runner.step(np.where(live, self.cur, self.pad_id)[:, None], self.lengths, self.task,
                                self.cache, copy=False)[:, 0]
         take = np.flatnonzero(live)
-        return take, (out[take] if len(take) < len(self.row) else out)
+        return take, (out[take] if len(take) < self.size else out)
 
 
 class RowText:

@@ -357,17 +357,10 @@ class EdgeModel:
         rows = [RowText(self.tokenizer, params.stop) for _ in range(B)]
         done = np.zeros(B, dtype=bool)
         for i, tok in self.decode_ids(prompts, specs, params, done, yield_eos=True, batch_size=batch_size):
-            if tok is None:
-                yield TokenEvent(i, None, rows[i].finish(), "eos")
-                continue
-            piece = rows[i].push(tok)
-            if rows[i].stopped:
-                done[i] = True
-                yield TokenEvent(i, tok, piece, "stop")
-                continue
-            yield TokenEvent(i, tok, piece)
-            if len(rows[i].ids) == params.max_new_tokens:  # decode gives the row no more tokens
-                yield TokenEvent(i, None, rows[i].finish(), "length")
+            for ev in row_events(i, rows[i], tok, params.max_new_tokens):
+                if ev.finish_reason == "stop":
+                    done[i] = True
+                yield ev
 
     def generate(self, texts: str | Sequence[str], task: str | None = None,
                  tasks: Sequence[str] | None = None, max_new_tokens: int | None = None,
@@ -426,6 +419,20 @@ class EdgeModel:
             out.append(Classification(spec.labels[j], float(p[j]),
                                       {lab: float(v) for lab, v in zip(spec.labels, s, strict=True)}, task))
         return out
+
+
+def row_events(row: int, text: RowText, token_id: int | None, max_new_tokens: int) -> list[TokenEvent]:
+    """The events of one decoded token of a row (``None``: its eos): its text piece, and its
+    finish when a stop string, the eos or ``max_new_tokens`` ends it (``stream_ids`` and the
+    server both build their events here)."""
+    if token_id is None:
+        return [TokenEvent(row, None, text.finish(), "eos")]
+    piece = text.push(token_id)
+    if text.stopped:
+        return [TokenEvent(row, token_id, piece, "stop")]
+    if len(text.ids) == max_new_tokens:  # decode gives the row no more tokens
+        return [TokenEvent(row, token_id, piece), TokenEvent(row, None, text.finish(), "length")]
+    return [TokenEvent(row, token_id, piece)]
 
 
 def verify_bundle(bundle_dir: str | Path) -> dict:

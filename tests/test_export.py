@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 
+from alter_edge.errors import ConfigError
 from alter_edge.testing import TINY_ROWS, make_tiny_base, make_tiny_checkpoint
 
 LIFTED = dict(int8_budget=100.0, int4_budget=100.0, min_top1_int8=0.0, min_top1_int4=0.0)  # random models
@@ -106,14 +107,39 @@ def test_fused_operators_and_no_decomposed_attention(int8_bundle):
     assert concats and all(consumers[c.output[0]].op_type == "MatMulNBits" for c in concats)
     assert not any(n.op_type == "Add" for n in nodes)
     int4 = onnx.load(bundle / "model.int4.onnx", load_external_data=False).graph.node
-    assert not any(n.op_type == "Concat" for n in int4)  # int4: B stays 8-bit, beside the 4-bit base
+    # int4: the 4-bit B joins the 4-bit base the same way (adapter_bits defaults to the graph's)
+    consumers4 = {i: n for n in int4 for i in n.input}
+    assert sum(n.op_type == "Concat" for n in int4) == len(concats)
+    assert all(consumers4[n.output[0]].op_type == "MatMulNBits" for n in int4 if n.op_type == "Concat")
+    assert not any(n.op_type == "Add" for n in int4)
     task_graph = onnx.load(bundle / "task-echo.int8.onnx", load_external_data=False).graph
     assert "task_ids" not in {i.name for i in task_graph.input}
     # no mixture gathered: the two Gathers left read the mask's width and the step's length
     assert sum(n.op_type == "Gather" for n in task_graph.node) == 2
+    # the multi-task graph gathers every block's mixture at once: one Gather of a mixture table
+    # (beside the two of the mask's width and the step's length), split per side path
+    multi = onnx.load(bundle / "model.int8.onnx", load_external_data=False).graph
+    assert sum(n.op_type == "Gather" for n in multi.node) == 3
+    assert [n.op_type for n in multi.node[:2]] == ["Gather", "Split"]
     bits = {a.i for n in onnx.load(bundle / "model.int4.onnx", load_external_data=False).graph.node
             if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert 4 in bits
+
+
+def test_int4_with_8_bit_adapters_adds_their_delta_apart(base_dir, tmp_path, data_file):
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+
+    with pytest.raises(ConfigError, match="adapter bits must be 4, 8 or None"):
+        ExportOptions(adapter_bits=2)
+    ck = make_tiny_checkpoint(tmp_path / "ck", base_dir, "lora+attn", num_top_layers=2)
+    export_checkpoint(ck, tmp_path / "b", _opts(tasks="echo", int4=True, adapter_bits=8, data=data_file, **LIFTED))
+    v = _validation(tmp_path / "b")
+    assert all(c["passed"] for c in v["checks"])
+    for graph in ("model.int4.onnx", "task-echo.int4.onnx"):
+        nodes = onnx.load(tmp_path / "b" / graph, load_external_data=False).graph.node
+        bits = {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+        assert bits == {4, 8}
+        assert not any(n.op_type == "Concat" for n in nodes) and any(n.op_type == "Add" for n in nodes)
 
 
 def test_quantized_graphs_load_and_generate_mixed_batches(int8_bundle):
@@ -204,13 +230,28 @@ def test_llama_family_variants_match_pytorch(arch, tiny_tokenizer_dir, tmp_path)
             assert g.shape == ref.shape and np.abs(ref - g).max() < 1e-4
 
 
-def test_gpt2_is_refused_with_its_reason(tiny_tokenizer_dir, tmp_path):
+def test_a_family_the_builder_does_not_write_is_refused_with_the_families():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from alter_edge.errors import ConfigError
+    from alter_edge.export.builder import SUPPORTED, DecoderBuilder
+
+    opt = OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                   num_attention_heads=2, word_embed_proj_dim=16))
+    with pytest.raises(ConfigError, match="not 'opt'") as err:
+        DecoderBuilder(opt)
+    assert all(f in str(err.value) for f in SUPPORTED) and "gpt2" in SUPPORTED
+
+
+def test_a_prompt_budget_past_the_positions_is_refused_before_building(tiny_tokenizer_dir, tmp_path):
+    """GPT-2's learned positions end at n_positions: a checkpoint whose max_prompt_tokens fills
+    them leaves no room for an answer, and the export says so before building anything."""
     from alter_edge.errors import ConfigError
     from alter_edge.export.pipeline import export_checkpoint
 
-    base = make_tiny_base("gpt2", tmp_path / "base", tiny_tokenizer_dir, num_layers=2)
+    base = make_tiny_base("gpt2", tmp_path / "base", tiny_tokenizer_dir, num_layers=2)  # 256 positions
     ck = make_tiny_checkpoint(tmp_path / "ck", base, "lora", num_top_layers=2)
-    with pytest.raises(ConfigError, match="supports the model types llama, mistral, qwen2, qwen3, not 'gpt2'"):
+    with pytest.raises(ConfigError, match="max_prompt_tokens 256 .* 256 positions"):
         export_checkpoint(ck, tmp_path / "b", _opts(tasks=None))
     assert not (tmp_path / "b").exists()
 

@@ -11,10 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from alter_edge.padding import pad_rows
 from alter_edge.runtime import EdgeModel
 from alter_edge.runtime.generate import SamplingParams, decode
-from alter_edge.testing import TINY_ROWS
+from alter_edge.testing import TINY_ROWS, genai_greedy
 
 try:
     import onnxruntime_genai as og
@@ -51,25 +50,7 @@ def _edge_greedy(model: EdgeModel, prompts, task_ids, n: int = MAX_NEW, task: st
 
 
 def _genai_greedy(model, prompts, task_ids, pad: int, eos: int, n: int = MAX_NEW) -> list[list[int]]:
-    """onnxruntime-genai's greedy tokens, each row cut before its eos (alter-edge yields none)."""
-    ids, _ = pad_rows(prompts, pad)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=ids.shape[1] + n, do_sample=False, batch_size=len(prompts))
-    gen = og.Generator(model, params)
-    # onnxruntime-genai reads this array's memory at each step without holding a reference:
-    # it must stay alive as long as the generator
-    tids = np.asarray(task_ids, dtype=np.int64)
-    gen.set_model_input("task_ids", tids)
-    gen.append_tokens(ids.astype(np.int32))
-    out: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    while not gen.is_done():
-        gen.generate_next_token()
-        for row, token in enumerate(gen.get_next_tokens()):
-            done[row] = done[row] or int(token) == eos
-            if not done[row]:
-                out[row].append(int(token))
-    return out
+    return genai_greedy(model, prompts, task_ids, pad, eos, n)
 
 
 def _assert_same_tokens(genai_model, edge: EdgeModel) -> None:

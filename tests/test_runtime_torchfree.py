@@ -72,3 +72,22 @@ def test_ray_job_imports_without_torch(tmp_path):
     r = _run("import alter_edge.runtime.ray as r\nprint(r.RayOptions().actors)\n", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "2"
+
+
+def test_server_runs_without_torch(runtime_bundle, tmp_path):
+    import pytest
+
+    pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")
+    code = f"""
+        import json, sys
+        from alter_edge.runtime import EdgeModel
+        from alter_edge.runtime.serve.app import Server, ServeOptions
+        from alter_edge.cli import main
+        server = Server(EdgeModel.load({str(runtime_bundle)!r}, threads=1), ServeOptions())
+        bad = sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "transformers"))
+        print(json.dumps({{"tasks": server.tasks, "modules": bad}}))
+    """
+    r = _run(code, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["modules"] == [] and "echo" in res["tasks"]

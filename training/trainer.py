@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from alter_edge.base_model import load_base_model, special_ids
+from alter_edge.base_model import base_model_type, load_base_model, special_ids
 from alter_edge.config import MTAConfig, StageConfig, TrainConfig
 from alter_edge.data import (
     Example,
@@ -30,7 +30,7 @@ from alter_edge.data import (
     stratified_indices,
 )
 from alter_edge.errors import CheckpointError, DataError
-from alter_edge.inject import MTAModel, count_parameters
+from alter_edge.inject import MTAModel, arch_spec, count_parameters
 from alter_edge.prompts import encode_example
 from alter_edge.tasks import TaskRegistry
 
@@ -246,6 +246,8 @@ def _open_run(out: Path, cfg: TrainConfig, dist: Collective, train_rows: list[Ex
             raise CheckpointError(f"`resume`: the data's tasks differ from those in {out}/tasks.json")
     else:
         with dist.main_first():  # rank 0 converts/caches the base model once
+            # a family that cannot be exported is refused here, before its weights load or any step
+            arch_spec(base_model_type(cfg.base_model))
             base, tokenizer, info = load_base_model(cfg.base_model)
         model = MTAModel(base, MTAConfig(num_tasks=len(tasks), **cfg.mta))
         state = {"complete": False, "stage": 0, "step": 0, "evals": {}, "history": [], "data": source,

@@ -24,6 +24,7 @@ EXTRA_MODULES = {
     "train": ("torch", "transformers", "safetensors", "gguf", "accelerate", "yaml"),
     "export": ("torch", "transformers", "safetensors", "onnx", "gguf", "accelerate"),
     "ray": ("ray",),
+    "serve": ("uvicorn", "starlette", "prometheus_client"),
 }
 
 _OPTION_REF = re.compile(r"`([a-z_][a-z0-9_]*)`")

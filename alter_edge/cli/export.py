@@ -34,6 +34,11 @@ EXPORT_OPTIONS = [
                  help="Weights per scale of the MatMulNBits graphs."),
     click.option("--accuracy-level", type=click.IntRange(0, 4), default=4, show_default=True,
                  help="MatMulNBits compute: 4 = int8 activations (fastest), 0 = fp32 activations."),
+    click.option("--adapter-bits", type=click.Choice(["4", "8"]), default=None,
+                 callback=lambda _ctx, _param, v: None if v is None else int(v),
+                 help="Bits of the adapter factors in quantized graphs. Default: the graph's own (an int4 "
+                      "graph's 4-bit lora B joins the base projection's matmul); 8 in an int4 graph keeps "
+                      "them at 8 bits and adds their delta apart."),
     click.option("--atol", type=float, default=3e-4, show_default=True,
                  help="fp32 parity tolerance against PyTorch: max |logits diff| at valid positions."),
     click.option("--int8-budget", type=float, default=1.0, show_default=True,

@@ -1,0 +1,384 @@
+"""The HTTP side of ``alter-edge serve``: a Starlette app on uvicorn, speaking OpenAI's wire
+format, in front of one :class:`~alter_edge.runtime.serve.scheduler.Scheduler`.
+
+Handlers run on the event loop: they check a request, encode its prompt, queue a job, and
+relay the scheduler's events (SSE for ``stream``). The scheduler thread hands each step's
+events to the loop in one ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from alter_edge.errors import AlterEdgeError, DataError
+
+from ..model import EdgeModel
+from .protocol import (
+    ApiError,
+    chunk,
+    classify_request,
+    completion,
+    error_body,
+    generation_request,
+    new_id,
+    parse_json,
+    usage,
+)
+from .scheduler import DEADLINE, SHUTDOWN, Job, Overloaded, Scheduler
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_batch: int = 8
+    max_queue: int = 64
+    max_tokens: int | None = None  # the largest max_tokens a request may ask (default: the bundle's)
+    timeout: float = 120.0  # each request's deadline, seconds from its arrival
+    max_body_bytes: int = 1 << 20
+    api_key: str | None = None  # None: no key needed (loopback, or --insecure)
+
+
+class Metrics:
+    """Prometheus metrics of one server (its own registry, the process's RSS and CPU with it)."""
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.queue = Gauge("alter_edge_queue_depth", "Requests waiting for a slot", registry=r)
+        self.running = Gauge("alter_edge_running_rows", "Rows decoding in the batch", registry=r)
+        self.tps = Gauge("alter_edge_tokens_per_second", "Generated tokens per second over the last 5 s",
+                         registry=r)
+        self.tokens = Counter("alter_edge_generated_tokens", "Generated tokens", registry=r)
+        self.requests = Counter("alter_edge_requests", "Finished requests by endpoint and finish reason",
+                                ["endpoint", "reason"], registry=r)
+        self.rejected = Counter("alter_edge_rejected_requests", "Requests answered 429 (queue full)", registry=r)
+        self.ttft = Histogram("alter_edge_time_to_first_token_seconds", "Arrival to first token",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("alter_edge_request_latency_seconds", "Arrival to last token or result",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.step_rows = Histogram("alter_edge_step_rows", "Rows that got a token, per decode step",
+                                   buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self._window: deque[tuple[float, int]] = deque()
+
+    def observe_step(self, queued: int, running: int, tokens: int) -> None:  # scheduler thread
+        now = time.monotonic()
+        self.queue.set(queued)
+        self.running.set(running)
+        if tokens:
+            self.tokens.inc(tokens)
+            self.step_rows.observe(tokens)
+            self._window.append((now, tokens))
+        while self._window and self._window[0][0] < now - 5.0:
+            self._window.popleft()
+        self.tps.set(sum(n for _, n in self._window) / 5.0)
+
+    def first_token(self, job: Job, seconds: float) -> None:
+        self.ttft.observe(seconds)
+
+    def finished(self, job: Job, reason: str, seconds: float) -> None:
+        endpoint = job.sink.endpoint if job.sink is not None else "unknown"
+        self.requests.labels(endpoint, reason).inc()
+        if reason not in ("cancelled", SHUTDOWN):
+            self.latency.labels(endpoint).observe(seconds)
+
+
+class _Sink:
+    """Where a job's events land on the event loop."""
+
+    __slots__ = ("endpoint", "queue")
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+
+def _error(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class Server:
+    def __init__(self, model: EdgeModel, options: ServeOptions):
+        self.model, self.options = model, options
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(model, options.max_batch, options.max_queue, options.max_tokens, self.metrics)
+        self.tasks = list(model.tasks.names)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.key = options.api_key.encode("utf-8") if options.api_key else None
+        self.app = Starlette(
+            routes=[
+                Route("/health", self.health, methods=["GET"]),
+                Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/classify", self.classify, methods=["POST"]),
+            ],
+            exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
+            lifespan=self._lifespan,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        self.loop = asyncio.get_running_loop()
+        self.scheduler.start()
+        try:
+            yield
+        finally:
+            self.scheduler.stop()
+
+    def _deliver(self, job: Job, events: list) -> None:  # the scheduler thread
+        self.loop.call_soon_threadsafe(job.sink.queue.put_nowait, events)
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _http_error(self, request: Request, exc: HTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        msg = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(error_body(msg, kind), status_code=exc.status_code)
+
+    async def _internal_error(self, request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s", request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
+
+    def _authorize(self, request: Request) -> None:
+        if self.key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), self.key)
+        if not ok:
+            raise ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)", None,
+                           "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def _body(self, request: Request) -> dict:
+        self._authorize(request)
+        limit = self.options.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"the request body is {int(declared)} bytes, over the limit of {limit}",
+                           None, "body_too_large")
+        parts, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit} bytes", None, "body_too_large")
+            parts.append(part)
+        return parse_json(b"".join(parts))
+
+    def _prompt(self, text: str, task: str, truncate: bool, field: str) -> list[int]:
+        try:
+            ids, _ = self.model.prompt_ids(text, task, truncate)
+        except DataError as e:
+            code = "context_length_exceeded" if "max_prompt_tokens" in str(e) else "invalid_value"
+            raise ApiError(400, f"{field}: {e}", field, code) from None
+        return ids
+
+    def _submit(self, job: Job) -> None:
+        try:
+            self.scheduler.submit(job)
+        except Overloaded as e:
+            if e.closed:
+                raise self._ended(SHUTDOWN) from None
+            self.metrics.rejected.inc()
+            raise ApiError(429, f"{e}; retry later", None, "rate_limit_exceeded", type="rate_limit_error",
+                           headers={"Retry-After": str(self.scheduler.retry_after())}) from None
+
+    def _job(self, endpoint: str, task: str, **kw) -> Job:
+        return Job(task, self.model.tasks.id_of(task), self._deliver, time.monotonic() + self.options.timeout,
+                   sink=_Sink(endpoint), **kw)
+
+    # -- endpoints -------------------------------------------------------------------------
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "tasks": self.tasks, "running": self.scheduler.running,
+                             "queued": self.scheduler.queued})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except ApiError as e:
+            return _error(e)
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def models(self, request: Request) -> JSONResponse:
+        try:
+            self._authorize(request)
+        except ApiError as e:
+            return _error(e)
+        data = [{"id": t.name, "object": "model", "created": 0, "owned_by": "alter-edge", "kind": t.kind}
+                for t in self.model.tasks]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: Request, chat: bool) -> Response:
+        endpoint = "chat" if chat else "completions"
+        try:
+            body = await self._body(request)
+            sched = self.scheduler
+            req = generation_request(body, chat, self.tasks, sched.max_tokens,
+                                     min(self.model.bundle.max_new_tokens, sched.max_tokens))
+            ids = self._prompt(req.text, req.task, req.truncate, req.input_field)
+            job = self._job(endpoint, req.task, prompt=ids, params=req.params)
+            self._submit(job)
+        except ApiError as e:
+            return _error(e)
+        except AlterEdgeError as e:  # SamplingParams' own checks
+            return _error(ApiError(400, str(e), None, "invalid_value"))
+        rid, created = new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+        if req.stream:
+            return _EventStream(self._sse(job, rid, created, chat, len(ids), req.include_usage),
+                                lambda: self.scheduler.cancel(job))
+        collect = asyncio.ensure_future(self._collect(job))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not collect.done():  # the client went away: its slot is freed at the next step
+                collect.cancel()
+                self.scheduler.cancel(job)
+        if not collect.done() or collect.cancelled():
+            return Response(status_code=499)
+        text, reason = collect.result()
+        if reason in (DEADLINE, SHUTDOWN):
+            return _error(self._ended(reason))
+        return JSONResponse(completion(rid, req.task, text, reason, len(ids), job.tokens, chat, created))
+
+    def _ended(self, reason: str) -> ApiError:
+        if reason == DEADLINE:
+            return ApiError(504, f"the request's deadline of {self.options.timeout:g} s passed", None,
+                            "deadline_exceeded", type="timeout_error")
+        return ApiError(503, "the server is shutting down", None, "shutting_down", type="server_error")
+
+    async def _collect(self, job: Job) -> tuple[str, str]:
+        text = []
+        while True:
+            for ev in await job.sink.queue.get():
+                text.append(ev.text)
+                if ev.finish_reason:
+                    return "".join(text), ev.finish_reason
+
+    async def _sse(self, job: Job, rid: str, created: int, chat: bool, prompt_tokens: int, include_usage: bool):
+        task = job.task
+        try:
+            if chat:
+                yield _data(chunk(rid, task, created, chat, role=True))
+            reason = None
+            while reason is None:
+                for ev in await job.sink.queue.get():
+                    if ev.finish_reason in (DEADLINE, SHUTDOWN):
+                        reason = ev.finish_reason
+                        yield _data(self._ended(reason).body())
+                        break
+                    if ev.text:
+                        yield _data(chunk(rid, task, created, chat, text=ev.text))
+                    if ev.finish_reason:
+                        reason = ev.finish_reason
+                        yield _data(chunk(rid, task, created, chat, reason=reason))
+            if include_usage:
+                yield _data(chunk(rid, task, created, chat, usage_=usage(prompt_tokens, job.tokens)))
+            yield "data: [DONE]\n\n"
+        finally:
+            self.scheduler.cancel(job)
+
+    async def classify(self, request: Request) -> Response:
+        try:
+            body = await self._body(request)
+            task, texts, single, truncate = classify_request(body, self.tasks)
+            self.model.label_ids(task)  # a TaskError for a task without labels
+            prompts = [self._prompt(t, task, truncate, "input") for t in texts]
+            job = self._job("classify", task, prompts=prompts)
+            self._submit(job)
+        except ApiError as e:
+            return _error(e)
+        except AlterEdgeError as e:
+            return _error(ApiError(400, str(e), "model", "invalid_value"))
+        gone = asyncio.ensure_future(_disconnected(request))
+        got = asyncio.ensure_future(job.sink.queue.get())
+        try:
+            await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not got.done():
+                got.cancel()
+                self.scheduler.cancel(job)
+        if not got.done() or got.cancelled():
+            return Response(status_code=499)
+        result = got.result()[0]
+        if isinstance(result, Exception):
+            raise result
+        if hasattr(result, "finish_reason"):  # a TokenEvent: deadline or shutdown
+            return _error(self._ended(result.finish_reason))
+        data = [{"index": i, "label": c.label, "probability": c.probability, "scores": c.scores}
+                for i, c in enumerate(result)]
+        n = sum(len(p) for p in prompts)
+        return JSONResponse({"object": "list", "model": task, "data": data,
+                             "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+
+class _EventStream(StreamingResponse):
+    """SSE whose job is cancelled the moment the client goes away (seen by a watcher on
+    ``receive``, or by a failed send), or when the stream ends."""
+
+    def __init__(self, events, on_close):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        stream = asyncio.ensure_future(super().__call__(scope, receive, send))
+        gone = asyncio.ensure_future(_disconnected_receive(receive))
+        try:
+            await asyncio.wait({stream, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.on_close()
+            gone.cancel()
+            if not stream.done():
+                stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClientDisconnect, OSError):
+                await stream
+
+
+def _data(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read)."""
+    await _disconnected_receive(request.receive)
+
+
+async def _disconnected_receive(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
