@@ -331,7 +331,9 @@ def write_plain_genai_config(bundle: Path, plain: Path, kv: dict) -> None:
                          past_value_names=kv["past_value"].replace("{i}", "%d"))
     dec["outputs"].update(present_key_names=kv["present_key"].replace("{i}", "%d"),
                           present_value_names=kv["present_value"].replace("{i}", "%d"))
-    (plain / "genai_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    from alter_edge.io import atomic_write_text
+
+    atomic_write_text(plain / "genai_config.json", json.dumps(cfg, indent=2) + "\n")
 
 
 def engines(paths: dict, args) -> dict[str, tuple[str, dict]]:
