@@ -1,7 +1,6 @@
 """A one-task app's cold start and peak memory, per load option, interleaved.
 
-    HF_HUB_OFFLINE=1 python benchmarks/cold_start_bench.py BUNDLE --task echo --precision int8 \\
-        --rounds 5 --threads 2
+    HF_HUB_OFFLINE=1 python benchmarks/cold_start_bench.py BUNDLE --precision int8 --rounds 5 --threads 2
 
 Each round starts one fresh process per variant (the order rotates every round); each process
 imports the runtime, loads the bundle for one task (``EdgeModel.load(..., tasks=[task])``),
@@ -62,13 +61,17 @@ def run_child(bundle: Path, task: str, precision: str | None, threads: int, vari
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("--task", required=True)
+    ap.add_argument("--task", default=None, help="the app's task (default: the bundle's first, as decode_bench's)")
     ap.add_argument("--precision", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--variants", nargs="+", default=list(VERIFY), choices=list(VERIFY))
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
+    if args.task is None:
+        from alter_edge.runtime.bundle import load_bundle
+
+        args.task = load_bundle(args.bundle, verify=False).tasks.names[0]
     with tempfile.TemporaryDirectory() as cache:
         if "cached" in args.variants:  # the priming process: writes the cache entries
             run_child(args.bundle, args.task, args.precision, args.threads, "cached", Path(cache))
