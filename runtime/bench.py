@@ -10,6 +10,7 @@ import time
 
 from .generate import SamplingParams
 from .model import EdgeModel
+from .timing import per_step, timed_run
 
 FILLER = "the quick brown fox jumps over the lazy dog while the answer waits . "
 
@@ -36,28 +37,25 @@ def synthetic_prompt(model: EdgeModel, n_tokens: int) -> list[int]:
 
 def time_generation(model: EdgeModel, task: str, batch: int, prompt_tokens: int,
                     new_tokens: int) -> tuple[float, float]:
-    """(seconds to the first token, decode tokens/s over all rows after the first token)."""
+    """(seconds to the first token, decode tokens/s over all rows after the first step): the
+    engine's decode loop on ``batch`` copies of a synthetic prompt, eos ignored, timed by
+    :func:`runtime.timing.timed_run`, the loop ``benchmarks/decode_bench.py`` times."""
     spec = model.tasks.get(task)
-    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     prompt = synthetic_prompt(model, prompt_tokens)
-    t0 = time.perf_counter()
-    first = None
-    n = 0
-    for ev in model.stream_ids([prompt] * batch, [spec] * batch, params):
-        if ev.token_id is not None:
-            n += 1
-            first = first or time.perf_counter()
-    total = time.perf_counter()
-    return first - t0, (n - batch) / max(total - first, 1e-9)
+
+    def steps(batch: int, n_new: int):
+        params = SamplingParams(max_new_tokens=n_new, ignore_eos=True)
+        return per_step(model.decode_ids([prompt] * batch, [spec] * batch, params), batch)
+    return timed_run(steps, batch, new_tokens)
 
 
 def run_bench(model: EdgeModel, task: str | None = None, prompt_tokens: int = 32,
               new_tokens: int = 64, repeats: int = 3) -> dict:
     """Medians over ``repeats`` runs after one warm-up run of each measurement."""
     gen_task = task or next((t.name for t in model.tasks if t.kind == "generate"), model.tasks.names[0])
-    out: dict = {"load_s": round(model.load_seconds, 3), "task": gen_task,
+    out: dict = {"load_s": round(model.load_seconds, 3), "task": gen_task, "engine": model.engine,
                  "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
-                 "graph": str(model.runner_for([gen_task]).path.relative_to(model.bundle.root))}
+                 "graph": model.graph_for_request([gen_task]).path}
     for batch in (1, 8):
         time_generation(model, gen_task, batch, prompt_tokens, min(new_tokens, 4))  # warm-up
         runs = [time_generation(model, gen_task, batch, prompt_tokens, new_tokens) for _ in range(repeats)]

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alter_edge.errors import BundleError, TaskError
+from alter_edge.errors import BundleError, ConfigError, TaskError
 from alter_edge.io import read_json, sha256_file
 from alter_edge.tasks import TaskRegistry
 
@@ -30,6 +30,7 @@ from .manifest import (
     check_format,
     validate_manifest,
 )
+from .verified import HashCache
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Bundle:
     max_prompt_tokens: int
     manifest_sha256: str = ""  # names this bundle's exact contents (the manifest hashes every file)
     verify: bool = True  # check each graph's sha256 when it is opened
+    hash_cache: HashCache | None = field(default=None, compare=False, repr=False)  # verify="cached"
     _verified: set = field(default_factory=set, compare=False, repr=False)  # weight files hashed so far
 
     def check_graph(self, graph: GraphInfo, ort_format: bool = False, weights: bool = True) -> Path:
@@ -81,7 +83,7 @@ class Bundle:
         else:
             rel, digest = graph.path, graph.sha256
         if self.verify:
-            _check_hash(self.root, rel, digest)
+            _check_hash(self.root, rel, digest, self.hash_cache)
             if weights:
                 self.check_weights(graph)
         return self.root / rel
@@ -90,7 +92,7 @@ class Bundle:
         """Hash the graph's weight files not hashed yet (when ``verify``)."""
         for ext in graph.external_data:
             if self.verify and ext not in self._verified:
-                _check_hash(self.root, ext, self.manifest["files"][ext])
+                _check_hash(self.root, ext, self.manifest["files"][ext], self.hash_cache)
                 self._verified.add(ext)
 
     def graph_for(self, task: str | None, precision: str | None = None) -> GraphInfo:
@@ -133,11 +135,16 @@ def _read_json(path: Path, what: str) -> dict:
     return obj
 
 
-def _check_hash(root: Path, rel: str, expected: str) -> None:
+def _check_hash(root: Path, rel: str, expected: str, cache: HashCache | None = None) -> None:
     path = root / rel
     if not path.is_file():
         raise BundleError(f"{root}: file {rel} listed in manifest.json is missing")
+    if cache is not None and cache.known(path, expected):
+        return
+    before = path.stat()
     got = sha256_file(path)
+    if cache is not None and got == expected:
+        cache.remember(path, got, before)
     if got != expected:
         raise BundleError(
             f"{root}: file {rel} does not match manifest.json (sha256 {got[:12]}..., expected "
@@ -145,9 +152,14 @@ def _check_hash(root: Path, rel: str, expected: str) -> None:
         )
 
 
-def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
+def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
     """Read and check a bundle directory; ``verify=False`` skips the sha256 checks (faster
-    start for a bundle already verified, e.g. on a read-only app partition)."""
+    start for a bundle already verified, e.g. on a read-only app partition); ``verify="cached"``
+    hashes a file only when it is not the same file that matched before (``runtime.verified``)."""
+    if verify not in (True, False, "cached"):
+        raise ConfigError(f"verify must be True, False or 'cached', got {verify!r}")
+    cache = HashCache() if verify == "cached" else None
+    verify = bool(verify)
     root = Path(root)
     if not root.is_dir():
         raise BundleError(f"bundle not found: {root} is not a directory")
@@ -158,7 +170,7 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
                              tuple(g.get("inputs", ())), tuple(g.get("outputs", ())), g.get("ort"),
                              g.get("mode", "multitask" if g.get("task") is None else "task"),
                              tuple(g.get("external_data", ()))) for g in m["graphs"])
-    _check_files(root, m["files"], graphs, verify)
+    _check_files(root, m["files"], graphs, verify, cache)
     tasks = _load_tasks(root, m, graphs)
     gen = m.get("generation", {})
     bundle = Bundle(
@@ -166,20 +178,21 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         eos_id=m["eos_token_id"], pad_id=m["pad_token_id"],
         max_new_tokens=gen.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
         max_prompt_tokens=gen.get("max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS),
-        manifest_sha256=sha256_file(root / "manifest.json"), verify=verify,
+        manifest_sha256=sha256_file(root / "manifest.json"), verify=verify, hash_cache=cache,
     )
     log.info("bundle %s: %d graph(s), %d task(s)", root, len(graphs), len(tasks))
     return bundle
 
 
-def _check_files(root: Path, files: dict, graphs: tuple[GraphInfo, ...], verify: bool) -> None:
+def _check_files(root: Path, files: dict, graphs: tuple[GraphInfo, ...], verify: bool,
+                 cache: HashCache | None = None) -> None:
     """Every listed file exists; with ``verify``, every non-graph, non-weight file matches its
     sha256 and no file is unlisted."""
     listed = {*files, *(g.path for g in graphs)}
     weights = {w for g in graphs for w in g.external_data}  # hashed when a graph reading them opens
     for rel in sorted(listed):
         if verify and rel in files and rel not in weights:
-            _check_hash(root, rel, files[rel])
+            _check_hash(root, rel, files[rel], cache)
         elif not (root / rel).is_file() and (verify or rel in REQUIRED_FILES or rel not in files):
             raise BundleError(f"{root}: file {rel} listed in manifest.json is missing")
     if verify:

@@ -104,25 +104,56 @@ class TokenPicker:
         """``rows``: the original row of each logits row (whose random stream it draws from)."""
         if self.entropy is None:
             return logits.argmax(-1).astype(np.int64)
-        x = logits.astype(np.float64) / self.p.temperature  # (B, V)
+        x = logits.astype(np.float64)  # (B, V), a new array: the caller's logits stay as they are
+        x /= self.p.temperature
         V = x.shape[-1]
         if 0 < self.p.top_k < V:
             kth = np.partition(x, V - self.p.top_k, axis=-1)[:, V - self.p.top_k, None]
-            x = np.where(x < kth, -np.inf, x)
-        probs = np.exp(x - x.max(-1, keepdims=True))
+            x[x < kth] = -np.inf
+        probs = np.exp(x - x.max(-1, keepdims=True), out=x)
         probs /= probs.sum(-1, keepdims=True)
-        if self.p.top_p < 1.0:
-            order = np.argsort(-probs, axis=-1)
-            sorted_p = np.take_along_axis(probs, order, -1)
-            drop_sorted = (np.cumsum(sorted_p, -1) - sorted_p) >= self.p.top_p  # keeps the first always
-            drop = np.zeros_like(drop_sorted)
-            np.put_along_axis(drop, order, drop_sorted, -1)
-            probs = np.where(drop, 0.0, probs)
         out = np.empty(len(probs), dtype=np.int64)
         for i, (p, r) in enumerate(zip(probs, rows, strict=True)):
-            c = np.cumsum(p)
-            out[i] = min(int(np.searchsorted(c, self.rng(int(r)).random() * c[-1], side="right")), V - 1)
+            keep = _nucleus(p, self.p.top_p) if self.p.top_p < 1.0 else None
+            u = self.rng(int(r)).random()
+            if keep is None:
+                c = np.cumsum(p)
+                out[i] = min(int(np.searchsorted(c, u * c[-1], side="right")), V - 1)
+            else:  # the kept tokens in vocabulary order: their running sums are the full vector's
+                c = np.cumsum(p[keep])
+                j = int(np.searchsorted(c, u * c[-1], side="right"))
+                out[i] = keep[j] if j < len(keep) else V - 1
         return out
+
+
+def _nucleus(p: np.ndarray, top_p: float, first: int = 1024) -> np.ndarray:
+    """The ids (ascending) of the smallest set of most likely tokens whose probability reaches
+    ``top_p``: the most likely always, then each next one while the mass before it is below
+    ``top_p``. Sorts only the ``first`` most likely tokens (equal probabilities in id order),
+    and the whole vocabulary, as a full sort did before, only when the set does not end inside
+    them (a flat distribution)."""
+    V = len(p)
+    m = min(first, V)
+    if m < V and float(p.max()) * m >= top_p:  # else the m most likely cannot reach top_p
+        top = np.sort(np.argpartition(p, V - m)[V - m:])
+        top = top[np.argsort(-p[top], kind="stable")]  # most likely first, ties by id
+        n = _nucleus_size(p[top], top_p)
+        if n is not None:
+            return np.sort(top[:n])
+    order = np.argsort(-p)
+    n = _nucleus_size(p[order], top_p)
+    if n is None:
+        return np.arange(V)
+    keep = np.zeros(V, dtype=bool)
+    keep[order[:n]] = True
+    return np.flatnonzero(keep)
+
+
+def _nucleus_size(sp: np.ndarray, top_p: float) -> int | None:
+    """How many of these probabilities, most likely first, the nucleus keeps (None: all, and
+    it may go on past them)."""
+    ends = np.flatnonzero(np.cumsum(sp) - sp >= top_p)  # the mass sorted ahead of each
+    return int(ends[0]) if len(ends) else None
 
 
 GREEDY = TokenPicker(SamplingParams())  # argmax: keeps no state, shared by every greedy row
@@ -333,10 +364,10 @@ class SlotPool:
         ids, lens = pad_rows([r.prompt for r in rows], self.pad_id)
         tids = np.asarray([r.task for r in rows], dtype=np.int64)
         if k == self.size:
-            logits = self.runner.step(ids, lens, tids, self.cache)
+            logits = self.runner.step(ids, lens, tids, self.cache, copy=False)
         else:
             fresh = self.runner.new_cache(k, ids.shape[1])
-            logits = self.runner.step(ids, lens, tids, fresh)
+            logits = self.runner.step(ids, lens, tids, fresh, copy=False)
             self.cache.write_rows(take, fresh, np.arange(k), ids.shape[1])
         for j, r in zip(take.tolist(), rows, strict=True):
             self.key[j] = r
@@ -365,7 +396,7 @@ class SlotPool:
         live = np.asarray([k is not None for k in self.key])
         self.lengths = np.where(live, self.lengths + 1, 1)
         out = self.runner.step(np.where(live, self.cur, self.pad_id)[:, None], self.lengths, self.task,
-                               self.cache)[:, 0]
+                               self.cache, copy=False)[:, 0]
         take = np.flatnonzero(live)
         return take, (out[take] if len(take) < self.size else out)
 
@@ -376,36 +407,99 @@ class RowText:
     ``push`` returns the text that is safe to show now: never a partial UTF-8 character, never
     a tail that might be the start of a stop string. The text drops leading whitespace (the
     model emits answers as ``" " + target``), so the pieces add up to the final ``text``.
+
+    ``text`` is always what decoding all of the row's ids at once gives, but a token costs a
+    decode of a few ids, not of all of them: the ids up to a point where the text ended on a
+    whole character are settled (their text cannot change), and each token decodes only the
+    ids after the last settled group, with that group before them for context (a tokenizer
+    that treats the first token specially treats both decodes alike); the new text is what
+    that decode adds to the context's own. A decode that does not start with its context's
+    text (a tokenizer whose text is not built left to right) falls back to decoding all ids.
+    Stop strings are searched in the new text and the few settled characters before it.
     """
 
     def __init__(self, tokenizer, stop: tuple[str, ...]):
         self.tok = tokenizer
         self.stop = stop
         self.ids: list[int] = []
-        self.text = ""
         self.emitted = 0
         self.stopped = False
+        self._keep = max((len(s) for s in stop), default=1) - 1  # settled chars a stop string may need
+        self._settled: list[str] = []  # the settled text (of ids[:_end]), in pieces
+        self._settled_len = 0
+        self._recent = ""  # its last _keep characters
+        self._start = self._end = 0  # the context ids[_start:_end]; settled up to _end
+        self._context = ""  # decode(ids[_start:_end])
+        self._tail = ""  # the text of ids[_end:]: the whole text is settled + tail
+        self._lead: int | None = None  # leading whitespace of the whole text, once that has more
+        self._final: str | None = None  # the text once a stop string cut it
+
+    @property
+    def text(self) -> str:
+        if self._final is not None:
+            return self._final
+        return ("".join(self._settled) + self._tail)[self._lead_now():]
+
+    def _decode(self, start: int) -> str:
+        return self.tok.decode(self.ids[start:], skip_special_tokens=True)
+
+    def _lead_now(self) -> int:
+        """Leading whitespace characters of the whole text (all of them while it is only that)."""
+        if self._lead is not None:
+            return self._lead
+        return self._settled_len + len(self._tail) - len(self._tail.lstrip())
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tok.decode(self.ids, skip_special_tokens=True).lstrip()
-        cut = min((k for k in (text.find(s) for s in self.stop) if k >= 0), default=-1)
+        new = self._decode(self._start)
+        if new.startswith(self._context):
+            self._tail = new[len(self._context):]
+        else:  # not built left to right here: start over from the whole text
+            self._settled, self._settled_len, self._recent = [], 0, ""
+            self._start = self._end = 0
+            self._context, self._tail = "", self._decode(0)
+        lead = self._lead_now()
+        # the window: the last settled characters (a stop string's start) and the new text
+        base = self._settled_len - len(self._recent)
+        window = self._recent + self._tail
+        size = self._settled_len + len(self._tail) - lead  # len(text)
+        # no stop string lies inside the settled text (the last push searched it)
+        frm = max(lead, self._settled_len - self._keep) - base
+        cut = min((k for k in (window.find(s, frm) for s in self.stop) if k >= 0), default=-1)
         if cut >= 0:
-            self.text, self.stopped = text[:cut], True
-            return self._flush(len(self.text))
-        self.text = text
-        safe = len(text)
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character
-            safe = len(text.rstrip("\ufffd"))
+            end = base + cut - lead
+            piece = self._slice(window, base, lead, end)
+            self._final, self.stopped = self.text[:end], True
+            return piece
+        safe = size - (len(self._tail) - len(self._tail.rstrip("\ufffd")))  # an incomplete character
         hold = max((n for s in self.stop for n in range(1, min(len(s), safe + 1))
-                    if text[:safe].endswith(s[:n])), default=0)  # may grow into a stop string
-        return self._flush(safe - hold)
+                    if window.endswith(s[:n], 0, safe + lead - base)), default=0)  # may grow into a stop string
+        piece = self._slice(window, base, lead, safe - hold)
+        if self._tail and not self._tail.endswith("\ufffd"):  # new text ending on a whole character
+            self._settle(lead)
+        return piece
+
+    def _settle(self, lead: int) -> None:
+        tail = self._tail
+        self._settled.append(tail)
+        self._settled_len += len(tail)
+        if self._keep:
+            self._recent = (self._recent + tail)[-self._keep:]
+        if self._lead is None and tail.strip():
+            self._lead = lead
+        self._start, self._end = self._end, len(self.ids)
+        self._context, self._tail = self._decode(self._start), ""
+
+    def _slice(self, window: str, base: int, lead: int, upto: int) -> str:
+        """Emit text[emitted:upto] (text positions), read from the window when it covers them."""
+        upto = max(upto, self.emitted)
+        a, b = self.emitted + lead - base, upto + lead - base
+        piece = window[a:b] if a >= 0 else self.text[self.emitted:upto]
+        self.emitted = upto
+        return piece
 
     def finish(self) -> str:
-        return self._flush(len(self.text))
-
-    def _flush(self, upto: int) -> str:
-        upto = max(upto, self.emitted)
-        piece = self.text[self.emitted:upto]
-        self.emitted = upto
+        text = self.text
+        piece = text[self.emitted:] if len(text) > self.emitted else ""
+        self.emitted = max(self.emitted, len(text))
         return piece

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence, Set
@@ -35,6 +36,8 @@ from .bundle import PRECISIONS, Bundle, GraphInfo, check_vocab, load_bundle
 from .generate import RowText, SamplingParams, decode
 from .scoring import label_probabilities, score_labels
 from .session import GraphRunner, check_providers, session_options
+
+ENGINES = ("onnxruntime", "genai")
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +74,51 @@ class TokenEvent:
 
 def _load_tokenizer(root: Path) -> Tokenizer:
     try:
-        return Tokenizer.from_file(str(root / "tokenizer.json"))
+        tok = Tokenizer.from_file(str(root / "tokenizer.json"))
     except Exception as e:  # tokenizers raises a plain Exception on a bad file
         raise BundleError(f"{root}/tokenizer.json cannot be loaded ({e})") from e
+    trim_heap()
+    return tok
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). Parsing SmolLM2's tokenizer.json frees about 17 MB that malloc would otherwise
+    keep, counted in the process's RSS (and, as it parses beside the session's creation, in its
+    peak). Whether it trimmed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc; musl has none
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 class EdgeModel:
     def __init__(self, bundle: Bundle, tokenizer: Tokenizer, threads: int | None = None,
                  optimization: str = "all", providers: Sequence[str] | None = None,
-                 precision: str | None = None, spinning: bool = True, ort_format: bool = False):
+                 precision: str | None = None, spinning: bool = True, ort_format: bool = False,
+                 engine: str = "onnxruntime"):
         if precision is not None and precision not in PRECISIONS:
             raise ConfigError(f"{precision!r} is not a precision; valid precisions: {', '.join(PRECISIONS)}")
+        if engine not in ENGINES:
+            raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+        if engine == "genai":
+            from .genai_engine import import_genai
+
+            import_genai()  # a clear error now when it is not installed
+            if ort_format:
+                raise ConfigError("engine='genai' reads the .onnx graphs, not their .ort twins (drop ort_format)")
+            if providers and list(providers) != ["CPUExecutionProvider"]:
+                raise ConfigError("engine='genai' runs on the CPU here; pass no providers (or use "
+                                  "engine='onnxruntime')")
+        self.engine = engine
+        self._threads = threads
+        self._genai: dict = {}  # graph path -> GenaiRunner (engine='genai')
         self.bundle = bundle
         self.ort_format = ort_format
         self._tokenizer = tokenizer  # or a Future of it while load() runs
@@ -97,29 +134,34 @@ class EdgeModel:
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int | None = None, optimization: str = "all",
              providers: Sequence[str] | None = None, precision: str | None = None,
-             verify: bool = True, preload: bool = False, spinning: bool = True,
-             ort_format: bool = False, tasks: Sequence[str] | None = None) -> EdgeModel:
+             verify: bool | str = True, preload: bool = False, spinning: bool = True,
+             ort_format: bool = False, tasks: Sequence[str] | None = None,
+             engine: str = "onnxruntime") -> EdgeModel:
         """Check and open a bundle. ``threads``: onnxruntime intra-op threads; ``optimization``:
         disable|basic|extended|all; ``providers``: onnxruntime execution providers (checked);
         ``precision``: fp32|int8|int4 (default: the bundle's best, int8 > int4 > fp32);
-        ``verify``: check sha256s (graphs when first opened); ``preload``: open every graph now
+        ``verify``: check sha256s (graphs when first opened; "cached": not again for a file
+        that matched before and is unchanged, ``runtime.verified``); ``preload``: open every graph now
         (default: the multi-task graph, which then serves every request); ``ort_format``: open each
         graph's ``.ort`` twin (bundles exported with --ort-format); ``tasks``: open only the
         graphs serving these tasks (each task's own graph where the bundle has one, which then
-        serves that task's requests: an app doing one task holds one graph in memory)."""
+        serves that task's requests: an app doing one task holds one graph in memory);
+        ``engine``: "onnxruntime" (the runtime's own decode loop) or "genai" (onnxruntime-genai's
+        generator runs the same graphs, docs/runtime.md; classification still runs on an
+        onnxruntime session of the graph, opened when first asked for)."""
         t0 = time.perf_counter()
         bundle = load_bundle(bundle_dir, verify=verify)
         with ThreadPoolExecutor(1) as pool:  # the tokenizer parses while onnxruntime builds sessions
             tok = pool.submit(_load_tokenizer, bundle.root)
-            model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format)
+            model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format, engine)
             if tasks is not None:  # only the graphs serving these tasks (one each)
                 for name in tasks:
-                    model._runner(bundle.graph_for(bundle.tasks.get(name).name, precision))
+                    model._decoder(bundle.graph_for(bundle.tasks.get(name).name, precision))
             else:
                 graphs = list(bundle.graphs) if preload else [model._default_graph()]
                 for g in graphs:
                     if precision is None or g.precision == precision:
-                        model._runner(g)
+                        model._decoder(g)
             model.tokenizer = tok.result()
         model.load_seconds = time.perf_counter() - t0
         return model
@@ -179,7 +221,24 @@ class EdgeModel:
                 self._runners[graph.path] = r
             return r
 
-    def runner_for(self, task_names: Sequence[str]) -> GraphRunner | None:
+    def _genai_runner(self, graph: GraphInfo):
+        """The graph in onnxruntime-genai (engine='genai'), opened once after its hash checks."""
+        from .genai_engine import GenaiRunner
+
+        with self._lock:
+            r = self._genai.get(graph.path)
+            if r is None:
+                self.bundle.check_graph(graph)
+                r = GenaiRunner(self.bundle.root, graph.path, graph.task is None, self._threads,
+                                self.bundle.kv.max_sequence_length)
+                self._genai[graph.path] = r
+            return r
+
+    def _decoder(self, graph: GraphInfo):
+        """What decodes on ``graph``: its GraphRunner, or its GenaiRunner with engine='genai'."""
+        return self._genai_runner(graph) if self.engine == "genai" else self._runner(graph)
+
+    def graph_for_request(self, task_names: Sequence[str]) -> GraphInfo | None:
         """The graph serving a request of these tasks, or None when rows must be split by
         task (mixed tasks and no multi-task graph). A one-task request runs on its task's own
         graph when that graph is open (``load(tasks=...)`` or ``preload``) or the bundle has no
@@ -189,12 +248,45 @@ class EdgeModel:
         if len(names) == 1:
             own = self.bundle.graph_for(names.pop(), self.precision)
             with self._lock:
-                is_open = own.path in self._runners
+                is_open = own.path in self._runners or own.path in self._genai
             if own.task is None or is_open or not self.bundle.has_multi_task_graph:
-                return self._runner(own)
+                return own
         if not self.bundle.has_multi_task_graph:
             return None
-        return self._runner(self.bundle.graph_for(None, self.precision))
+        return self.bundle.graph_for(None, self.precision)
+
+    def runner_for(self, task_names: Sequence[str]) -> GraphRunner | None:
+        """The onnxruntime graph runner serving a request of these tasks (see
+        :meth:`graph_for_request`), or None when rows must be split by task."""
+        graph = self.graph_for_request(task_names)
+        return None if graph is None else self._runner(graph)
+
+    def decode_ids(self, prompts: Sequence[Sequence[int]], specs: Sequence[TaskSpec],
+                   params: SamplingParams, done: np.ndarray | None = None, yield_eos: bool = False,
+                   batch_size: int | None = None) -> Iterator[tuple[int, int | None]]:
+        """``(row, token id)`` as the engine generates them (:func:`runtime.generate.decode`'s
+        contract) on the graph serving one request of these rows' tasks; mixed tasks on a
+        bundle without a multi-task graph run one task's rows after the other's."""
+        graph = self.graph_for_request([s.name for s in specs])
+        if graph is None:  # mixed tasks, per-task graphs only: one group per task
+            done = np.zeros(len(prompts), dtype=bool) if done is None else done
+            for name in dict.fromkeys(s.name for s in specs):
+                rows = [i for i, s in enumerate(specs) if s.name == name]
+                sub = done[rows]  # the group's own flags, kept in step with the caller's
+                for i, tok in self.decode_ids([prompts[i] for i in rows], [specs[i] for i in rows], params,
+                                              sub, yield_eos, batch_size):
+                    done[rows] |= sub
+                    yield rows[i], tok
+                    sub |= done[rows]
+            return
+        ids = [s.id for s in specs]
+        eos, pad = self.bundle.eos_id, self.bundle.pad_id
+        if self.engine == "genai":
+            yield from self._genai_runner(graph).decode(prompts, ids, eos, pad, params, done, yield_eos,
+                                                        batch_size)
+        else:
+            yield from decode(self._runner(graph), prompts, ids, eos, pad, params, done, yield_eos,
+                              slots=batch_size)
 
     # -- prompts ---------------------------------------------------------------------
     def encode(self, text: str, task: str) -> tuple[list[int], int]:
@@ -261,19 +353,10 @@ class EdgeModel:
         if not prompts:
             return
         check_batch_size(batch_size)
-        runner = self.runner_for([s.name for s in specs])
-        if runner is None:  # mixed tasks, per-task graphs only: one group per task
-            for name in dict.fromkeys(s.name for s in specs):
-                rows = [i for i, s in enumerate(specs) if s.name == name]
-                for ev in self.stream_ids([prompts[i] for i in rows], [specs[i] for i in rows], params,
-                                          batch_size):
-                    yield TokenEvent(rows[ev.row], ev.token_id, ev.text, ev.finish_reason)
-            return
         B = len(prompts)
         rows = [RowText(self.tokenizer, params.stop) for _ in range(B)]
         done = np.zeros(B, dtype=bool)
-        for i, tok in decode(runner, prompts, [s.id for s in specs], self.bundle.eos_id,
-                             self.bundle.pad_id, params, done, yield_eos=True, slots=batch_size):
+        for i, tok in self.decode_ids(prompts, specs, params, done, yield_eos=True, batch_size=batch_size):
             for ev in row_events(i, rows[i], tok, params.max_new_tokens):
                 if ev.finish_reason == "stop":
                     done[i] = True

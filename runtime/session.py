@@ -86,6 +86,9 @@ class KVCache:
         self.kv, self.batch, self.max_len = kv, batch, max_len
         self._io = None  # (session, IOBinding, logits array) once bound
         self._mask = np.zeros(batch * max_len, np.int64)  # the attention mask's storage
+        self._positions = np.arange(max_len, dtype=np.int64)[None, :]  # compared with lengths: the mask
+        self._tasks = np.zeros(batch, np.int64)  # the task_ids input's storage, bound once
+        self._tasks_bound = False
 
     def select_rows(self, rows: np.ndarray) -> KVCache:
         """A new cache holding only ``rows`` (a copy; used when finished rows leave a batch)."""
@@ -100,12 +103,22 @@ class KVCache:
                 io.bind_ortvalue_input(past, v)
                 io.bind_ortvalue_output(present, v)
             self._io = (session, io, logits)
+            self._tasks_bound = False
         return self._io[1], self._io[2]
+
+    def bind_task_ids(self, task_ids: np.ndarray) -> None:
+        """The task_ids input is bound once, an OrtValue over this cache's own buffer; each step
+        writes its ids into that buffer in place (the same ids every step until a slot is
+        refilled), so no step binds it again."""
+        self._tasks[:] = task_ids
+        if not self._tasks_bound:
+            self._io[1].bind_ortvalue_input(TASK_IDS, ort.OrtValue.ortvalue_from_numpy(self._tasks))
+            self._tasks_bound = True
 
     def mask(self, lengths: np.ndarray, width: int) -> np.ndarray:
         """The attention mask ``[batch, width]`` for these row lengths (a view of one buffer)."""
         m = self._mask[:self.batch * width].reshape(self.batch, width)  # contiguous
-        np.less(np.arange(width)[None, :], lengths[:, None], out=m, casting="unsafe")
+        np.less(self._positions[:, :width], lengths[:, None], out=m, casting="unsafe")
         return m
 
     def write_rows(self, slots: np.ndarray, src: KVCache, rows: np.ndarray, length: int) -> None:
@@ -189,9 +202,11 @@ class GraphRunner:
                               "(`batch_size`)") from None
 
     def step(self, input_ids: np.ndarray, lengths: np.ndarray, task_ids: np.ndarray | None,
-             cache: KVCache) -> np.ndarray:
+             cache: KVCache, copy: bool = True) -> np.ndarray:
         """Run the graph once on ``input_ids`` (B, S) int64; returns logits (B, 1, V) at each row's
-        last valid position (a copy of the cache's output buffer, which the next step overwrites)."""
+        last valid position: a copy of the cache's output buffer, or with ``copy=False`` that
+        buffer itself, which the next step on this cache overwrites (a decode loop that picks
+        its tokens before the next step reads it there, copying nothing)."""
         lengths = np.asarray(lengths, dtype=np.int64)
         width = max(int(lengths.max()), input_ids.shape[1])
         if width > cache.max_len:
@@ -202,9 +217,9 @@ class GraphRunner:
         io.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
         io.bind_cpu_input(ATTENTION_MASK, cache.mask(lengths, width))
         if self.takes_task_ids:
-            io.bind_cpu_input(TASK_IDS, np.ascontiguousarray(task_ids, dtype=np.int64))
+            cache.bind_task_ids(task_ids)
         self.session.run_with_iobinding(io)
-        return logits.copy()
+        return logits.copy() if copy else logits
 
     def _vocab(self) -> int:
         """The vocabulary size of a graph whose logits shape leaves it symbolic (one probe step)."""

@@ -17,11 +17,11 @@ EXIT_INTERRUPTED = 130
 
 
 def _load(bundle: Path, threads: int | None, precision: str | None, optimization: str = "all",
-          tasks: list[str] | None = None):
+          tasks: list[str] | None = None, engine: str = "onnxruntime"):
     from alter_edge.runtime.model import EdgeModel
 
     return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization,
-                          tasks=tasks)
+                          tasks=tasks, engine=engine)
 
 
 def _session_options(fn):
@@ -152,9 +152,11 @@ def _run_ray(bundle, input_path, output_path, opts, address, actors, threads, pr
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--optimization", type=click.Choice(list(OPT_LEVELS)), default="all", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--engine", type=click.Choice(["onnxruntime", "genai"]), default="onnxruntime", show_default=True,
+              help="Decode loop: the runtime's own, or onnxruntime-genai's generator (needs alter-edge[genai]).")
 @_session_options
 @handle_errors()
-def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as_json, threads,
+def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as_json, engine, threads,
               precision) -> None:
     """Time a bundle: load, time to first token, decode tok/s (batch 1 and 8), classify rows/s,
     peak RSS.
@@ -164,7 +166,7 @@ def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as
     """
     from alter_edge.runtime.bench import run_bench
 
-    model = _load(bundle, threads, precision, optimization, tasks=[task] if task else None)
+    model = _load(bundle, threads, precision, optimization, tasks=[task] if task else None, engine=engine)
     res = run_bench(model, task, prompt_tokens, new_tokens, repeats)
     res["threads"] = threads
     if as_json:

@@ -1,0 +1,34 @@
+"""The decode timing loop that ``alter-edge bench`` and ``benchmarks/decode_bench.py`` share.
+
+Standard library only: decode_bench loads this file by path in the anchors' own environments
+(onnxruntime-genai's, llama.cpp's), which lack alter_edge, so every engine is timed by the same
+code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+
+def timed_run(step_tokens: Callable[[int, int], Iterable], batch: int, n_new: int) -> tuple[float, float]:
+    """``step_tokens(batch, n_new)`` yields once per generated step; returns (s to the first
+    token, decode tokens/s over all rows after the first step)."""
+    t0 = time.perf_counter()
+    first, n = None, 0
+    for _ in step_tokens(batch, n_new):
+        n += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    if first is None:
+        raise RuntimeError("the engine generated no token")
+    return first - t0, batch * (n - 1) / max(end - first, 1e-9)
+
+
+def per_step(tokens: Iterable[tuple[int, int | None]], batch: int) -> Iterator[int | None]:
+    """One yield per decode step of a ``(row, token)`` stream whose rows all decode together:
+    a step is done when its last row has its token."""
+    for row, tok in tokens:
+        if row == batch - 1:
+            yield tok
