@@ -59,3 +59,19 @@ def test_graph_identity_fingerprints_every_graph(tiny_llama_dir, tmp_path):
     assert all(len(t) == 3 for g in graphs.values() for t in g["tokens"])
     assert len(graphs["multitask.fp32"]["tokens"]) == len(bench.PROMPTS)
     assert len(res["weights"]) == 9 and len({g["sha256"] for g in graphs.values()}) == 12
+
+
+def test_graph_ab_times_every_graph_against_the_first(runtime_bundle, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    bench = load_script(BENCH / "graph_ab.py", "bench_graph_ab")
+    graphs = sorted(str(p) for p in runtime_bundle.glob("*.onnx"))[:2]
+    out = tmp_path / "ab.json"
+    monkeypatch.setattr(sys, "argv", ["graph_ab.py", *graphs, "--rounds", "2", "--threads", "1", "--new-tokens", "3",
+                                      "--batches", "1", "2", "--json", str(out)])
+    bench.main()
+    res = json.loads(out.read_text())["results"]
+    assert [(r["graph"], r["batch"]) for r in res] == [(g, b) for g in graphs for b in (1, 2)]
+    assert all(len(r["runs"]) == 2 and r["tok_s"] > 0 for r in res)
+    assert all(r["ratio_to_first"] == 1.0 for r in res if r["graph"] == graphs[0])
