@@ -164,12 +164,13 @@ def _nibbles_swapped(q: QuantizedMatrix) -> QuantizedMatrix:
 
 
 def test_swapped_nibbles_in_one_weight_fail_the_int4_gate(learned, monkeypatch):
-    """A 4-bit layout mismatch in one matrix (the first block's packed q/k/v) fails the int4
-    multi-task graph, the first int4 graph checked; the int8 graphs read other bytes and pass."""
+    """A 4-bit layout mismatch in one matrix (the first block's packed q/k/v, stored with its
+    LoRA B factors beside it) fails the int4 multi-task graph, the first int4 graph checked; the
+    int8 graphs read other bytes and pass."""
     from alter_edge.export.validate import ExportValidationError
 
     root, _ = learned
-    _corrupting(monkeypatch, "layers.0.qkv", lambda q: _nibbles_swapped(q) if q.bits == 4 else q)
+    _corrupting(monkeypatch, "layers.0.qkv.wb", lambda q: _nibbles_swapped(q) if q.bits == 4 else q)
     with pytest.raises(ExportValidationError) as err:
         _export(root, "nibbles")
     msg = str(err.value)
@@ -200,9 +201,11 @@ def test_one_scaled_block_fails_the_int8_gate(learned, monkeypatch):
     assert any(f"task {t} " in msg for t in ("colour", "echo", "sky")), msg
 
 
+@pytest.mark.parametrize("adapter_bits", [None, 8])
 @pytest.mark.parametrize("kind", ["lora+attn", "bottleneck"])
-def test_int4_graphs_keep_the_adapter_factors_at_8_bits(kind, tmp_path, tiny_llama_dir):
-    """int4 graphs: the base matmuls 4-bit, the low-rank adapter factors 8-bit."""
+def test_int4_graphs_quantize_the_adapter_factors_at_the_asked_bits(kind, adapter_bits, tmp_path, tiny_llama_dir):
+    """int4 graphs: the base matmuls 4-bit; the low-rank adapter factors at the graph's own 4 bits
+    (lora B then inside the base's ``[W | B]`` matmul), or at 8 with ``adapter_bits=8`` (B apart)."""
     import onnx
 
     from alter_edge.export.builder import BuildSpec, DecoderBuilder
@@ -212,11 +215,14 @@ def test_int4_graphs_keep_the_adapter_factors_at_8_bits(kind, tmp_path, tiny_lla
 
     ck = load_checkpoint(make_tiny_checkpoint(tmp_path / "ck", tiny_llama_dir, kind))
     wf = WeightFile(tmp_path / "weights.int4.bin")
-    DecoderBuilder(ck.model).build(tmp_path / "model.int4.onnx", BuildSpec("multitask"), "int4", wf)
+    DecoderBuilder(ck.model).build(tmp_path / "model.int4.onnx", BuildSpec("multitask"), "int4", wf,
+                                   adapter_bits=adapter_bits)
     wf.close()
     bits = {n.input[1]: next(a.i for a in n.attribute if a.name == "bits")
             for n in onnx.load(tmp_path / "model.int4.onnx", load_external_data=False).graph.node
             if n.op_type == "MatMulNBits"}
     adapter = {k for k in bits if "lora_" in k or k.rsplit("_", 2)[-2] in ("down", "up") and "_mlp_" not in k}
-    assert adapter and {bits[k] for k in adapter} == {8}, bits
+    joined = {k for k in bits if "_wb_" in k}  # [W | B]: a base weight with the B factors beside it
+    assert adapter and {bits[k] for k in adapter} == {adapter_bits or 4}, bits
     assert {bits[k] for k in bits.keys() - adapter} == {4}, bits
+    assert bool(joined) == (kind == "lora+attn" and adapter_bits is None), bits
