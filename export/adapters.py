@@ -138,8 +138,9 @@ class LoraKind:
                 outs: tuple[int, ...], x: str, resid: str, bias: np.ndarray | None = None,
                 base_key: str | None = None) -> str:
         """The group's projection ``x @ w.T`` (``w``: the stacked base rows of ``names``, widths
-        ``outs``) plus the adapters' delta ``B (m * A x)``. In fp32 and int8 graphs, when the base's
-        input width is whole quantization blocks, one matmul computes both:
+        ``outs``) plus the adapters' delta ``B (m * A x)``. When B has the graph's own bits (the
+        default, int4 included) and the base's input width is whole quantization blocks, one
+        matmul computes both:
         ``concat(x, m * A x) @ [w | B].T`` (B's columns are blocks of their own, so it quantizes
         exactly as apart); otherwise (B at other bits than the base, e.g. ``adapter_bits=8`` in an
         int4 graph) base and delta run apart and add."""
