@@ -1,7 +1,8 @@
 """JSONL task data: strict loading with line-numbered errors, and a fixed stratified split.
 
 A row is ``{"task": str, "input": str, "target": str}`` (the format of the ALTER task mix).
-Loading is torch-free; the runtime's batch job reuses :func:`parse_line`.
+Loading is torch-free. A line is decoded by ``alter_edge.io.json_line_problem`` (shared with
+the runtime); task names are checked here, where they enter (``alter_edge.tasks``' rule).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+from .io import json_line_problem, unicode_problem
+from .tasks import task_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +37,13 @@ class Example:
 
 
 def parse_line(raw: bytes, lineno: int, fields: Sequence[str] = REQUIRED_FIELDS) -> dict:
-    """Decode one JSONL line into a dict with string ``fields``; raise DataError naming the
-    line and the problem."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})") from e
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+    """Decode one JSONL line into a dict with string ``fields`` (valid Unicode, not blank);
+    raise DataError naming the line and the problem. Never another exception: bad UTF-8, bad
+    JSON, NaN, a number over Python's digit limit, nesting too deep, a lone surrogate."""
+    obj, problem = json_line_problem(raw)
+    if problem:
+        raise DataError(f"line {lineno}: {problem}; each row is a JSON object with string fields "
+                        f"{', '.join(fields)}")
     if not isinstance(obj, dict):
         raise DataError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
     missing = [f for f in fields if f not in obj]
@@ -56,6 +56,9 @@ def parse_line(raw: bytes, lineno: int, fields: Sequence[str] = REQUIRED_FIELDS)
             raise DataError(f"line {lineno}: field {f!r} must be a string, got {type(obj[f]).__name__}")
         if not obj[f].strip():
             raise DataError(f"line {lineno}: field {f!r} is empty")
+        problem = unicode_problem(obj[f])
+        if problem:
+            raise DataError(f"line {lineno}: field {f!r} {problem}")
     return obj
 
 
@@ -75,6 +78,10 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
                 obj = parse_line(raw.rstrip(b"\r\n"), lineno, fields)
             except DataError as e:
                 errors.append(str(e))
+                continue
+            problem = task_name_problem(obj["task"]) if "task" in fields else None
+            if problem:
+                errors.append(f"line {lineno}: {problem}")
                 continue
             rows.append(Example(obj["task"], obj["input"], obj["target"], lineno))
     if errors:
