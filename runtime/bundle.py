@@ -215,8 +215,11 @@ def _check_entries(root: Path, listed: set[str]) -> None:
     todo = [""]
     while todo:
         here = todo.pop()
-        with os.scandir(root / here if here else root) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(root / here if here else root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise BundleError(f"{root}: cannot list {here or '.'} ({e.strerror}); a bundle must be readable") from e
         for entry in entries:
             rel = f"{here}/{entry.name}" if here else entry.name
             mode = entry.stat(follow_symlinks=False).st_mode
