@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .io import json_line_problem, unicode_problem
 from .tasks import task_name_problem
 
@@ -101,6 +101,21 @@ def recorded_data_path(recorded: str) -> Path | None:
     """The data a checkpoint recorded (``load_task_rows``' source) as ``load_task_rows`` takes
     it: None for the built-in mix, else the file's path."""
     return None if recorded == BUILTIN_SOURCE else Path(recorded)
+
+
+def check_recorded_data(path: Path, sha256: str | None) -> None:
+    """The data file a checkpoint recorded still holds the bytes it trained on (``sha256``, from
+    its state; None: a checkpoint from before the hash was recorded, not checked): otherwise
+    the dev split taken from it now is not the one held out in training."""
+    if sha256 is None or not Path(path).is_file():
+        return
+    from .io import sha256_file
+
+    now = sha256_file(path)
+    if now != sha256:
+        raise CheckpointError(f"the checkpoint's data file {path} changed since training (sha256 {now}, trained on "
+                              f"{sha256}): its dev split is no longer the held-out one; pass the training data as "
+                              "`data`, or other rows on purpose")
 
 
 def load_task_rows(data: Path | None) -> tuple[list[Example], str]:

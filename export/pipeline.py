@@ -269,7 +269,8 @@ class _Export:
                      "num_attention_heads": self.builder.heads}  # for genai_config.json
         self.pad, self.eos = ck.pad_id, ck.eos_id
         tc = ck.train_config
-        rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"))
+        rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"),
+                                 recorded_sha256=ck.state.get("data_sha256"))
         inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
         self.cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
         self.heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, self.cases,

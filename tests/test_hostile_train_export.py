@@ -385,3 +385,24 @@ def test_a_checkpoint_whose_tasks_do_not_match_num_tasks_is_refused(tiny_llama_d
     line = _one_line_error(CliRunner().invoke(main, ["export", str(ck), "--out", str(tmp_path / "B"), "--quiet"]))
     assert "num_tasks 3" in line
     assert not (tmp_path / "B").exists()
+
+
+def test_eval_and_export_refuse_a_recorded_data_file_that_changed(trainable_llama_dir, tmp_path):
+    """The dev split eval and export read by default is the recorded file's: if its bytes changed
+    since training (sha256 in state.json), that split is not the one held out, so both refuse."""
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+    from alter_edge.training.trainer import evaluate_checkpoint, run_training
+
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, TINY_ROWS)
+    out = tmp_path / "run"
+    run_training(data, out, _cfg(trainable_llama_dir, stage1_steps=1, stage2_steps=0), progress=False)
+    write_jsonl(data, _synthetic_rows(seed=3))
+    with pytest.raises(CheckpointError, match="changed since training.*sha256"):
+        evaluate_checkpoint(out, progress=False)
+    with pytest.raises(CheckpointError, match="changed since training.*sha256"):
+        export_checkpoint(out, tmp_path / "B", ExportOptions(tasks=None, int8=True, progress=False, steps=2))
+    assert not (tmp_path / "B").exists()
+    # naming the data explicitly is the user's choice
+    res = evaluate_checkpoint(out, data=data, max_rows=3, progress=False)
+    assert sum(res["counts"].values()) == 3

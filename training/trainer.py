@@ -23,6 +23,7 @@ from alter_edge.config import MTAConfig, StageConfig, TrainConfig
 from alter_edge.data import (
     BUILTIN_SOURCE,
     Example,
+    check_recorded_data,
     load_jsonl,
     load_task_rows,
     recorded_data_path,
@@ -436,8 +437,10 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: in
     ``with_predictions`` adds ``predictions``, the greedy output per scored row."""
     ck = load_checkpoint(Path(checkpoint), base_model=base_model)
     if data is None:
-        src = ck.state.get("data", "")
-        _, rows, _ = load_data(recorded_data_path(src), ck.train_config)
+        src = recorded_data_path(ck.state.get("data", ""))
+        if src is not None:
+            check_recorded_data(src, ck.state.get("data_sha256"))
+        _, rows, _ = load_data(src, ck.train_config)
     else:
         rows = load_jsonl(data)
     ck.tasks.check_names([r.task for r in rows])
