@@ -165,7 +165,7 @@ def json_line_problem(raw: bytes) -> tuple[object, str | None]:
         msg = str(e)
         if "digits" in msg:  # int(): "Exceeds the limit (4300 digits) for integer string conversion..."
             limit = _digit_limit()
-            return None, f"not valid JSON here (a number has more than {limit} digits, the most a number may have)"
+            return None, f"not valid JSON (a number has more than {limit} digits, the most allowed)"
         return None, f"not valid JSON ({msg[:120]})"
 
 
@@ -187,7 +187,7 @@ def unicode_problem(text: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         return (f"is not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start}; "
-                "a \\u escape of a surrogate must be one of a high-low pair)")
+                "a \\u escape of a surrogate must be half of a high-low pair)")
     return None
 
 

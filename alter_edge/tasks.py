@@ -22,7 +22,7 @@ TASKS_FORMAT_VERSION = 1
 PAPER_GROUPS = {"nli": "nli"}
 # A task name becomes part of file names (a bundle's per-task graphs), so it is a plain name:
 # 1-64 of these characters, not starting with a dot ("." and ".." included).
-TASK_NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ . - not starting with a dot"
+TASK_NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ . -, not starting with a dot"
 _TASK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 

@@ -237,11 +237,14 @@ def _check_not_an_input(out: Path, inputs: list[tuple[str, Path | None]]) -> Non
 def _check_replaceable(out: Path) -> None:
     """``overwrite`` replaces an empty folder or an alter-edge bundle (its manifest.json says
     so), nothing else."""
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+    if out.is_symlink():
+        raise OutputError(f"`out` {out} is a symlink: `overwrite` replaces only a bundle folder itself; "
+                          "remove the link or choose another `out`")
+    if out.is_dir() and not any(out.iterdir()):
         return
     manifest = out / "manifest.json"
     fmt = None
-    if out.is_dir() and not out.is_symlink() and manifest.is_file() and not manifest.is_symlink():
+    if out.is_dir() and manifest.is_file() and not manifest.is_symlink():
         try:
             fmt = json.loads(manifest.read_text(encoding="utf-8")).get("format")
         except (OSError, ValueError, RecursionError, AttributeError):

@@ -142,6 +142,8 @@ def _check_same_data(out: Path, state: dict, data: Path | None, sha256: str | No
     """A resumed run trains on the rows it started with: the same data file (by its sha256,
     wherever it lies now), or the built-in mix again."""
     recorded = state.get("data")
+    if recorded is None:  # not written by the trainer (a hand-made checkpoint): nothing to compare
+        return
     was_builtin = recorded == BUILTIN_SOURCE
     if data is None or was_builtin:
         if (data is None) != was_builtin:
