@@ -406,3 +406,22 @@ def test_eval_and_export_refuse_a_recorded_data_file_that_changed(trainable_llam
     # naming the data explicitly is the user's choice
     res = evaluate_checkpoint(out, data=data, max_rows=3, progress=False)
     assert sum(res["counts"].values()) == 3
+
+
+def test_a_full_disk_under_the_prefix_cache_only_warns(trainable_llama_dir, tiny_data, tmp_path, monkeypatch, caplog):
+    """The frozen-prefix cache is an optimisation: when its folder is full, training goes on
+    with a warning and leaves no temporary file there."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from alter_edge.training.trainer import run_training
+
+    def full(*a, **k):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    state = run_training(tiny_data, tmp_path / "run", _cfg(trainable_llama_dir), progress=False, stop_after=1)
+    assert state["step"] == 1
+    assert "could not write the prefix cache" in caplog.text
+    assert [p.name for p in (tmp_path / "cache" / "prefix").iterdir()] == []
