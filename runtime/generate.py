@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from alter_edge.errors import ConfigError
-from alter_edge.padding import pad_rows
 
 from .session import GraphRunner
 
@@ -234,9 +233,10 @@ class SlotPool:
     the pool runs: the server; all at once: :func:`decode`) and enter in order; :meth:`step`
     runs the graph once and yields ``(key, token)`` for each row that got a token (``None``: its
     eos). Once ``refill_at`` slots are free (or every slot, or all the rows still waiting fit),
-    the next waiting rows run their right-padded prompts as one step of their own, in a small
-    cache whose entries are copied into the free slots (filling every slot: in the cache itself),
-    and decode on with the others, each token written at that row's own position. A row that
+    the next waiting rows run their prompts (``GraphRunner.prefill``: a prompt that starts with
+    its task's cached prefix feeds only the rest, on its slot; the others as one right-padded
+    step of their own, in a small cache whose entries are copied into the free slots, or filling
+    every slot, in the cache itself), and decode on with the others, each token written at that row's own position. A row that
     ends (eos, its ``max_new_tokens``, or :meth:`cancel`) frees its slot at once. A pool that is
     closed (no more rows will come) drops finished slots when a quarter or more are free."""
 
@@ -361,19 +361,14 @@ class SlotPool:
                 del self._queued[w.key]
         k = len(rows)
         take = free[:k]
-        ids, lens = pad_rows([r.prompt for r in rows], self.pad_id)
         tids = np.asarray([r.task for r in rows], dtype=np.int64)
-        if k == self.size:
-            logits = self.runner.step(ids, lens, tids, self.cache, copy=False)
-        else:
-            fresh = self.runner.new_cache(k, ids.shape[1])
-            logits = self.runner.step(ids, lens, tids, fresh, copy=False)
-            self.cache.write_rows(take, fresh, np.arange(k), ids.shape[1])
+        logits = self.runner.prefill([r.prompt for r in rows], tids, self.cache, take, self.pad_id)
         for j, r in zip(take.tolist(), rows, strict=True):
             self.key[j] = r
             self.slot_of[r.key] = j
-        self.lengths[take], self.task[take], self.count[take] = lens, tids, 0
-        return take, logits[:, 0]
+        self.lengths[take] = [len(r.prompt) for r in rows]
+        self.task[take], self.count[take] = tids, 0
+        return take, logits
 
     def _release(self, slot: int) -> None:
         r = self.key[slot]

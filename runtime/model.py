@@ -34,6 +34,7 @@ from alter_edge.tasks import TaskRegistry, TaskSpec
 
 from .bundle import PRECISIONS, Bundle, GraphInfo, check_vocab, load_bundle
 from .generate import RowText, SamplingParams, decode
+from .prefix import PrefixCache, template_prefix_ids
 from .scoring import label_probabilities, score_labels
 from .session import GraphRunner, check_providers, session_options
 
@@ -102,7 +103,7 @@ class EdgeModel:
     def __init__(self, bundle: Bundle, tokenizer: Tokenizer, threads: int | None = None,
                  optimization: str = "all", providers: Sequence[str] | None = None,
                  precision: str | None = None, spinning: bool = True, ort_format: bool = False,
-                 engine: str = "onnxruntime"):
+                 engine: str = "onnxruntime", prefix_cache: bool = True):
         if precision is not None and precision not in PRECISIONS:
             raise ConfigError(f"{precision!r} is not a precision; valid precisions: {', '.join(PRECISIONS)}")
         if engine not in ENGINES:
@@ -117,6 +118,7 @@ class EdgeModel:
                 raise ConfigError("engine='genai' runs on the CPU here; pass no providers (or use "
                                   "engine='onnxruntime')")
         self.engine = engine
+        self.prefix_cache = bool(prefix_cache)
         self._threads = threads
         self._genai: dict = {}  # graph path -> GenaiRunner (engine='genai')
         self.bundle = bundle
@@ -136,7 +138,7 @@ class EdgeModel:
              providers: Sequence[str] | None = None, precision: str | None = None,
              verify: bool | str = True, preload: bool = False, spinning: bool = True,
              ort_format: bool = False, tasks: Sequence[str] | None = None,
-             engine: str = "onnxruntime") -> EdgeModel:
+             engine: str = "onnxruntime", prefix_cache: bool = True) -> EdgeModel:
         """Check and open a bundle. ``threads``: onnxruntime intra-op threads; ``optimization``:
         disable|basic|extended|all; ``providers``: onnxruntime execution providers (checked);
         ``precision``: fp32|int8|int4 (default: the bundle's best, int8 > int4 > fp32);
@@ -148,12 +150,15 @@ class EdgeModel:
         serves that task's requests: an app doing one task holds one graph in memory);
         ``engine``: "onnxruntime" (the runtime's own decode loop) or "genai" (onnxruntime-genai's
         generator runs the same graphs, docs/runtime.md; classification still runs on an
-        onnxruntime session of the graph, opened when first asked for)."""
+        onnxruntime session of the graph, opened when first asked for); ``prefix_cache``: each
+        graph keeps the KV of every task's constant prompt prefix and a new row feeds only the
+        rest of its prompt (``runtime.prefix``, docs/runtime.md; False: every prompt runs whole)."""
         t0 = time.perf_counter()
         bundle = load_bundle(bundle_dir, verify=verify)
         with ThreadPoolExecutor(1) as pool:  # the tokenizer parses while onnxruntime builds sessions
             tok = pool.submit(_load_tokenizer, bundle.root)
-            model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format, engine)
+            model = cls(bundle, tok, threads, optimization, providers, precision, spinning, ort_format, engine,
+                        prefix_cache)
             if tasks is not None:  # only the graphs serving these tasks (one each)
                 for name in tasks:
                     model._decoder(bundle.graph_for(bundle.tasks.get(name).name, precision))
@@ -218,8 +223,16 @@ class EdgeModel:
                 check_vocab(self.bundle, self.tokenizer.get_vocab_size(with_added_tokens=True),
                             r.vocab_size, graph.path)
                 r.check_task_ids(len(self.tasks))
+                if self.prefix_cache:
+                    r.prefixes = self._prefix_cache(graph)
                 self._runners[graph.path] = r
             return r
+
+    def _prefix_cache(self, graph: GraphInfo) -> PrefixCache:
+        """The prefix cache of ``graph``: the tasks it serves (every task on the multi-task
+        graph), each with its template's constant prefix; the KV is computed on first use."""
+        specs = list(self.tasks) if graph.task is None else [self.tasks.get(graph.task)]
+        return PrefixCache({s.id: template_prefix_ids(self.tokenizer, s.prompt_template) for s in specs})
 
     def _genai_runner(self, graph: GraphInfo):
         """The graph in onnxruntime-genai (engine='genai'), opened once after its hash checks."""

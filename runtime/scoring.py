@@ -1,6 +1,7 @@
 """Label scoring for classify tasks: the log-likelihood of each label's tokens after the prompt.
 
-The prompt batch runs once. A label's first token is scored from the prompt's logits; its
+The prompt batch runs once (``GraphRunner.prefill``: a prompt starting with its task's cached
+prefix feeds only the rest). A label's first token is scored from the prompt's logits; its
 later tokens are teacher-forced one-token steps on the prompt's KV cache. Labels with later
 tokens are scored together: the prompt's cache rows are copied once per label into one cache
 of ``B x labels`` rows, and ``max(label length) - 1`` one-token steps over all of them score
@@ -16,8 +17,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from alter_edge.padding import pad_rows
-
 from .generate import log_softmax
 from .session import GraphRunner
 
@@ -29,13 +28,13 @@ def score_labels(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids
     """(B, L) sums of log-probabilities of each label's tokens (with eos) after each prompt;
     the same quantity as ``training.evaluate.label_scores``. ``batched=False``: one label after
     the other on the shared prompt cache (same scores; the benchmark's reference)."""
-    ids, lengths = pad_rows(prompts, pad_id)
-    B = ids.shape[0]
+    lengths = np.asarray([len(p) for p in prompts], dtype=np.int64)
+    B, width = len(prompts), int(lengths.max())
     tids = np.asarray(task_ids, dtype=np.int64)
     longest = max(len(lab) for lab in label_ids)
-    cache = runner.new_cache(B, ids.shape[1] + longest)
-    logits = runner.step(ids, lengths, tids, cache)
-    first = log_softmax(logits[:, 0])  # (B, V): the distribution of each label's first token
+    cache = runner.new_cache(B, width + longest)
+    logits = runner.prefill(prompts, tids, cache, np.arange(B), pad_id)  # the task's cached prefix too
+    first = log_softmax(logits)  # (B, V): the distribution of each label's first token
     scores = np.stack([first[:, lab[0]] for lab in label_ids], axis=1)  # (B, L) float64
     later = [j for j, lab in enumerate(label_ids) if len(lab) > 1]
     per = max(1, MAX_LABEL_ROWS // B) if batched else 1  # labels per group (a group of one: no copy)
@@ -44,7 +43,7 @@ def score_labels(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids
         if len(group) == 1:
             _score_on_shared_cache(runner, cache, lengths, tids, label_ids[group[0]], scores[:, group[0]])
         else:
-            _score_replicated(runner, cache, ids.shape[1], lengths, tids, [label_ids[j] for j in group],
+            _score_replicated(runner, cache, width, lengths, tids, [label_ids[j] for j in group],
                               scores, group, pad_id)
     return scores
 

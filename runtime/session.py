@@ -17,8 +17,10 @@ import numpy as np
 import onnxruntime as ort
 
 from alter_edge.errors import BundleError, ConfigError
+from alter_edge.padding import pad_rows
 
 from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS, TASK_IDS, KVLayout
+from .prefix import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,15 @@ class KVCache:
         self._positions = np.arange(max_len, dtype=np.int64)[None, :]  # compared with lengths: the mask
         self._tasks = np.zeros(batch, np.int64)  # the task_ids input's storage, bound once
         self._tasks_bound = False
+        self._rows: dict[int, KVCache] = {}  # row -> a one-row cache over that row's memory
+
+    def row(self, j: int) -> KVCache:
+        """A one-row cache over row ``j`` of this one (views, no copy): a step on it writes row
+        ``j``'s entries in place (a prompt step with past context runs one row at a time)."""
+        r = self._rows.get(j)
+        if r is None:
+            r = self._rows[j] = KVCache(self.kv, 1, self.max_len, [a[j:j + 1] for a in self.arrays])
+        return r
 
     def select_rows(self, rows: np.ndarray) -> KVCache:
         """A new cache holding only ``rows`` (a copy; used when finished rows leave a batch)."""
@@ -150,9 +161,11 @@ class GraphRunner:
     task_ids, cache)`` -> logits. ``lengths[b]`` is row b's number of valid tokens after this
     step's tokens (a right-padded prompt: its own length; a decode step: one more than before)."""
 
-    def __init__(self, path: Path, kv: KVLayout, options: ort.SessionOptions, providers: list[str]):
+    def __init__(self, path: Path, kv: KVLayout, options: ort.SessionOptions, providers: list[str],
+                 prefixes: PrefixCache | None = None):
         self.path = Path(path)
         self.kv = kv
+        self.prefixes = prefixes  # the per-task prefix cache :meth:`prefill` uses (None: off)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -220,6 +233,43 @@ class GraphRunner:
             cache.bind_task_ids(task_ids)
         self.session.run_with_iobinding(io)
         return logits.copy() if copy else logits
+
+    def prefill(self, prompts: Sequence[Sequence[int]], task_ids: Sequence[int], cache: KVCache,
+                slots: Sequence[int], pad_id: int) -> np.ndarray:
+        """Run ``prompts`` into rows ``slots`` of ``cache`` (positions ``[0, len)`` of each) and
+        return each one's last-position logits ``(k, V)`` (a new array). A prompt that starts
+        with its task's cached prefix (:attr:`prefixes`) takes that prefix's KV by copy and
+        feeds only the rest, one row per step (onnxruntime's GroupQueryAttention runs a
+        multi-token step with past context at batch 1 only); the other prompts run together as
+        one right-padded step: in ``cache`` itself when they fill it in order, else in a cache
+        of their own whose entries are copied into their slots."""
+        k = len(prompts)
+        slots = np.asarray(slots, dtype=np.int64)
+        tids = np.asarray(task_ids, dtype=np.int64)
+        out: list[np.ndarray | None] = [None] * k
+        rest = []
+        for i, (p, t) in enumerate(zip(prompts, tids.tolist(), strict=True)):
+            n, kv = (0, None) if self.prefixes is None else self.prefixes.lookup(self, t, p)
+            if not n:
+                rest.append(i)
+                continue
+            row = cache.row(int(slots[i]))
+            for dst, src in zip(row.arrays, kv, strict=True):
+                dst[:, :, :n] = src[:, :, :n]
+            out[i] = self.step(np.asarray([p[n:]], dtype=np.int64), np.asarray([len(p)], dtype=np.int64),
+                               tids[i:i + 1], row, copy=False)[0, 0].copy()
+        if rest:
+            ids, lens = pad_rows([prompts[i] for i in rest], pad_id)
+            dst = slots[rest]
+            if len(rest) == cache.batch and np.array_equal(dst, np.arange(cache.batch)):
+                logits = self.step(ids, lens, tids[rest], cache, copy=False)
+            else:
+                fresh = self.new_cache(len(rest), ids.shape[1])
+                logits = self.step(ids, lens, tids[rest], fresh, copy=False)
+                cache.write_rows(dst, fresh, np.arange(len(rest)), ids.shape[1])
+            for j, i in enumerate(rest):
+                out[i] = logits[j, 0].copy()
+        return np.stack(out)
 
     def _vocab(self) -> int:
         """The vocabulary size of a graph whose logits shape leaves it symbolic (one probe step)."""
