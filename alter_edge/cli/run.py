@@ -17,11 +17,16 @@ EXIT_INTERRUPTED = 130
 
 
 def _load(bundle: Path, threads: int | None, precision: str | None, optimization: str = "all",
-          tasks: list[str] | None = None, engine: str = "onnxruntime"):
+          tasks: list[str] | None = None, engine: str = "onnxruntime", prefix_cache: bool = True):
     from alter_edge.runtime.model import EdgeModel
 
     return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization,
-                          tasks=tasks, engine=engine)
+                          tasks=tasks, engine=engine, prefix_cache=prefix_cache)
+
+
+def no_prefix_cache_option(fn):
+    return click.option("--no-prefix-cache", "no_prefix_cache", is_flag=True,
+                        help="Run every prompt whole (no per-task prefix cache; for comparisons).")(fn)
 
 
 def _session_options(fn):
@@ -55,12 +60,13 @@ def _session_options(fn):
                    "ray://host:10001); the output is the local job's, byte for byte. Needs alter-edge[ray].")
 @click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
               help="--ray: EdgeModel actors in the pool (--threads is then per actor, default 1).")
+@no_prefix_cache_option
 @_session_options
 @click.pass_context
 @handle_errors()
 def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resume, truncate,
-            max_new_tokens, generate_labels, stream, as_json, quiet, ray_address, actors, threads,
-            precision) -> None:
+            max_new_tokens, generate_labels, stream, as_json, quiet, ray_address, actors, no_prefix_cache,
+            threads, precision) -> None:
     """Run a bundle on texts, or on a JSONL file as a resumable batch job.
 
     \b
@@ -85,13 +91,17 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
         if ray_address is not None:
             if resume:
                 raise click.UsageError("--resume is for the local job; a Ray job retries failed actors itself")
+            if no_prefix_cache:
+                raise click.UsageError("--no-prefix-cache is for the local job; the Ray job's actors keep "
+                                       "the prefix cache on")
             summary = _run_ray(bundle, input_path, output_path, opts, ray_address, actors, threads, precision,
                                quiet)
         elif input_path.suffix == ".parquet":
             raise click.UsageError("Parquet input is read through Ray Data: add --ray")
         try:
             if ray_address is None:
-                summary = run_jsonl(_load(bundle, threads, precision), input_path, output_path, opts,
+                summary = run_jsonl(_load(bundle, threads, precision, prefix_cache=not no_prefix_cache),
+                                    input_path, output_path, opts,
                                     resume=resume, progress=not quiet)
         except KeyboardInterrupt:
             click.echo(f"interrupted; progress is saved in {partial}: rerun with --resume",
@@ -108,7 +118,7 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
         raise click.UsageError("give texts to run, or --input FILE --output FILE")
     if task is None:
         raise click.UsageError("--task is required with texts")
-    model = _load(bundle, threads, precision, tasks=[task])
+    model = _load(bundle, threads, precision, tasks=[task], prefix_cache=not no_prefix_cache)
     spec = model.tasks.get(task)
     if spec.kind == "classify" and spec.labels and not generate_labels:
         for text, c in zip(texts, model.classify(list(texts), task, truncate=truncate), strict=True):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .common import CONTEXT, handle_errors
-from .run import _session_options
+from .run import _session_options, no_prefix_cache_option
 
 
 @click.command("serve", context_settings=CONTEXT)
@@ -34,10 +34,11 @@ from .run import _session_options
               help="On SIGTERM: seconds in-flight requests get to finish.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="warning", show_default=True, help="uvicorn's log level (request bodies are never logged).")
+@no_prefix_cache_option
 @_session_options
 @handle_errors(extra="serve")
 def serve_cmd(bundle, host, port, api_key_file, insecure, max_batch, max_queue, max_tokens, timeout,
-              max_body_bytes, grace, log_level, threads, precision) -> None:
+              max_body_bytes, grace, log_level, no_prefix_cache, threads, precision) -> None:
     """Serve a bundle over HTTP in OpenAI's wire format, one model per task.
 
     \b
@@ -63,7 +64,8 @@ def serve_cmd(bundle, host, port, api_key_file, insecure, max_batch, max_queue, 
     from alter_edge.runtime.model import EdgeModel
 
     # no spinning: idle onnxruntime workers would busy-wait on the cores the HTTP thread needs
-    model = EdgeModel.load(bundle, threads=threads, precision=precision, spinning=False)
+    model = EdgeModel.load(bundle, threads=threads, precision=precision, spinning=False,
+                           prefix_cache=not no_prefix_cache)
     options = ServeOptions(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens, timeout=timeout,
                            max_body_bytes=max_body_bytes, api_key=key)
     serve(model, host, port, options, grace=grace, log_level=log_level)
