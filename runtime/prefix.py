@@ -9,7 +9,8 @@ its prompt that matches and feeds only the rest (``GraphRunner.prefill``).
 
 Which part matches is decided per prompt: the longest common prefix of the prompt's ids and the
 cached ids (at most the prompt's length minus one: the last token is always fed, its logits
-are the row's first). The KV of position ``i`` depends only on tokens ``0..i``, so any common
+are the row's first), used when it is at least ``min_tokens`` long (a row started from the
+cache runs its own step, so a token or two saved would not pay for it). The KV of position ``i`` depends only on tokens ``0..i``, so any common
 prefix of the cached ids is exact, and a prompt whose tokenization differs from the cached ids
 (a BPE merge across the input boundary, a prompt cut in the middle) uses what matches, or none.
 
@@ -32,6 +33,7 @@ import numpy as np
 # inputs the template is tokenized around: the constant prefix is what all of them share
 _PROBES = ("a", "Z", "1", " x", "\n", "Hello world", "(", "é", "{", "the")
 MIN_LEARNED = 4  # leading tokens two prompts must share before the cache learns them
+MIN_TOKENS = 4  # a prompt starts from the cache when it shares at least this many tokens with it
 
 
 def template_prefix_ids(tokenizer, template: str) -> list[int]:
@@ -87,6 +89,7 @@ class PrefixCache:
     prefixes: Mapping[int, Sequence[int]]
     learn: bool = True
     min_learned: int = MIN_LEARNED
+    min_tokens: int = MIN_TOKENS
     stats: PrefixStats = field(default_factory=PrefixStats)
 
     def __post_init__(self) -> None:
@@ -110,7 +113,7 @@ class PrefixCache:
             if self.learn:
                 self._observe(e, prompt)
             n = min(common_prefix(e.ids, prompt), len(prompt) - 1)
-            if n < 1:
+            if n < max(1, self.min_tokens):
                 return 0, None
             if e.kv is None:
                 e.kv = self._compute(runner, int(task), e.ids)

@@ -173,7 +173,9 @@ def test_learning_needs_min_learned_shared_tokens(on):
     n, kv = cache.lookup(runner, 0, [5, 6, 7, 1, 2, 2])  # 4 shared with the one before
     assert n == 4 and cache.ids(0) == (5, 6, 7, 1) and kv[0].shape[2] == 4
     assert cache.ids(1) == ()  # per task
-    assert cache.lookup(runner, 0, [5, 6, 9])[0] == 2  # any common prefix of the cached ids
+    assert cache.lookup(runner, 0, [5, 6, 7, 1, 9])[0] == 4  # any common prefix of the cached ids ...
+    assert cache.lookup(runner, 0, [5, 6, 7, 9, 9]) == (0, None)  # ... of at least min_tokens
+    assert cache.lookup(runner, 0, [5, 6, 7, 1]) == (0, None)  # the last token is always fed
     assert cache.lookup(runner, 2, [5, 6, 7, 1, 2]) == (0, None)  # a task this graph does not serve
 
 

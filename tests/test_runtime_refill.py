@@ -210,8 +210,10 @@ def test_classify_scores_all_labels_in_one_step(edge_model, monkeypatch):
     texts = [r["input"] for r in TINY_ROWS if r["task"] == "colour"][:5]
     batches: list[int] = []
     step = GraphRunner.step
-    monkeypatch.setattr(GraphRunner, "step", lambda self, ids, lengths, tids, cache: batches.append(
-        ids.shape[0]) or step(self, ids, lengths, tids, cache))
+    monkeypatch.setattr(GraphRunner, "step", lambda self, ids, lengths, tids, cache, **kw: batches.append(
+        ids.shape[0]) or step(self, ids, lengths, tids, cache, **kw))
+    # prompts that start from a cached prefix run one row per step (tests/test_runtime_prefix.py)
+    monkeypatch.setattr(m.runner_for(["colour"]), "prefixes", None)
     m.classify(texts, "colour")
     labels = m.label_ids("colour")
     assert len(labels) == 2 and all(len(lab) == 2 for lab in labels)  # yes/no + eos
