@@ -22,7 +22,7 @@ import numpy as np
 
 from alter_edge.errors import ConfigError
 
-from .session import GraphRunner
+from .session import GraphRunner, KVCache
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,10 @@ class _Waiting:
 
 
 class SlotPool:
-    """The rows decoding together in ``size`` slots of one KV cache of ``max_len`` positions,
-    allocated once: for each slot, the row it holds (None: free), that row's valid tokens, task
+    """The rows decoding together in up to ``size`` slots of one KV cache of ``max_len``
+    positions, allocated on demand (slots on demand: the cache has a row per slot in use or
+    recently used, grown by doubling, up to ``size``, as rows enter, and dropped when no row runs
+    or waits: memory follows the rows running, not ``size x max_len`` up front): for each slot, the row it holds (None: free), that row's valid tokens, task
     id, next token to feed, token count and budget. Rows are appended with :meth:`add` (while
     the pool runs: the server; all at once: :func:`decode`) and enter in order; :meth:`step`
     runs the graph once and yields ``(key, token)`` for each row that got a token (``None``: its
@@ -238,25 +240,40 @@ class SlotPool:
     step of their own, in a small cache whose entries are copied into the free slots, or filling
     every slot, in the cache itself), and decode on with the others, each token written at that row's own position. A row that
     ends (eos, its ``max_new_tokens``, or :meth:`cancel`) frees its slot at once. A pool that is
-    closed (no more rows will come) drops finished slots when a quarter or more are free."""
+    closed (no more rows will come) drops finished slots when a quarter or more are free; any
+    pool drops its whole cache once nothing runs or waits (at the end of a step)."""
 
     def __init__(self, runner: GraphRunner, eos_id: int, pad_id: int, size: int, max_len: int,
                  refill_at: int = 1):
         self.runner, self.eos_id, self.pad_id, self.refill_at = runner, eos_id, pad_id, refill_at
         self.max_len = max_len
-        self.cache = runner.new_cache(size, max_len)
-        self.key: list[_Waiting | None] = [None] * size  # the row each slot holds
-        self.lengths = np.ones(size, dtype=np.int64)  # a free slot: 1, the cheapest
-        self.task = np.zeros(size, dtype=np.int64)
-        self.cur = np.full(size, pad_id, dtype=np.int64)
-        self.count = np.zeros(size, dtype=np.int64)  # tokens generated
+        self.capacity = size  # slots at most
+        self._limit_check(max_len)
+        self.cache: KVCache | None = None  # one row per allocated slot (None: none allocated)
+        self.key: list[_Waiting | None] = []  # the row each allocated slot holds
+        self.lengths = np.ones(0, dtype=np.int64)  # a free slot: 1, the cheapest
+        self.task = np.zeros(0, dtype=np.int64)
+        self.cur = np.full(0, pad_id, dtype=np.int64)
+        self.count = np.zeros(0, dtype=np.int64)  # tokens generated
         self.waiting: deque[_Waiting] = deque()
         self._queued: dict[object, _Waiting] = {}  # waiting rows not cancelled: key -> row
         self.slot_of: dict[object, int] = {}  # running rows: key -> slot
         self.closed = False
 
+    def _limit_check(self, max_len: int) -> None:
+        """The graph covers ``max_len`` positions (the error a cache of them would raise, now)."""
+        limit = self.runner.kv.max_sequence_length
+        if limit and max_len > limit:
+            self.runner.new_cache(1, max_len)  # raises its ConfigError
+
     @property
     def size(self) -> int:
+        """Slots: rows that may decode at once."""
+        return self.capacity
+
+    @property
+    def allocated(self) -> int:
+        """Slots whose cache rows exist now."""
         return len(self.key)
 
     @property
@@ -312,14 +329,15 @@ class SlotPool:
         may :meth:`cancel` a row between yields."""
         while self.waiting and self.waiting[0].done:
             self.waiting.popleft()
-        free = [j for j, k in enumerate(self.key) if k is None]
         n_wait = len(self._queued)
-        if n_wait and len(free) >= min(self.refill_at, n_wait, self.size):
-            take, logits = self._enter(np.asarray(free))
+        if n_wait and self.free >= min(self.refill_at, n_wait, self.size):
+            self._reserve(min(n_wait, self.free))
+            take, logits = self._enter(np.asarray([j for j, k in enumerate(self.key) if k is None]))
         elif not self.slot_of:
+            self._drop()
             return
         else:
-            if self.closed and not n_wait and 4 * len(free) >= self.size:
+            if self.closed and not n_wait and 4 * (self.allocated - self.running) >= self.allocated:
                 self._compact()
             take, logits = self._decode_step()
         rows = [self.key[j] for j in take.tolist()]
@@ -336,6 +354,7 @@ class SlotPool:
             if last:
                 self._release(j)
             yield r.key, t
+        self._drop()
 
     def _pick(self, rows: list[_Waiting], take: np.ndarray, logits: np.ndarray) -> np.ndarray:
         first = rows[0].picker
@@ -369,6 +388,33 @@ class SlotPool:
         self.lengths[take] = [len(r.prompt) for r in rows]
         self.task[take], self.count[take] = tids, 0
         return take, logits
+
+    def _reserve(self, n: int) -> None:
+        """At least ``n`` free allocated slots: the cache grows (by doubling, up to ``size``; the
+        running rows' entries copied into the new one)."""
+        have = self.allocated - self.running
+        if have >= n:
+            return
+        rows = min(self.capacity, max(self.running + n, 2 * self.allocated))
+        old, k = self.cache, self.allocated
+        self.cache = self.runner.new_cache(rows, self.max_len)
+        if old is not None and self.running:
+            self.cache.write_rows(np.arange(k), old, np.arange(k), int(self.lengths.max()))
+        extra = rows - k
+        self.key += [None] * extra
+        self.lengths = np.concatenate([self.lengths, np.ones(extra, dtype=np.int64)])
+        self.task = np.concatenate([self.task, np.zeros(extra, dtype=np.int64)])
+        self.cur = np.concatenate([self.cur, np.full(extra, self.pad_id, dtype=np.int64)])
+        self.count = np.concatenate([self.count, np.zeros(extra, dtype=np.int64)])
+
+    def _drop(self) -> None:
+        """No row runs or waits: the cache goes (the next row allocates again)."""
+        if self.slot_of or self._queued or self.cache is None:
+            return
+        self.cache = None
+        self.key = []
+        self.lengths, self.task = np.ones(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        self.cur, self.count = np.full(0, self.pad_id, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
     def _release(self, slot: int) -> None:
         r = self.key[slot]

@@ -267,3 +267,43 @@ def test_template_prefix_is_a_token_prefix_of_every_prompt(template):
         prompt = tok.encode(template.format(input="who is it"), add_special_tokens=False).ids
         assert common_prefix(naive, prompt) < len(naive)  # its trailing " " merges into " who"
         assert ids == naive[:-1]
+
+
+def test_slots_on_demand(edge_model):
+    """The pool's KV cache has rows for the slots in use (grown as rows enter, by doubling up to
+    ``size``), none when nothing runs or waits; every row still gets what it gets alone."""
+    from alter_edge.runtime.generate import SlotPool
+
+    m = edge_model
+    runner = m.runner_for(m.tasks.names)
+    prompts, tids = _prompts(m)
+    alone = [_run(runner, m, [p], [t], [SamplingParams(5, ignore_eos=True)], None)[0]
+             for p, t in zip(prompts[:7], tids[:7], strict=True)]
+    pool = SlotPool(runner, m.bundle.eos_id, m.bundle.pad_id, 8, 64)
+    assert pool.size == 8 and pool.allocated == 0 and pool.cache is None
+    got: dict[int, list[int]] = {}
+    sizes = []
+
+    def add(i):
+        pool.add(i, prompts[i], tids[i], SamplingParams(5, ignore_eos=True))
+
+    add(0)
+    for k, tok in pool.step():
+        got.setdefault(k, []).append(tok)
+    assert pool.allocated == 1 and pool.cache.batch == 1  # one row running: one row of cache
+    for i in (1, 2):
+        add(i)
+    for _ in range(2):
+        for k, tok in pool.step():
+            got.setdefault(k, []).append(tok)
+        sizes.append(pool.allocated)
+    assert sizes[0] == 3  # grown for the two that entered (at least double)
+    for i in range(3, 7):
+        add(i)
+    while pool.busy:
+        for k, tok in pool.step():
+            got.setdefault(k, []).append(tok)
+        sizes.append(pool.allocated)
+    assert max(sizes) == 7  # 3 running + 4 entering; never the 8 slots of `size`
+    assert pool.allocated == 0 and pool.cache is None  # idle: no KV memory
+    assert [got[i] for i in range(7)] == alone
