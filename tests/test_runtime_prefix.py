@@ -307,3 +307,16 @@ def test_slots_on_demand(edge_model):
     assert max(sizes) == 7  # 3 running + 4 entering; never the 8 slots of `size`
     assert pool.allocated == 0 and pool.cache is None  # idle: no KV memory
     assert [got[i] for i in range(7)] == alone
+
+
+def test_prefix_bench_smoke(tmp_path):
+    """benchmarks/prefix_bench.py runs the real `alter-edge run` both ways and checks the records."""
+    from pathlib import Path
+
+    from alter_edge.testing import load_script
+
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "prefix_bench.py", "prefix_bench")
+    res = bench.main(["--tiny", "--work", str(tmp_path), "--rounds", "1", "--rows", "12", "--threads", "1"])
+    assert res["rows"] == 12 and len(res["seconds"]["on"]) == len(res["seconds"]["off"]) == 1
+    assert all(t["shared_prefix_tokens"] >= 3 for t in res["tasks"].values())
+    assert res["ratio_on_off"] > 0
