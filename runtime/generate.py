@@ -2,7 +2,8 @@
 continuous refill of finished rows' slots.
 
 One graph serves the prompt and every decode step (docs/bundle-format.md). Step 0 feeds the
-whole right-padded prompt batch into a KV cache allocated once; each later step feeds one token
+whole right-padded prompt batch into the KV cache (a prompt that starts with its task's cached
+prefix feeds only the rest, ``runtime.prefix``); each later step feeds one token
 per row, written in place at that row's own position. A row that has finished frees its slot
 for the next waiting row (:func:`decode`, ``slots``) or, with none waiting, leaves the batch;
 greedy outputs match the PyTorch reference ``training.evaluate.greedy_generate`` token for
@@ -168,7 +169,7 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     that row gets no more tokens. ``params``: one SamplingParams for every row, or one per row.
 
     ``slots``: how many rows decode together (None: all of them), in one :class:`SlotPool`
-    whose KV cache is allocated once for the longest prompt plus ``max_new_tokens`` of any row.
+    whose KV cache rows hold the longest prompt plus ``max_new_tokens`` of any row.
     A row that finishes frees its slot for the next waiting row (continuous refill, see
     :class:`SlotPool`); every row gets exactly the tokens it gets alone. When no row is waiting
     and a quarter or more of the slots are free, the finished slots leave the batch (their
