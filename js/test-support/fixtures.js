@@ -2,7 +2,7 @@
 // runs these tests with ALTER_EDGE_JS_FIXTURES set). Without it every test that needs it is
 // skipped with that reason: run `pytest tests/test_js_runtime.py` from the repository root.
 
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 
@@ -20,7 +20,8 @@ export const needs = expected ? {} : {
 /** A fresh scratch directory. */
 export function scratch(name) {
   const base = process.env.ALTER_EDGE_JS_WORK ?? tmpdir();
-  return mkdtempSync(path.join(base.endsWith(path.sep) ? base : base + path.sep, "") + `${name}-`);
+  mkdirSync(base, { recursive: true });
+  return mkdtempSync(path.join(base, `${name}-`));
 }
 
 export const bundle = expected?.bundle;
