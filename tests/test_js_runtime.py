@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,19 @@ def test_js_runtime_matches_python(js_bundle, tmp_path):
     assert p.returncode == 0 and summary.get("fail") == 0, f"node --test failed:\n{out[-6000:]}"
     assert summary.get("skipped") == 0 and summary.get("cancelled", 0) == 0, f"node --test skipped tests:\n{out[-4000:]}"
     assert summary.get("pass", 0) >= 20, f"too few JavaScript tests ran:\n{out[-4000:]}"
+
+
+def test_js_bench_runs_both_engines_on_the_same_graph(js_bundle, tmp_path):
+    """benchmarks/js_bench/js_bench.py on the tiny bundle: one round, both engines, batch 1 and a
+    mixed batch of 2 (a smoke test: the numbers mean nothing here)."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "js_bench" / "js_bench.py"), str(js_bundle),
+                        "--rounds", "1", "--new-tokens", "3", "--batches", "1", "2", "--threads", "1",
+                        "--precision", "fp32", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {(x["engine"], x["batch"]) for x in res["runs"]} == {("node", 1), ("node", 2), ("python", 1), ("python", 2)}
+    for x in res["runs"]:
+        assert x["graph"] == "model.fp32.onnx" and x["tokens"] == 3 * x["batch"] and x["decode_tps"] > 0
+    assert "node/python decode" in r.stdout
