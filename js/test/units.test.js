@@ -46,3 +46,25 @@ test("RowText gives Python's pieces on split UTF-8 and stop strings", needs, () 
     assert.ok(pieces.every((p) => !p.includes("\ufffd")), "no piece holds half a character");
   }
 });
+
+test("top-k threshold and nucleus (top-p) set equal a full sort's, ties by id", async () => {
+  const { kthLargest, nucleus } = await import("../src/generate.js");
+  const full = (p, topP) => {
+    const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a] || a - b);
+    let mass = 0, n = 0;
+    while (n < order.length && mass < topP) mass += p[order[n++]];
+    return order.slice(0, n).sort((a, b) => a - b);
+  };
+  let seed = 7;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  for (let t = 0; t < 200; t++) {
+    const V = [5, 50, 3000][t % 3];
+    // every 7th case: few distinct values, many ties
+    const x = Float64Array.from({ length: V }, () => (t % 7 === 0 ? Math.round(rand() * 3) : rand() ** 8));
+    const k = 1 + Math.floor(rand() * V);
+    assert.equal(kthLargest(x, k), Float64Array.from(x).sort().reverse()[k - 1]);
+    const sum = x.reduce((a, b) => a + b, 0) || 1;
+    const p = x.map((v) => v / sum);
+    for (const topP of [0.1, 0.5, 0.9, 0.999]) assert.deepEqual(nucleus(p, topP, 16), full(p, topP), `V ${V} topP ${topP}`);
+  }
+});
