@@ -286,6 +286,7 @@ export class EdgeModel {
         } else if (src.locate && (await src.locate(rel)) === null) {
           throw missing();
         }
+        progress(rel, (await src.size?.(rel)) ?? 0);
       }
       model = src.modelPath(graph.path);
     } else {

@@ -18,6 +18,7 @@ import { sha256Hex } from "./sha256.js";
  * @property {(name: string) => string} [modelPath] a path the backend opens itself (its weight
  *   files found next to it); sources without one hand the backend bytes
  * @property {() => Promise<string[]>} [list] every file name in the bundle ("/"-separated)
+ * @property {(name: string) => Promise<number|null>} [size] a file's size in bytes (progress events)
  * @property {(name: string) => Promise<any>} [raw] what the backend may take as external data
  *   unread (a Blob, a URL) when hashes are not checked
  * @property {(name: string) => Promise<void>} [evict] drop a cached copy that failed its hash

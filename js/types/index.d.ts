@@ -34,6 +34,8 @@ export interface BundleSource {
   list?(): Promise<string[]>;
   /** What the backend may take as external data unread (a Blob, a URL) when hashes are not checked. */
   raw?(name: string): Promise<unknown>;
+  /** A file's size in bytes (for progress events of files the backend opens by path). */
+  size?(name: string): Promise<number | null>;
   /** Drop a cached copy that failed its hash check (the file is then read once more). */
   evict?(name: string): Promise<void>;
   /** Whether the source calls onProgress itself. */
