@@ -51,11 +51,13 @@ export class KVCache {
    * @param {number} [maxLen]
    * @param {number} [upto]
    */
-  gather(rows, maxLen = this.maxLen, upto = this.len) {
+  async gather(rows, maxLen = this.maxLen, upto = this.len) {
     const { numKvHeads: H, headDim: D } = this.runner.kv;
     const newLen = this.mode === "shared" ? maxLen : this.len;
     const n = Math.min(upto, this.len, newLen) * D; // floats per (row, head) copied
-    const arrays = this.arrays.map((src) => {
+    const arrays = [];
+    for (let i = 0; i < this.tensors.length; i++) {
+      const src = await this.data(i);
       const dst = new Float32Array(rows.length * H * newLen * D);
       rows.forEach((r, j) => {
         for (let h = 0; h < H; h++) {
@@ -63,9 +65,21 @@ export class KVCache {
           dst.set(src.subarray(s, s + n), d);
         }
       });
-      return dst;
-    });
+      arrays.push(dst);
+    }
     return new KVCache(this.runner, rows.length, maxLen, this.mode, arrays, newLen);
+  }
+
+  /**
+   * Layer entry i's data on the CPU ("copy" mode may hold a backend's tensor elsewhere, e.g. a
+   * GPU buffer with preferredOutputLocation).
+   * @param {number} i
+   * @returns {Promise<Float32Array>}
+   */
+  async data(i) {
+    if (this.arrays[i]) return this.arrays[i];
+    const t = this.tensors[i];
+    return (this.arrays[i] = !t.location || t.location === "cpu" ? t.data : await t.getData());
   }
 }
 
@@ -215,15 +229,18 @@ export class GraphRunner {
       return cache.logits.data;
     }
     const out = await this.run(feeds);
-    const { numKvHeads: H, headDim: D } = this.kv;
     cache.len = width;
     presentNames.forEach((name, i) => {
       const t = out[name];
       if (t.dims[2] !== width) {
         throw new BundleError(`${this.path}: ${name} has ${t.dims[2]} positions, expected ${width} (past plus new)`);
       }
-      cache.arrays[i] = t.data;
-      cache.tensors[i] = new Tensor("float32", t.data, [B, H, width, D]);
+      // present becomes the next past as it is: on the CPU, or where the session's
+      // preferredOutputLocation keeps it (a GPU buffer stays there)
+      const old = cache.tensors[i];
+      if (old.location && old.location !== "cpu") old.dispose();
+      cache.tensors[i] = t;
+      cache.arrays[i] = null;
     });
     this.vocabSize ||= out.logits.dims[2];
     return out.logits.data;
