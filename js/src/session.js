@@ -17,7 +17,7 @@ import { BundleError, ConfigError } from "./errors.js";
 
 export const KV_MODES = ["auto", "shared", "copy"];
 // "auto": "shared" where the backend writes into pre-allocated outputs (checked once per graph
-// at load, against a plain run), else "copy".
+// at load, against a plain run), else "copy"; onnxruntime-web: "copy" without the check.
 
 /**
  * A KV cache for `batch` rows.
@@ -135,15 +135,19 @@ export class GraphRunner {
   async probe(nTasks) {
     const B = this.takesTaskIds ? Math.max(1, nTasks) : 1;
     const tids = Array.from({ length: B }, (_, i) => i);
+    let wanted = this.mode;
+    // onnxruntime-web's WASM backend (1.30) leaves pre-allocated outputs unwritten: "auto" is
+    // "copy" there without trying (each probe step costs a full step on a slow backend)
+    if (wanted === "auto" && this.ort.env?.versions?.web) wanted = "copy";
     // a two-token prompt step, then a one-token step (tokens 1 and 2: a pad token's embedding
-    // may be zero, which makes every output zero)
+    // may be zero, which makes every output zero); one step when nothing is compared
+    const steps = wanted === "copy" ? 1 : 2;
     const run = async (cache) => {
       const prompt = new BigInt64Array(2 * B).map((_, i) => BigInt(1 + (i % 2)));
-      const first = Float32Array.from(await this.step(prompt, 2, new Array(B).fill(2), tids, cache));
-      const second = Float32Array.from(await this.step(new BigInt64Array(B).fill(1n), 1, new Array(B).fill(3), tids, cache));
-      return [...first, ...second];
+      const out = [...(await this.step(prompt, 2, new Array(B).fill(2), tids, cache))];
+      if (steps === 2) out.push(...(await this.step(new BigInt64Array(B).fill(1n), 1, new Array(B).fill(3), tids, cache)));
+      return out;
     };
-    const wanted = this.mode;
     let reference;
     try {
       this.mode = "copy"; // onnxruntime allocates every output: the reference logits and the vocabulary
@@ -155,7 +159,7 @@ export class GraphRunner {
     }
     if (wanted === "copy") return;
     // "shared"/"auto": the same steps with the cache and logits in pre-allocated outputs must
-    // give the same logits (onnxruntime-web 1.30's WASM backend leaves such outputs unwritten)
+    // give the same logits
     let same = false;
     let error = null;
     try {

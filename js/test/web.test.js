@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 
 import * as ort from "onnxruntime-web";
 
-import { BundleError, EdgeModel, fileMapSource } from "alter-edge/core";
+import { BundleError, ConfigError, EdgeModel, fileMapSource } from "alter-edge/core";
 
 import { bundle, expected, needs } from "../test-support/fixtures.js";
 
@@ -121,6 +121,11 @@ describe("onnxruntime-web (WASM) backend", needs, () => {
     map.delete("weights.int8.bin");
     await assert.rejects(EdgeModel.load(map, { backend: ort, precision: "int8" }),
                          (e) => e instanceof BundleError && /file weights\.int8\.bin listed in manifest\.json is missing/.test(e.message));
+  });
+
+  test("kvMode shared is refused: the WASM backend leaves pre-allocated outputs unwritten", async () => {
+    await assert.rejects(EdgeModel.load(files(), { backend: ort, precision: "fp32", kvMode: "shared" }),
+                         (e) => e instanceof ConfigError && /does not write the KV cache into pre-allocated outputs/.test(e.message));
   });
 
   test("a directory path is refused by the platform-neutral core, naming what to pass instead", async () => {
