@@ -25,8 +25,8 @@ from alter_edge.runtime import EdgeModel, SamplingParams
     ({"temperature": -0.5}, "temperature must be 0 .greedy. or a number in 0.001..100, got -0.5"),
     ({"top_p": math.nan}, r"top_p must be a number in \(0, 1\]"),
     ({"top_k": 1.5}, "top_k must be an integer >= 0"),
-    ({"seed": -1, "temperature": 0.5}, "seed must be an integer >= 0 or None, got -1"),
-    ({"seed": 1.5, "temperature": 0.5}, "seed must be an integer >= 0"),
+    ({"seed": -1, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1 or None, got -1"),
+    ({"seed": 1.5, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1"),
     ({"stop": [""]}, "stop strings must be non-empty strings"),
     ({"stop": 5}, "stop must be a string or a list of strings"),
 ])
