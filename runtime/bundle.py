@@ -104,8 +104,14 @@ class Bundle:
                 return found
         found = self._pick([g for g in self.graphs if g.task is None], precision)
         if found is None:
-            what = f"for task {task!r} " if task else ""
             have = ", ".join(f"{g.path} ({g.precision})" for g in self.graphs)
+            serving = [g for g in self.graphs if g.task is None or g.task == task]
+            if serving:  # the graphs are there, at other precisions
+                there = ", ".join(sorted({g.precision for g in serving}))
+                what = f"task {task!r}" if task else "the multi-task graph"
+                raise BundleError(f"{self.root}: no graph at precision {precision} for {what}; its graphs "
+                                  f"are at precision {there} (ask for one of those); the bundle has: {have}")
+            what = f"for task {task!r} " if task else ""
             raise BundleError(
                 f"{self.root}: no graph {what}at precision {precision or 'any'} and no multi-task "
                 f"graph; the bundle has: {have}"

@@ -136,6 +136,11 @@ def check_format(manifest: dict, root: Path) -> None:
         raise BundleError(f"{root}/manifest.json: format is {_short(manifest.get('format'))}, "
                           f"expected {BUNDLE_FORMAT!r}")
     version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):  # JSON true == 1 in Python
+        got = ("true" if version else "false") if isinstance(version, bool) else (
+            f"{_TYPE_NAMES.get(type(version), type(version).__name__)} {_short(version)}")
+        raise BundleError(f"{root}/manifest.json: format_version must be an integer, got {got}; this runtime "
+                          f"reads {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}")
     if version == 1:
         raise BundleError(f"{root}: bundle format_version 1 (one traced graph per task) is no longer read; "
                           "re-export the checkpoint with this alter-edge to get a format 2 bundle")
