@@ -98,7 +98,7 @@ class GenaiRunner:
         total = ids.shape[1] + budget
         if self.max_sequence_length and total > self.max_sequence_length:
             raise ConfigError(f"{total} tokens (prompt plus new tokens) exceed the {self.max_sequence_length} "
-                              "positions this graph covers; ask for fewer new tokens or a shorter input")
+                              "positions this graph covers; ask for a smaller `max_new_tokens` or a shorter input")
         search: dict = {"max_length": total, "batch_size": len(rows), "do_sample": not params.greedy}
         if params.ignore_eos:
             search["min_length"] = total

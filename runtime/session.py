@@ -191,7 +191,7 @@ class GraphRunner:
         limit = self.kv.max_sequence_length
         if limit and max_len > limit:
             raise ConfigError(f"{max_len} tokens (prompt plus new tokens) exceed the {limit} positions this "
-                              f"graph covers; ask for fewer new tokens or a shorter input")
+                              f"graph covers; ask for a smaller `max_new_tokens` or a shorter input")
         try:
             return KVCache(self.kv, batch, max_len)
         except MemoryError:
