@@ -1,7 +1,8 @@
 """JSONL task data: strict loading with line-numbered errors, and a fixed stratified split.
 
 A row is ``{"task": str, "input": str, "target": str}`` (the format of the ALTER task mix).
-Loading is torch-free; the runtime's batch job reuses :func:`parse_line`.
+Loading is torch-free. A line is decoded by ``alter_edge.io.json_line_problem`` (shared with
+the runtime); task names are checked here, where they enter (``alter_edge.tasks``' rule).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from .errors import CheckpointError, DataError
+from .io import json_line_problem, unicode_problem
+from .tasks import task_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +37,13 @@ class Example:
 
 
 def parse_line(raw: bytes, lineno: int, fields: Sequence[str] = REQUIRED_FIELDS) -> dict:
-    """Decode one JSONL line into a dict with string ``fields``; raise DataError naming the
-    line and the problem."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})") from e
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+    """Decode one JSONL line into a dict with string ``fields`` (valid Unicode, not blank);
+    raise DataError naming the line and the problem. Never another exception: bad UTF-8, bad
+    JSON, NaN, a number over Python's digit limit, nesting too deep, a lone surrogate."""
+    obj, problem = json_line_problem(raw)
+    if problem:
+        raise DataError(f"line {lineno}: {problem}; each row is a JSON object with string fields "
+                        f"{', '.join(fields)}")
     if not isinstance(obj, dict):
         raise DataError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
     missing = [f for f in fields if f not in obj]
@@ -56,6 +56,9 @@ def parse_line(raw: bytes, lineno: int, fields: Sequence[str] = REQUIRED_FIELDS)
             raise DataError(f"line {lineno}: field {f!r} must be a string, got {type(obj[f]).__name__}")
         if not obj[f].strip():
             raise DataError(f"line {lineno}: field {f!r} is empty")
+        problem = unicode_problem(obj[f])
+        if problem:
+            raise DataError(f"line {lineno}: field {f!r} {problem}")
     return obj
 
 
@@ -76,6 +79,10 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
             except DataError as e:
                 errors.append(str(e))
                 continue
+            problem = task_name_problem(obj["task"]) if "task" in fields else None
+            if problem:
+                errors.append(f"line {lineno}: {problem}")
+                continue
             rows.append(Example(obj["task"], obj["input"], obj["target"], lineno))
     if errors:
         more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
@@ -94,6 +101,21 @@ def recorded_data_path(recorded: str) -> Path | None:
     """The data a checkpoint recorded (``load_task_rows``' source) as ``load_task_rows`` takes
     it: None for the built-in mix, else the file's path."""
     return None if recorded == BUILTIN_SOURCE else Path(recorded)
+
+
+def check_recorded_data(path: Path, sha256: str | None) -> None:
+    """The data file a checkpoint recorded still holds the bytes it trained on (``sha256``, from
+    its state; None: a checkpoint from before the hash was recorded, not checked): otherwise
+    the dev split taken from it now is not the one held out in training."""
+    if sha256 is None or not Path(path).is_file():
+        return
+    from .io import sha256_file
+
+    now = sha256_file(path)
+    if now != sha256:
+        raise CheckpointError(f"the checkpoint's data file {path} changed since training (sha256 {now}, trained on "
+                              f"{sha256}): its dev split is no longer the held-out one; pass the training data as "
+                              "`data`, or other rows on purpose")
 
 
 def load_task_rows(data: Path | None) -> tuple[list[Example], str]:

@@ -1,16 +1,21 @@
-"""Small file helpers: atomic writes and hashing."""
+"""Small file helpers: atomic writes, hashing, JSON lines, and the full-disk error.
+
+Torch-free (the runtime imports it)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import OutputError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -52,11 +57,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: Path, overwrite: bool = False, owned: Collection[str] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``final`` in one rename
     (the old one, when ``overwrite``, is moved aside first and removed after). On error the
     temporary directory is removed and ``final`` is left as it was. The directory gets the mode
-    a plain ``mkdir`` would give it (0777 less the umask)."""
+    a plain ``mkdir`` would give it (0777 less the umask).
+
+    ``owned``: the names of the top-level entries this writer makes. Every other entry of an
+    existing ``final`` (a user's notes, reports) is kept: hard-linked (copied where links fail)
+    into the new directory before the swap, and any entry that appeared or changed in the old
+    one during the swap is moved across after it; only owned entries are dropped with the old
+    directory. Without ``owned`` the old directory is replaced whole."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
@@ -67,14 +78,46 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         if final.exists():
             if not overwrite:
                 raise FileExistsError(f"{final} already exists")
+            if owned is not None and final.is_dir():
+                _carry_foreign(final, tmp, owned)
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
         os.replace(tmp, final)
         if old is not None:
+            if owned is not None and old.is_dir():
+                _carry_foreign(old, final, owned, move=True)
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _carry_foreign(src: Path, dst: Path, owned: Collection[str], move: bool = False) -> None:
+    """Put every entry of ``src`` not named in ``owned`` into ``dst``: linked, or with ``move``
+    renamed (replacing a different file of that name, which is an older copy of it)."""
+    for entry in os.scandir(src):
+        if entry.name in owned:
+            continue
+        target = dst / entry.name
+        if move:
+            if os.path.lexists(target):
+                try:
+                    if os.path.samefile(entry.path, target) or entry.is_dir(follow_symlinks=False):
+                        continue
+                except OSError:
+                    pass
+            os.replace(entry.path, target)
+        elif entry.is_dir(follow_symlinks=False):
+            shutil.copytree(entry.path, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry.path, str(target))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -102,3 +145,95 @@ def read_json(path: Path, error: type[Exception], what: str = "") -> object:
         raise error(f"{path}: {what + ' ' if what else ''}is not valid JSON (nested too deep)") from e
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise error(f"{path}: {what + ' ' if what else ''}is not valid JSON ({str(e)[:200]})") from e
+
+
+def json_line_problem(raw: bytes) -> tuple[object, str | None]:
+    """``(the decoded JSON value, None)`` of one JSONL line, or ``(None, why it is not one)``.
+    Never raises: not UTF-8, not JSON, NaN/Infinity (not JSON numbers), a number longer than
+    Python's digit limit and nesting deeper than the parser goes each give a reason."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
+    try:
+        return json.loads(text, parse_constant=_reject_constant), None
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at column {e.colno})"
+    except RecursionError:
+        return None, "not valid JSON (nested too deep for the parser)"
+    except ValueError as e:
+        msg = str(e)
+        if "digits" in msg:  # int(): "Exceeds the limit (4300 digits) for integer string conversion..."
+            limit = _digit_limit()
+            return None, f"not valid JSON (a number has more than {limit} digits, the most allowed)"
+        return None, f"not valid JSON ({msg[:120]})"
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _digit_limit() -> int:
+    import sys
+
+    get = getattr(sys, "get_int_max_str_digits", None)
+    return get() if get else 4300
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8 (a lone surrogate, which a JSON ``\\ud800``
+    escape makes), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"is not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start}; "
+                "a \\u escape of a surrogate must be half of a high-low pair)")
+    return None
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``value`` as one printable line for an error message: repr (which escapes control and
+    format characters, NUL, newlines, U+202E and lone surrogates), cut to ``limit``."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<a {type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# -- a full disk -------------------------------------------------------------------------------
+def is_disk_full(e: BaseException) -> bool:
+    """``e`` says the disk (or the user's quota) is full: an OSError with ENOSPC/EDQUOT, or a
+    library's error that carries the OS's message (safetensors' SafetensorError does)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "code: 28," in text
+
+
+def disk_full(path: Path, pending: int) -> OSError:
+    """The ENOSPC error to raise when writing ``pending`` bytes to ``path`` failed for space
+    (``pending`` travels with it, for :func:`disk_full_error`)."""
+    err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    err.pending = pending  # type: ignore[attr-defined]
+    return err
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (symlinks not followed; 0 when it is gone)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, f))
+            except OSError:
+                continue
+            total += st.st_size
+    return total
+
+
+def disk_full_error(what: str, folder: Path, needed: int, outcome: str, bound: str = "at least") -> OutputError:
+    """One line for a write that ran out of space: the folder, the bytes ``what`` needs there
+    (``bound``: "at least", or "about" for an estimate), and what was left (``outcome``)."""
+    return OutputError(f"no space left on device in {folder}: {what} needs {bound} {needed:,} bytes "
+                       f"({needed / 2**20:.1f} MiB) there; {outcome}; free some space or choose another folder")

@@ -7,6 +7,7 @@ the runtime reads it back, so the three always agree on which id means which tas
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,21 @@ TASKS_FORMAT_VERSION = 1
 # The ALTER paper averages over task *types*: nli, classify (sentiment, question_type) and
 # generate (question_gen). Tasks not named here are grouped by their kind.
 PAPER_GROUPS = {"nli": "nli"}
+# A task name becomes part of file names (a bundle's per-task graphs), so it is a plain name:
+# 1-64 of these characters, not starting with a dot ("." and ".." included).
+TASK_NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ . -, not starting with a dot"
+_TASK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def task_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a task name (one line, the name shown escaped), or None."""
+    if not isinstance(name, str):
+        return f"a task name must be a string, got {type(name).__name__}"
+    if _TASK_NAME.fullmatch(name) is None or name.startswith("."):
+        from .io import shown
+
+        return f"task name {shown(name)} is not allowed: a task name is {TASK_NAME_RULE}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -33,8 +49,9 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if not self.group:
             object.__setattr__(self, "group", PAPER_GROUPS.get(self.name, self.kind))
-        if not self.name or not isinstance(self.name, str):
-            raise TaskError(f"task name must be a non-empty string, got {self.name!r}")
+        problem = task_name_problem(self.name)
+        if problem:
+            raise TaskError(problem)
         if self.kind not in KINDS:
             raise TaskError(f"task {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.kind == "classify" and len(self.labels) < 2:

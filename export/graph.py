@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from alter_edge.io import disk_full, is_disk_full
+
 OPSET = 21
 MS = "com.microsoft"
 PRECISION_BITS = {"fp32": 0, "int8": 8, "int4": 4}
@@ -92,7 +94,12 @@ class WeightFile:
             self._f.write(b"\0" * pad)
             self._offset += pad
         data = arr.tobytes()
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as e:
+            if is_disk_full(e):
+                raise disk_full(self.path, len(data)) from e
+            raise
         dtype = helper.np_dtype_to_tensor_dtype(arr.dtype)
         self._index[key] = (self._offset, len(data), dtype, tuple(arr.shape))
         self._offset += len(data)
@@ -233,7 +240,13 @@ class GraphBuilder:
         path.parent.mkdir(parents=True, exist_ok=True)
         m = self.model(path.parent)
         data = m.SerializeToString()
-        path.write_bytes(data)
+        try:
+            path.write_bytes(data)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            if is_disk_full(e):
+                raise disk_full(path, len(data)) from e
+            raise
         ops: dict[str, int] = {}
         for n in self.nodes:
             ops[n.op_type] = ops.get(n.op_type, 0) + 1

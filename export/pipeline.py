@@ -15,14 +15,16 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from alter_edge.errors import BundleError, CheckpointError, ConfigError
-from alter_edge.io import atomic_dir, atomic_write_text
+from alter_edge.errors import BundleError, CheckpointError, ConfigError, OutputError
+from alter_edge.io import atomic_dir, atomic_write_text, disk_full_error, is_disk_full, tree_bytes
+from alter_edge.runtime.bundle import BUNDLE_FORMAT
 from alter_edge.runtime.contract import CONTRACT
 from alter_edge.runtime.session import GraphRunner, session_options
 from alter_edge.tasks import TaskRegistry
@@ -104,6 +106,19 @@ def graph_path(task: str | None, precision: str, mode: str = "multitask") -> str
     return f"task-{task}{'.merged' if mode == 'merged' else ''}.{precision}.onnx"
 
 
+def confined(root: Path, rel: str) -> Path:
+    """``root / rel`` after checking that ``rel`` is one plain file name, so the file lands
+    directly inside ``root`` (the bundle is flat); a BundleError otherwise. Independent of the
+    task-name rule, which is checked where names enter: this is the last guard before a write."""
+    bad = (not rel or rel in (".", "..") or any(c in rel for c in "/\\\0") or Path(rel).name != rel
+           or not rel.isprintable())
+    path = Path(root) / rel
+    if bad or os.path.normpath(path.parent) != os.path.normpath(root):
+        raise BundleError(f"graph file name {rel!r} would be written outside the bundle {root} (a bundle is one "
+                          "folder of plain file names); nothing was written")
+    return path
+
+
 def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     """Write a validated bundle for ``checkpoint`` to ``out``; returns the manifest."""
     from alter_edge.training.checkpoint import load_checkpoint
@@ -115,7 +130,11 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     specs = ck.tasks.resolve(opts.tasks) if opts.tasks else []
     # what to build at each precision: the multi-task graph, then per task (folded or merged)
     plan = [BuildSpec("multitask")] + [BuildSpec("merged" if opts.merged else "task", s.id) for s in specs]
-    ex = _Export(ck, opts, {s.id: s.name for s in specs})
+    names = {s.id: s.name for s in specs}
+    for precision in {"fp32", *opts.precisions}:  # every file name, before anything is written
+        for spec in plan:
+            confined(out, graph_path(names.get(spec.task_id), precision, spec.mode))
+    ex = _Export(ck, opts, names)
 
     from tqdm.auto import tqdm
 
@@ -123,36 +142,117 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     ex.bar = tqdm(total=len(plan) * len(opts.precisions) + int(not ship_fp32), desc="export", unit="graph",
                   disable=not opts.progress, leave=False)
     with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work, atomic_dir(out, opts.overwrite) as tmp:
-        # 1. the PyTorch reference, then every graph built while the torch weights are at hand
-        ref = {c.name: torch_reference(ck.model, c, ex.pad, opts.steps) for c in ex.cases}
-        fp32 = ex.build_all("fp32", tmp if ship_fp32 else Path(work), plan if ship_fp32 else plan[:1], ship_fp32)
-        quantized = {p: ex.build_all(p, tmp, plan, True) for p in opts.precisions if p != "fp32"}
-        ex.drop_torch()
-        # 2. fp32 graphs against PyTorch; 3. quantized graphs against the fp32 multi-task graph
-        src = ex.check_fp32(fp32, ref)
-        entries = [_entry(s, p, "fp32", ex.names) for s, p in fp32] if ship_fp32 else []
-        entries += ex.check_quantized(quantized, src)
-        del src
-        ex.bar.close()
-        manifest = ex.write_files(checkpoint, tmp, entries, t_start)
+        try:
+            manifest = _export_into(ex, checkpoint, tmp, Path(work), plan, ship_fp32, t_start)
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            raise _no_space(e, out, tmp, Path(work)) from e
+        finally:
+            ex.close()
     log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
     return manifest
 
 
-def _check_request(checkpoint: Path, out: Path, opts: ExportOptions) -> None:
-    """What fails before any torch work: an existing ``out``, a missing or incomplete
-    checkpoint, per-task graphs of a per-token gate, an unknown task name."""
-    from alter_edge.training.checkpoint import read_checkpoint_meta
+def _export_into(ex: _Export, checkpoint: Path, tmp: Path, work: Path, plan: list[BuildSpec], ship_fp32: bool,
+                 t_start: float) -> dict:
+    """Build, check and write the bundle's files into ``tmp`` (a reference fp32 graph that is
+    not shipped goes to ``work``); returns the manifest."""
+    opts = ex.opts
+    # 1. the PyTorch reference, then every graph built while the torch weights are at hand
+    ref = {c.name: torch_reference(ex.ck.model, c, ex.pad, opts.steps) for c in ex.cases}
+    fp32 = ex.build_all("fp32", tmp if ship_fp32 else work, plan if ship_fp32 else plan[:1], ship_fp32)
+    quantized = {p: ex.build_all(p, tmp, plan, True) for p in opts.precisions if p != "fp32"}
+    ex.drop_torch()
+    # 2. fp32 graphs against PyTorch; 3. quantized graphs against the fp32 multi-task graph
+    src = ex.check_fp32(fp32, ref)
+    entries = [_entry(s, p, "fp32", ex.names) for s, p in fp32] if ship_fp32 else []
+    entries += ex.check_quantized(quantized, src)
+    del src
+    ex.bar.close()
+    return ex.write_files(checkpoint, tmp, entries, t_start)
 
-    if out.exists() and not opts.overwrite:
-        raise BundleError(f"{out} already exists; pass `overwrite` to replace it")
+
+def _no_space(e: BaseException, out: Path, tmp: Path, work: Path):
+    """The one-line error of a full disk: the folder that filled (the bundle's, or the
+    temporary folder of an fp32 reference that is not shipped) and the bytes needed there."""
+    where = getattr(e, "filename", None)
+    in_work = where is not None and Path(os.path.abspath(where)).is_relative_to(os.path.abspath(work))
+    folder = work.parent if in_work else out.parent
+    written = tree_bytes(work if in_work else tmp)
+    what = "the export's reference graphs" if in_work else f"the bundle {out}"
+    return disk_full_error(what, folder, written + getattr(e, "pending", 0),
+                           "no bundle was written (the partial output was removed)")
+
+
+def _check_request(checkpoint: Path, out: Path, opts: ExportOptions) -> None:
+    """What fails before any torch work: an ``out`` that is, holds or lies in an input, an
+    existing ``out`` (without ``overwrite``, or that is not a bundle), a missing or incomplete
+    checkpoint, tasks.json against the adapters' task count, per-task graphs of a per-token
+    gate, an unknown task name."""
+    from alter_edge.training.checkpoint import check_task_count, read_checkpoint_meta
+
     meta = read_checkpoint_meta(checkpoint)
+    inputs = [("checkpoint", checkpoint), ("`data` file", opts.data)]
+    base_path = meta["base_model"].get("path")
+    if opts.base_model is None and isinstance(base_path, str) and base_path:
+        inputs.append(("checkpoint's base model", Path(base_path)))
+    elif opts.base_model is not None and Path(opts.base_model).exists():
+        inputs.append(("`base_model`", Path(opts.base_model)))
+    _check_not_an_input(out, inputs)
+    if out.exists() or out.is_symlink():
+        if not opts.overwrite:
+            raise BundleError(f"{out} already exists; pass `overwrite` to replace it")
+        _check_replaceable(out)
+    tasks = TaskRegistry.load(checkpoint / "tasks.json")
+    check_task_count(checkpoint, tasks, meta["mta_config"])
     gate = meta["mta_config"].get("gate", "task")
     if gate != "task" and (opts.tasks or opts.merged):
         raise CheckpointError(f"{checkpoint} was trained with gate {gate!r}: its mixture changes per token, so "
                               "it does not fold into per-task graphs; export the multi-task graph only")
     if opts.tasks:
-        TaskRegistry.load(checkpoint / "tasks.json").resolve(opts.tasks)
+        tasks.resolve(opts.tasks)
+
+
+def _check_not_an_input(out: Path, inputs: list[tuple[str, Path | None]]) -> None:
+    """``out`` is not an input, does not hold one and does not lie inside one (with symlinks
+    resolved): an export never writes over, or into, what it reads."""
+    o = out.resolve()
+    for what, path in inputs:
+        if path is None:
+            continue
+        p = Path(path).resolve()
+        if o == p:
+            how = "is"
+        elif p.is_relative_to(o):
+            how = "contains"
+        elif o.is_relative_to(p):
+            how = "lies inside"
+        else:
+            continue
+        raise OutputError(f"`out` {out} {how} the {what} {path}: an export never writes over or into its input; "
+                          "choose an `out` outside it")
+
+
+def _check_replaceable(out: Path) -> None:
+    """``overwrite`` replaces an empty folder or an alter-edge bundle (its manifest.json says
+    so), nothing else."""
+    if out.is_symlink():
+        raise OutputError(f"`out` {out} is a symlink: `overwrite` replaces only a bundle folder itself; "
+                          "remove the link or choose another `out`")
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    manifest = out / "manifest.json"
+    fmt = None
+    if out.is_dir() and manifest.is_file() and not manifest.is_symlink():
+        try:
+            fmt = json.loads(manifest.read_text(encoding="utf-8")).get("format")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            fmt = None
+    if fmt != BUNDLE_FORMAT:
+        raise OutputError(f"`out` {out} exists and is not an alter-edge bundle (no manifest.json with format "
+                          f"{BUNDLE_FORMAT!r}): `overwrite` replaces only a bundle or an empty folder; move it "
+                          "away yourself or choose another `out`")
 
 
 class _Export:
@@ -172,7 +272,8 @@ class _Export:
                      "num_attention_heads": self.builder.heads}  # for genai_config.json
         self.pad, self.eos = ck.pad_id, ck.eos_id
         tc = ck.train_config
-        rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"))
+        rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"),
+                                 recorded_sha256=ck.state.get("data_sha256"))
         inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
         self.cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
         self.heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, self.cases,
@@ -182,6 +283,7 @@ class _Export:
         self.info: dict = {"build": {}, "quantization": {}}
         self.session_options = session_options(opts.threads)
         self.bar = None
+        self._open: list[WeightFile] = []
 
     def runner(self, path: Path) -> GraphRunner:
         return GraphRunner(path, self.kv, self.session_options, ["CPUExecutionProvider"])
@@ -192,16 +294,26 @@ class _Export:
         graph has its own weights)."""
         o = self.opts
         wf = WeightFile(where / f"weights.{precision}.bin")
+        self._open.append(wf)
         built = []
         for spec in specs:
             rel = graph_path(self.names.get(spec.task_id), precision, spec.mode)
-            facts = self.builder.build(where / rel, spec, precision, wf if spec.mode != "merged" else None,
+            path = confined(where, rel)
+            facts = self.builder.build(path, spec, precision, wf if spec.mode != "merged" else None,
                                        o.block_size, o.accuracy_level, o.prune_threshold, o.adapter_bits)
             self.info["build"][rel if shipped else f"(reference) {rel}"] = facts
-            built.append((spec, where / rel))
+            built.append((spec, path))
             self.bar.update()
         wf.close()
         return built
+
+    def close(self) -> None:
+        """Close the weight files still open (a build that failed), so their folder can go."""
+        for wf in self._open:
+            wf.close()
+        self._open.clear()
+        if self.bar is not None:
+            self.bar.close()
 
     def drop_torch(self) -> None:
         """The torch model is done: only onnxruntime sessions from here."""

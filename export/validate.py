@@ -282,15 +282,23 @@ def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str,
 
 
 def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: float, seed: int,
-                      recorded: str | None = None) -> list | None:
+                      recorded: str | None = None, recorded_sha256: str | None = None) -> list | None:
     """The held-out (dev) slice of ``data``, split exactly as training split it. Without
-    ``data``, the data the checkpoint recorded (the built-in mix, or a file still on disk)."""
-    from alter_edge.data import load_task_rows, recorded_data_path, split_task_rows
+    ``data``, the data the checkpoint recorded (the built-in mix, or a file still on disk with
+    the bytes it trained on, ``recorded_sha256``)."""
+    from alter_edge.data import (
+        check_recorded_data,
+        load_task_rows,
+        recorded_data_path,
+        split_task_rows,
+    )
 
     if data is None and recorded:
         data = recorded_data_path(recorded)  # None: the built-in mix
         if data is not None and not data.is_file():
             return None
+        if data is not None:
+            check_recorded_data(data, recorded_sha256)
     elif data is None:
         return None
     rows, source = load_task_rows(data)

@@ -12,8 +12,10 @@ and its logits must cover the tokenizer's vocabulary and the eos/pad ids. Any fa
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from alter_edge.errors import BundleError, ConfigError, TaskError
 from alter_edge.io import read_json, sha256_file
@@ -192,21 +194,55 @@ def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
 
 def _check_files(root: Path, files: dict, graphs: tuple[GraphInfo, ...], verify: bool,
                  cache: HashCache | None = None) -> None:
-    """Every listed file exists; with ``verify``, every non-graph, non-weight file matches its
-    sha256 and no file is unlisted."""
+    """Every listed file exists; with ``verify``, the folder holds nothing else (``_check_entries``)
+    and every non-graph, non-weight file matches its sha256."""
     listed = {*files, *(g.path for g in graphs)}
     weights = {w for g in graphs for w in g.external_data}  # hashed when a graph reading them opens
+    if verify:  # before any listed file is opened: a listed name may be a symlink or a FIFO
+        _check_entries(root, listed | {"manifest.json"})
     for rel in sorted(listed):
         if verify and rel in files and rel not in weights:
             _check_hash(root, rel, files[rel], cache)
         elif not (root / rel).is_file() and (verify or rel in REQUIRED_FILES or rel not in files):
             raise BundleError(f"{root}: file {rel} listed in manifest.json is missing")
-    if verify:
-        unlisted = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                          if p.is_file() and p.relative_to(root).as_posix() not in listed | {"manifest.json"})
-        if unlisted:
-            raise BundleError(f"{root}: file {unlisted[0]} is not listed in manifest.json "
-                              f"({len(unlisted)} unlisted): the bundle was modified")
+
+
+_KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_entries(root: Path, listed: set[str]) -> None:
+    """Every entry under ``root``, at any depth, is a regular file the manifest lists or a folder
+    on the way to one: a symlink (to a file or a folder, listed or not), FIFO, device or socket,
+    an unlisted file and a folder that holds no listed file are each refused, naming the first
+    (symlinks are not followed, so nothing outside the bundle is looked at)."""
+    folders = {p.as_posix() for rel in listed for p in PurePosixPath(rel).parents if p.as_posix() != "."}
+    unlisted: list[str] = []
+    todo = [""]
+    while todo:
+        here = todo.pop()
+        try:
+            with os.scandir(root / here if here else root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise BundleError(f"{root}: cannot list {here or '.'} ({e.strerror}); a bundle must be readable") from e
+        for entry in entries:
+            rel = f"{here}/{entry.name}" if here else entry.name
+            mode = entry.stat(follow_symlinks=False).st_mode
+            for test, kind in _KINDS:
+                if test(mode):
+                    raise BundleError(f"{root}: {rel} is {kind}; a bundle holds only regular files and folders "
+                                      "(symlinks, FIFOs, devices and sockets are refused)")
+            if stat.S_ISDIR(mode):
+                if rel not in folders:
+                    unlisted.append(f"folder {rel}")
+                todo.append(rel)
+            elif rel not in listed:
+                unlisted.append(f"file {rel}")
+    if unlisted:
+        unlisted.sort(key=lambda u: (u.startswith("folder"), u))  # a file first: it says more
+        raise BundleError(f"{root}: {unlisted[0]} is not listed in manifest.json ({len(unlisted)} unlisted): "
+                          "the bundle was modified")
 
 
 def _load_tasks(root: Path, manifest: dict, graphs: tuple[GraphInfo, ...]) -> TaskRegistry:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from alter_edge.base_model import cache_dir
 from alter_edge.inject import MTAModel
+from alter_edge.io import is_disk_full
 
 from .batching import right_pad
 from .memory import trim_heap
@@ -83,10 +84,16 @@ def build_prefix_cache(
 
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({f"h{i}": t for i, t in enumerate(out)}, str(tmp))  # streams, no bytes copy
-            os.replace(tmp, path)
-        except OSError as e:
-            log.warning("could not write the prefix cache to %s (%s)", path, e)
+            try:
+                save_file({f"h{i}": t for i, t in enumerate(out)}, str(tmp))  # streams, no bytes copy
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        except Exception as e:  # a cache: a full disk (OSError, or safetensors' own error) only warns
+            if not (isinstance(e, OSError) or is_disk_full(e)):
+                raise
+            log.warning("could not write the prefix cache to %s (%s); training goes on without it", path, e)
     return out  # type: ignore[return-value]
 
 

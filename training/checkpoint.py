@@ -8,11 +8,16 @@
   only, read back with ``weights_only=True``).
 
 Every save writes a sibling temp directory and renames it into place, so a killed run leaves
-either the previous checkpoint or the new one, never half of one.
+either the previous checkpoint or the new one, never half of one. Only the files above
+(``OWNED_FILES``) are the trainer's: anything else in the folder (a user's notes, reports) is
+carried into each new save untouched (``alter_edge.io.atomic_dir``'s ``owned``). A save that
+runs out of disk space is one ``OutputError`` naming the folder and the bytes it needs; the
+previous checkpoint stays as it was.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +29,16 @@ from alter_edge.base_model import BaseModelInfo, load_base_model, load_tokenizer
 from alter_edge.config import MTAConfig, TrainConfig, save_json
 from alter_edge.errors import CheckpointError
 from alter_edge.inject import MTAModel
-from alter_edge.io import atomic_dir, read_json
+from alter_edge.io import atomic_dir, disk_full_error, is_disk_full, read_json
 from alter_edge.tasks import TaskRegistry
 
 REQUIRED_FILES = (
     "adapters.safetensors", "mta_config.json", "train_config.json", "tasks.json",
     "tokenizer.json", "base_model.json", "state.json",
 )
+OPTIMIZER_FILE = "optimizer.pt"
+# what a save writes: the only entries of a run folder a save may replace or remove
+OWNED_FILES = frozenset({*REQUIRED_FILES, OPTIMIZER_FILE})
 CHECKPOINT_FORMAT_VERSION = 1
 
 
@@ -68,22 +76,41 @@ def save_checkpoint(
     optimizer_state: dict | None = None,
 ) -> None:
     out = Path(out)
-    with atomic_dir(out, overwrite=True) as tmp:
-        save_file(model.mta_state_dict(), str(tmp / "adapters.safetensors"),
-                  metadata={"format": "alter-edge-adapters", "version": str(CHECKPOINT_FORMAT_VERSION)})
-        save_json(tmp / "mta_config.json", model.cfg.to_dict())
-        save_json(tmp / "train_config.json", train_config.to_dict())
-        tasks.save(tmp / "tasks.json")
-        shutil.copy(Path(base_info.path) / "tokenizer.json", tmp / "tokenizer.json")
-        save_json(tmp / "base_model.json", base_info.to_dict())
-        save_json(tmp / "state.json", {"format_version": CHECKPOINT_FORMAT_VERSION, **state})
-        if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-        # keep files the caller put next to the checkpoint (logs, reports) across saves
-        if out.is_dir():
-            for p in out.iterdir():
-                if p.suffix in (".log", ".md") or p.name.startswith("report"):
-                    shutil.copy(p, tmp / p.name)
+    tensors = model.mta_state_dict()
+    optimizer_bytes = None
+    if optimizer_state is not None:  # serialised first, so a full disk fails as an OSError
+        buf = io.BytesIO()
+        torch.save(optimizer_state, buf)
+        optimizer_bytes = buf.getvalue()
+    try:
+        with atomic_dir(out, overwrite=True, owned=OWNED_FILES) as tmp:
+            save_file(tensors, str(tmp / "adapters.safetensors"),
+                      metadata={"format": "alter-edge-adapters", "version": str(CHECKPOINT_FORMAT_VERSION)})
+            save_json(tmp / "mta_config.json", model.cfg.to_dict())
+            save_json(tmp / "train_config.json", train_config.to_dict())
+            tasks.save(tmp / "tasks.json")
+            shutil.copy(Path(base_info.path) / "tokenizer.json", tmp / "tokenizer.json")
+            save_json(tmp / "base_model.json", base_info.to_dict())
+            save_json(tmp / "state.json", {"format_version": CHECKPOINT_FORMAT_VERSION, **state})
+            if optimizer_bytes is not None:
+                (tmp / OPTIMIZER_FILE).write_bytes(optimizer_bytes)
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        needed = (sum(t.numel() * t.element_size() for t in tensors.values()) + len(optimizer_bytes or b"")
+                  + (Path(base_info.path) / "tokenizer.json").stat().st_size + 64 * 1024)
+        outcome = "the previous checkpoint there is unchanged" if out.is_dir() else "no checkpoint was written"
+        raise disk_full_error(f"saving the checkpoint {out}", out.parent, needed, outcome, "about") from e
+
+
+def check_task_count(path: Path, tasks: TaskRegistry, mta_config: dict) -> None:
+    """tasks.json names as many tasks as the adapters were built for (``num_tasks``): a task id
+    past the mixture table would fail deep in a forward pass or an export."""
+    n = mta_config.get("num_tasks") if isinstance(mta_config, dict) else None
+    if isinstance(n, int) and not isinstance(n, bool) and len(tasks) != n:
+        raise CheckpointError(f"{path}: tasks.json has {len(tasks)} tasks ({', '.join(tasks.names)}) but "
+                              f"mta_config.json has num_tasks {n}: the task registry does not belong to these "
+                              "adapters (restore the checkpoint's own tasks.json)")
 
 
 def _read_json(path: Path) -> dict:
@@ -121,6 +148,7 @@ def load_checkpoint(path: Path, base_model: str | None = None, check_hash: bool 
         recorded = BaseModelInfo(**meta["base_model"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: config files do not parse ({e})") from e
+    check_task_count(path, tasks, meta["mta_config"])
     ref = base_model or recorded.reference
     base, _tok, info = load_base_model(ref if Path(ref).exists() or base_model else _prefer_path(recorded))
     if check_hash and info.sha256 != recorded.sha256:

@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 from alter_edge.base_model import base_model_type, load_base_model, special_ids
 from alter_edge.config import MTAConfig, StageConfig, TrainConfig
 from alter_edge.data import (
+    BUILTIN_SOURCE,
     Example,
+    check_recorded_data,
     load_jsonl,
     load_task_rows,
     recorded_data_path,
@@ -31,12 +33,13 @@ from alter_edge.data import (
 )
 from alter_edge.errors import CheckpointError, DataError
 from alter_edge.inject import MTAModel, arch_spec, count_parameters
+from alter_edge.io import sha256_file
 from alter_edge.prompts import encode_example
 from alter_edge.tasks import TaskRegistry
 
 from .batching import Encoded, accumulate_batch, batch_loss
 from .cache import build_prefix_cache, cache_bytes
-from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .checkpoint import OPTIMIZER_FILE, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .distributed import Collective
 from .evaluate import evaluate
 from .memory import trim_heap
@@ -135,6 +138,34 @@ def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
     return meta["state"]
 
 
+def _check_same_data(out: Path, state: dict, data: Path | None, sha256: str | None) -> None:
+    """A resumed run trains on the rows it started with: the same data file (by its sha256,
+    wherever it lies now), or the built-in mix again."""
+    recorded = state.get("data")
+    if recorded is None:  # not written by the trainer (a hand-made checkpoint): nothing to compare
+        return
+    was_builtin = recorded == BUILTIN_SOURCE
+    if data is None or was_builtin:
+        if (data is None) != was_builtin:
+            now = "the built-in task mix" if data is None else f"`data` {data}"
+            before = "the built-in task mix" if was_builtin else f"the data file {recorded}"
+            raise CheckpointError(f"`resume`: {out} was trained on {before}, not {now}; resume with the data "
+                                  "the run started with, or choose another `out`")
+        return
+    if sha256 is None:  # not a file: loading it says so
+        return
+    before = state.get("data_sha256")
+    if before is None:  # a run started before the data's hash was recorded: its path must match
+        if recorded is not None and Path(recorded).resolve() != Path(data).resolve():
+            raise CheckpointError(f"`resume`: {out} was trained on {recorded}, not {data}, and recorded no hash "
+                                  "of its data to compare; resume with the same `data` file")
+        return
+    if sha256 != before:
+        raise CheckpointError(f"`resume`: {out} was trained on data with sha256 {before} ({recorded}), but `data` "
+                              f"{data} has sha256 {sha256}: resume with the data the run started with, or "
+                              "choose another `out`")
+
+
 def load_data(data: Path | None, cfg: TrainConfig) -> tuple[list[Example], list[Example], str]:
     rows, source = load_task_rows(data)
     train, dev = split_task_rows(rows, source, cfg.dev_fraction, cfg.split_seed)
@@ -208,12 +239,21 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     default one process."""
     out = Path(out)
     dist = collective or Collective()
-    train_rows, dev_rows, source = load_data(data, cfg)
     state = _check_out_dir(out, cfg, resume)
-    if state is not None and state.get("complete"):
-        log.warning("%s is already complete; nothing to do", out)
-        return state
+    data_sha256 = sha256_file(data) if data is not None and Path(data).is_file() else None
+    if state is not None:
+        _check_same_data(out, state, data, data_sha256)
+        if state.get("complete"):
+            log.warning("%s is already complete; nothing to do", out)
+            return state
+    train_rows, dev_rows, source = load_data(data, cfg)
+    if state is not None:
+        state["data"] = source  # the same rows (checked above), perhaps under another path now
+        if data_sha256 is not None:
+            state["data_sha256"] = data_sha256
     run = _open_run(out, cfg, dist, train_rows, dev_rows, source, state, progress and dist.is_main)
+    if state is None and data_sha256 is not None:
+        run.state["data_sha256"] = data_sha256
     with run.model.frozen_weights_in(DTYPES[run.dtype]):
         if cfg.use_cache and run.model.adapted_layers[0] > 0:
             run.cache = _prefix_cache(run)
@@ -228,7 +268,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     state["parameters"] = count_parameters(run.model)
     run.save(state, None)
     if dist.is_main:
-        (out / "optimizer.pt").unlink(missing_ok=True)
+        (out / OPTIMIZER_FILE).unlink(missing_ok=True)
     dist.barrier()
     return state
 
@@ -290,8 +330,8 @@ def _run_stage(run: _Run, si: int, stage: StageConfig) -> bool:
         return True
     trainable = model.set_trainable(stage.trains)
     opt = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.0)
-    if state["step"] > 0 and (run.out / "optimizer.pt").is_file():
-        opt.load_state_dict(torch.load(run.out / "optimizer.pt", weights_only=True))
+    if state["step"] > 0 and (run.out / OPTIMIZER_FILE).is_file():
+        opt.load_state_dict(torch.load(run.out / OPTIMIZER_FILE, weights_only=True))
     guarded = stage.trains == ["mixture"] and bool(run.guard)
     if guarded and "stage2_guard" not in state:
         state["stage2_guard"] = {"rows": len(run.guard), "loss_before": round(_guard_loss(run), 5)}
@@ -399,8 +439,10 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, max_rows: in
     ``with_predictions`` adds ``predictions``, the greedy output per scored row."""
     ck = load_checkpoint(Path(checkpoint), base_model=base_model)
     if data is None:
-        src = ck.state.get("data", "")
-        _, rows, _ = load_data(recorded_data_path(src), ck.train_config)
+        src = recorded_data_path(ck.state.get("data", ""))
+        if src is not None:
+            check_recorded_data(src, ck.state.get("data_sha256"))
+        _, rows, _ = load_data(src, ck.train_config)
     else:
         rows = load_jsonl(data)
     ck.tasks.check_names([r.task for r in rows])
