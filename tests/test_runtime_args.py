@@ -24,6 +24,9 @@ from alter_edge.runtime import EdgeModel, SamplingParams
     ({"temperature": 5e-324}, "temperature must be 0 .greedy. or a number in 0.001..100, got 5e-324"),
     ({"temperature": -0.5}, "temperature must be 0 .greedy. or a number in 0.001..100, got -0.5"),
     ({"top_p": math.nan}, r"top_p must be a number in \(0, 1\]"),
+    # an integer too big for a float (the fuzz campaign's find): an OverflowError before
+    ({"temperature": 10**400}, "temperature must be 0 .greedy. or a number in 0.001..100, got an integer of 401 digits"),
+    ({"top_p": -(10**400)}, r"top_p must be a number in \(0, 1\], got an integer of 401 digits"),
     ({"top_k": 1.5}, "top_k must be an integer >= 0"),
     ({"seed": -1, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1 or None, got -1"),
     ({"seed": 1.5, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1"),
