@@ -432,7 +432,7 @@ def test_campaign_batch_lines_and_progress_files(edge_model, tmp_path, error_log
     budget, k = _share("batch"), 0
     while t.c.get("inputs", 0) < budget:
         k += 1
-        cases = [batch_line(rng) for _ in range(rng.randint(20, 120))]
+        cases = [batch_line(rng) for _ in range(rng.randint(20, 60))]
         body = [c[0].replace(b"\n", b" ") for c in cases]
         inp = box / "in" / f"{k}.jsonl"
         inp.write_bytes(b"\n".join(body) + b"\n")
@@ -575,12 +575,13 @@ def _hostile_value(rng):
 
 def _mutate_manifest(rng, m: dict) -> str:
     """One mutation of a field or an entry of ``m``; the key it touched (what an error names)."""
-    node, key = m, None
+    node, key, named = m, None, ""  # named: the nearest key that is a name, not a list index
     while True:
         keys = list(node) if isinstance(node, dict) else list(range(len(node)))
         if not keys:
             break
         key = rng.choice(keys)
+        named = key if isinstance(key, str) else named
         if isinstance(node[key], (dict, list)) and node[key] and rng.random() < 0.6:
             node = node[key]
             continue
@@ -599,8 +600,8 @@ def _mutate_manifest(rng, m: dict) -> str:
     else:  # a new list entry (a second graph that points out of the bundle, ...)
         node.append(rng.choice([{"path": "../outside.onnx", "task": None, "precision": "fp32", "sha256": "d" * 64},
                                 {"path": "/etc/passwd", "sha256": "d" * 64}, "model.onnx", None, 5]))
-        key = str(len(node) - 1)
-    return str(key)
+        return named
+    return key if isinstance(key, str) else named
 
 
 def test_campaign_manifests(runtime_bundle, tmp_path, error_log):
@@ -626,6 +627,10 @@ def test_campaign_manifests(runtime_bundle, tmp_path, error_log):
             t.add("refused")
             if "\n" in msg:
                 t.fail("not_one_line", msg)
+            key = keys[0]
+            if len(keys) == 1 and key and not any(w in msg for w in (key, repr(key)[1:-1], f"[{key}]")):
+                t.add("unnamed")
+                t.fail("field_not_named", f"{key!r}: {msg}")
             continue
         except Exception as e:  # noqa: BLE001
             t.fail("tracebacks", f"{keys}: {type(e).__name__}: {str(e)[:150]}")
