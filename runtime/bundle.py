@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from alter_edge.errors import BundleError, ConfigError, TaskError
-from alter_edge.io import read_json, sha256_file
-from alter_edge.tasks import TaskRegistry
+from alter_edge.io import read_json, sha256_file, shown
+from alter_edge.tasks import TaskRegistry, task_name_problem
 
 from .contract import KVLayout
 from .manifest import (
@@ -160,6 +160,12 @@ def _check_hash(root: Path, rel: str, expected: str, cache: HashCache | None = N
         )
 
 
+def _names(names: list) -> str:
+    """Task names for a message: plain when they are task names, else escaped (a newline or
+    U+202E in a manifest must not split or reorder the line)."""
+    return ", ".join(t if task_name_problem(t) is None else shown(t, 40) for t in names) or "none"
+
+
 def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
     """Read and check a bundle directory; ``verify=False`` skips the sha256 checks (faster
     start for a bundle already verified, e.g. on a read-only app partition); ``verify="cached"``
@@ -255,7 +261,8 @@ def _load_tasks(root: Path, manifest: dict, graphs: tuple[GraphInfo, ...]) -> Ta
     exported = manifest.get("tasks")
     if exported is not None and tasks.names != list(exported):
         raise BundleError(f"{root}: tasks.json has tasks {', '.join(tasks.names)} (ids 0..{len(tasks) - 1}) but "
-                          f"the graphs were exported for {', '.join(exported) or 'none'} (manifest.json tasks): "
+                          f"the graphs were exported for {_names(exported)} "
+                          "(manifest.json tasks): "
                           "the task registry does not belong to these graphs")
     for g in graphs:
         if g.task is not None and g.task not in tasks:

@@ -171,14 +171,15 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
         raise BundleError(f"{where}: generation.max_prompt_tokens {prompt} leaves no room for a new token "
                           f"in kv_cache.max_sequence_length {kv['max_sequence_length']} (it must be smaller)")
     for i, g in enumerate(manifest["graphs"]):
-        for ext in g.get("external_data") or ():
+        for j, ext in enumerate(g.get("external_data") or ()):
             if ext not in manifest["files"]:
-                raise BundleError(f"{where}: graphs[{i}] ({g['path']}) reads {ext}, which files does not list")
+                raise BundleError(f"{where}: graphs[{i}].external_data[{j}] {_short(ext)} (a weight file of "
+                                  f"{_short(g['path'])}) is not listed in files")
         for key, role in (("inputs", "past"), ("outputs", "present")):
             if key in g:
                 problem = kv_mismatch(g[key], kv, role)
                 if problem:
-                    raise BundleError(f"{where}: graphs[{i}] ({g['path']}) {key}: {problem}")
+                    raise BundleError(f"{where}: graphs[{i}] ({_short(g['path'])}) {key}: {problem}")
 
 
 def _type_name(types: tuple[type, ...]) -> str:

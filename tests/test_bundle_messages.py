@@ -45,3 +45,34 @@ def test_a_missing_precision_names_the_ones_there(runtime_bundle):
     only_echo = replace(b, graphs=tuple(g for g in b.graphs if g.task == "echo"))
     with pytest.raises(BundleError, match="no multi-task graph"):
         only_echo.graph_for("parity")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["graphs"][1]["external_data"].__setitem__(0, "x" * 300), "graphs[1].external_data[0]"),
+    (lambda m: m["graphs"][0]["external_data"].append("w\u202e.bin"), "graphs[0].external_data[1]"),
+])
+def test_a_bad_manifest_entry_is_one_short_line_naming_it(runtime_bundle, tmp_path, edit, words):
+    """The fuzz campaign's find: an unlisted external_data entry was echoed in full (300
+    characters) without the field's name."""
+    b = tmp_path / "b"
+    shutil.copytree(runtime_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    edit(m)
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError) as e:
+        load_bundle(b)
+    msg = str(e.value).replace(str(b), "B")
+    assert words in msg and "\n" not in msg and len(msg) < 250, msg
+
+
+def test_manifest_task_names_are_shown_escaped(runtime_bundle, tmp_path):
+    """The fuzz campaign's find: a task name with a newline in manifest.json's tasks split the error."""
+    b = tmp_path / "b"
+    shutil.copytree(runtime_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["tasks"] = ["a\nb", "echo", "\u202eparity"]
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError) as e:
+        load_bundle(b)
+    msg = str(e.value)
+    assert "\n" not in msg and "\u202e" not in msg and "'a\\nb'" in msg and "manifest.json tasks" in msg, msg

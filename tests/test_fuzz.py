@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -319,8 +320,9 @@ def _listing(root: Path) -> dict[str, tuple]:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = Path(dirpath) / name
-            st = p.lstat()
-            out[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+            st = p.lstat()  # a folder by its mode alone: its mtime moves with what it holds
+            out[str(p.relative_to(root))] = (st.st_mode,) if stat.S_ISDIR(st.st_mode) else (
+                st.st_mode, st.st_size, st.st_mtime_ns)
     return out
 
 
@@ -604,6 +606,54 @@ def _mutate_manifest(rng, m: dict) -> str:
     return key if isinstance(key, str) else named
 
 
+def _hostile_entry(rng, t: _Tally, box: Path, b: Path) -> None:
+    """An unlisted file, a symlink (to a file or folder outside, or inside), a FIFO, at any
+    depth of bundle ``b``: the load refuses it in one line naming it; then it is removed."""
+    from alter_edge.errors import BundleError
+    from alter_edge.runtime.bundle import load_bundle
+
+    depth = rng.choice(["", "sub/", "sub/deeper/"])
+    name = depth + rng.choice(["x.onnx", "notes.txt", ".hidden", "weights.fp32.bin.bak", "etc_link"])
+    kind = rng.choice(["file", "link_out_file", "link_out_dir", "link_in", "fifo", "dir_with_file"])
+    path = b / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "file":
+        path.write_bytes(b"\0" * rng.randrange(64))
+    elif kind == "link_out_file":
+        path.symlink_to(box / "outside" / "secret.txt")
+    elif kind == "link_out_dir":
+        path.symlink_to(box / "outside", target_is_directory=True)
+    elif kind == "link_in":
+        path.symlink_to(b / "tokenizer.json")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+        (path / "inner.bin").write_bytes(b"x")
+    t.add("inputs")
+    t.add(f"entry_{kind}")
+    try:
+        load_bundle(b)
+        t.fail("unlisted_entry_accepted", f"{kind} {name}")
+    except BundleError as e:
+        msg = str(e)
+        t.add("refused")
+        if "\n" in msg:
+            t.fail("not_one_line", msg)
+        if path.name not in msg and name.split("/")[0] not in msg:
+            t.add("unnamed")
+            t.fail("field_not_named", f"{kind} {name}: {msg}")
+    except Exception as e:  # noqa: BLE001
+        t.fail("tracebacks", f"{kind} {name}: {type(e).__name__}: {str(e)[:150]}")
+    finally:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        if depth:
+            shutil.rmtree(b / "sub", ignore_errors=True)
+
+
 def test_campaign_manifests(runtime_bundle, tmp_path, error_log):
     from alter_edge.errors import BundleError
     from alter_edge.runtime.bundle import load_bundle
@@ -614,8 +664,14 @@ def test_campaign_manifests(runtime_bundle, tmp_path, error_log):
     b = box / "bundle"
     shutil.copytree(runtime_bundle, b)
     base = json.loads((b / "manifest.json").read_text())
+    (box / "outside").mkdir()
+    (box / "outside" / "secret.txt").write_text("not the bundle's\n")
     before = {k: v for k, v in _listing(box).items() if k != "bundle/manifest.json"}
     for _ in range(_share("manifest")):
+        if rng.random() < 0.1:  # an entry of the bundle folder the manifest does not list
+            (b / "manifest.json").write_text(json.dumps(base))
+            _hostile_entry(rng, t, box, b)
+            continue
         m = json.loads(json.dumps(base))
         keys = [_mutate_manifest(rng, m) for _ in range(1 if rng.random() < 0.7 else rng.randint(2, 4))]
         (b / "manifest.json").write_bytes(_encode(m))
@@ -628,7 +684,9 @@ def test_campaign_manifests(runtime_bundle, tmp_path, error_log):
             if "\n" in msg:
                 t.fail("not_one_line", msg)
             key = keys[0]
-            if len(keys) == 1 and key and not any(w in msg for w in (key, repr(key)[1:-1], f"[{key}]")):
+            # a path changed away from a graph's file: that file is then the unlisted one, named
+            moved = key in ("path", "external_data") and "is not listed in manifest.json" in msg
+            if len(keys) == 1 and key and not moved and not any(w in msg for w in (key, repr(key)[1:-1], f"[{key}]")):
                 t.add("unnamed")
                 t.fail("field_not_named", f"{key!r}: {msg}")
             continue
