@@ -733,7 +733,10 @@ def _server_body(rng) -> tuple[str, bytes, str | None]:
         body[field] = rng.choice(HOSTILE_FRAGMENTS + [
             "1e308", "NaN", "Infinity", '[{"role": "user", "content": ["x"]}]', '[{"role": "user"}]',
             '[{"role": "system", "content": "x"}]', '[{"role": "user", "content": "\\ud800"}]', '[' + '"x", ' * 300 + '"x"]',
-            '["a", "b", "c", "d", "e"]', '{"include_usage": "yes"}', '[1]', "2049", "0.0", "1e-3", "100.0001"])
+            '["a", "b", "c", "d", "e"]', '{"include_usage": "yes"}', '[1]', "2049", "0.0", "1e-3", "100.0001",
+            '[{"role": "user", "content": [{"type": "text", "text": 5}]}]', '[null]', '[{"role": ["user"], "content": "x"}]',
+            '[{"role": "user", "content": [{"type": "image_url", "image_url": "file:///etc/passwd"}]}]',
+            json.dumps(["is red a colour"] * 65), json.dumps(["x" * 5000] * 3), '{"include_usage": true, "x": NaN}'])
         return endpoint, _row_text(body), field
     if r < 0.85:
         body[rng.choice(fields)] = rng.choice(STRUCTURAL)

@@ -69,6 +69,9 @@ def _gen_error(**fields) -> ApiError:
     ({"max_tokens": float("nan")}, "max_tokens", "max_tokens must be an integer, got NaN"),
     ({"seed": 2**200}, "seed", "seed must be in 0..9223372036854775807, got an integer of 61 digits"),
     ({"top_k": "3"}, "top_k", "top_k must be an integer, got string"),
+    # the campaign's find: the nested field was named without its parent
+    ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage",
+     "stream_options.include_usage must be true or false, got string"),
 ])
 def test_odd_numbers_get_a_message_that_says_what_they_are(fields, param, message):
     """Issue 36 item 13: NaN 'must be a number, got number'; 1e308 printed as 309 digits."""

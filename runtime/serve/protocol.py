@@ -112,12 +112,13 @@ def _number(body: dict, name: str, default: float) -> float:
     return f
 
 
-def _bool(body: dict, name: str, default: bool = False) -> bool:
+def _bool(body: dict, name: str, default: bool = False, where: str = "") -> bool:
+    """``body[name]`` as a bool; ``where``: the object it sits in (``stream_options.``)."""
     v = body.get(name)
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise bad(f"{name} must be true or false, got {_type_name(v)}", name, "invalid_type")
+        raise bad(f"{where}{name} must be true or false, got {_type_name(v)}", where + name, "invalid_type")
     return v
 
 
@@ -224,7 +225,7 @@ def generation_request(body: dict, chat: bool, tasks: Sequence[str], max_tokens:
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise bad(f"stream_options must be an object, got {_type_name(opts)}", "stream_options", "invalid_type")
-    include_usage = _bool(opts or {}, "include_usage")
+    include_usage = _bool(opts or {}, "include_usage", where="stream_options.")
     params = SamplingParams(budget, temperature, top_k, top_p, seed, _stop(body),
                             ignore_eos=_bool(body, "ignore_eos"))
     return GenerationRequest(task, text, params, stream, include_usage, _bool(body, "truncate"),
