@@ -49,6 +49,9 @@ def check_providers(providers: Sequence[str] | None) -> list[str]:
     return list(providers)
 
 
+MAX_THREADS = 1024  # onnxruntime takes a C int; far above any core count this runs on
+
+
 def session_options(threads: int | None = None, optimization: str = "all",
                     spinning: bool = True) -> ort.SessionOptions:
     """``threads`` = intra-op threads (None: onnxruntime's default, one per core);
@@ -56,8 +59,8 @@ def session_options(threads: int | None = None, optimization: str = "all",
     if optimization not in OPT_LEVELS:
         raise ConfigError(f"graph optimization {optimization!r} is not one of {', '.join(OPT_LEVELS)}")
     if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
-                                or threads < 1):
-        raise ConfigError(f"threads must be an integer >= 1 (or None: one per core), got {threads!r}")
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"threads must be an integer in 1..{MAX_THREADS} (or None: one per core), got {threads!r}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -838,6 +838,40 @@ PARAM_VALUES = {
 }
 
 
+LOAD_VALUES = {
+    "precision": ["int4", "int8", "fp16", "", None, 5, "FP32", "\ud800", ["fp32"]],
+    "threads": [0, -1, 1.5, "2", True, 10**12, None, float("nan")],
+    "engine": ["gpu", "", None, 5, "GENAI", ["genai"]],
+    "optimization": ["none", "", 5, None, "ALL"],
+    "tasks": [["nope"], "echo", [5], ["\ud800"], [], ["../echo"], None],
+    "verify": ["yes", 5, None, "cached", False],
+}
+
+
+def _hostile_load(rng, t: _Tally, bundle: Path) -> None:
+    from alter_edge.errors import AlterEdgeError
+    from alter_edge.runtime import EdgeModel
+
+    name = rng.choice(sorted(LOAD_VALUES))
+    value = rng.choice(LOAD_VALUES[name])
+    t.add("inputs")
+    t.add("load_calls")
+    try:
+        EdgeModel.load(bundle, **{"threads": 1, name: value})
+        t.add("accepted")
+    except AlterEdgeError as e:
+        msg = str(e)
+        t.add("refused")
+        if "\n" in msg:
+            t.fail("not_one_line", msg)
+        words = {"tasks": ("task",), "precision": ("precision",), "engine": ("engine",)}.get(name, (name,))
+        if not any(w in msg for w in words):
+            t.add("unnamed")
+            t.fail("field_not_named", f"load {name}={value!r}: {msg}")
+    except Exception as e:  # noqa: BLE001
+        t.fail("tracebacks", f"load {name}={value!r}: {type(e).__name__}: {str(e)[:150]}")
+
+
 def test_campaign_generation_parameters(runtime_bundle, edge_model, error_log):
     from alter_edge.errors import AlterEdgeError
     from alter_edge.runtime import EdgeModel
@@ -852,6 +886,9 @@ def test_campaign_generation_parameters(runtime_bundle, edge_model, error_log):
     except ImportError:
         pass
     for _ in range(_share("params")):
+        if rng.random() < 0.05:  # EdgeModel.load's own arguments
+            _hostile_load(rng, t, runtime_bundle)
+            continue
         m = rng.choice(models)
         kw = {"max_new_tokens": 2, "temperature": rng.choice([0.0, 0.8]), "seed": 1}
         names = rng.sample(sorted(PARAM_VALUES), 1 if rng.random() < 0.8 else 2)
