@@ -746,6 +746,20 @@ def _server_body(rng) -> tuple[str, bytes, str | None]:
     return endpoint, rng.choice(RAW_LINES[:12] + [b"", b" ", b"7" * 5000]), None
 
 
+RAW_HTTP = [
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"mo",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 40 + b"\r\n\r\n{}",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"m\r\n",
+    b"POST /v1/../../etc/passwd HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n",
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS hello
+    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n",
+]
+
+
 def test_campaign_server_bodies(runtime_bundle, tmp_path):
     import http.client
     import socket
@@ -770,15 +784,25 @@ def test_campaign_server_bodies(runtime_bundle, tmp_path):
         os.chdir(cwd)
     u = urlparse(s.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    last = time.monotonic()
     try:
         for _ in range(_share("server")):
-            if rng.random() < 0.01:  # a client that leaves mid-body
+            if rng.random() < 0.03:  # a client that leaves mid-body, or malformed HTTP, on its own socket
                 t.add("inputs")
+                t.add("raw_http")
                 with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
-                    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"mo")
+                    sock.sendall(rng.choice(RAW_HTTP))
+                    if rng.random() < 0.5:
+                        sock.settimeout(1)
+                        try:
+                            sock.recv(4096)
+                        except OSError:
+                            pass
                 continue
             path, body, field = _server_body(rng)
             t.add("inputs")
+            if time.monotonic() - last > 4:  # uvicorn closes a connection idle for 5 s: start a new one
+                conn.close()
             conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
             sock = conn.sock
             r = conn.getresponse()
@@ -799,6 +823,7 @@ def test_campaign_server_bodies(runtime_bundle, tmp_path):
                     t.fail("field_not_named", f"{field}: {body[:120]!r} -> {err}")
             if r.getheader("connection", "").lower() == "close" or conn.sock is not sock:
                 t.fail("connection_closed", f"{path} {body[:80]!r}: {r.status}")
+            last = time.monotonic()
         ok = httpx_get(s.url + "/health")
         if ok != 200:
             t.fail("no_health", str(ok))
