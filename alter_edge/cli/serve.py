@@ -19,7 +19,8 @@ from .run import _session_options
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port (0: a free one; the ready line names it).")
 @click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A file holding the API key clients send as 'Authorization: Bearer KEY'.")
+              help="A file holding the API key clients send as 'Authorization: Bearer KEY' (refused "
+                   "when others may read it or its group may write it: chmod 600 FILE).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without an API key.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Rows decoding together (requests of any task share the batch).")
