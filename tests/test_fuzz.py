@@ -419,7 +419,7 @@ def _tamper(rng, partial: Path, how: str, lines: dict[int, dict]) -> None:
         f.write(extra)
 
 
-def test_campaign_batch_lines_and_progress_files(edge_model, tmp_path, error_log):
+def test_campaign_batch_lines_and_progress_files(edge_model, runtime_bundle, tmp_path, error_log):
     from alter_edge.errors import DataError
     from alter_edge.runtime.batch import BatchOptions, run_jsonl
 
@@ -468,6 +468,20 @@ def test_campaign_batch_lines_and_progress_files(edge_model, tmp_path, error_log
             if field is not None and field not in msg:
                 t.add("unnamed")
                 t.fail("field_not_named", f"{field}: {raw[:100]!r} -> {msg}")
+        if k % 10 == 1:  # the same file through the command line: exit 0 or 3, no traceback
+            from click.testing import CliRunner
+
+            from alter_edge.cli import main
+
+            t.add("cli_runs")
+            cli_out = box / "out" / f"{k}.cli.jsonl"
+            r = CliRunner().invoke(main, ["run", str(runtime_bundle), "--input", str(inp), "--output", str(cli_out),
+                                          "--batch-size", "8", "--max-new-tokens", "2", "--threads", "1", "--quiet"])
+            if r.exit_code not in (0, 3) or "Traceback" in r.output or r.exception and not isinstance(
+                    r.exception, SystemExit):
+                t.fail("tracebacks", f"cli file {k}: exit {r.exit_code}: {r.output[-300:]} {r.exception!r}")
+            elif cli_out.read_bytes() != out.read_bytes():
+                t.fail("cli_differs", f"file {k}")
         if k % 3 == 0:  # an interrupted run, its progress file tampered with, then resumed
             how = rng.choice(TAMPERS)
             t.add("inputs")
