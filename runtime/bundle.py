@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from alter_edge.errors import BundleError, ConfigError, TaskError
-from alter_edge.io import read_json, sha256_file
-from alter_edge.tasks import TaskRegistry
+from alter_edge.io import read_json, sha256_file, shown
+from alter_edge.tasks import TaskRegistry, task_name_problem
 
 from .contract import KVLayout
 from .manifest import (
@@ -106,8 +106,14 @@ class Bundle:
                 return found
         found = self._pick([g for g in self.graphs if g.task is None], precision)
         if found is None:
-            what = f"for task {task!r} " if task else ""
             have = ", ".join(f"{g.path} ({g.precision})" for g in self.graphs)
+            serving = [g for g in self.graphs if g.task is None or g.task == task]
+            if serving:  # the graphs are there, at other precisions
+                there = ", ".join(sorted({g.precision for g in serving}))
+                what = f"task {task!r}" if task else "the multi-task graph"
+                raise BundleError(f"{self.root}: no graph at precision {precision} for {what}; its graphs "
+                                  f"are at precision {there} (ask for one of those); the bundle has: {have}")
+            what = f"for task {task!r} " if task else ""
             raise BundleError(
                 f"{self.root}: no graph {what}at precision {precision or 'any'} and no multi-task "
                 f"graph; the bundle has: {have}"
@@ -152,6 +158,12 @@ def _check_hash(root: Path, rel: str, expected: str, cache: HashCache | None = N
             f"{root}: file {rel} does not match manifest.json (sha256 {got[:12]}..., expected "
             f"{str(expected)[:12]}...): the bundle was modified or is incomplete"
         )
+
+
+def _names(names: list) -> str:
+    """Task names for a message: plain when they are task names, else escaped (a newline or
+    U+202E in a manifest must not split or reorder the line)."""
+    return ", ".join(t if task_name_problem(t) is None else shown(t, 40) for t in names) or "none"
 
 
 def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
@@ -249,7 +261,8 @@ def _load_tasks(root: Path, manifest: dict, graphs: tuple[GraphInfo, ...]) -> Ta
     exported = manifest.get("tasks")
     if exported is not None and tasks.names != list(exported):
         raise BundleError(f"{root}: tasks.json has tasks {', '.join(tasks.names)} (ids 0..{len(tasks) - 1}) but "
-                          f"the graphs were exported for {', '.join(exported) or 'none'} (manifest.json tasks): "
+                          f"the graphs were exported for {_names(exported)} "
+                          "(manifest.json tasks): "
                           "the task registry does not belong to these graphs")
     for g in graphs:
         if g.task is not None and g.task not in tasks:

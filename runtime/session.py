@@ -51,6 +51,9 @@ def check_providers(providers: Sequence[str] | None) -> list[str]:
     return list(providers)
 
 
+MAX_THREADS = 1024  # onnxruntime takes a C int; far above any core count this runs on
+
+
 def session_options(threads: int | None = None, optimization: str = "all",
                     spinning: bool = True) -> ort.SessionOptions:
     """``threads`` = intra-op threads (None: onnxruntime's default, one per core);
@@ -58,8 +61,8 @@ def session_options(threads: int | None = None, optimization: str = "all",
     if optimization not in OPT_LEVELS:
         raise ConfigError(f"graph optimization {optimization!r} is not one of {', '.join(OPT_LEVELS)}")
     if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
-                                or threads < 1):
-        raise ConfigError(f"threads must be an integer >= 1 (or None: one per core), got {threads!r}")
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"threads must be an integer in 1..{MAX_THREADS} (or None: one per core), got {threads!r}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -204,7 +207,7 @@ class GraphRunner:
         limit = self.kv.max_sequence_length
         if limit and max_len > limit:
             raise ConfigError(f"{max_len} tokens (prompt plus new tokens) exceed the {limit} positions this "
-                              f"graph covers; ask for fewer new tokens or a shorter input")
+                              f"graph covers; ask for a smaller `max_new_tokens` or a shorter input")
         try:
             return KVCache(self.kv, batch, max_len)
         except MemoryError:

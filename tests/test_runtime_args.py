@@ -24,9 +24,12 @@ from alter_edge.runtime import EdgeModel, SamplingParams
     ({"temperature": 5e-324}, "temperature must be 0 .greedy. or a number in 0.001..100, got 5e-324"),
     ({"temperature": -0.5}, "temperature must be 0 .greedy. or a number in 0.001..100, got -0.5"),
     ({"top_p": math.nan}, r"top_p must be a number in \(0, 1\]"),
+    # an integer too big for a float (the fuzz campaign's find): an OverflowError before
+    ({"temperature": 10**400}, "temperature must be 0 .greedy. or a number in 0.001..100, got an integer of 401 digits"),
+    ({"top_p": -(10**400)}, r"top_p must be a number in \(0, 1\], got an integer of 401 digits"),
     ({"top_k": 1.5}, "top_k must be an integer >= 0"),
-    ({"seed": -1, "temperature": 0.5}, "seed must be an integer >= 0 or None, got -1"),
-    ({"seed": 1.5, "temperature": 0.5}, "seed must be an integer >= 0"),
+    ({"seed": -1, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1 or None, got -1"),
+    ({"seed": 1.5, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1"),
     ({"stop": [""]}, "stop strings must be non-empty strings"),
     ({"stop": 5}, "stop must be a string or a list of strings"),
 ])
@@ -104,9 +107,10 @@ def test_input_problems_are_data_errors(runtime_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"threads": 1.5}, r"threads must be an integer >= 1 \(or None: one per core\), got 1.5"),
-    ({"threads": 0}, "threads must be an integer >= 1"),
-    ({"threads": True}, "threads must be an integer >= 1"),
+    ({"threads": 1.5}, r"threads must be an integer in 1..1024 \(or None: one per core\), got 1.5"),
+    ({"threads": 0}, "threads must be an integer in 1..1024"),
+    ({"threads": True}, "threads must be an integer in 1..1024"),
+    ({"threads": 10**12}, "threads must be an integer in 1..1024 .*, got 1000000000000"),  # the campaign's find
     ({"precision": "int3"}, r"'int3' is not a precision; valid precisions: fp32, int8, int4"),
     ({"providers": ["NoSuchExecutionProvider"]}, "not available in this onnxruntime; available:"),
     ({"providers": [3]}, "providers must be provider names"),

@@ -36,6 +36,7 @@ from alter_edge.errors import AlterEdgeError, DataError
 
 from ..model import EdgeModel
 from .protocol import (
+    MAX_CLASSIFY_INPUTS,
     ApiError,
     chunk,
     classify_request,
@@ -60,6 +61,7 @@ class ServeOptions:
     max_tokens: int | None = None  # the largest max_tokens a request may ask (default: the bundle's)
     timeout: float = 120.0  # each request's deadline, seconds from its arrival
     max_body_bytes: int = 1 << 20
+    max_classify_inputs: int = MAX_CLASSIFY_INPUTS  # /v1/classify inputs per request; more get 400
     api_key: str | None = None  # None: no key needed (loopback, or --insecure)
 
 
@@ -70,7 +72,8 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)
         self.queue = Gauge("alter_edge_queue_depth", "Requests waiting for a slot", registry=r)
-        self.running = Gauge("alter_edge_running_rows", "Rows decoding in the batch", registry=r)
+        self.running = Gauge("alter_edge_running_rows", "Requests running: rows decoding in the batch and "
+                             "the classify request being scored", registry=r)
         self.tps = Gauge("alter_edge_tokens_per_second", "Generated tokens per second over the last 5 s",
                          registry=r)
         self.tokens = Counter("alter_edge_generated_tokens", "Generated tokens", registry=r)
@@ -183,11 +186,17 @@ class Server:
             raise ApiError(413, f"the request body is {int(declared)} bytes, over the limit of {limit}",
                            None, "body_too_large")
         parts, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise ApiError(413, f"the request body is over the limit of {limit} bytes", None, "body_too_large")
-            parts.append(part)
+        try:
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise ApiError(413, f"the request body is over the limit of {limit} bytes", None,
+                                   "body_too_large")
+                parts.append(part)
+        except ClientDisconnect:  # nobody is left to answer: one line, no traceback
+            log.info("%s %s: the client went away after %d bytes of its request body", request.method,
+                     request.url.path, size)
+            raise ApiError(499, "the client closed the connection", None, "client_closed") from None
         return parse_json(b"".join(parts))
 
     def _prompt(self, text: str, task: str, truncate: bool, field: str) -> list[int]:
@@ -313,7 +322,7 @@ class Server:
     async def classify(self, request: Request) -> Response:
         try:
             body = await self._body(request)
-            task, texts, single, truncate = classify_request(body, self.tasks)
+            task, texts, single, truncate = classify_request(body, self.tasks, self.options.max_classify_inputs)
             self.model.label_ids(task)  # a TaskError for a task without labels
             prompts = [self._prompt(t, task, truncate, "input") for t in texts]
             job = self._job("classify", task, prompts=prompts)
