@@ -7,7 +7,8 @@ The dev split (the built-in task mix's held-out rows, ``alter_edge.data.split_ta
 ``--split-seed``, as training made it; ``--rows`` keeps the first rows of each task, round
 robin) is written once as a JSONL file. Each round runs the real batch job on it twice, as a
 command of its own (``alter-edge run BUNDLE --input ... --output ... --batch-size B --threads
-T --quiet``), cache on then off (``--no-prefix-cache``): A B A B. Timed is the job itself, as
+T --truncate --quiet``: a few question_gen inputs are over ``max_prompt_tokens`` and are cut in
+the middle, as training cut them), cache on then off (``--no-prefix-cache``): A B A B. Timed is the job itself, as
 the command reports it (the rows' reading and running, the prefixes' KV included; not the
 model's load, the same for both); rows/s medians over rounds, and their ratio on/off.
 
@@ -73,7 +74,7 @@ def shared_prefixes(bundle: Path, rows: list[dict]) -> dict:
 
 def run_job(args, src: Path, out: Path, cache: bool) -> float:
     cmd = [args.alter_edge, "run", str(args.bundle), "--input", str(src), "--output", str(out),
-           "--batch-size", str(args.batch_size), "--quiet"]
+           "--batch-size", str(args.batch_size), "--truncate", "--quiet"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.precision:
