@@ -504,6 +504,9 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
     if opts.task is not None:
         model.tasks.get(opts.task)  # an unknown default task fails the job, not every row
     rows, errors = read_rows(model, input_path, opts)
+    # each task's prefix cache holds exactly what all of this input's prompts share: a row's result
+    # is then the same whether the job runs whole or resumed, and whatever the model ran before
+    model.pin_prefixes([r.prompt for r in rows], [r.task for r in rows])
     partial = PartialFile(output_path.with_name(output_path.name + ".partial"),
                           _header(model, input_path, opts, rows))
     try:

@@ -34,7 +34,7 @@ from alter_edge.tasks import TaskRegistry, TaskSpec
 
 from .bundle import PRECISIONS, Bundle, GraphInfo, check_vocab, load_bundle
 from .generate import RowText, SamplingParams, decode
-from .prefix import PrefixCache, template_prefix_ids
+from .prefix import PrefixCache, common_prefix, template_prefix_ids
 from .scoring import label_probabilities, score_labels
 from .session import GraphRunner, check_providers, session_options
 
@@ -130,6 +130,7 @@ class EdgeModel:
         self._runners: dict[str, GraphRunner] = {}
         self._lock = threading.Lock()
         self._label_ids: dict[str, list[list[int]]] = {}
+        self._pinned: dict[int, list[int]] = {}  # task id -> the prefix pinned for it (pin_prefixes)
         self.load_seconds = 0.0  # set by load()
 
     # -- loading ---------------------------------------------------------------------
@@ -230,9 +231,33 @@ class EdgeModel:
 
     def _prefix_cache(self, graph: GraphInfo) -> PrefixCache:
         """The prefix cache of ``graph``: the tasks it serves (every task on the multi-task
-        graph), each with its template's constant prefix; the KV is computed on first use."""
+        graph), each with its template's constant prefix (or the prefix pinned for it); the KV
+        is computed on first use."""
         specs = list(self.tasks) if graph.task is None else [self.tasks.get(graph.task)]
-        return PrefixCache({s.id: template_prefix_ids(self.tokenizer, s.prompt_template) for s in specs})
+        cache = PrefixCache({s.id: template_prefix_ids(self.tokenizer, s.prompt_template) for s in specs})
+        for task, ids in self._pinned.items():
+            cache.pin(task, ids)
+        return cache
+
+    def pin_prefixes(self, prompts: Sequence[Sequence[int]], tasks: Sequence[str]) -> None:
+        """Cache, for each task, exactly the longest prefix all of its ``prompts`` share, on every
+        graph (open now or later): the batch job pins its whole input's, so a row's result does
+        not depend on what the model ran before (a resumed job writes the same bytes). Nothing
+        with the prefix cache off."""
+        by_task: dict[int, list[int]] = {}
+        for p, name in zip(prompts, tasks, strict=True):
+            tid = self.tasks.id_of(name)
+            common = by_task.get(tid)
+            by_task[tid] = list(p) if common is None else common[:common_prefix(common, p)]
+        if not self.prefix_cache:
+            return
+        with self._lock:
+            self._pinned.update(by_task)
+            runners = list(self._runners.values())
+        for r in runners:
+            if r.prefixes is not None:
+                for tid, ids in by_task.items():
+                    r.prefixes.pin(tid, ids)
 
     def _genai_runner(self, graph: GraphInfo):
         """The graph in onnxruntime-genai (engine='genai'), opened once after its hash checks."""

@@ -121,6 +121,19 @@ class PrefixCache:
             self.stats.tokens += n
             return n, e.kv
 
+    def pin(self, task: int, ids: Sequence[int]) -> None:
+        """Cache exactly ``ids`` for ``task`` from now on (no more learning): a caller that knows
+        every prompt it will run (the batch job) pins their common prefix, so which rows start
+        from the cache, and from which KV, depends on its input alone, not on what ran before."""
+        with self._lock:
+            e = self._entries.get(int(task))
+            if e is None:
+                return
+            ids = tuple(int(i) for i in ids)
+            if ids != e.ids:
+                e.ids, e.kv = ids, None
+            e.learned, e.candidate = True, None
+
     def _observe(self, e: _Entry, prompt: Sequence[int]) -> None:
         if e.learned:
             return
