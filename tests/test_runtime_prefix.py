@@ -320,3 +320,26 @@ def test_prefix_bench_smoke(tmp_path):
     assert res["rows"] == 12 and len(res["seconds"]["on"]) == len(res["seconds"]["off"]) == 1
     assert all(t["shared_prefix_tokens"] >= 3 for t in res["tasks"].values())
     assert res["ratio_on_off"] > 0
+
+
+def test_batch_job_results_do_not_depend_on_history(runtime_bundle, tmp_path):
+    """The job pins each task's prefix to what all of its input's prompts share, so a model that
+    learned another prefix before writes the same bytes as a fresh one."""
+    from alter_edge.runtime.batch import BatchOptions, run_jsonl
+
+    used = EdgeModel.load(runtime_bundle, threads=1)
+    colour = [r for r in TINY_ROWS if r["task"] == "colour"][:6]
+    used.classify([f"count x x x x red green blue {r['input']}" for r in colour], task="colour")  # learns that
+    tid = used.tasks.id_of("colour")
+    runner = used.runner_for(["colour"])
+    assert len(runner.prefixes.ids(tid)) >= 9
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "task": r["task"], "input": t}) + "\n"
+                           for i, (r, t) in enumerate(zip(ROWS, _texts(), strict=True))))
+    opts = BatchOptions(batch_size=4, max_new_tokens=4)
+    run_jsonl(used, src, tmp_path / "used.jsonl", opts, progress=False)
+    run_jsonl(EdgeModel.load(runtime_bundle, threads=1), src, tmp_path / "fresh.jsonl", opts, progress=False)
+    assert (tmp_path / "used.jsonl").read_bytes() == (tmp_path / "fresh.jsonl").read_bytes()
+    prompts = [used.encode(t, "colour")[0] for t, r in zip(_texts(), ROWS, strict=True) if r["task"] == "colour"]
+    shared = min(common_prefix(prompts[0], p) for p in prompts)
+    assert runner.prefixes.ids(tid) == tuple(prompts[0][:shared])  # pinned: the input's common prefix
