@@ -559,6 +559,8 @@ def _header(model: EdgeModel, input_path: Path, opts: BatchOptions, rows: list[_
         "truncate": opts.truncate and any(r.truncated for r in rows),
         "generate_labels": opts.generate_labels and any(t.kind == "classify" for t in tasks),
     }
+    if not model.prefix_cache:  # scores may differ in the last digit without it (docs/runtime.md)
+        options["prefix_cache"] = False
     return {"input_sha256": sha256_file(input_path), "options": options,
             "bundle": model.bundle.manifest_sha256, "precision": model.default_precision}
 

@@ -343,3 +343,27 @@ def test_batch_job_results_do_not_depend_on_history(runtime_bundle, tmp_path):
     prompts = [used.encode(t, "colour")[0] for t, r in zip(_texts(), ROWS, strict=True) if r["task"] == "colour"]
     shared = min(common_prefix(prompts[0], p) for p in prompts)
     assert runner.prefixes.ids(tid) == tuple(prompts[0][:shared])  # pinned: the input's common prefix
+
+
+def test_resume_refuses_another_prefix_cache_setting(runtime_bundle, off, tmp_path):
+    """A job's progress file records a prefix cache turned off (scores may differ in the last
+    digit with it): resuming with it on is refused, naming the setting."""
+    from alter_edge.errors import DataError
+    from alter_edge.runtime.batch import BatchOptions, run_jsonl
+
+    class Stop(Exception):
+        pass
+
+    def stop(_):
+        raise Stop
+
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "task": r["task"], "input": t}) + "\n"
+                           for i, (r, t) in enumerate(zip(ROWS[:6], _texts(ROWS[:6]), strict=True))))
+    out = tmp_path / "out.jsonl"
+    opts = BatchOptions(batch_size=2, max_new_tokens=2)
+    with pytest.raises(Stop):
+        run_jsonl(off, src, out, opts, progress=False, on_batch=stop)
+    with pytest.raises(DataError, match="prefix_cache False there, None now"):
+        run_jsonl(EdgeModel.load(runtime_bundle, threads=1), src, out, opts, resume=True, progress=False)
+    run_jsonl(off, src, out, opts, resume=True, progress=False)  # the same setting resumes
