@@ -76,3 +76,22 @@ def test_manifest_task_names_are_shown_escaped(runtime_bundle, tmp_path):
         load_bundle(b)
     msg = str(e.value)
     assert "\n" not in msg and "\u202e" not in msg and "'a\\nb'" in msg and "manifest.json tasks" in msg, msg
+
+
+@pytest.mark.parametrize("where", ["graph", "files"])
+def test_a_path_with_a_lone_surrogate_is_refused_in_one_line(runtime_bundle, tmp_path, where):
+    """The campaign's find (seed 11): a graph path "\\ud800" was a UnicodeEncodeError from
+    os.path.realpath, a traceback."""
+    b = tmp_path / "b"
+    shutil.copytree(runtime_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    if where == "graph":
+        m["graphs"][0]["path"] = "x\ud800.onnx"
+    else:
+        m["files"]["w\udc80.bin"] = "d" * 64
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError) as e:
+        load_bundle(b)
+    msg = str(e.value)
+    assert "not valid Unicode" in msg and "\n" not in msg, msg
+    msg.encode("utf-8")  # the message itself can be printed
