@@ -95,3 +95,26 @@ def test_a_path_with_a_lone_surrogate_is_refused_in_one_line(runtime_bundle, tmp
     msg = str(e.value)
     assert "not valid Unicode" in msg and "\n" not in msg, msg
     msg.encode("utf-8")  # the message itself can be printed
+
+
+@pytest.mark.parametrize("name", ["new\nline", "\u202eevil", "bad\udcffname"])
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_an_unlisted_entry_with_an_odd_name_is_named_in_one_printable_line(runtime_bundle, tmp_path, name, kind):
+    """The campaign's find: an entry named with a newline, U+202E or a byte that is not UTF-8
+    was put into the error as it is (two lines, a line shown reversed, a message that cannot be
+    encoded)."""
+    import os
+
+    b = tmp_path / "b"
+    shutil.copytree(runtime_bundle, b)
+    path = b / name
+    if kind == "file":
+        path.write_bytes(b"x")
+    else:
+        path.symlink_to(b / "tokenizer.json")
+    with pytest.raises(BundleError) as e:
+        load_bundle(b)
+    msg = str(e.value)
+    assert "\n" not in msg and "\u202e" not in msg, repr(msg)
+    msg.encode("utf-8")
+    assert repr(os.fsdecode(os.fsencode(name)))[1:-1] in msg or repr(name)[1:-1] in msg, repr(msg)

@@ -627,7 +627,8 @@ def _hostile_entry(rng, t: _Tally, box: Path, b: Path) -> None:
     from alter_edge.runtime.bundle import load_bundle
 
     depth = rng.choice(["", "sub/", "sub/deeper/"])
-    name = depth + rng.choice(["x.onnx", "notes.txt", ".hidden", "weights.fp32.bin.bak", "etc_link"])
+    name = depth + rng.choice(["x.onnx", "notes.txt", ".hidden", "weights.fp32.bin.bak", "etc_link",
+                               os.fsdecode(b"bad\xffname"), "new\nline", "\u202eevil"])
     kind = rng.choice(["file", "link_out_file", "link_out_dir", "link_in", "fifo", "dir_with_file"])
     path = b / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -652,9 +653,14 @@ def _hostile_entry(rng, t: _Tally, box: Path, b: Path) -> None:
     except BundleError as e:
         msg = str(e)
         t.add("refused")
-        if "\n" in msg:
-            t.fail("not_one_line", msg)
-        if path.name not in msg and name.split("/")[0] not in msg:
+        if "\n" in msg or "\u202e" in msg:
+            t.fail("not_one_line", repr(msg))
+        try:
+            msg.encode("utf-8")
+        except UnicodeEncodeError:
+            t.fail("unprintable_message", repr(msg))
+        shown_name = repr(path.name)[1:-1]
+        if not any(w in msg for w in (path.name, shown_name, name.split("/")[0])):
             t.add("unnamed")
             t.fail("field_not_named", f"{kind} {name}: {msg}")
     except Exception as e:  # noqa: BLE001
