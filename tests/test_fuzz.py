@@ -314,6 +314,18 @@ def error_log():
         root.removeHandler(h)
 
 
+def _bad_line(msg: str) -> bool:
+    """Not one printable line: a line break, a bidi override that reorders it, or text that
+    cannot be written as UTF-8 (a lone surrogate)."""
+    if any(c in msg for c in "\n\r\u202e\u202d\u2066\u2067\u2068"):
+        return True
+    try:
+        msg.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _listing(root: Path) -> dict[str, tuple]:
     """Every path under ``root`` with its kind, size and mtime (a sandbox's state)."""
     out = {}
@@ -461,7 +473,7 @@ def test_campaign_batch_lines_and_progress_files(edge_model, runtime_bundle, tmp
             msg = rec["error"]
             if good:
                 t.fail("good_row_failed", f"{raw[:80]!r}: {msg}")
-            if "\n" in msg or not msg.startswith(f"line {ln}: "):
+            if _bad_line(msg) or not msg.startswith(f"line {ln}: "):
                 t.fail("not_one_line", msg)
             if "cannot be read (" in msg:
                 t.fail("tracebacks", msg)
@@ -498,7 +510,7 @@ def test_campaign_batch_lines_and_progress_files(edge_model, runtime_bundle, tmp
             try:
                 run_jsonl(edge_model, inp, again, opts, resume=True, progress=False)
             except DataError as e:
-                if how in ("none", "torn") or "\n" in str(e):
+                if how in ("none", "torn") or _bad_line(str(e)):
                     t.fail("refused_a_good_resume" if how in ("none", "torn") else "not_one_line", str(e))
                 t.add("tamper_refused")
                 partial.unlink(missing_ok=True)
@@ -552,7 +564,7 @@ def test_campaign_training_lines(tmp_path, error_log):
             rows = load_jsonl(path)
         except DataError as e:
             msg = str(e)
-            if "\n" in msg:
+            if _bad_line(msg):
                 t.fail("not_one_line", msg)
             if ok:
                 t.fail("good_row_failed", f"{raw[:80]!r}: {msg}")
@@ -653,7 +665,7 @@ def _hostile_entry(rng, t: _Tally, box: Path, b: Path) -> None:
     except BundleError as e:
         msg = str(e)
         t.add("refused")
-        if "\n" in msg or "\u202e" in msg:
+        if _bad_line(msg):
             t.fail("not_one_line", repr(msg))
         try:
             msg.encode("utf-8")
@@ -701,7 +713,7 @@ def test_campaign_manifests(runtime_bundle, tmp_path, error_log):
         except BundleError as e:
             msg = str(e)
             t.add("refused")
-            if "\n" in msg:
+            if _bad_line(msg):
                 t.fail("not_one_line", msg)
             key = keys[0]
             # a path changed away from a graph's file: that file is then the unlisted one, named
@@ -836,7 +848,7 @@ def test_campaign_server_bodies(runtime_bundle, tmp_path):
                 except (ValueError, KeyError, TypeError):
                     t.fail("no_error_object", f"{body[:80]!r}: {data[:200]!r}")
                     continue
-                if "\n" in err["message"]:
+                if _bad_line(err["message"]):
                     t.fail("not_one_line", err["message"])
                 if field is not None and field not in err["message"] and field != err.get("param"):
                     t.add("unnamed")
@@ -907,7 +919,7 @@ def _hostile_load(rng, t: _Tally, bundle: Path) -> None:
     except AlterEdgeError as e:
         msg = str(e)
         t.add("refused")
-        if "\n" in msg:
+        if _bad_line(msg):
             t.fail("not_one_line", msg)
         words = {"tasks": ("task",), "precision": ("precision",), "engine": ("engine",)}.get(name, (name,))
         if not any(w in msg for w in words):
@@ -959,7 +971,7 @@ def test_campaign_generation_parameters(runtime_bundle, edge_model, error_log):
         except AlterEdgeError as e:
             msg = str(e)
             t.add("refused")
-            if "\n" in msg:
+            if _bad_line(msg):
                 t.fail("not_one_line", msg)
             asked = [n for n in names if not (call == "classify" and n not in ("texts", "task"))]
             named = {"texts": ("text", "input")}  # a text's own problem is the input's
