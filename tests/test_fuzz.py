@@ -5,6 +5,10 @@ paths inside the bundle).
 
 ALTER_EDGE_FUZZ_EXAMPLES sets the examples per test (default 200; docs/runtime.md gives the
 count of the last long run).
+
+Below those, the seeded hostile-input campaign of issue 36 (``test_campaign_*``): batch jobs,
+resumes from tampered progress files, training lines, manifests and bundle entries, a running
+server and generation arguments; ALTER_EDGE_FUZZ_CAMPAIGN sets its size (CI: CAMPAIGN_SLICE).
 """
 
 from __future__ import annotations
