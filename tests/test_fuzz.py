@@ -887,13 +887,13 @@ def httpx_get(url: str) -> int:
 
 # -- generation parameters -------------------------------------------------------------------
 PARAM_VALUES = {
-    "max_new_tokens": [0, -1, 1.5, 2.0, 10**12, 2**63, 10**400, float("nan"), "3", None, True, [2]],
+    "max_new_tokens": [0, -1, 1.5, 2.0, 10**12, 2**63, 10**400, -(10**5000), float("nan"), "3", None, True, [2]],
     "temperature": [-1, float("nan"), float("inf"), 1e-310, 5e-324, 1e308, 10**400, "0.5", True, [1], 100.0001],
     "top_k": [-1, 1.5, 10**12, 2**63, 10**400, float("nan"), "5", True],
     "top_p": [0, -0.1, 1.0000001, float("nan"), float("inf"), 1e-300, "1", True, 10**400],
-    "seed": [-1, 2**63, 2**64, 2**200, 1.5, float("nan"), "7", True, 2**63 - 1, 2**31],
+    "seed": [-1, 2**63, 2**64, 2**200, 10**5000, 1.5, float("nan"), "7", True, 2**63 - 1, 2**31],
     "stop": ["", [""], [1], 5, ["x"] * 1000, "\ud800", ["\x00"], {"a": 1}, b"x", [None]],
-    "batch_size": [0, -1, 1.5, True, "2", 10**12, 2**63, float("nan")],
+    "batch_size": [0, -1, 1.5, True, "2", 10**12, 2**63, -(10**5000), float("nan")],
     "texts": [b"swap", 5, None, {"a": 1}, {"a"}, ["swap cat dog", 5], ["\ud800"], [""], ["x" * 100_000], [[]]],
     "task": ["nope", None, 5, "\ud800", "../echo", "", ["echo"]],
 }
@@ -907,6 +907,26 @@ LOAD_VALUES = {
     "tasks": [["nope"], "echo", [5], ["\ud800"], [], ["../echo"], None],
     "verify": ["yes", 5, None, "cached", False],
 }
+
+
+def _hostile_batch_options(rng, t: _Tally) -> None:
+    from alter_edge.errors import AlterEdgeError
+    from alter_edge.runtime.batch import BatchOptions
+
+    name = rng.choice(["batch_size", "max_new_tokens"])
+    value = rng.choice(PARAM_VALUES["batch_size"] + PARAM_VALUES["max_new_tokens"])
+    t.add("inputs")
+    t.add("batch_options")
+    try:
+        BatchOptions(**{name: value})
+        t.add("accepted")
+    except AlterEdgeError as e:
+        t.add("refused")
+        words = {"batch_size": ("batch size", "batch_size")}.get(name, (name,))
+        if _bad_line(str(e)) or not any(w in str(e) for w in words):
+            t.fail("field_not_named", f"BatchOptions {name}: {e}")
+    except Exception as e:  # noqa: BLE001
+        t.fail("tracebacks", f"BatchOptions {name}: {type(e).__name__}: {str(e)[:150]}")
 
 
 def _hostile_load(rng, t: _Tally, bundle: Path) -> None:
@@ -950,6 +970,9 @@ def test_campaign_generation_parameters(runtime_bundle, edge_model, error_log):
         if rng.random() < 0.05:  # EdgeModel.load's own arguments
             _hostile_load(rng, t, runtime_bundle)
             continue
+        if rng.random() < 0.05:  # the batch job's options
+            _hostile_batch_options(rng, t)
+            continue
         m = rng.choice(models)
         kw = {"max_new_tokens": 2, "temperature": rng.choice([0.0, 0.8]), "seed": 1}
         names = rng.sample(sorted(PARAM_VALUES), 1 if rng.random() < 0.8 else 2)
@@ -983,7 +1006,7 @@ def test_campaign_generation_parameters(runtime_bundle, edge_model, error_log):
                 t.add("unnamed")
                 t.fail("field_not_named", f"{m.engine} {call} {names}: {msg}")
         except Exception as e:  # noqa: BLE001
-            t.fail("tracebacks", f"{m.engine} {call} {names} {str(kw)[:100]}: {type(e).__name__}: {str(e)[:150]}")
+            t.fail("tracebacks", f"{m.engine} {call} {names}: {type(e).__name__}: {str(e)[:150]}")
     if error_log.records:
         t.fail("logged_errors", error_log.records[0].getMessage()[:200])
     t.check()
