@@ -161,3 +161,12 @@ def test_a_value_too_large_to_print_is_still_one_config_error(edge_model, kwargs
     ValueError inside the error message."""
     with pytest.raises(ConfigError, match=match):
         edge_model.generate("repeat cat dog", task="echo", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"task": 10**5000}, {"tasks": [10**5000]}, {"task": [10**5000]}])
+def test_an_unknown_task_too_large_to_print_is_one_task_error(edge_model, kwargs):
+    """The campaign's find: ``unknown task {name!r}`` raised a ValueError for such a value."""
+    from alter_edge.errors import TaskError
+
+    with pytest.raises(TaskError, match="unknown task .*too large to show>?; known tasks: colour, echo, parity"):
+        edge_model.generate("repeat cat dog", **kwargs)
