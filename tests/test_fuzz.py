@@ -895,7 +895,7 @@ PARAM_VALUES = {
     "stop": ["", [""], [1], 5, ["x"] * 1000, "\ud800", ["\x00"], {"a": 1}, b"x", [None]],
     "batch_size": [0, -1, 1.5, True, "2", 10**12, 2**63, -(10**5000), float("nan")],
     "texts": [b"swap", 5, None, {"a": 1}, {"a"}, ["swap cat dog", 5], ["\ud800"], [""], ["x" * 100_000], [[]]],
-    "task": ["nope", None, 5, "\ud800", "../echo", "", ["echo"]],
+    "task": ["nope", None, 5, 10**5000, "\ud800", "../echo", "", ["echo"]],
 }
 
 
