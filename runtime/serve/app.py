@@ -218,8 +218,8 @@ class Server:
                            headers={"Retry-After": str(self.scheduler.retry_after())}) from None
 
     def _job(self, endpoint: str, task: str, arrived: float, **kw) -> Job:
-        """A job whose deadline is ``--timeout`` after the request arrived (reading its body and
-        encoding its inputs count)."""
+        """A job whose deadline is ``timeout`` seconds after the request arrived (reading its body
+        and encoding its inputs count)."""
         return Job(task, self.model.tasks.id_of(task), self._deliver, arrived + self.options.timeout,
                    sink=_Sink(endpoint), **kw)
 
@@ -328,7 +328,8 @@ class Server:
             body = await self._body(request)
             task, texts, single, truncate = classify_request(body, self.tasks, self.options.max_classify_inputs)
             self.model.label_ids(task)  # a TaskError for a task without labels
-            prompts = [self._prompt(t, task, truncate, "input") for t in texts]
+            prompts = [self._prompt(t, task, truncate, "input" if single else f"input[{i}]")
+                       for i, t in enumerate(texts)]
             job = self._job("classify", task, arrived, prompts=prompts)
             self._submit(job)
         except ApiError as e:
