@@ -235,5 +235,8 @@ def tree_bytes(path: Path) -> int:
 def disk_full_error(what: str, folder: Path, needed: int, outcome: str, bound: str = "at least") -> OutputError:
     """One line for a write that ran out of space: the folder, the bytes ``what`` needs there
     (``bound``: "at least", or "about" for an estimate), and what was left (``outcome``)."""
+    if needed <= 0:
+        return OutputError(f"no space left on device in {folder}: {what} could not even make its temporary folder "
+                           f"there; {outcome}; free some space (or inodes) or choose another folder")
     return OutputError(f"no space left on device in {folder}: {what} needs {bound} {needed:,} bytes "
                        f"({needed / 2**20:.1f} MiB) there; {outcome}; free some space or choose another folder")

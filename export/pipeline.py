@@ -141,15 +141,24 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     ship_fp32 = "fp32" in opts.precisions
     ex.bar = tqdm(total=len(plan) * len(opts.precisions) + int(not ship_fp32), desc="export", unit="graph",
                   disable=not opts.progress, leave=False)
-    with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work, atomic_dir(out, opts.overwrite) as tmp:
-        try:
-            manifest = _export_into(ex, checkpoint, tmp, Path(work), plan, ship_fp32, t_start)
-        except Exception as e:
-            if not is_disk_full(e):
-                raise
-            raise _no_space(e, out, tmp, Path(work)) from e
-        finally:
-            ex.close()
+    try:
+        with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work, atomic_dir(out, opts.overwrite) as tmp:
+            try:
+                manifest = _export_into(ex, checkpoint, tmp, Path(work), plan, ship_fp32, t_start)
+            except Exception as e:
+                if not is_disk_full(e):
+                    raise
+                raise _no_space(e, out, tmp, Path(work)) from e
+    except OutputError:
+        raise
+    except Exception as e:  # no room for the temporary folders themselves
+        if not is_disk_full(e):
+            raise
+        where = getattr(e, "filename", None)
+        folder = Path(where).parent if where else out.parent  # mkdtemp names the folder it tried
+        raise disk_full_error(f"the bundle {out}", folder, 0, "no bundle was written") from e
+    finally:
+        ex.close()
     log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
     return manifest
 

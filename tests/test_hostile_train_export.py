@@ -425,3 +425,25 @@ def test_a_full_disk_under_the_prefix_cache_only_warns(trainable_llama_dir, tiny
     assert state["step"] == 1
     assert "could not write the prefix cache" in caplog.text
     assert [p.name for p in (tmp_path / "cache" / "prefix").iterdir()] == []
+
+
+def test_no_room_even_for_the_temporary_folder(tiny_llama_dir, tmp_path, monkeypatch):
+    """A disk so full (or out of inodes) that the temporary sibling folder cannot be made is
+    the same one line, from export and from a checkpoint save."""
+    import tempfile
+
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+
+    ck = make_tiny_checkpoint(tmp_path / "ck", tiny_llama_dir)
+    real = tempfile.mkdtemp
+
+    def full(suffix=None, prefix=None, dir=None):
+        if dir is not None and Path(dir) == tmp_path / "work":
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(dir, f"{prefix}abc{suffix}"))
+        return real(suffix, prefix, dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    (tmp_path / "work").mkdir()
+    with pytest.raises(OutputError, match=f"no space left on device in {tmp_path / 'work'}: the bundle"):
+        export_checkpoint(ck, tmp_path / "work" / "B", ExportOptions(tasks=None, progress=False, steps=2))
+    assert list((tmp_path / "work").iterdir()) == []
