@@ -37,7 +37,7 @@ from alter_edge.errors import ConfigError, DataError, OutputError, TaskError
 from alter_edge.io import atomic_write_bytes, sha256_file
 from alter_edge.tasks import TaskSpec
 
-from .generate import SamplingParams
+from .generate import SamplingParams, shown_value
 from .model import EdgeModel, finished_rows, input_problem
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+            raise ConfigError(f"batch size must be an integer >= 1, got {shown_value(self.batch_size)}")
         if self.max_new_tokens is not None and (isinstance(self.max_new_tokens, bool) or not isinstance(
                 self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ConfigError(f"max_new_tokens must be an integer >= 1 or None, got {self.max_new_tokens!r}")
+            raise ConfigError(f"max_new_tokens must be an integer >= 1 or None, got {shown_value(self.max_new_tokens)}")
 
 
 @dataclass

@@ -217,6 +217,16 @@ _KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR,
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def _entry(rel: str) -> str:
+    """A folder entry's name for a message: as it is when printable UTF-8, else escaped (a
+    newline, U+202E or a byte that is not UTF-8 must not split, reorder or break the line)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return shown(rel)
+    return rel if rel.isprintable() else shown(rel)
+
+
 def _check_entries(root: Path, listed: set[str]) -> None:
     """Every entry under ``root``, at any depth, is a regular file the manifest lists or a folder
     on the way to one: a symlink (to a file or a folder, listed or not), FIFO, device or socket,
@@ -237,14 +247,14 @@ def _check_entries(root: Path, listed: set[str]) -> None:
             mode = entry.stat(follow_symlinks=False).st_mode
             for test, kind in _KINDS:
                 if test(mode):
-                    raise BundleError(f"{root}: {rel} is {kind}; a bundle holds only regular files and folders "
+                    raise BundleError(f"{root}: {_entry(rel)} is {kind}; a bundle holds only regular files and folders "
                                       "(symlinks, FIFOs, devices and sockets are refused)")
             if stat.S_ISDIR(mode):
                 if rel not in folders:
-                    unlisted.append(f"folder {rel}")
+                    unlisted.append(f"folder {_entry(rel)}")
                 todo.append(rel)
             elif rel not in listed:
-                unlisted.append(f"file {rel}")
+                unlisted.append(f"file {_entry(rel)}")
     if unlisted:
         unlisted.sort(key=lambda u: (u.startswith("folder"), u))  # a file first: it says more
         raise BundleError(f"{root}: {unlisted[0]} is not listed in manifest.json ({len(unlisted)} unlisted): "

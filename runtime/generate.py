@@ -47,23 +47,23 @@ class SamplingParams:
         if isinstance(self.stop, str):  # one stop string, not its letters
             object.__setattr__(self, "stop", (self.stop,))
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {_short_number(self.max_new_tokens)}")
+            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {shown_value(self.max_new_tokens)}")
         if not _is_real(self.temperature) or not (
                 self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
             raise ConfigError(f"temperature must be 0 (greedy) or a number in {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}, "
-                              f"got {_short_number(self.temperature)}")
+                              f"got {shown_value(self.temperature)}")
         if not _is_int(self.top_k) or self.top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {_short_number(self.top_k)}")
+            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {shown_value(self.top_k)}")
         if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be a number in (0, 1], got {_short_number(self.top_p)}")
+            raise ConfigError(f"top_p must be a number in (0, 1], got {shown_value(self.top_p)}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
-            raise ConfigError(f"seed must be an integer in 0..2**63-1 or None, got {_short_number(self.seed)}")
+            raise ConfigError(f"seed must be an integer in 0..2**63-1 or None, got {shown_value(self.seed)}")
         try:
             stop = tuple(self.stop)
         except TypeError:
-            raise ConfigError(f"stop must be a string or a list of strings, got {self.stop!r}") from None
+            raise ConfigError(f"stop must be a string or a list of strings, got {shown_value(self.stop)}") from None
         if any(not isinstance(s, str) or not s for s in stop):
-            raise ConfigError(f"stop strings must be non-empty strings, got {self.stop!r}")
+            raise ConfigError(f"stop strings must be non-empty strings, got {shown_value(self.stop)}")
         object.__setattr__(self, "stop", stop)
 
     @property
@@ -71,12 +71,22 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def _short_number(v: object) -> str:
-    """``v`` for a message: an integer of more than 20 digits by its length, else its repr."""
-    if _is_int(v) and abs(v) >= 10**20:
-        return f"an integer of {len(str(abs(v)))} digits"
-    text = repr(v)
+def shown_value(v: object) -> str:
+    """``v`` for a message, short and on one line: an integer of more than 20 digits by its
+    length, else its repr (cut to 80 characters; one that cannot be shown, by its type)."""
+    if _is_int(v) and abs(v) >= 10**20:  # str() of one over Python's 4,300-digit limit raises
+        return f"an integer of {_digits(int(abs(v)))} digits"
+    try:
+        text = repr(v)
+    except (ValueError, RecursionError):  # holds an integer over the digit limit, or too deep
+        return f"a {type(v).__name__} too large to show"
     return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _digits(n: int) -> int:
+    """Decimal digits of ``n`` > 0, without str() (which refuses past 4,300 digits)."""
+    d = max(1, int(n.bit_length() * 0.30102999566398120))  # floor(log10(2**bits)), within one
+    return d + 1 if n >= 10**d else d
 
 
 def _is_int(v: object) -> bool:
@@ -218,7 +228,7 @@ def _decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
     """:func:`decode_args` plus the own loop's ``refill_at``."""
     checked = decode_args(prompts, task_ids, params, slots)
     if not _is_int(refill_at) or refill_at < 1:
-        raise ConfigError(f"refill_at must be an integer >= 1, got {_short_number(refill_at)}")
+        raise ConfigError(f"refill_at must be an integer >= 1, got {shown_value(refill_at)}")
     return checked
 
 
@@ -248,7 +258,7 @@ def decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
     if tids.ndim != 1 or len(row_params) != n or len(tids) != n:
         raise ConfigError(f"{n} prompts need {n} task ids and params, got {tids.size} and {len(row_params)}")
     if slots is not None and (not _is_int(slots) or slots < 1):
-        raise ConfigError(f"slots must be an integer >= 1 or None (all rows), got {_short_number(slots)}")
+        raise ConfigError(f"slots must be an integer >= 1 or None (all rows), got {shown_value(slots)}")
     return row_params, tids
 
 

@@ -240,6 +240,10 @@ def confine(root: Path, rel: object, entry: str) -> Path:
         raise refuse("is not a path")
     if "\x00" in rel or "\\" in rel:
         raise refuse("holds a NUL or backslash")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a JSON \ud800 escape): no file has that name
+        raise refuse("is not valid Unicode (it holds a lone surrogate)") from None
     if rel.startswith("/") or PureWindowsPath(rel).drive:
         raise refuse("is absolute")
     if any(part in ("", ".", "..") for part in rel.split("/")):

@@ -76,3 +76,45 @@ def test_manifest_task_names_are_shown_escaped(runtime_bundle, tmp_path):
         load_bundle(b)
     msg = str(e.value)
     assert "\n" not in msg and "\u202e" not in msg and "'a\\nb'" in msg and "manifest.json tasks" in msg, msg
+
+
+@pytest.mark.parametrize("where", ["graph", "files"])
+def test_a_path_with_a_lone_surrogate_is_refused_in_one_line(runtime_bundle, tmp_path, where):
+    """The campaign's find (seed 11): a graph path "\\ud800" was a UnicodeEncodeError from
+    os.path.realpath, a traceback."""
+    b = tmp_path / "b"
+    shutil.copytree(runtime_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    if where == "graph":
+        m["graphs"][0]["path"] = "x\ud800.onnx"
+    else:
+        m["files"]["w\udc80.bin"] = "d" * 64
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError) as e:
+        load_bundle(b)
+    msg = str(e.value)
+    assert "not valid Unicode" in msg and "\n" not in msg, msg
+    msg.encode("utf-8")  # the message itself can be printed
+
+
+@pytest.mark.parametrize("name", ["new\nline", "\u202eevil", "bad\udcffname"])
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_an_unlisted_entry_with_an_odd_name_is_named_in_one_printable_line(runtime_bundle, tmp_path, name, kind):
+    """The campaign's find: an entry named with a newline, U+202E or a byte that is not UTF-8
+    was put into the error as it is (two lines, a line shown reversed, a message that cannot be
+    encoded)."""
+    import os
+
+    b = tmp_path / "b"
+    shutil.copytree(runtime_bundle, b)
+    path = b / name
+    if kind == "file":
+        path.write_bytes(b"x")
+    else:
+        path.symlink_to(b / "tokenizer.json")
+    with pytest.raises(BundleError) as e:
+        load_bundle(b)
+    msg = str(e.value)
+    assert "\n" not in msg and "\u202e" not in msg, repr(msg)
+    msg.encode("utf-8")
+    assert repr(os.fsdecode(os.fsencode(name)))[1:-1] in msg or repr(name)[1:-1] in msg, repr(msg)

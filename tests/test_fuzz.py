@@ -5,6 +5,10 @@ paths inside the bundle).
 
 ALTER_EDGE_FUZZ_EXAMPLES sets the examples per test (default 200; docs/runtime.md gives the
 count of the last long run).
+
+Below those, the seeded hostile-input campaign of issue 36 (``test_campaign_*``): batch jobs,
+resumes from tampered progress files, training lines, manifests and bundle entries, a running
+server and generation arguments; ALTER_EDGE_FUZZ_CAMPAIGN sets its size (CI: CAMPAIGN_SLICE).
 """
 
 from __future__ import annotations
@@ -314,6 +318,18 @@ def error_log():
         root.removeHandler(h)
 
 
+def _bad_line(msg: str) -> bool:
+    """Not one printable line: a line break, a bidi override that reorders it, or text that
+    cannot be written as UTF-8 (a lone surrogate)."""
+    if any(c in msg for c in "\n\r\u202e\u202d\u2066\u2067\u2068"):
+        return True
+    try:
+        msg.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _listing(root: Path) -> dict[str, tuple]:
     """Every path under ``root`` with its kind, size and mtime (a sandbox's state)."""
     out = {}
@@ -461,7 +477,7 @@ def test_campaign_batch_lines_and_progress_files(edge_model, runtime_bundle, tmp
             msg = rec["error"]
             if good:
                 t.fail("good_row_failed", f"{raw[:80]!r}: {msg}")
-            if "\n" in msg or not msg.startswith(f"line {ln}: "):
+            if _bad_line(msg) or not msg.startswith(f"line {ln}: "):
                 t.fail("not_one_line", msg)
             if "cannot be read (" in msg:
                 t.fail("tracebacks", msg)
@@ -498,7 +514,7 @@ def test_campaign_batch_lines_and_progress_files(edge_model, runtime_bundle, tmp
             try:
                 run_jsonl(edge_model, inp, again, opts, resume=True, progress=False)
             except DataError as e:
-                if how in ("none", "torn") or "\n" in str(e):
+                if how in ("none", "torn") or _bad_line(str(e)):
                     t.fail("refused_a_good_resume" if how in ("none", "torn") else "not_one_line", str(e))
                 t.add("tamper_refused")
                 partial.unlink(missing_ok=True)
@@ -552,7 +568,7 @@ def test_campaign_training_lines(tmp_path, error_log):
             rows = load_jsonl(path)
         except DataError as e:
             msg = str(e)
-            if "\n" in msg:
+            if _bad_line(msg):
                 t.fail("not_one_line", msg)
             if ok:
                 t.fail("good_row_failed", f"{raw[:80]!r}: {msg}")
@@ -627,7 +643,8 @@ def _hostile_entry(rng, t: _Tally, box: Path, b: Path) -> None:
     from alter_edge.runtime.bundle import load_bundle
 
     depth = rng.choice(["", "sub/", "sub/deeper/"])
-    name = depth + rng.choice(["x.onnx", "notes.txt", ".hidden", "weights.fp32.bin.bak", "etc_link"])
+    name = depth + rng.choice(["x.onnx", "notes.txt", ".hidden", "weights.fp32.bin.bak", "etc_link",
+                               os.fsdecode(b"bad\xffname"), "new\nline", "\u202eevil"])
     kind = rng.choice(["file", "link_out_file", "link_out_dir", "link_in", "fifo", "dir_with_file"])
     path = b / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -652,9 +669,14 @@ def _hostile_entry(rng, t: _Tally, box: Path, b: Path) -> None:
     except BundleError as e:
         msg = str(e)
         t.add("refused")
-        if "\n" in msg:
-            t.fail("not_one_line", msg)
-        if path.name not in msg and name.split("/")[0] not in msg:
+        if _bad_line(msg):
+            t.fail("not_one_line", repr(msg))
+        try:
+            msg.encode("utf-8")
+        except UnicodeEncodeError:
+            t.fail("unprintable_message", repr(msg))
+        shown_name = repr(path.name)[1:-1]
+        if not any(w in msg for w in (path.name, shown_name, name.split("/")[0])):
             t.add("unnamed")
             t.fail("field_not_named", f"{kind} {name}: {msg}")
     except Exception as e:  # noqa: BLE001
@@ -695,7 +717,7 @@ def test_campaign_manifests(runtime_bundle, tmp_path, error_log):
         except BundleError as e:
             msg = str(e)
             t.add("refused")
-            if "\n" in msg:
+            if _bad_line(msg):
                 t.fail("not_one_line", msg)
             key = keys[0]
             # a path changed away from a graph's file: that file is then the unlisted one, named
@@ -830,7 +852,7 @@ def test_campaign_server_bodies(runtime_bundle, tmp_path):
                 except (ValueError, KeyError, TypeError):
                     t.fail("no_error_object", f"{body[:80]!r}: {data[:200]!r}")
                     continue
-                if "\n" in err["message"]:
+                if _bad_line(err["message"]):
                     t.fail("not_one_line", err["message"])
                 if field is not None and field not in err["message"] and field != err.get("param"):
                     t.add("unnamed")
@@ -865,15 +887,15 @@ def httpx_get(url: str) -> int:
 
 # -- generation parameters -------------------------------------------------------------------
 PARAM_VALUES = {
-    "max_new_tokens": [0, -1, 1.5, 2.0, 10**12, 2**63, 10**400, float("nan"), "3", None, True, [2]],
+    "max_new_tokens": [0, -1, 1.5, 2.0, 10**12, 2**63, 10**400, -(10**5000), float("nan"), "3", None, True, [2]],
     "temperature": [-1, float("nan"), float("inf"), 1e-310, 5e-324, 1e308, 10**400, "0.5", True, [1], 100.0001],
     "top_k": [-1, 1.5, 10**12, 2**63, 10**400, float("nan"), "5", True],
     "top_p": [0, -0.1, 1.0000001, float("nan"), float("inf"), 1e-300, "1", True, 10**400],
-    "seed": [-1, 2**63, 2**64, 2**200, 1.5, float("nan"), "7", True, 2**63 - 1, 2**31],
+    "seed": [-1, 2**63, 2**64, 2**200, 10**5000, 1.5, float("nan"), "7", True, 2**63 - 1, 2**31],
     "stop": ["", [""], [1], 5, ["x"] * 1000, "\ud800", ["\x00"], {"a": 1}, b"x", [None]],
-    "batch_size": [0, -1, 1.5, True, "2", 10**12, 2**63, float("nan")],
+    "batch_size": [0, -1, 1.5, True, "2", 10**12, 2**63, -(10**5000), float("nan")],
     "texts": [b"swap", 5, None, {"a": 1}, {"a"}, ["swap cat dog", 5], ["\ud800"], [""], ["x" * 100_000], [[]]],
-    "task": ["nope", None, 5, "\ud800", "../echo", "", ["echo"]],
+    "task": ["nope", None, 5, 10**5000, "\ud800", "../echo", "", ["echo"]],
 }
 
 
@@ -885,6 +907,26 @@ LOAD_VALUES = {
     "tasks": [["nope"], "echo", [5], ["\ud800"], [], ["../echo"], None],
     "verify": ["yes", 5, None, "cached", False],
 }
+
+
+def _hostile_batch_options(rng, t: _Tally) -> None:
+    from alter_edge.errors import AlterEdgeError
+    from alter_edge.runtime.batch import BatchOptions
+
+    name = rng.choice(["batch_size", "max_new_tokens"])
+    value = rng.choice(PARAM_VALUES["batch_size"] + PARAM_VALUES["max_new_tokens"])
+    t.add("inputs")
+    t.add("batch_options")
+    try:
+        BatchOptions(**{name: value})
+        t.add("accepted")
+    except AlterEdgeError as e:
+        t.add("refused")
+        words = {"batch_size": ("batch size", "batch_size")}.get(name, (name,))
+        if _bad_line(str(e)) or not any(w in str(e) for w in words):
+            t.fail("field_not_named", f"BatchOptions {name}: {e}")
+    except Exception as e:  # noqa: BLE001
+        t.fail("tracebacks", f"BatchOptions {name}: {type(e).__name__}: {str(e)[:150]}")
 
 
 def _hostile_load(rng, t: _Tally, bundle: Path) -> None:
@@ -901,7 +943,7 @@ def _hostile_load(rng, t: _Tally, bundle: Path) -> None:
     except AlterEdgeError as e:
         msg = str(e)
         t.add("refused")
-        if "\n" in msg:
+        if _bad_line(msg):
             t.fail("not_one_line", msg)
         words = {"tasks": ("task",), "precision": ("precision",), "engine": ("engine",)}.get(name, (name,))
         if not any(w in msg for w in words):
@@ -928,6 +970,9 @@ def test_campaign_generation_parameters(runtime_bundle, edge_model, error_log):
         if rng.random() < 0.05:  # EdgeModel.load's own arguments
             _hostile_load(rng, t, runtime_bundle)
             continue
+        if rng.random() < 0.05:  # the batch job's options
+            _hostile_batch_options(rng, t)
+            continue
         m = rng.choice(models)
         kw = {"max_new_tokens": 2, "temperature": rng.choice([0.0, 0.8]), "seed": 1}
         names = rng.sample(sorted(PARAM_VALUES), 1 if rng.random() < 0.8 else 2)
@@ -953,7 +998,7 @@ def test_campaign_generation_parameters(runtime_bundle, edge_model, error_log):
         except AlterEdgeError as e:
             msg = str(e)
             t.add("refused")
-            if "\n" in msg:
+            if _bad_line(msg):
                 t.fail("not_one_line", msg)
             asked = [n for n in names if not (call == "classify" and n not in ("texts", "task"))]
             named = {"texts": ("text", "input")}  # a text's own problem is the input's
@@ -961,7 +1006,7 @@ def test_campaign_generation_parameters(runtime_bundle, edge_model, error_log):
                 t.add("unnamed")
                 t.fail("field_not_named", f"{m.engine} {call} {names}: {msg}")
         except Exception as e:  # noqa: BLE001
-            t.fail("tracebacks", f"{m.engine} {call} {names} {str(kw)[:100]}: {type(e).__name__}: {str(e)[:150]}")
+            t.fail("tracebacks", f"{m.engine} {call} {names}: {type(e).__name__}: {str(e)[:150]}")
     if error_log.records:
         t.fail("logged_errors", error_log.records[0].getMessage()[:200])
     t.check()

@@ -27,6 +27,7 @@ from alter_edge.runtime import EdgeModel, SamplingParams
     # an integer too big for a float (the fuzz campaign's find): an OverflowError before
     ({"temperature": 10**400}, "temperature must be 0 .greedy. or a number in 0.001..100, got an integer of 401 digits"),
     ({"top_p": -(10**400)}, r"top_p must be a number in \(0, 1\], got an integer of 401 digits"),
+    ({"max_new_tokens": -(10**5000)}, r"max_new_tokens must be an integer >= 1, got an integer of 5001 digits"),
     ({"top_k": 1.5}, "top_k must be an integer >= 0"),
     ({"seed": -1, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1 or None, got -1"),
     ({"seed": 1.5, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1"),
@@ -136,3 +137,36 @@ def test_json_files_and_folders_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o750
     assert stat.S_IMODE((tmp_path / "bundle" / "manifest.json").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": -(10**5000)}, r"batch size must be an integer >= 1, got an integer of 5001 digits$"),
+    ({"max_new_tokens": -(10**400)}, r"max_new_tokens must be an integer >= 1 or None, got an integer of 401 digits$"),
+])
+def test_batch_options_show_a_huge_number_short(kwargs, match):
+    """A 5,001-digit integer was a ValueError from repr (Python's digit limit) inside the message."""
+    from alter_edge.runtime.batch import BatchOptions
+
+    with pytest.raises(ConfigError, match=match) as e:
+        BatchOptions(**kwargs)
+    assert len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": -(10**5000)}, "batch_size must be an integer >= 1 or None .*, got an integer of 5001 digits"),
+    ({"stop": [10**5000]}, "stop strings must be non-empty strings, got a list too large to show"),
+])
+def test_a_value_too_large_to_print_is_still_one_config_error(edge_model, kwargs, match):
+    """The campaign's find: repr() of an integer over Python's 4,300-digit limit raised a
+    ValueError inside the error message."""
+    with pytest.raises(ConfigError, match=match):
+        edge_model.generate("repeat cat dog", task="echo", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"task": 10**5000}, {"tasks": [10**5000]}, {"task": [10**5000]}])
+def test_an_unknown_task_too_large_to_print_is_one_task_error(edge_model, kwargs):
+    """The campaign's find: ``unknown task {name!r}`` raised a ValueError for such a value."""
+    from alter_edge.errors import TaskError
+
+    with pytest.raises(TaskError, match="unknown task .*too large to show>?; known tasks: colour, echo, parity"):
+        edge_model.generate("repeat cat dog", **kwargs)

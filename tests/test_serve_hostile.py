@@ -233,6 +233,8 @@ def test_big_classify_obeys_its_deadline_and_lets_others_through(hostile_server)
     r = httpx.post(url + "/v1/classify", json={"model": "colour", "input": ["is red a colour"] * 2001})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
     assert "limit of 2000" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/classify", json={"model": "colour", "input": ["is red a colour", "  "]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[1]"  # which of them
 
     result: dict = {}
 

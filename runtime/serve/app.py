@@ -217,8 +217,10 @@ class Server:
             raise ApiError(429, f"{e}; retry later", None, "rate_limit_exceeded", type="rate_limit_error",
                            headers={"Retry-After": str(self.scheduler.retry_after())}) from None
 
-    def _job(self, endpoint: str, task: str, **kw) -> Job:
-        return Job(task, self.model.tasks.id_of(task), self._deliver, time.monotonic() + self.options.timeout,
+    def _job(self, endpoint: str, task: str, arrived: float, **kw) -> Job:
+        """A job whose deadline is ``timeout`` seconds after the request arrived (reading its body
+        and encoding its inputs count)."""
+        return Job(task, self.model.tasks.id_of(task), self._deliver, arrived + self.options.timeout,
                    sink=_Sink(endpoint), **kw)
 
     # -- endpoints -------------------------------------------------------------------------
@@ -250,13 +252,14 @@ class Server:
 
     async def _generate(self, request: Request, chat: bool) -> Response:
         endpoint = "chat" if chat else "completions"
+        arrived = time.monotonic()
         try:
             body = await self._body(request)
             sched = self.scheduler
             req = generation_request(body, chat, self.tasks, sched.max_tokens,
                                      min(self.model.bundle.max_new_tokens, sched.max_tokens))
             ids = self._prompt(req.text, req.task, req.truncate, req.input_field)
-            job = self._job(endpoint, req.task, prompt=ids, params=req.params)
+            job = self._job(endpoint, req.task, arrived, prompt=ids, params=req.params)
             self._submit(job)
         except ApiError as e:
             return _error(e)
@@ -320,12 +323,14 @@ class Server:
             self.scheduler.cancel(job)
 
     async def classify(self, request: Request) -> Response:
+        arrived = time.monotonic()
         try:
             body = await self._body(request)
             task, texts, single, truncate = classify_request(body, self.tasks, self.options.max_classify_inputs)
             self.model.label_ids(task)  # a TaskError for a task without labels
-            prompts = [self._prompt(t, task, truncate, "input") for t in texts]
-            job = self._job("classify", task, prompts=prompts)
+            prompts = [self._prompt(t, task, truncate, "input" if single else f"input[{i}]")
+                       for i, t in enumerate(texts)]
+            job = self._job("classify", task, arrived, prompts=prompts)
             self._submit(job)
         except ApiError as e:
             return _error(e)
