@@ -58,8 +58,9 @@ class Mount:
 
 
 def web_mounts(bundle: Path, js_root: Path | None = None, extra: dict[str, Path] | None = None) -> list[Mount]:
-    """The demo page's URL space: / (the page), /js/ (the package), /vendor/ort/ and
-    /vendor/tokenizers/ (browser builds from js/web/node_modules), /bundle/ (the bundle);
+    """The demo page's URL space: / (js/web/page), /js/src/ and /js/web/src/ (the package's core
+    and its browser layer), /vendor/ort/ and /vendor/tokenizers/ (browser builds from
+    js/web/node_modules), /bundle/ (the bundle);
     ``extra`` adds prefixes ("/bench/": a folder) ahead of those (the benchmark's pages)."""
     js_root = Path(js_root or REPO_JS).resolve()
     bundle = Path(bundle).resolve()
@@ -69,21 +70,24 @@ def web_mounts(bundle: Path, js_root: Path | None = None, extra: dict[str, Path]
     modules = js_root / "web" / "node_modules"
     need = {
         "the demo page (js/web/page)": page / "index.html",
+        "the JavaScript package (js/src)": js_root / "src" / "model.js",
+        "its browser layer (js/web/src)": js_root / "web" / "src" / "index.js",
         "onnxruntime-web": modules / "onnxruntime-web" / "dist" / "ort.wasm.min.mjs",
         "@huggingface/tokenizers": modules / "@huggingface" / "tokenizers" / "dist" / "tokenizers.min.mjs",
     }
     for what, f in need.items():
         if not f.is_file():
-            raise WebError(f"{what} is missing ({f} not found): run `npm ci --prefix {js_root / 'web'}` "
-                           "(scripts/setup.sh does)")
+            hint = (f": run `npm ci --prefix {js_root / 'web'}` (scripts/setup.sh does)" if "node_modules" in f.parts
+                    else ": give --js-root the js/ folder of an alter-edge checkout")
+            raise WebError(f"{what} is missing ({f} not found){hint}")
     mounts = [
+        Mount("/js/src/", (js_root / "src").resolve()),
+        Mount("/js/web/src/", (js_root / "web" / "src").resolve()),
         Mount("/vendor/ort/", (modules / "onnxruntime-web" / "dist").resolve()),
         Mount("/vendor/tokenizers/", (modules / "@huggingface" / "tokenizers" / "dist").resolve()),
         Mount("/bundle/", bundle, no_store=True),
         Mount("/", page.resolve()),
     ]
-    if (js_root / "src").is_dir():
-        mounts.insert(0, Mount("/js/", (js_root / "src").resolve()))
     for prefix, root in (extra or {}).items():
         if not (prefix.startswith("/") and prefix.endswith("/") and len(prefix) > 2):
             raise WebError(f"mount prefix {prefix!r} must start and end with '/'")
@@ -122,6 +126,7 @@ def resolve(mounts: list[Mount], raw_path: str) -> tuple[Mount, Path] | None:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "alter-edge-web"
+    protocol_version = "HTTP/1.1"  # keep-alive: the page fetches some thirty files
     mounts: list[Mount] = []
     counts: dict[str, int] = {}
     lock = threading.Lock()
