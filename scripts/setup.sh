@@ -34,5 +34,11 @@ else
     || { echo "setup: npm ci in examples/node failed; ALTER_EDGE_SKIP_NODE=1 sets up without the Node.js example" >&2
          exit 1; }
   echo "Node.js example installed in examples/node/node_modules (node $(node --version))"
+  # The browser side (js/web: the page `alter-edge web` serves, onnxruntime-web's WASM files, and
+  # puppeteer-core, which drives the system's chromium in tests/test_browser.py; no browser download).
+  npm ci --prefix js/web --no-audit --no-fund --loglevel=error \
+    || { echo "setup: npm ci in js/web failed; ALTER_EDGE_SKIP_NODE=1 sets up without the JavaScript packages" >&2
+         exit 1; }
+  echo "browser files installed in js/web/node_modules"
 fi
 echo "alter-edge installed in .venv ($(.venv/bin/alter-edge --version))"
