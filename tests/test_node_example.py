@@ -1,7 +1,9 @@
-"""examples/node/greedy.mjs (Node.js + onnxruntime-node, no Python) gives the Python runtime's
-greedy tokens on a tiny bundle: one prompt per task, on each task's own graph and on the
-multi-task graph, fp32 and int8. Skipped where node or examples/node/node_modules is missing
-(scripts/setup.sh runs `npm ci` there when npm is on PATH)."""
+"""examples/node/generate.mjs (a user of the alter-edge npm package in js/: Node.js +
+onnxruntime-node, no Python) gives the Python runtime's greedy tokens on a tiny bundle: one
+prompt per task, on each task's own graph and on the multi-task graph, fp32 and int8.
+Skipped, saying so, where node, js/node_modules or examples/node/node_modules is missing
+(scripts/setup.sh runs `npm ci` in both when npm is on PATH). The package's own tests are
+tests/test_js_runtime.py."""
 
 from __future__ import annotations
 
@@ -14,14 +16,16 @@ import pytest
 
 from alter_edge.testing import TINY_ROWS
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "node"
 NODE = shutil.which("node")
 MAX_NEW = 12
 
 pytestmark = [
     pytest.mark.skipif(NODE is None, reason="node is not on PATH (the Node.js example needs Node.js 20+)"),
-    pytest.mark.skipif(not (EXAMPLE / "node_modules").is_dir(),
-                       reason="examples/node/node_modules is missing: run `npm ci --prefix examples/node` "
+    pytest.mark.skipif(not (ROOT / "js" / "node_modules").is_dir() or not (EXAMPLE / "node_modules").is_dir(),
+                       reason="js/node_modules or examples/node/node_modules is missing: run "
+                              "`ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix js && npm ci --prefix examples/node` "
                               "(scripts/setup.sh does when npm is on PATH)"),
 ]
 
@@ -34,7 +38,7 @@ def _node(*args: str, stdin: str | None = None, check: bool = True) -> subproces
 
 
 def _greedy_js(bundle: Path, task: str, text: str, *flags: str) -> dict:
-    out = _node("greedy.mjs", str(bundle), "--task", task, "--max-new-tokens", str(MAX_NEW),
+    out = _node("generate.mjs", str(bundle), "--task", task, "--max-new-tokens", str(MAX_NEW),
                 "--threads", "1", "--json", *flags, text)
     return json.loads(out.stdout)
 
@@ -95,7 +99,7 @@ def test_node_truncates_like_python(node_bundle):
     from alter_edge.runtime import EdgeModel
 
     text = "swap " + " ".join(["red", "dog"] * 200)  # over the bundle's max_prompt_tokens
-    refused = _node("greedy.mjs", str(node_bundle), "--task", "echo", text, check=False)
+    refused = _node("generate.mjs", str(node_bundle), "--task", "echo", text, check=False)
     assert refused.returncode == 1 and "max_prompt_tokens" in refused.stderr
     ids, cut = EdgeModel.load(node_bundle, threads=1).prompt_ids(text, "echo", truncate=True)
     got = _greedy_js(node_bundle, "echo", text, "--truncate")
@@ -109,7 +113,7 @@ def test_node_refuses_a_changed_weight_file(node_bundle, tmp_path):
     data = bytearray(w.read_bytes())
     data[100] ^= 1
     w.write_bytes(bytes(data))
-    p = _node("greedy.mjs", str(b), "--task", "echo", "--precision", "fp32", "swap red blue", check=False)
+    p = _node("generate.mjs", str(b), "--task", "echo", "--precision", "fp32", "swap red blue", check=False)
     assert p.returncode == 1
     assert "weights.fp32.bin does not match manifest.json" in p.stderr
 

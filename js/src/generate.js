@@ -135,7 +135,7 @@ export class TokenPicker {
       if (x[v] > max) max = x[v];
     }
     if (topK > 0 && topK < vocab) {
-      const kth = Float64Array.from(x).sort()[vocab - topK];
+      const kth = kthLargest(x, topK);
       for (let v = 0; v < vocab; v++) if (x[v] < kth) x[v] = -Infinity;
     }
     let sum = 0;
@@ -162,12 +162,49 @@ export class TokenPicker {
   }
 }
 
-/** The ids (ascending) of the smallest set of most likely tokens whose mass reaches `topP`. */
-function nucleus(p, topP) {
-  const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a] || a - b);
-  let mass = 0, n = 0;
-  while (n < order.length && mass < topP) mass += p[order[n++]];
-  return order.slice(0, n).sort((a, b) => a - b);
+/** The k-th largest value of `x` (k >= 1), by quickselect on a copy: O(length) on average. */
+export function kthLargest(x, k) {
+  const a = Float64Array.from(x);
+  let lo = 0, hi = a.length - 1;
+  const want = k - 1; // index in descending order
+  while (lo < hi) {
+    const pivot = a[(lo + hi) >>> 1];
+    let i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] > pivot) i++;
+      while (a[j] < pivot) j--;
+      if (i <= j) { const t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+    }
+    if (want <= j) hi = j;
+    else if (want >= i) lo = i;
+    else break;
+  }
+  return a[want];
+}
+
+/**
+ * The ids (ascending) of the smallest set of most likely tokens whose mass reaches `topP`: the
+ * most likely always, then each next one (ties by id) while the mass before it is below topP,
+ * as Python's _nucleus. Sorts only the `first` most likely tokens when the set ends among them.
+ */
+export function nucleus(p, topP, first = 1024) {
+  const V = p.length;
+  const take = (ids) => {
+    ids.sort((a, b) => p[b] - p[a] || a - b);
+    let mass = 0, n = 0;
+    while (n < ids.length && mass < topP) mass += p[ids[n++]];
+    return mass >= topP || ids.length === V ? ids.slice(0, n).sort((a, b) => a - b) : null;
+  };
+  let max = 0;
+  for (let v = 0; v < V; v++) if (p[v] > max) max = p[v];
+  if (first < V && max * first >= topP) { // else the `first` most likely cannot reach topP
+    const threshold = kthLargest(p, first);
+    const top = [];
+    for (let v = 0; v < V; v++) if (p[v] >= threshold) top.push(v);
+    const kept = take(top);
+    if (kept) return kept;
+  }
+  return take(Array.from(p.keys()));
 }
 
 function randomSeed() {

@@ -9,3 +9,4 @@ export { fileMapSource, resolveSource, urlSource } from "./sources.js";
 export { RowText, RowRandom, TokenPicker, samplingParams } from "./generate.js";
 export { PRECISIONS, PRECISION_PREFERENCE, pathProblem } from "./manifest.js";
 export { Sha256, sha256Hex } from "./sha256.js";
+export { loadTokenizer } from "./tokenizer.js";

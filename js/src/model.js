@@ -185,7 +185,7 @@ export class EdgeModel {
     const model = new this({
       backend, source: src, label, manifest: m, files, graphs, tasks: tasks.map((t) => ({ ...t, labels: [...t.labels] })),
       _tasks: tasks, tokenizer, precision, verify, threads, onProgress: o.onProgress,
-      kv: kvLayout(m.kv_cache), kvMode: kvMode === "auto" ? "shared" : kvMode, sessionOptions: o.sessionOptions ?? {},
+      kv: kvLayout(m.kv_cache), kvMode, sessionOptions: o.sessionOptions ?? {},
       eosId: m.eos_token_id, padId: m.pad_token_id,
       maxNewTokens: gen.max_new_tokens ?? DEFAULT_MAX_NEW_TOKENS,
       maxPromptTokens: gen.max_prompt_tokens ?? DEFAULT_MAX_PROMPT_TOKENS,
@@ -320,6 +320,20 @@ export class EdgeModel {
       }
     }
     return runner;
+  }
+
+  /**
+   * The graphs open now: path, task (null: the multi-task graph), precision, and how each keeps
+   * its KV cache ("shared": written in place; "copy": a new present each step).
+   * @returns {Promise<{path: string, task: string|null, precision: string, kvMode: string}[]>}
+   */
+  async openGraphs() {
+    const out = [];
+    for (const [path, r] of this._runners) {
+      const g = this.graphs.find((x) => x.path === path);
+      out.push({ path, task: g.task, precision: g.precision, kvMode: (await r).mode });
+    }
+    return out;
   }
 
   /** Release every open onnxruntime session. */

@@ -16,6 +16,8 @@
 import { BundleError, ConfigError } from "./errors.js";
 
 export const KV_MODES = ["auto", "shared", "copy"];
+// "auto": "shared" where the backend writes into pre-allocated outputs (checked once per graph
+// at load, against a plain run), else "copy".
 
 /**
  * A KV cache for `batch` rows.
@@ -77,7 +79,7 @@ export class GraphRunner {
    * @param {any} session an InferenceSession
    * @param {string} path the graph's name in the bundle
    * @param {ReturnType<import("./manifest.js").kvLayout>} kv
-   * @param {"shared"|"copy"} mode
+   * @param {"auto"|"shared"|"copy"} mode resolved by probe()
    */
   constructor(ort, session, path, kv, mode) {
     this.ort = ort;
@@ -118,13 +120,41 @@ export class GraphRunner {
    */
   async probe(nTasks) {
     const B = this.takesTaskIds ? Math.max(1, nTasks) : 1;
-    const cache = new KVCache(this, B, 1, this.mode);
+    const tids = Array.from({ length: B }, (_, i) => i);
+    // a two-token prompt step, then a one-token step (tokens 1 and 2: a pad token's embedding
+    // may be zero, which makes every output zero)
+    const run = async (cache) => {
+      const prompt = new BigInt64Array(2 * B).map((_, i) => BigInt(1 + (i % 2)));
+      const first = Float32Array.from(await this.step(prompt, 2, new Array(B).fill(2), tids, cache));
+      const second = Float32Array.from(await this.step(new BigInt64Array(B).fill(1n), 1, new Array(B).fill(3), tids, cache));
+      return [...first, ...second];
+    };
+    const wanted = this.mode;
+    let reference;
     try {
-      await this.step(new BigInt64Array(B), 1, new Array(B).fill(1), Array.from({ length: B }, (_, i) => i), cache);
+      this.mode = "copy"; // onnxruntime allocates every output: the reference logits and the vocabulary
+      reference = await run(new KVCache(this, B, 3, "copy"));
     } catch (e) {
       if (!this.takesTaskIds) throw new BundleError(`${this.path}: onnxruntime cannot run this graph (${firstLine(e)})`);
       throw new BundleError(`${this.path}: the graph cannot run task ids 0..${B - 1} of tasks.json ` +
                             `(${firstLine(e)}): tasks.json does not belong to this graph`);
+    }
+    if (wanted === "copy") return;
+    // "shared"/"auto": the same steps with the cache and logits in pre-allocated outputs must
+    // give the same logits (onnxruntime-web 1.30's WASM backend leaves such outputs unwritten)
+    let same = false;
+    let error = null;
+    try {
+      const got = await run(new KVCache(this, B, 4, "shared"));
+      same = got.length === reference.length &&
+        got.every((x, i) => Math.abs(x - reference[i]) <= 1e-4 * (1 + Math.abs(reference[i])));
+    } catch (e) {
+      error = e;
+    }
+    if (same) this.mode = "shared";
+    else if (wanted === "shared") {
+      throw new ConfigError("kvMode \"shared\": this backend does not write the KV cache into pre-allocated outputs " +
+                            `(${error ? firstLine(error) : "the logits differ from a plain run"}); use kvMode "auto" or "copy"`);
     }
   }
 

@@ -1,0 +1,89 @@
+// The platform-neutral core on onnxruntime-web's WASM backend (run in Node.js): the bundle from
+// a map of files and from a base URL (a local HTTP server), as a browser page would load it.
+
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+
+import * as ort from "onnxruntime-web";
+
+import { BundleError, EdgeModel, fileMapSource } from "alter-edge/core";
+
+import { bundle, expected, needs } from "../test-support/fixtures.js";
+
+ort.env.wasm.numThreads = 1;
+
+describe("onnxruntime-web (WASM) backend", needs, () => {
+  let server, base;
+  const requests = [];
+  before(async () => {
+    server = createServer((req, res) => {
+      const name = decodeURIComponent(new URL(req.url, "http://x").pathname.slice(1));
+      requests.push(name);
+      try {
+        const data = readFileSync(path.join(bundle, path.basename(name)));
+        res.writeHead(200, { "content-length": data.length });
+        res.end(data);
+      } catch {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    base = `http://127.0.0.1:${server.address().port}/`;
+  });
+  after(() => server.close());
+
+  const files = () => new Map(readdirSync(bundle).map((f) => [f, new Blob([readFileSync(path.join(bundle, f))])]));
+
+  for (const precision of ["fp32", "int8"]) {
+    test(`${precision}: a mixed batch from a map of Blobs gives Python's greedy ids; label scores close`, async () => {
+      const model = await EdgeModel.load(files(), { backend: ort, precision });
+      assert.deepEqual((await model.openGraphs()).map((g) => g.kvMode), ["copy"]); // WASM ignores pre-allocated outputs
+      const { texts, tasks, out } = expected.precisions[precision].mixed;
+      const got = await model.generate(texts, { tasks, maxNewTokens: expected.max_new_tokens });
+      assert.deepEqual(got.map((g) => g.tokenIds), out.map((g) => g.token_ids));
+      assert.deepEqual(got.map((g) => g.text), out.map((g) => g.text));
+      for (const [task, { texts: t, out: o }] of Object.entries(expected.precisions[precision].classify)) {
+        const c = await model.classify(t, { task });
+        c.forEach((x, i) => {
+          assert.equal(x.label, o[i].label);
+          // WASM kernels sum in another order than onnxruntime's CPU ones: ~5e-4 apart on fp32
+          for (const [label, s] of Object.entries(o[i].scores)) assert.ok(Math.abs(x.scores[label] - s) < 1e-2);
+        });
+      }
+    });
+  }
+
+  test("from a base URL: the files the graph needs are fetched, with progress, and hashed", async () => {
+    requests.length = 0;
+    const events = [];
+    const model = await EdgeModel.load(base, { backend: ort, precision: "int8", onProgress: (e) => events.push(e) });
+    assert.deepEqual(new Set(requests), new Set(["manifest.json", "tasks.json", "tokenizer.json", "model.int8.onnx", "weights.int8.bin"]));
+    const done = events.filter((e) => e.done).map((e) => e.file);
+    assert.ok(done.includes("weights.int8.bin") && done.includes("model.int8.onnx"));
+    const w = events.filter((e) => e.file === "weights.int8.bin");
+    assert.equal(w.at(-1).loaded, readFileSync(path.join(bundle, "weights.int8.bin")).length);
+    const { alone } = expected.precisions.int8;
+    const row = alone.find((r) => r.graph === "multi" && r.task === "echo");
+    const [g] = await model.generate(row.input, { task: row.task, maxNewTokens: expected.max_new_tokens });
+    assert.deepEqual(g.tokenIds, row.token_ids);
+  });
+
+  test("a changed file in a map is refused by its hash (WebCrypto)", async () => {
+    const map = files();
+    const w = new Uint8Array(readFileSync(path.join(bundle, "weights.int8.bin")));
+    w[10] ^= 1;
+    map.set("weights.int8.bin", w);
+    await assert.rejects(EdgeModel.load(fileMapSource(map, { label: "picked files" }), { backend: ort, precision: "int8" }),
+                         (e) => e instanceof BundleError && /^picked files: file weights\.int8\.bin does not match manifest\.json/.test(e.message));
+    map.delete("weights.int8.bin");
+    await assert.rejects(EdgeModel.load(map, { backend: ort, precision: "int8" }),
+                         (e) => e instanceof BundleError && /file weights\.int8\.bin listed in manifest\.json is missing/.test(e.message));
+  });
+
+  test("a directory path is refused by the platform-neutral core, naming what to pass instead", async () => {
+    await assert.rejects(EdgeModel.load(bundle, { backend: ort }), /needs Node\.js .* pass a base URL or a map of file names/);
+  });
+});
