@@ -27,6 +27,10 @@ export class EdgeModel extends CoreEdgeModel {
     rest.kvMode ??= "copy";
     if (wasmPaths) ort.env.wasm.wasmPaths = wasmPaths;
     if (rest.threads) ort.env.wasm.numThreads = rest.threads;
+    // a relative URL ("/bundle/") is the page's
+    if (typeof source === "string" && globalThis.location && !/^[a-z][a-z0-9+.-]*:/i.test(source)) {
+      source = new URL(source, globalThis.location.href).href;
+    }
     if (cache && (typeof source === "string" || source instanceof URL)) {
       const src = cachedSource(source, { onProgress: rest.onProgress });
       const model = await super.load(src, { ...rest, verify: false });
