@@ -164,3 +164,38 @@ def test_js_bench_runs_both_engines_on_the_same_graph(js_bundle, tmp_path):
     for x in res["runs"]:
         assert x["graph"] == "model.fp32.onnx" and x["tokens"] == 3 * x["batch"] and x["decode_tps"] > 0
     assert "node/python decode" in r.stdout
+
+
+def test_js_row_text_equals_python_on_smollm2_tokenizer():
+    """Streaming text on a real byte-level BPE tokenizer (SmolLM2-135M's, where the built-in base
+    model is cached): the package's tokenizer and RowText give the Python runtime's pieces, token
+    by token, through accents, CJK, emoji split over several tokens, and stop strings."""
+    from tokenizers import Tokenizer
+
+    from alter_edge.base_model import cache_dir
+    from alter_edge.runtime.generate import RowText
+
+    path = cache_dir() / "models" / "smollm2-135m" / "tokenizer.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not there (the built-in base model has not been loaded on this machine)")
+    tok = Tokenizer.from_file(str(path))
+    cases = [(" Paris is the capital of France.\nNext", ["\n"]), (" café naïve 日本語 😀 ßtraße 🎉🎉", []),
+             (" tokens 👩‍👩‍👧 and 中文字符 end", ["字符"]), (" a😀b", ["😀"]), ("  two  spaces\tand a tab", ["tab"])]
+    lines, want = [], []
+    for text, stop in cases:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        row = RowText(tok, tuple(stop))
+        pieces = []
+        for t in ids:
+            pieces.append(row.push(t))
+            if row.stopped:
+                break
+        pieces.append(row.finish())
+        lines.append(json.dumps({"ids": ids, "stop": stop}))
+        want.append({"pieces": pieces, "text": row.text, "stopped": row.stopped})
+    assert any(p == "" for w in want for p in w["pieces"][:-1])  # some token ends inside a character
+    p = subprocess.run([NODE, str(JS / "test-support" / "detok.mjs"), str(path)], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = [json.loads(line) for line in p.stdout.splitlines()]
+    assert got == want

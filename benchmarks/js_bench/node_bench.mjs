@@ -7,8 +7,7 @@
 // Rows take the bundle's tasks in turn (batch 1: the first task; batch > 1: mixed tasks, so the
 // multi-task graph), every row the same text; eos is ignored so each row decodes N tokens. After
 // one warm-up request it times one request and prints one JSON line: load seconds, time to first
-// token, decode tokens/s (all rows' tokens after the first step, over the time after the first
-// step), peak RSS.
+// token, decode tokens/s (all rows' tokens after the first step, over the time after it), peak RSS.
 
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -42,18 +41,20 @@ const names = model.tasks.map((t) => t.name);
 const tasks = Array.from({ length: batch }, (_, i) => names[i % names.length]);
 const texts = tasks.map(() => o.text);
 
+// The first step gives every row one token (eos is ignored): time to first token is the time to
+// the first event; decode is every later token over the time from the first step's last event.
 async function timed() {
   const start = performance.now();
-  let first = null, last = null, tokens = 0, firstStepTokens = 0;
+  let first = null, stepEnd = null, last = null, tokens = 0;
   for await (const ev of model.stream(texts, { tasks, maxNewTokens: newTokens, ignoreEos: true })) {
     if (ev.tokenId === null) continue;
     const now = performance.now();
-    if (first === null) first = now;
-    if (now - first < 1e-9 && tokens === firstStepTokens) firstStepTokens += 1; // the prompt step's tokens
     tokens += 1;
+    if (tokens === 1) first = now;
+    if (tokens === batch) stepEnd = now;
     last = now;
   }
-  return { ttft_s: (first - start) / 1000, decode_tps: (tokens - firstStepTokens) / ((last - first) / 1000), tokens };
+  return { ttft_s: (first - start) / 1000, decode_tps: (tokens - batch) / ((last - stepEnd) / 1000), tokens };
 }
 
 await timed(); // warm-up

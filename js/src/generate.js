@@ -270,7 +270,7 @@ export async function* decode(runner, prompts, taskIds, { eos, pad }, params, do
     const free = live.filter((x) => !x).length;
     if (4 * free >= key.length) {
       const keep = [...key.keys()].filter((j) => live[j]);
-      cache = cache.gather(keep);
+      cache = await cache.gather(keep);
       key = keep.map((j) => key[j]);
       lengths = keep.map((j) => lengths[j]);
       task = keep.map((j) => task[j]);

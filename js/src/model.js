@@ -16,7 +16,8 @@ import { resolveSource } from "./sources.js";
 import { parseTasks, renderPrompt, taskNamed, truncateMiddle } from "./tasks.js";
 import { loadTokenizer } from "./tokenizer.js";
 
-const LOAD_OPTIONS = ["backend", "precision", "tasks", "threads", "verify", "onProgress", "kvMode", "sessionOptions"];
+const LOAD_OPTIONS = ["backend", "precision", "tasks", "threads", "verify", "onProgress", "kvMode", "sessionOptions",
+  "cache"];
 const GENERATE_OPTIONS = ["task", "tasks", "maxNewTokens", "temperature", "topP", "topK", "seed", "stop", "signal",
   "truncate", "ignoreEos"];
 const CLASSIFY_OPTIONS = ["task", "truncate", "signal"];
@@ -118,6 +119,9 @@ export class EdgeModel {
     if (o.sessionOptions !== undefined && (typeof o.sessionOptions !== "object" || o.sessionOptions === null)) {
       throw new ConfigError(`sessionOptions must be an object (onnxruntime session options), got ${show(o.sessionOptions)}`);
     }
+    if (o.cache !== undefined && typeof o.cache !== "boolean" && typeof o.cache?.open !== "function") {
+      throw new ConfigError(`cache must be true, false or a CacheStorage (with open), got ${show(o.cache)}`);
+    }
     const src = resolveSource(source, o, this.directory);
     const label = src.label.replace(/\/$/, "");
     const where = `${label}/manifest.json`;
@@ -153,9 +157,7 @@ export class EdgeModel {
       }
     }
     const readChecked = async (rel) => {
-      const bytes = await src.read(rel);
-      if (bytes === null) throw new BundleError(`${label}: file ${rel} listed in manifest.json is missing`);
-      if (verify) checkDigest(label, rel, await sha256Hex(bytes), files[rel] ?? graphs.find((g) => g.path === rel)?.sha256);
+      const bytes = await readVerified(src, label, rel, verify ? files[rel] : null);
       progress(rel, bytes.length);
       return bytes;
     };
@@ -284,18 +286,16 @@ export class EdgeModel {
         } else if (src.locate && (await src.locate(rel)) === null) {
           throw missing();
         }
+        progress(rel, (await src.size?.(rel)) ?? 0);
       }
       model = src.modelPath(graph.path);
     } else {
-      const bytes = await src.read(graph.path);
-      if (bytes === null) throw new BundleError(`${label}: file ${graph.path} listed in manifest.json is missing`);
-      if (verify) checkDigest(label, graph.path, await sha256Hex(bytes), graph.sha256);
+      const bytes = await readVerified(src, label, graph.path, verify ? graph.sha256 : null);
       progress(graph.path, bytes.length);
       const externalData = [];
       for (const rel of graph.externalData) {
-        let data = !verify && src.raw ? await src.raw(rel) : await src.read(rel);
-        if (data === null) throw new BundleError(`${label}: file ${rel} listed in manifest.json is missing`);
-        if (verify) checkDigest(label, rel, await sha256Hex(data), files[rel]);
+        const raw = !verify && src.raw ? await src.raw(rel) : null;
+        const data = raw ?? (await readVerified(src, label, rel, verify ? files[rel] : null));
         if (data instanceof Uint8Array) progress(rel, data.length);
         externalData.push({ path: rel, data });
       }
@@ -516,6 +516,23 @@ export class EdgeModel {
         scores: Object.fromEntries(spec.labels.map((l, k) => [l, s[k]])), task: o.task, truncated: prompts[i].truncated,
       };
     });
+  }
+}
+
+/** A file's bytes, its sha256 checked against `expected` (null: not checked); a source's cached
+ * copy that fails is evicted and read once more. */
+async function readVerified(src, label, rel, expected) {
+  for (let attempt = 0; ; attempt++) {
+    const bytes = await src.read(rel);
+    if (bytes === null) throw new BundleError(`${label}: file ${rel} listed in manifest.json is missing`);
+    if (expected === null) return bytes;
+    const got = await sha256Hex(bytes);
+    if (got === expected) return bytes;
+    if (attempt === 0 && src.evict) {
+      await src.evict(rel);
+      continue;
+    }
+    checkDigest(label, rel, got, expected);
   }
 }
 

@@ -55,7 +55,7 @@ export async function scoreLabels(runner, prompts, taskId, labelIds, pad, signal
     // row j * B + b: prompt b's cache for the group's label j
     const src = [];
     for (let j = 0; j < J; j++) for (let b = 0; b < B; b++) src.push(b);
-    const rep = cache.gather(src, T + steps, T);
+    const rep = await cache.gather(src, T + steps, T);
     const repLengths = src.map((b) => lengths[b]);
     const repTids = tids && src.map(() => taskId);
     for (let k = 0; k < steps; k++) {

@@ -17,7 +17,7 @@ import { BundleError, ConfigError } from "./errors.js";
 
 export const KV_MODES = ["auto", "shared", "copy"];
 // "auto": "shared" where the backend writes into pre-allocated outputs (checked once per graph
-// at load, against a plain run), else "copy".
+// at load, against a plain run), else "copy"; onnxruntime-web: "copy" without the check.
 
 /**
  * A KV cache for `batch` rows.
@@ -51,11 +51,13 @@ export class KVCache {
    * @param {number} [maxLen]
    * @param {number} [upto]
    */
-  gather(rows, maxLen = this.maxLen, upto = this.len) {
+  async gather(rows, maxLen = this.maxLen, upto = this.len) {
     const { numKvHeads: H, headDim: D } = this.runner.kv;
     const newLen = this.mode === "shared" ? maxLen : this.len;
     const n = Math.min(upto, this.len, newLen) * D; // floats per (row, head) copied
-    const arrays = this.arrays.map((src) => {
+    const arrays = [];
+    for (let i = 0; i < this.tensors.length; i++) {
+      const src = await this.data(i);
       const dst = new Float32Array(rows.length * H * newLen * D);
       rows.forEach((r, j) => {
         for (let h = 0; h < H; h++) {
@@ -63,9 +65,21 @@ export class KVCache {
           dst.set(src.subarray(s, s + n), d);
         }
       });
-      return dst;
-    });
+      arrays.push(dst);
+    }
     return new KVCache(this.runner, rows.length, maxLen, this.mode, arrays, newLen);
+  }
+
+  /**
+   * Layer entry i's data on the CPU ("copy" mode may hold a backend's tensor elsewhere, e.g. a
+   * GPU buffer with preferredOutputLocation).
+   * @param {number} i
+   * @returns {Promise<Float32Array>}
+   */
+  async data(i) {
+    if (this.arrays[i]) return this.arrays[i];
+    const t = this.tensors[i];
+    return (this.arrays[i] = !t.location || t.location === "cpu" ? t.data : await t.getData());
   }
 }
 
@@ -121,15 +135,19 @@ export class GraphRunner {
   async probe(nTasks) {
     const B = this.takesTaskIds ? Math.max(1, nTasks) : 1;
     const tids = Array.from({ length: B }, (_, i) => i);
+    let wanted = this.mode;
+    // onnxruntime-web's WASM backend (1.30) leaves pre-allocated outputs unwritten: "auto" is
+    // "copy" there without trying (each probe step costs a full step on a slow backend)
+    if (wanted === "auto" && this.ort.env?.versions?.web) wanted = "copy";
     // a two-token prompt step, then a one-token step (tokens 1 and 2: a pad token's embedding
-    // may be zero, which makes every output zero)
+    // may be zero, which makes every output zero); one step when nothing is compared
+    const steps = wanted === "copy" ? 1 : 2;
     const run = async (cache) => {
       const prompt = new BigInt64Array(2 * B).map((_, i) => BigInt(1 + (i % 2)));
-      const first = Float32Array.from(await this.step(prompt, 2, new Array(B).fill(2), tids, cache));
-      const second = Float32Array.from(await this.step(new BigInt64Array(B).fill(1n), 1, new Array(B).fill(3), tids, cache));
-      return [...first, ...second];
+      const out = [...(await this.step(prompt, 2, new Array(B).fill(2), tids, cache))];
+      if (steps === 2) out.push(...(await this.step(new BigInt64Array(B).fill(1n), 1, new Array(B).fill(3), tids, cache)));
+      return out;
     };
-    const wanted = this.mode;
     let reference;
     try {
       this.mode = "copy"; // onnxruntime allocates every output: the reference logits and the vocabulary
@@ -141,7 +159,7 @@ export class GraphRunner {
     }
     if (wanted === "copy") return;
     // "shared"/"auto": the same steps with the cache and logits in pre-allocated outputs must
-    // give the same logits (onnxruntime-web 1.30's WASM backend leaves such outputs unwritten)
+    // give the same logits
     let same = false;
     let error = null;
     try {
@@ -215,15 +233,18 @@ export class GraphRunner {
       return cache.logits.data;
     }
     const out = await this.run(feeds);
-    const { numKvHeads: H, headDim: D } = this.kv;
     cache.len = width;
     presentNames.forEach((name, i) => {
       const t = out[name];
       if (t.dims[2] !== width) {
         throw new BundleError(`${this.path}: ${name} has ${t.dims[2]} positions, expected ${width} (past plus new)`);
       }
-      cache.arrays[i] = t.data;
-      cache.tensors[i] = new Tensor("float32", t.data, [B, H, width, D]);
+      // present becomes the next past as it is: on the CPU, or where the session's
+      // preferredOutputLocation keeps it (a GPU buffer stays there)
+      const old = cache.tensors[i];
+      if (old.location && old.location !== "cpu") old.dispose();
+      cache.tensors[i] = t;
+      cache.arrays[i] = null;
     });
     this.vocabSize ||= out.logits.dims[2];
     return out.logits.data;

@@ -105,3 +105,23 @@ test("an over-long prompt is cut in the middle with truncate, as Python cuts it"
   const [g] = await model.generate(input, { task, truncate: true, maxNewTokens: 2 });
   assert.equal(g.truncated, true);
 });
+
+test("a bundle without a multi-task graph runs a mixed batch task by task, each row on its task's graph", needs, async () => {
+  const { cpSync, readFileSync, rmSync, writeFileSync } = await import("node:fs");
+  const path = await import("node:path");
+  const { scratch } = await import("../test-support/fixtures.js");
+  const dir = path.join(scratch("no-multi"), "bundle");
+  cpSync(bundle, dir, { recursive: true });
+  const file = path.join(dir, "manifest.json");
+  const m = JSON.parse(readFileSync(file, "utf8"));
+  for (const g of m.graphs.filter((x) => x.task === null || x.task === undefined)) rmSync(path.join(dir, g.path));
+  m.graphs = m.graphs.filter((x) => x.task !== null && x.task !== undefined);
+  writeFileSync(file, JSON.stringify(m));
+  const model = await EdgeModel.load(dir, { precision: "fp32", threads: 1 });
+  const rows = expected.precisions.fp32.alone.filter((r) => r.graph === "task");
+  assert.equal(model.graphForRequest(rows.map((r) => r.task)), null);
+  const got = await model.generate(rows.map((r) => r.input), { tasks: rows.map((r) => r.task), maxNewTokens: MAX_NEW });
+  assert.deepEqual(got.map((g) => g.tokenIds), rows.map((r) => r.token_ids));
+  assert.deepEqual(got.map((g) => g.text), rows.map((r) => r.text));
+  assert.deepEqual((await model.openGraphs()).map((g) => g.path).sort(), rows.map((r) => r.path).sort());
+});

@@ -29,6 +29,23 @@ describe("sampling and abort", needs, () => {
     assert.deepEqual(k1.map((g) => g.tokenIds), greedy.map((g) => g.tokenIds));
   });
 
+  test("two requests at once each get what they get alone; load reports each file read", async () => {
+    const events = [];
+    const model = await EdgeModel.load(bundle, { threads: 1, precision: "int8", onProgress: (e) => events.push(e) });
+    assert.deepEqual(events.map((e) => e.file),
+                     ["manifest.json", "tasks.json", "tokenizer.json", "model.int8.onnx", "weights.int8.bin"]);
+    assert.ok(events.every((e) => e.done && e.loaded > 0 && e.loaded === e.total));
+    const { texts, tasks, out } = expected.precisions.int8.mixed;
+    const [a, b, c] = await Promise.all([
+      model.generate(texts, { tasks, maxNewTokens: expected.max_new_tokens }),
+      model.generate(texts.slice(0, 2), { tasks: tasks.slice(0, 2), maxNewTokens: expected.max_new_tokens }),
+      model.classify(expected.precisions.int8.classify.colour.texts, { task: "colour" }),
+    ]);
+    assert.deepEqual(a.map((g) => g.tokenIds), out.map((g) => g.token_ids));
+    assert.deepEqual(b.map((g) => g.tokenIds), out.slice(0, 2).map((g) => g.token_ids));
+    assert.deepEqual(c.map((x) => x.label), expected.precisions.int8.classify.colour.out.map((x) => x.label));
+  });
+
   test("an aborted signal stops generate, classify and a stream with an AbortError", async () => {
     const model = await EdgeModel.load(bundle, { threads: 1 });
     const done = new AbortController();

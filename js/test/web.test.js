@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 
 import * as ort from "onnxruntime-web";
 
-import { BundleError, EdgeModel, fileMapSource } from "alter-edge/core";
+import { BundleError, ConfigError, EdgeModel, fileMapSource } from "alter-edge/core";
 
 import { bundle, expected, needs } from "../test-support/fixtures.js";
 
@@ -71,6 +71,46 @@ describe("onnxruntime-web (WASM) backend", needs, () => {
     assert.deepEqual(g.tokenIds, row.token_ids);
   });
 
+  test("with a cache, a second load from the URL fetches only manifest.json, and gives the same tokens", async () => {
+    // a CacheStorage stand-in (Node.js has none): open(name) -> {match, put}, keys(), delete(name)
+    const stores = new Map();
+    const storage = {
+      async open(name) {
+        if (!stores.has(name)) stores.set(name, new Map());
+        const entries = stores.get(name);
+        return {
+          async match(url) { return entries.has(url) ? new Response(entries.get(url)) : undefined; },
+          async put(url, res) { entries.set(url, new Uint8Array(await res.arrayBuffer())); },
+          async delete(url) { return entries.delete(url); },
+        };
+      },
+      async keys() { return [...stores.keys()]; },
+      async delete(name) { return stores.delete(name); },
+    };
+    const row = expected.precisions.int8.alone.find((r) => r.graph === "multi" && r.task === "echo");
+    const run = async () => {
+      const model = await EdgeModel.load(base, { backend: ort, precision: "int8", cache: storage });
+      return (await model.generate(row.input, { task: row.task, maxNewTokens: expected.max_new_tokens }))[0].tokenIds;
+    };
+    requests.length = 0;
+    assert.deepEqual(await run(), row.token_ids);
+    assert.ok(requests.includes("weights.int8.bin"));
+    assert.equal(stores.size, 1);
+    requests.length = 0;
+    assert.deepEqual(await run(), row.token_ids);
+    assert.deepEqual(requests, ["manifest.json"]);
+    // a cached file that fails its hash check is dropped and fetched again
+    const [entries] = stores.values();
+    const w = [...entries.keys()].find((u) => u.endsWith("weights.int8.bin"));
+    const bad = Uint8Array.from(entries.get(w));
+    bad[5] ^= 1;
+    entries.set(w, bad);
+    requests.length = 0;
+    assert.deepEqual(await run(), row.token_ids);
+    assert.deepEqual(requests, ["manifest.json", "weights.int8.bin"]);
+    assert.deepEqual(entries.get(w), new Uint8Array(readFileSync(path.join(bundle, "weights.int8.bin"))));
+  });
+
   test("a changed file in a map is refused by its hash (WebCrypto)", async () => {
     const map = files();
     const w = new Uint8Array(readFileSync(path.join(bundle, "weights.int8.bin")));
@@ -81,6 +121,11 @@ describe("onnxruntime-web (WASM) backend", needs, () => {
     map.delete("weights.int8.bin");
     await assert.rejects(EdgeModel.load(map, { backend: ort, precision: "int8" }),
                          (e) => e instanceof BundleError && /file weights\.int8\.bin listed in manifest\.json is missing/.test(e.message));
+  });
+
+  test("kvMode shared is refused: the WASM backend leaves pre-allocated outputs unwritten", async () => {
+    await assert.rejects(EdgeModel.load(files(), { backend: ort, precision: "fp32", kvMode: "shared" }),
+                         (e) => e instanceof ConfigError && /does not write the KV cache into pre-allocated outputs/.test(e.message));
   });
 
   test("a directory path is refused by the platform-neutral core, naming what to pass instead", async () => {

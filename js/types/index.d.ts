@@ -34,6 +34,10 @@ export interface BundleSource {
   list?(): Promise<string[]>;
   /** What the backend may take as external data unread (a Blob, a URL) when hashes are not checked. */
   raw?(name: string): Promise<unknown>;
+  /** A file's size in bytes (for progress events of files the backend opens by path). */
+  size?(name: string): Promise<number | null>;
+  /** Drop a cached copy that failed its hash check (the file is then read once more). */
+  evict?(name: string): Promise<void>;
   /** Whether the source calls onProgress itself. */
   reportsProgress?: boolean;
 }
@@ -41,6 +45,17 @@ export interface BundleSource {
 /** A map of file names to contents: files a user picked, or an app's assets. */
 export type FileMap = Map<string, Blob | ArrayBuffer | ArrayBufferView | string> |
   Record<string, Blob | ArrayBuffer | ArrayBufferView | string>;
+
+/** What urlSource needs of Cache Storage. */
+export interface CacheStorageLike {
+  open(name: string): Promise<{
+    match(url: string): Promise<Response | undefined>;
+    put(url: string, response: Response): Promise<void>;
+    delete?(url: string): Promise<boolean>;
+  }>;
+  keys?(): Promise<string[]>;
+  delete?(name: string): Promise<boolean>;
+}
 
 export interface LoadOptions {
   /** The onnxruntime module (default in Node.js: onnxruntime-node). */
@@ -57,6 +72,11 @@ export interface LoadOptions {
   onProgress?: (event: ProgressEvent) => void;
   /** How the KV cache is kept: "auto" (default) writes it in place where the backend can. */
   kvMode?: KvMode;
+  /**
+   * A URL source: keep the files in Cache Storage (true: globalThis.caches, or a CacheStorage),
+   * keyed by the base URL and the manifest's sha256, so a second load fetches only manifest.json.
+   */
+  cache?: boolean | CacheStorageLike;
   /** Extra onnxruntime session options (e.g. executionProviders: ["webgpu"]). */
   sessionOptions?: InferenceSession.SessionOptions;
 }
@@ -172,9 +192,11 @@ export declare class AbortError extends AlterEdgeError {}
 
 export declare function urlSource(base: string | URL, options?: {
   fetch?: typeof fetch; init?: RequestInit; onProgress?: (event: ProgressEvent) => void;
+  cache?: boolean | CacheStorageLike;
 }): BundleSource;
 export declare function fileMapSource(files: FileMap, options?: { label?: string }): BundleSource;
-export declare function resolveSource(source: unknown, options?: { onProgress?: (event: ProgressEvent) => void },
+export declare function resolveSource(source: unknown,
+  options?: { onProgress?: (event: ProgressEvent) => void; cache?: boolean | CacheStorageLike },
   directory?: (path: string) => BundleSource): BundleSource;
 
 export interface Tokenizer {

@@ -50,6 +50,10 @@ export function nodeDirectory(dir) {
       for await (const chunk of createReadStream(file)) h.update(chunk);
       return h.digest("hex");
     },
+    async size(name) {
+      const file = await locate(name);
+      return file === null ? null : (await stat(file)).size;
+    },
     modelPath(name) {
       return path.join(root, ...name.split("/"));
     },
