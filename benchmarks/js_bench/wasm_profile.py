@@ -8,8 +8,10 @@ candidate int8 matmul layout on SmolLM2-135M's projection shapes).
     python benchmarks/js_bench/wasm_profile.py BUNDLE --graphs model.int8.onnx,model.fp32.onnx
         [--threads 2] [--prompt 32] [--steps 4] [--json out.json]
     python benchmarks/js_bench/wasm_profile.py --micro [--threads 2] [--runs 20]
+    python benchmarks/js_bench/wasm_profile.py --compare B1/model.int8.onnx,B2/model.int8.onnx [--rounds 3]
 
-Printed per graph: the steps' wall time (profiling off, median of the decode steps), then per
+``--compare`` times graphs of several bundles (no profiler), interleaved over ``--rounds``,
+and prints each one's medians. Printed per graph: the steps' wall time (profiling off, median of the decode steps), then per
 operator type: milliseconds per decode step, its share, node count per step, prompt-step ms.
 """
 
@@ -121,6 +123,37 @@ def micro(base: str, args) -> list[dict]:
     return out
 
 
+def compare(args) -> list[dict]:
+    """Time BUNDLE/GRAPH pairs (profiling off), interleaved: A B C, then B C A, ..."""
+    import statistics
+
+    pairs = [(Path(x).parent, Path(x).name) for x in args.compare.split(",")]
+    servers = {b: _serve(b, None) for b in {b for b, _ in pairs}}
+    runs = []
+    try:
+        for r in range(args.rounds):
+            for b, g in pairs[r % len(pairs):] + pairs[:r % len(pairs)]:
+                base = servers[b][1]
+                t = _drive(f"{base}/bench/profile.html?graph={g}&threads={args.threads}&prompt={args.prompt}"
+                           f"&steps={args.steps}")
+                runs.append({"bundle": str(b), "graph": g, "round": r, **{k: v for k, v in t.items()
+                                                                         if k not in ("requests", "url")}})
+                print(f"round {r} {b}/{g}: decode {t['decodeMedianMs']:.0f} ms/step ({t['tokensPerSecond']:.2f} "
+                      f"tok/s), prompt {t['promptMs']:.0f} ms, load {t['loadMs'] / 1000:.2f} s, renderer peak "
+                      f"{t.get('renderer_peak_mb') or float('nan'):.0f} MB", flush=True)
+    finally:
+        for srv, _ in servers.values():
+            srv.shutdown()
+    print(f"\nmedians over {args.rounds} rounds, {args.threads} threads, {args.prompt}-token prompt:")
+    for b, g in pairs:
+        rs = [x for x in runs if x["bundle"] == str(b) and x["graph"] == g]
+        med = {k: statistics.median(x[k] for x in rs) for k in ("tokensPerSecond", "promptMs", "loadMs")}
+        peak = statistics.median(x.get("renderer_peak_mb") or 0 for x in rs)
+        print(f"  {b}/{g}: {med['tokensPerSecond']:.2f} tok/s, prompt {med['promptMs']:.0f} ms, load "
+              f"{med['loadMs'] / 1000:.2f} s, renderer peak {peak:.0f} MB")
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path, nargs="?")
@@ -130,13 +163,18 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--compare", default=None, help="BUNDLE/GRAPH,... timed interleaved (no profiler)")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if shutil.which("node") is None or not (ROOT / "js" / "web" / "node_modules" / "puppeteer-core").is_dir():
         raise SystemExit("wasm_profile needs node 20+ and js/web/node_modules (scripts/setup.sh runs npm ci there)")
     with tempfile.TemporaryDirectory(prefix="wasm-profile-") as tmp:
         work = Path(tmp)
-        if args.micro:
+        if args.compare:
+            results = compare(args)
+            srv = None
+        elif args.micro:
             subprocess.run([sys.executable, str(HERE / "micro.py"), "--out", str(work / "micro")], check=True,
                            capture_output=True)
             (work / "b").mkdir()
@@ -148,7 +186,8 @@ def main() -> None:
                 raise SystemExit("give a BUNDLE (or --micro)")
             srv, base = _serve(args.bundle, None)
             results = [profile_graph(base, g, args, work) for g in args.graphs.split(",")]
-        srv.shutdown()
+        if srv is not None:
+            srv.shutdown()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"threads": args.threads, "results": results}, indent=1) + "\n")
