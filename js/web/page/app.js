@@ -33,7 +33,7 @@ function showError(message) {
   page.error = message;
   $("error").textContent = message;
   $("error").hidden = false;
-  setState(model ? "error" : "error");
+  setState("error");
 }
 
 function clearError() {
