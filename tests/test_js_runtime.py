@@ -86,8 +86,16 @@ def _expected(bundle: Path) -> dict:
             res = multi.classify(cl_texts, task=task)
             classify[task] = {"texts": cl_texts, "out": [{"label": c.label, "probability": c.probability,
                                                           "scores": c.scores} for c in res]}
+        # seeded sampling: numpy's default_rng([seed, row]) per row, which the JS runtime reproduces
+        sampled = []
+        for opts in ({"temperature": 1.3, "seed": 7}, {"temperature": 0.9, "top_k": 12, "top_p": 0.9, "seed": 1234},
+                     {"temperature": 2.0, "top_p": 0.5, "seed": 2**40 + 5}):
+            gs = multi.generate(texts, tasks=tasks, max_new_tokens=MAX_NEW, **opts)
+            sampled.append({"options": opts, "out": [{"token_ids": g.token_ids, "text": g.text,
+                                                      "finish_reason": g.finish_reason} for g in gs]})
         out["precisions"][precision] = {
             "alone": alone,
+            "sampled": sampled,
             "mixed": {"texts": texts, "tasks": tasks,
                       "out": [{"token_ids": g.token_ids, "text": g.text, "finish_reason": g.finish_reason}
                               for g in mixed]},
@@ -115,6 +123,10 @@ def _expected(bundle: Path) -> dict:
         pieces.append(row.finish())
         detok.append({"ids": ids, "stop": stop, "pieces": pieces, "text": row.text, "stopped": row.stopped})
     out["detok"] = detok
+    import numpy as np
+
+    out["rng"] = [{"seed": seed, "row": row, "draws": np.random.default_rng([seed, row]).random(5).tolist()}
+                  for seed, row in ((0, 0), (7, 3), (1234, 0), (2**32 + 1, 2), (2**53 - 1, 11))]
     return out
 
 

@@ -58,45 +58,80 @@ function fmt(v) {
 }
 
 // -- random streams --------------------------------------------------------------------------
+// numpy's default_rng([seed, row]): SeedSequence (numpy/random/bit_generator.pyx) feeding PCG64
+// (XSL-RR 128/64), so a row draws the numbers the Python runtime's TokenPicker draws.
 
-/** splitmix32: spreads a seed word into well-mixed state words. */
-function splitmix32(x) {
-  x = (x + 0x9e3779b9) | 0;
-  let z = x;
-  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-  return [x, (z ^ (z >>> 16)) >>> 0];
+const INIT_A = 0x43b0d7e5, MULT_A = 0x931e8875, INIT_B = 0x8b51f9dd, MULT_B = 0x58f38ded;
+const MIX_MULT_L = 0xca01f9dd, MIX_MULT_R = 0x4973f715;
+const MASK64 = (1n << 64n) - 1n, MASK128 = (1n << 128n) - 1n;
+const PCG_MULT = (2549297995355413924n << 64n) + 4865540595714422341n;
+
+/** The little-endian 32-bit words of a non-negative integer (numpy's _int_to_uint32_array). */
+function uint32Words(n) {
+  if (n === 0) return [0];
+  const out = [];
+  for (let b = BigInt(n); b > 0n; b >>= 32n) out.push(Number(b & 0xffffffffn));
+  return out;
+}
+
+/** SeedSequence(entropy).generate_state(n) for entropy words (pool size 4, no spawn key). */
+function seedSequenceState(entropy, n) {
+  let hashConst = INIT_A;
+  const hashmix = (v) => {
+    v = (v ^ hashConst) >>> 0;
+    hashConst = Math.imul(hashConst, MULT_A) >>> 0;
+    v = Math.imul(v, hashConst) >>> 0;
+    return (v ^ (v >>> 16)) >>> 0;
+  };
+  const mix = (x, y) => {
+    const r = (Math.imul(MIX_MULT_L, x) - Math.imul(MIX_MULT_R, y)) >>> 0;
+    return (r ^ (r >>> 16)) >>> 0;
+  };
+  const pool = [0, 1, 2, 3].map((i) => hashmix(i < entropy.length ? entropy[i] : 0));
+  for (let s = 0; s < 4; s++) for (let d = 0; d < 4; d++) if (s !== d) pool[d] = mix(pool[d], hashmix(pool[s]));
+  for (let s = 4; s < entropy.length; s++) for (let d = 0; d < 4; d++) pool[d] = mix(pool[d], hashmix(entropy[s]));
+  let c = INIT_B;
+  return Array.from({ length: n }, (_, i) => {
+    let v = (pool[i % 4] ^ c) >>> 0;
+    c = Math.imul(c, MULT_B) >>> 0;
+    v = Math.imul(v, c) >>> 0;
+    return (v ^ (v >>> 16)) >>> 0;
+  });
 }
 
 /**
- * A row's random stream: xoshiro128** seeded from (seed, row), so a seeded request repeats
- * itself row for row, whatever else shares its batch. (Not numpy's PCG64: a seeded run repeats
- * in JavaScript but draws other numbers than the Python runtime's.)
+ * A row's random stream: numpy's `default_rng([seed, row])`, so a seeded request repeats
+ * itself row for row whatever else shares its batch, and draws the Python runtime's numbers.
  */
 export class RowRandom {
-  /** @param {number} seed @param {number} row */
+  /** @param {number} seed an integer >= 0 @param {number} row */
   constructor(seed, row) {
-    let x = (seed % 2 ** 32) ^ Math.imul(Math.floor(seed / 2 ** 32), 0x27d4eb2d) ^ Math.imul(row + 1, 0x165667b1);
-    this.s = new Uint32Array(4);
-    for (let i = 0; i < 4; i++) [x, this.s[i]] = splitmix32(x);
-    if (!this.s.some(Boolean)) this.s[0] = 1;
+    const w = seedSequenceState([...uint32Words(seed), ...uint32Words(row)], 8).map(BigInt);
+    const v = [0, 1, 2, 3].map((k) => w[2 * k] | (w[2 * k + 1] << 32n)); // 4 x uint64
+    this.inc = ((((v[2] << 64n) | v[3]) << 1n) | 1n) & MASK128;
+    this.state = 0n;
+    this.#step();
+    this.state = (this.state + ((v[0] << 64n) | v[1])) & MASK128;
+    this.#step();
   }
 
-  #next() {
-    const s = this.s;
-    const r = Math.imul(rotl(Math.imul(s[1], 5), 7), 9) >>> 0;
-    const t = s[1] << 9;
-    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 11);
-    return r;
+  #step() {
+    this.state = (this.state * PCG_MULT + this.inc) & MASK128;
   }
 
-  /** A uniform double in [0, 1) with 53 random bits. */
+  /** The next 64-bit output (PCG64's XSL-RR), as a BigInt. */
+  next64() {
+    this.#step();
+    const x = ((this.state >> 64n) ^ this.state) & MASK64;
+    const rot = this.state >> 122n;
+    return ((x >> rot) | (x << ((64n - rot) & 63n))) & MASK64;
+  }
+
+  /** A uniform double in [0, 1) (numpy's Generator.random()). */
   random() {
-    return ((this.#next() >>> 5) * 67108864 + (this.#next() >>> 6)) / 9007199254740992;
+    return Number(this.next64() >> 11n) / 9007199254740992;
   }
 }
-
-const rotl = (x, k) => (x << k) | (x >>> (32 - k));
 
 /** The first index of the largest value (numpy's argmax). */
 export function argmax(x, from = 0, to = x.length) {
@@ -189,11 +224,15 @@ export function kthLargest(x, k) {
  */
 export function nucleus(p, topP, first = 1024) {
   const V = p.length;
+  // Python: the first i whose running sum minus itself (the mass before it) reaches topP
   const take = (ids) => {
     ids.sort((a, b) => p[b] - p[a] || a - b);
-    let mass = 0, n = 0;
-    while (n < ids.length && mass < topP) mass += p[ids[n++]];
-    return mass >= topP || ids.length === V ? ids.slice(0, n).sort((a, b) => a - b) : null;
+    let c = 0;
+    for (let i = 0; i < ids.length; i++) {
+      c += p[ids[i]];
+      if (c - p[ids[i]] >= topP) return ids.slice(0, i).sort((a, b) => a - b);
+    }
+    return ids.length === V ? ids.slice().sort((a, b) => a - b) : null;
   };
   let max = 0;
   for (let v = 0; v < V; v++) if (p[v] > max) max = p[v];

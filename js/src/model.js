@@ -40,8 +40,14 @@ const positiveInt = (v) => Number.isInteger(v) && v >= 1;
 function inputProblem(text) {
   if (typeof text !== "string") return `must be a string, got ${text === null ? "null" : typeof text}`;
   if (!text.trim()) return "is empty";
-  const bad = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.exec(text);
-  if (bad) return `is not valid Unicode (a lone surrogate at character ${bad.index})`;
+  for (let i = 0; i < text.length; i++) { // a lone surrogate cannot be encoded as UTF-8
+    const c = text.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const d = text.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) { i++; continue; }
+    }
+    if (c >= 0xd800 && c <= 0xdfff) return `is not valid Unicode (a lone surrogate at character ${i})`;
+  }
   return null;
 }
 

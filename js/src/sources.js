@@ -54,9 +54,7 @@ export function fileMapSource(files, { label = "bundle files" } = {}) {
     async raw(name) {
       return map.get(name) ?? null;
     },
-    async list() {
-      return [...map.keys()];
-    },
+    // no list(): a map may hold only the files the app needs (one graph and its weights)
   };
 }
 

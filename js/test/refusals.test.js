@@ -140,7 +140,9 @@ describe("request refusals", needs, () => {
     assert.ok(e.message.includes(String(limit)));
     await refuses(model.classify(input, { task: "colour" }), DataError, /max_prompt_tokens/);
     await refuses(model.generate("   ", { task }), DataError, /input is empty/);
-    await refuses(model.generate("a\ud800b", { task }), DataError, /lone surrogate/);
+    await refuses(model.generate("a\ud800b", { task }), DataError, /lone surrogate at character 1/);
+    await refuses(model.generate("ab\udc00", { task }), DataError, /lone surrogate at character 2/);
+    await model.generate("a \ud83d\ude00 b", { task, maxNewTokens: 1 }); // a pair is fine
   });
 
   const BAD = [
@@ -178,6 +180,8 @@ describe("request refusals", needs, () => {
     await refuses(EdgeModel.load(bundle, { onProgress: 3 }), ConfigError, /onProgress must be a function/);
     await refuses(EdgeModel.load(bundle, { tasks: "echo" }), ConfigError, /tasks must be an array of task names/);
     await refuses(EdgeModel.load(bundle, { thread: 1 }), ConfigError, /unknown option "thread"/);
+    await refuses(EdgeModel.load(bundle, { precision: "int4" }), BundleError,
+                  /no graph at precision int4 .*the bundle has: model\.fp32\.onnx \(fp32\)/);
     await refuses(EdgeModel.load(bundle, { backend: {} }), ConfigError, /needs options\.backend/);
     await refuses(EdgeModel.load(42), ConfigError, /bundle source must be/);
     const model = await EdgeModel.load(bundle, { threads: 1 });

@@ -3,11 +3,34 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { AbortError, EdgeModel } from "alter-edge";
+import { AbortError, EdgeModel, RowRandom } from "alter-edge";
 
 import { bundle, expected, needs } from "../test-support/fixtures.js";
 
 describe("sampling and abort", needs, () => {
+  test("a row's random stream draws numpy's default_rng([seed, row]) numbers, exactly", () => {
+    for (const { seed, row, draws } of expected.rng) {
+      const r = new RowRandom(seed, row);
+      assert.deepEqual(draws.map(() => r.random()), draws, `seed ${seed} row ${row}`);
+    }
+  });
+
+  for (const precision of ["fp32", "int8"]) {
+    test(`${precision}: seeded sampled tokens equal the Python runtime's (temperature, top-k, top-p)`, async () => {
+      const model = await EdgeModel.load(bundle, { threads: 1, precision });
+      const { texts, tasks } = expected.precisions[precision].mixed;
+      for (const { options: o, out } of expected.precisions[precision].sampled) {
+        const got = await model.generate(texts, {
+          tasks, maxNewTokens: expected.max_new_tokens, temperature: o.temperature, seed: o.seed,
+          ...(o.top_k ? { topK: o.top_k } : {}), ...(o.top_p ? { topP: o.top_p } : {}),
+        });
+        assert.deepEqual(got.map((g) => g.tokenIds), out.map((g) => g.token_ids), JSON.stringify(o));
+        assert.deepEqual(got.map((g) => g.text), out.map((g) => g.text));
+        assert.deepEqual(got.map((g) => g.finishReason), out.map((g) => g.finish_reason));
+      }
+    });
+  }
+
   test("a seeded sampled run repeats itself, row for row; other seeds differ", async () => {
     const model = await EdgeModel.load(bundle, { threads: 1 });
     const { texts, tasks } = expected.precisions.int8.mixed;

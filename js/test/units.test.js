@@ -49,10 +49,13 @@ test("RowText gives Python's pieces on split UTF-8 and stop strings", needs, () 
 
 test("top-k threshold and nucleus (top-p) set equal a full sort's, ties by id", async () => {
   const { kthLargest, nucleus } = await import("../src/generate.js");
-  const full = (p, topP) => {
+  const full = (p, topP) => { // Python's rule: stop at the first token whose mass before it reaches topP
     const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a] || a - b);
-    let mass = 0, n = 0;
-    while (n < order.length && mass < topP) mass += p[order[n++]];
+    let c = 0, n = order.length;
+    for (let i = 0; i < order.length; i++) {
+      c += p[order[i]];
+      if (c - p[order[i]] >= topP) { n = i; break; }
+    }
     return order.slice(0, n).sort((a, b) => a - b);
   };
   let seed = 7;

@@ -111,6 +111,16 @@ describe("onnxruntime-web (WASM) backend", needs, () => {
     assert.deepEqual(entries.get(w), new Uint8Array(readFileSync(path.join(bundle, "weights.int8.bin"))));
   });
 
+  test("a map holding only what one task needs loads (no other file is asked for)", async () => {
+    const need = ["manifest.json", "tasks.json", "tokenizer.json", "task-echo.int8.onnx", "weights.int8.bin"];
+    const map = new Map(need.map((f) => [f, readFileSync(path.join(bundle, f))]));
+    const model = await EdgeModel.load(map, { backend: ort, precision: "int8", tasks: ["echo"] });
+    const row = expected.precisions.int8.alone.find((r) => r.graph === "task" && r.task === "echo");
+    assert.equal(model.graphForRequest(["echo"]).path, row.path);
+    const [g] = await model.generate(row.input, { task: "echo", maxNewTokens: expected.max_new_tokens });
+    assert.deepEqual(g.tokenIds, row.token_ids);
+  });
+
   test("a changed file in a map is refused by its hash (WebCrypto)", async () => {
     const map = files();
     const w = new Uint8Array(readFileSync(path.join(bundle, "weights.int8.bin")));

@@ -94,7 +94,7 @@ export interface GenerateOptions {
   topP?: number;
   /** Keep the k most likely tokens; 0 = off. */
   topK?: number;
-  /** Sampling seed: a seeded request repeats itself (each row draws from its own stream). */
+  /** Sampling seed: row r draws from numpy's default_rng([seed, r]), as the Python runtime. */
   seed?: number | null;
   /** A row ends when its text contains one of these (its text ends before it). */
   stop?: string | string[];
@@ -215,9 +215,11 @@ export declare class RowText {
   finish(): string;
 }
 
+/** numpy's default_rng([seed, row]) (SeedSequence + PCG64): a row's sampling stream. */
 export declare class RowRandom {
   constructor(seed: number, row: number);
   random(): number;
+  next64(): bigint;
 }
 
 export interface SamplingParams {
