@@ -47,6 +47,7 @@ function rendererPeakMb(rootPid) {
 const browser = await puppeteer.launch({
   executablePath: values.chromium,
   headless: true,
+  protocolTimeout: Number(values.timeout) * 1000, // a busy page answers late
   args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--js-flags=--max-old-space-size=4096"],
 });
 if (values.console) writeFileSync(values.console, "");

@@ -26,7 +26,7 @@ const pageUrl = `${values.url}?threads=${spec.threads ?? 2}&maxNewTokens=${spec.
   (spec.precision ? `&precision=${spec.precision}` : "");
 
 const browser = await puppeteer.launch({
-  executablePath: values.chromium, headless: true,
+  executablePath: values.chromium, headless: true, protocolTimeout: timeout,
   args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
 });
 const out = { console: [], pageErrors: [] };
