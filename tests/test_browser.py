@@ -170,3 +170,29 @@ def test_page_equals_python_runtime(bundles, served, tmp_path, bundle, precision
     assert out["secondRows"] == out["batches"][0]["rows"]
 
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_a_changed_weight_file_is_shown_not_crashed(bundles, tmp_path):
+    """One flipped byte in the weight file: the page names the file in one line, leaves its
+    buttons off, and keeps running."""
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles / "native", bad)
+    w = bad / "weights.int8.bin"
+    data = bytearray(w.read_bytes())
+    data[100] ^= 1
+    w.write_bytes(bytes(data))
+    p = subprocess.Popen([sys.executable, "-m", "alter_edge.cli", "web", str(bad), "--port", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = p.stdout.readline().split(" on ")[1].split()[0]
+        out, _ = _drive(url, {"loadOnly": True, "batches": [], "threads": 2, "precision": "int8"}, tmp_path, "bad-weights")
+    finally:
+        p.terminate()
+        p.wait(10)
+    first = out["firstLoad"]
+    assert first["state"] == "error"
+    assert first["error"].startswith("the bundle could not be loaded: ")
+    assert "weights.int8.bin does not match manifest.json" in first["error"]
+    assert "\n" not in first["error"]
+    assert out["buttons"]["run"] is True and out["buttons"]["classify"] is True  # disabled
+    assert out["alive"] == 2 and out["pageErrors"] == []

@@ -74,8 +74,15 @@ try {
   // 1. first visit: download, generate each batch, score labels
   const first = await openPage();
   const p = first.page;
-  out.firstLoad = { state: await state(p), error: await errorText(p), ...(await p.evaluate("window.__page.load")) };
+  out.firstLoad = { state: await state(p), error: await errorText(p), ...(await p.evaluate("window.__page.load ?? {}")) };
   out.tasksListed = await p.$$eval("#tasks tbody tr td:nth-child(2)", (tds) => tds.map((td) => td.textContent));
+  if (spec.loadOnly) { // a bundle that must not load: what the page shows, and that it still answers
+    out.firstLoad.error = await errorText(p);
+    out.buttons = await p.$$eval("button", (bs) => Object.fromEntries(bs.map((b) => [b.id || b.textContent, b.disabled])));
+    out.alive = await p.evaluate("1 + 1");
+    if (values.screenshot) await p.screenshot({ path: values.screenshot, fullPage: true });
+    throw Object.assign(new Error("done"), { done: true });
+  }
   out.batches = [];
   for (const rows of spec.batches) {
     await setRows(p, rows);
@@ -112,7 +119,7 @@ try {
   out.secondRows = await readRows(second.page);
   out.secondRequests = second.requests;
 } catch (e) {
-  out.driverError = String(e?.stack ?? e);
+  if (!e?.done) out.driverError = String(e?.stack ?? e);
 } finally {
   await browser.close();
 }
