@@ -186,6 +186,8 @@ async function load() {
                                            cache: q.get("cache") !== "0", wasmPaths: "/vendor/ort/" });
   } catch (e) {
     showError(`the bundle could not be loaded: ${String(e?.message ?? e)}`);
+    $("bundle-info").textContent = `${bundle}: not loaded`;
+    $("add-row").disabled = true;
     return;
   }
   const loadMs = performance.now() - t0;
