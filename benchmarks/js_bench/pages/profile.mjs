@@ -3,6 +3,7 @@
 //
 //   /bench/profile.html?graph=model.int8.onnx&threads=2&prompt=32&steps=16&profile=1
 //   /bench/profile.html?micro=mm-nbits8.onnx&threads=2&rows=1&runs=50     (a one-op graph)
+//   &blob=1: external data passed as a Blob instead of a Uint8Array
 //
 // The result lands in window.__result (read by benchmarks/js_bench/profile.mjs via puppeteer).
 import * as ort from "/vendor/ort/ort.wasm.min.mjs";
@@ -24,7 +25,10 @@ const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.lengt
 
 async function open(graphUrl, externals) {
   const externalData = [];
-  for (const [path, url] of externals) externalData.push({ path, data: await bytes(url) });
+  // ?blob=1: the weights as a Blob (as the demo page passes them from Cache Storage), else bytes
+  for (const [path, url] of externals) {
+    externalData.push({ path, data: q.get("blob") ? await (await fetch(url)).blob() : await bytes(url) });
+  }
   const t0 = performance.now();
   const session = await ort.InferenceSession.create(await bytes(graphUrl), {
     executionProviders: ["wasm"], graphOptimizationLevel: "all", externalData,
