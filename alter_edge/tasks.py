@@ -120,7 +120,9 @@ class TaskRegistry:
         for t in self.tasks:
             if t.name == name:
                 return t
-        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(self.names)}")
+        from .io import shown  # repr() raises for an integer past Python's digit limit
+
+        raise TaskError(f"unknown task {shown(name)}; known tasks: {', '.join(self.names)}")
 
     def id_of(self, name: str) -> int:
         return self.get(name).id

@@ -12,7 +12,10 @@ output keeps the input order and is written atomically at the end.
 Progress survives a crash in ``OUTPUT.partial``: a header line (input hash, effective
 settings, bundle) then one finished record per line, appended and fsync'ed after every batch
 (``batch_size`` finished rows). A torn last line (a kill mid-write) is dropped on resume, so a
-resumed run redoes only the unsaved rows and the final file equals an uninterrupted run's.
+resumed run redoes only the unsaved rows and the final file equals an uninterrupted run's. The
+file is not trusted: a resume keeps its records only when each is for a line holding a good row
+of this input, once, with that row's id and task (records come in the order rows finished, not
+in line order); any other line refuses the resume, naming it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -34,7 +37,7 @@ from alter_edge.errors import ConfigError, DataError, OutputError, TaskError
 from alter_edge.io import atomic_write_bytes, sha256_file
 from alter_edge.tasks import TaskSpec
 
-from .generate import SamplingParams
+from .generate import SamplingParams, shown_value
 from .model import EdgeModel, finished_rows, input_problem
 
 log = logging.getLogger(__name__)
@@ -52,10 +55,10 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+            raise ConfigError(f"batch size must be an integer >= 1, got {shown_value(self.batch_size)}")
         if self.max_new_tokens is not None and (isinstance(self.max_new_tokens, bool) or not isinstance(
                 self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ConfigError(f"max_new_tokens must be an integer >= 1 or None, got {self.max_new_tokens!r}")
+            raise ConfigError(f"max_new_tokens must be an integer >= 1 or None, got {shown_value(self.max_new_tokens)}")
 
 
 @dataclass
@@ -321,10 +324,12 @@ class PartialFile:
         self.path = Path(path)
         self.header = {"alter_edge_partial": PARTIAL_VERSION, **header}
 
-    def load(self) -> dict[int, dict]:
+    def load(self, rows: Mapping[int, _Row] | None = None) -> dict[int, dict]:
         """Records of an earlier run with the same header (else a DataError naming what
         differs); rewrites the file (atomically) without a torn last line. No file (or one the
-        kill left without a header): a fresh start."""
+        kill left without a header): a fresh start. ``rows`` (the job's good rows by line):
+        every record must be one of theirs (:func:`record_problem`), else a DataError naming
+        the first bad line of the file; nothing is changed then."""
         if not self.path.is_file():
             self.start()
             return {}
@@ -339,13 +344,16 @@ class PartialFile:
             raise DataError(f"{self.path} belongs to a different run ({header_difference(head, self.header)}); "
                             "delete it to start over, or run with the same settings")
         done: dict[int, dict] = {}
-        for raw in lines[1:]:
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
-                continue  # a torn line from a kill mid-write
-            if isinstance(rec, dict) and isinstance(rec.get("line"), int):
-                done[rec["line"]] = rec
+        body, torn = lines[1:-1], lines[-1]  # every record ends in a newline; a kill tears only the last
+        if torn:
+            log.info("%s: dropped a torn last line (%d bytes) left by an interrupted write", self.path, len(torn))
+        for k, raw in enumerate(body, start=2):
+            problem = record_problem(raw, rows, done)
+            if problem:
+                raise DataError(f"{self.path}: line {k} {problem}; the file was changed by something other "
+                                "than this job: delete it to start over")
+            rec = json.loads(raw)
+            done[rec["line"]] = rec
         self._write(done.values())
         return done
 
@@ -362,6 +370,40 @@ class PartialFile:
             f.write(jsonl(records))
             f.flush()
             os.fsync(f.fileno())
+
+
+def record_problem(raw: bytes, rows: Mapping[int, _Row] | None, done: Mapping[int, dict]) -> str | None:
+    """What is wrong with one saved line of a partial file, or None: it must be a JSON object
+    whose ``line`` is an integer naming a good row of the input (``rows``; None: any line),
+    not saved before (``done``), with that row's ``id`` and ``task`` and a string ``output``, or
+    the error record :func:`jsonl` writes for a result it cannot write (id null, an ``error``)."""
+    try:
+        rec = json.loads(raw, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
+        return "is not a record (not JSON)"
+    if not isinstance(rec, dict):
+        return f"is not a record (a JSON {type(rec).__name__}, not an object)"
+    line = rec.get("line")
+    if isinstance(line, bool) or not isinstance(line, int):
+        return f"has no line number (line is {_short(line, 40)})"
+    if line in done:
+        return f"is a second record for line {line}"
+    if rows is None:
+        return None
+    row = rows.get(line)
+    if row is None:
+        return f"is a record for line {_short(line, 40)}, which holds no good row of the input"
+    if "error" in rec and "output" not in rec:  # jsonl's record for a result it could not write
+        return None if rec.get("id") is None and isinstance(rec["error"], str) else (
+            f"is an error record for line {line} that this job does not write")
+    if rec.get("id") != row.id or type(rec.get("id")) is not type(row.id):
+        return f"is a record for line {line} whose id {_short(rec.get('id'), 40)} is not the input's {_short(row.id, 40)}"
+    if rec.get("task") != row.task:
+        return (f"is a record for line {line} whose task {_short(rec.get('task'), 40)} is not the input's "
+                f"{row.task!r}")
+    if not isinstance(rec.get("output"), str):
+        return f"is a record for line {line} without a string output"
+    return None
 
 
 def header_difference(old: dict, new: dict) -> str:
@@ -465,7 +507,7 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
     partial = PartialFile(output_path.with_name(output_path.name + ".partial"),
                           _header(model, input_path, opts, rows))
     try:
-        done = partial.load() if resume else (partial.start() or {})
+        done = partial.load({r.line: r for r in rows}) if resume else (partial.start() or {})
     except OSError as e:
         raise OutputError(f"cannot write {partial.path}: {e.strerror or e}") from e
     summary = BatchSummary(rows=len(rows) + len(errors), output=str(output_path))
@@ -485,6 +527,8 @@ def run_jsonl(model: EdgeModel, input_path: str | Path, output_path: str | Path,
             on_batch(b)
     bar.close()
     out = [done.get(line) or errors[line] for line in sorted({*done, *errors})]
+    if len(out) != summary.rows:  # PartialFile.load keeps only records of this input's good rows
+        raise RuntimeError(f"{len(out)} records for {summary.rows} rows")
     try:
         atomic_write_bytes(output_path, jsonl(out))
     except OSError as e:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from alter_edge.errors import BundleError, ConfigError, TaskError
-from alter_edge.io import read_json, sha256_file
-from alter_edge.tasks import TaskRegistry
+from alter_edge.io import read_json, sha256_file, shown
+from alter_edge.tasks import TaskRegistry, task_name_problem
 
 from .contract import KVLayout
 from .manifest import (
@@ -106,8 +106,14 @@ class Bundle:
                 return found
         found = self._pick([g for g in self.graphs if g.task is None], precision)
         if found is None:
-            what = f"for task {task!r} " if task else ""
             have = ", ".join(f"{g.path} ({g.precision})" for g in self.graphs)
+            serving = [g for g in self.graphs if g.task is None or g.task == task]
+            if serving:  # the graphs are there, at other precisions
+                there = ", ".join(sorted({g.precision for g in serving}))
+                what = f"task {task!r}" if task else "the multi-task graph"
+                raise BundleError(f"{self.root}: no graph at precision {precision} for {what}; its graphs "
+                                  f"are at precision {there} (ask for one of those); the bundle has: {have}")
+            what = f"for task {task!r} " if task else ""
             raise BundleError(
                 f"{self.root}: no graph {what}at precision {precision or 'any'} and no multi-task "
                 f"graph; the bundle has: {have}"
@@ -152,6 +158,12 @@ def _check_hash(root: Path, rel: str, expected: str, cache: HashCache | None = N
             f"{root}: file {rel} does not match manifest.json (sha256 {got[:12]}..., expected "
             f"{str(expected)[:12]}...): the bundle was modified or is incomplete"
         )
+
+
+def _names(names: list) -> str:
+    """Task names for a message: plain when they are task names, else escaped (a newline or
+    U+202E in a manifest must not split or reorder the line)."""
+    return ", ".join(t if task_name_problem(t) is None else shown(t, 40) for t in names) or "none"
 
 
 def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
@@ -205,6 +217,16 @@ _KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR,
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def _entry(rel: str) -> str:
+    """A folder entry's name for a message: as it is when printable UTF-8, else escaped (a
+    newline, U+202E or a byte that is not UTF-8 must not split, reorder or break the line)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return shown(rel)
+    return rel if rel.isprintable() else shown(rel)
+
+
 def _check_entries(root: Path, listed: set[str]) -> None:
     """Every entry under ``root``, at any depth, is a regular file the manifest lists or a folder
     on the way to one: a symlink (to a file or a folder, listed or not), FIFO, device or socket,
@@ -225,14 +247,14 @@ def _check_entries(root: Path, listed: set[str]) -> None:
             mode = entry.stat(follow_symlinks=False).st_mode
             for test, kind in _KINDS:
                 if test(mode):
-                    raise BundleError(f"{root}: {rel} is {kind}; a bundle holds only regular files and folders "
+                    raise BundleError(f"{root}: {_entry(rel)} is {kind}; a bundle holds only regular files and folders "
                                       "(symlinks, FIFOs, devices and sockets are refused)")
             if stat.S_ISDIR(mode):
                 if rel not in folders:
-                    unlisted.append(f"folder {rel}")
+                    unlisted.append(f"folder {_entry(rel)}")
                 todo.append(rel)
             elif rel not in listed:
-                unlisted.append(f"file {rel}")
+                unlisted.append(f"file {_entry(rel)}")
     if unlisted:
         unlisted.sort(key=lambda u: (u.startswith("folder"), u))  # a file first: it says more
         raise BundleError(f"{root}: {unlisted[0]} is not listed in manifest.json ({len(unlisted)} unlisted): "
@@ -249,7 +271,8 @@ def _load_tasks(root: Path, manifest: dict, graphs: tuple[GraphInfo, ...]) -> Ta
     exported = manifest.get("tasks")
     if exported is not None and tasks.names != list(exported):
         raise BundleError(f"{root}: tasks.json has tasks {', '.join(tasks.names)} (ids 0..{len(tasks) - 1}) but "
-                          f"the graphs were exported for {', '.join(exported) or 'none'} (manifest.json tasks): "
+                          f"the graphs were exported for {_names(exported)} "
+                          "(manifest.json tasks): "
                           "the task registry does not belong to these graphs")
     for g in graphs:
         if g.task is not None and g.task not in tasks:

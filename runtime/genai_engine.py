@@ -12,6 +12,7 @@ that run one after the other (no refill of a finished row's slot).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from alter_edge.errors import BundleError, ConfigError
 from alter_edge.padding import pad_rows
 
-from .generate import SamplingParams
+from .generate import SamplingParams, decode_args
 
 GENAI_CONFIG = "genai_config.json"
 
@@ -47,6 +48,7 @@ class GenaiRunner:
         og = import_genai()
         self.og, self.path, self.takes_task_ids = og, Path(folder) / graph, takes_task_ids
         self.max_sequence_length = max_sequence_length
+        self._vocab: int | None = None
         if not (Path(folder) / GENAI_CONFIG).is_file():
             raise BundleError(f"{folder} has no {GENAI_CONFIG}, which onnxruntime-genai needs "
                               "(bundles exported by alter-edge ship one; re-export this bundle)")
@@ -72,23 +74,16 @@ class GenaiRunner:
         n = len(prompts)
         if n == 0:
             return
-        if not isinstance(params, SamplingParams):
-            kinds = set(params)
-            if len(kinds) != 1:
-                raise ConfigError("engine='genai' runs one SamplingParams for all rows of a request; "
-                                  f"got {len(kinds)} different ones (use engine='onnxruntime')")
-            params = kinds.pop()
-        if any(len(p) == 0 for p in prompts):
-            raise ConfigError("every prompt needs at least one token")
+        row_params, tids = decode_args(prompts, task_ids, params, slots)  # the checks both engines share
+        kinds = set(row_params)
+        if len(kinds) != 1:
+            raise ConfigError("engine='genai' runs one SamplingParams for all rows of a request; "
+                              f"got {len(kinds)} different ones (use engine='onnxruntime')")
+        params = kinds.pop()
         ends_in_pad = [i for i, p in enumerate(prompts) if p[-1] == pad_id]
         if ends_in_pad:
             raise ConfigError(f"prompt(s) {ends_in_pad[:5]} end in the pad id {pad_id}: onnxruntime-genai finds a "
                               "row's length by its trailing pad ids (use engine='onnxruntime')")
-        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
-            raise ConfigError(f"slots must be an integer >= 1 or None (all rows), got {slots!r}")
-        tids = np.asarray(task_ids, dtype=np.int64)
-        if len(tids) != n:
-            raise ConfigError(f"{n} prompts need {n} task ids, got {len(tids)}")
         done = np.zeros(n, dtype=bool) if done is None else done
         size = n if slots is None else slots
         for lo in range(0, n, size):
@@ -103,15 +98,16 @@ class GenaiRunner:
         total = ids.shape[1] + budget
         if self.max_sequence_length and total > self.max_sequence_length:
             raise ConfigError(f"{total} tokens (prompt plus new tokens) exceed the {self.max_sequence_length} "
-                              "positions this graph covers; ask for fewer new tokens or a shorter input")
+                              "positions this graph covers; ask for a smaller `max_new_tokens` or a shorter input")
         search: dict = {"max_length": total, "batch_size": len(rows), "do_sample": not params.greedy}
         if params.ignore_eos:
             search["min_length"] = total
         if not params.greedy:
+            vocab = self.model_vocab()  # a k over the vocabulary keeps every token, as in the own loop
             search.update(temperature=float(params.temperature), top_p=float(params.top_p),
-                          top_k=int(params.top_k) or int(self.model_vocab()))
+                          top_k=min(int(params.top_k), vocab) or vocab)
             if params.seed is not None:
-                search["random_seed"] = int(params.seed)
+                search["random_seed"] = generator_seed(params.seed)
         gp = og.GeneratorParams(self.model)
         gp.set_search_options(**search)
         gen = og.Generator(self.model, gp)
@@ -142,5 +138,19 @@ class GenaiRunner:
         del gen, task_rows
 
     def model_vocab(self) -> int:
-        cfg = json.loads((self.path.parent / GENAI_CONFIG).read_text())
-        return int(cfg["model"]["vocab_size"])
+        if self._vocab is None:
+            cfg = json.loads((self.path.parent / GENAI_CONFIG).read_text())
+            self._vocab = int(cfg["model"]["vocab_size"])
+        return self._vocab
+
+
+GENERATOR_SEEDS = 2**31  # onnxruntime-genai's random_seed is a C int
+
+
+def generator_seed(seed: int) -> int:
+    """A SamplingParams seed (0..2**63-1) as onnxruntime-genai's 31-bit ``random_seed``: seeds
+    below 2**31 as they are, larger ones folded by a hash (the same seed, the same draw)."""
+    if seed < GENERATOR_SEEDS:
+        return seed
+    digest = hashlib.sha256(seed.to_bytes(8, "little")).digest()
+    return int.from_bytes(digest[:8], "little") % GENERATOR_SEEDS

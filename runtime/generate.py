@@ -30,13 +30,14 @@ log = logging.getLogger(__name__)
 # Sampling temperatures: 0 is greedy; below MIN, logits / temperature overflow (a subnormal such as
 # 5e-324 makes every logit inf and the draw garbage); above MAX the distribution is uniform.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED for both engines (a signed 64-bit integer, as OpenAI's seed)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 32
     temperature: float = 0.0  # 0 = greedy (argmax); > 0 samples from softmax(logits / temperature)
-    top_k: int = 0  # keep the k most likely tokens before sampling; 0 = all
+    top_k: int = 0  # keep the k most likely tokens before sampling; 0 (or k over the vocabulary) = all
     top_p: float = 1.0  # nucleus: keep the smallest set whose probability reaches top_p
     seed: int | None = None  # sampling seed; each row draws from its own stream (seed, row)
     stop: tuple[str, ...] = ()  # a row ends when its text contains one (the text ends before it)
@@ -46,23 +47,23 @@ class SamplingParams:
         if isinstance(self.stop, str):  # one stop string, not its letters
             object.__setattr__(self, "stop", (self.stop,))
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {shown_value(self.max_new_tokens)}")
         if not _is_real(self.temperature) or not (
                 self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
             raise ConfigError(f"temperature must be 0 (greedy) or a number in {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}, "
-                              f"got {self.temperature!r}")
+                              f"got {shown_value(self.temperature)}")
         if not _is_int(self.top_k) or self.top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {shown_value(self.top_k)}")
         if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
-            raise ConfigError(f"seed must be an integer >= 0 or None, got {self.seed!r}")
+            raise ConfigError(f"top_p must be a number in (0, 1], got {shown_value(self.top_p)}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            raise ConfigError(f"seed must be an integer in 0..2**63-1 or None, got {shown_value(self.seed)}")
         try:
             stop = tuple(self.stop)
         except TypeError:
-            raise ConfigError(f"stop must be a string or a list of strings, got {self.stop!r}") from None
+            raise ConfigError(f"stop must be a string or a list of strings, got {shown_value(self.stop)}") from None
         if any(not isinstance(s, str) or not s for s in stop):
-            raise ConfigError(f"stop strings must be non-empty strings, got {self.stop!r}")
+            raise ConfigError(f"stop strings must be non-empty strings, got {shown_value(self.stop)}")
         object.__setattr__(self, "stop", stop)
 
     @property
@@ -70,12 +71,35 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+def shown_value(v: object) -> str:
+    """``v`` for a message, short and on one line: an integer of more than 20 digits by its
+    length, else its repr (cut to 80 characters; one that cannot be shown, by its type)."""
+    if _is_int(v) and abs(v) >= 10**20:  # str() of one over Python's 4,300-digit limit raises
+        return f"an integer of {_digits(int(abs(v)))} digits"
+    try:
+        text = repr(v)
+    except (ValueError, RecursionError):  # holds an integer over the digit limit, or too deep
+        return f"a {type(v).__name__} too large to show"
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _digits(n: int) -> int:
+    """Decimal digits of ``n`` > 0, without str() (which refuses past 4,300 digits)."""
+    d = max(1, int(n.bit_length() * 0.30102999566398120))  # floor(log10(2**bits)), within one
+    return d + 1 if n >= 10**d else d
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_real(v: object) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too big for a float
+        return False
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -201,18 +225,40 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
 def _decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
                  params: SamplingParams | Sequence[SamplingParams], slots: int | None,
                  refill_at: int) -> tuple[list[SamplingParams], np.ndarray]:
-    """(one SamplingParams per row, task ids int64 (n,)), after checking :func:`decode`'s arguments."""
+    """:func:`decode_args` plus the own loop's ``refill_at``."""
+    checked = decode_args(prompts, task_ids, params, slots)
+    if not _is_int(refill_at) or refill_at < 1:
+        raise ConfigError(f"refill_at must be an integer >= 1, got {shown_value(refill_at)}")
+    return checked
+
+
+def decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
+                params: SamplingParams | Sequence[SamplingParams],
+                slots: int | None) -> tuple[list[SamplingParams], np.ndarray]:
+    """(one SamplingParams per row, task ids int64 (n,)) after checking the arguments every
+    decode engine takes (this loop's :func:`decode` and ``GenaiRunner.decode``): a ConfigError
+    naming the argument otherwise. The sampling values themselves are checked by
+    :class:`SamplingParams`, once, for both engines."""
     n = len(prompts)
     if any(len(p) == 0 for p in prompts):
         raise ConfigError("every prompt needs at least one token")
-    row_params = [params] * n if isinstance(params, SamplingParams) else list(params)
-    tids = np.asarray(task_ids, dtype=np.int64)
-    if len(row_params) != n or len(tids) != n:
-        raise ConfigError(f"{n} prompts need {n} task ids and params, got {len(tids)} and {len(row_params)}")
+    if isinstance(params, SamplingParams):
+        row_params = [params] * n
+    elif isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
+        raise ConfigError(f"params must be a SamplingParams or one per row, got {type(params).__name__}")
+    else:
+        row_params = list(params)
+    wrong = [type(q).__name__ for q in row_params if not isinstance(q, SamplingParams)]
+    if wrong:
+        raise ConfigError(f"params must be a SamplingParams or one per row, got a list holding {wrong[0]}")
+    try:
+        tids = np.asarray(task_ids, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError("task_ids must be integers, one per prompt") from None
+    if tids.ndim != 1 or len(row_params) != n or len(tids) != n:
+        raise ConfigError(f"{n} prompts need {n} task ids and params, got {tids.size} and {len(row_params)}")
     if slots is not None and (not _is_int(slots) or slots < 1):
-        raise ConfigError(f"slots must be an integer >= 1 or None (all rows), got {slots!r}")
-    if not _is_int(refill_at) or refill_at < 1:
-        raise ConfigError(f"refill_at must be an integer >= 1, got {refill_at!r}")
+        raise ConfigError(f"slots must be an integer >= 1 or None (all rows), got {shown_value(slots)}")
     return row_params, tids
 
 

@@ -136,6 +136,11 @@ def check_format(manifest: dict, root: Path) -> None:
         raise BundleError(f"{root}/manifest.json: format is {_short(manifest.get('format'))}, "
                           f"expected {BUNDLE_FORMAT!r}")
     version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):  # JSON true == 1 in Python
+        got = ("true" if version else "false") if isinstance(version, bool) else (
+            f"{_TYPE_NAMES.get(type(version), type(version).__name__)} {_short(version)}")
+        raise BundleError(f"{root}/manifest.json: format_version must be an integer, got {got}; this runtime "
+                          f"reads {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}")
     if version == 1:
         raise BundleError(f"{root}: bundle format_version 1 (one traced graph per task) is no longer read; "
                           "re-export the checkpoint with this alter-edge to get a format 2 bundle")
@@ -166,14 +171,15 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
         raise BundleError(f"{where}: generation.max_prompt_tokens {prompt} leaves no room for a new token "
                           f"in kv_cache.max_sequence_length {kv['max_sequence_length']} (it must be smaller)")
     for i, g in enumerate(manifest["graphs"]):
-        for ext in g.get("external_data") or ():
+        for j, ext in enumerate(g.get("external_data") or ()):
             if ext not in manifest["files"]:
-                raise BundleError(f"{where}: graphs[{i}] ({g['path']}) reads {ext}, which files does not list")
+                raise BundleError(f"{where}: graphs[{i}].external_data[{j}] {_short(ext)} (a weight file of "
+                                  f"{_short(g['path'])}) is not listed in files")
         for key, role in (("inputs", "past"), ("outputs", "present")):
             if key in g:
                 problem = kv_mismatch(g[key], kv, role)
                 if problem:
-                    raise BundleError(f"{where}: graphs[{i}] ({g['path']}) {key}: {problem}")
+                    raise BundleError(f"{where}: graphs[{i}] ({_short(g['path'])}) {key}: {problem}")
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -234,6 +240,10 @@ def confine(root: Path, rel: object, entry: str) -> Path:
         raise refuse("is not a path")
     if "\x00" in rel or "\\" in rel:
         raise refuse("holds a NUL or backslash")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a JSON \ud800 escape): no file has that name
+        raise refuse("is not valid Unicode (it holds a lone surrogate)") from None
     if rel.startswith("/") or PureWindowsPath(rel).drive:
         raise refuse("is absolute")
     if any(part in ("", ".", "..") for part in rel.split("/")):

@@ -33,7 +33,7 @@ from alter_edge.prompts import encode_prompt, label_token_ids
 from alter_edge.tasks import TaskRegistry, TaskSpec
 
 from .bundle import PRECISIONS, Bundle, GraphInfo, check_vocab, load_bundle
-from .generate import RowText, SamplingParams, decode
+from .generate import RowText, SamplingParams, decode, shown_value
 from .scoring import label_probabilities, score_labels
 from .session import GraphRunner, check_providers, session_options
 
@@ -104,9 +104,9 @@ class EdgeModel:
                  precision: str | None = None, spinning: bool = True, ort_format: bool = False,
                  engine: str = "onnxruntime"):
         if precision is not None and precision not in PRECISIONS:
-            raise ConfigError(f"{precision!r} is not a precision; valid precisions: {', '.join(PRECISIONS)}")
+            raise ConfigError(f"{shown_value(precision)} is not a precision; valid precisions: {', '.join(PRECISIONS)}")
         if engine not in ENGINES:
-            raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+            raise ConfigError(f"engine {shown_value(engine)} is not one of {', '.join(ENGINES)}")
         if engine == "genai":
             from .genai_engine import import_genai
 
@@ -485,7 +485,7 @@ def input_problem(text: object) -> str | None:
 def check_batch_size(batch_size: object) -> None:
     if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool)
                                    or batch_size < 1):
-        raise ConfigError(f"batch_size must be an integer >= 1 or None (all rows at once), got {batch_size!r}")
+        raise ConfigError(f"batch_size must be an integer >= 1 or None (all rows at once), got {shown_value(batch_size)}")
 
 
 def finished_rows(events: Iterator[TokenEvent], n: int, task_names: Sequence[str],

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from alter_edge.errors import BundleError, ConfigError
+from alter_edge.io import shown
 
 from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS, TASK_IDS, KVLayout
 
@@ -38,7 +39,7 @@ def check_providers(providers: Sequence[str] | None) -> list[str]:
     if isinstance(providers, str):  # one provider, not its letters
         providers = [providers]
     if any(not isinstance(p, str) for p in providers):
-        raise ConfigError(f"providers must be provider names (strings), got {providers!r}; "
+        raise ConfigError(f"providers must be provider names (strings), got {shown(providers)}; "
                           f"available: {', '.join(available)}")
     unknown = [p for p in providers if p not in available]
     if unknown:
@@ -49,15 +50,18 @@ def check_providers(providers: Sequence[str] | None) -> list[str]:
     return list(providers)
 
 
+MAX_THREADS = 1024  # onnxruntime takes a C int; far above any core count this runs on
+
+
 def session_options(threads: int | None = None, optimization: str = "all",
                     spinning: bool = True) -> ort.SessionOptions:
     """``threads`` = intra-op threads (None: onnxruntime's default, one per core);
     ``spinning=False`` stops idle worker threads busy-waiting (kinder on a shared CPU)."""
     if optimization not in OPT_LEVELS:
-        raise ConfigError(f"graph optimization {optimization!r} is not one of {', '.join(OPT_LEVELS)}")
+        raise ConfigError(f"graph optimization {shown(optimization)} is not one of {', '.join(OPT_LEVELS)}")
     if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
-                                or threads < 1):
-        raise ConfigError(f"threads must be an integer >= 1 (or None: one per core), got {threads!r}")
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"threads must be an integer in 1..{MAX_THREADS} (or None: one per core), got {shown(threads)}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -191,7 +195,7 @@ class GraphRunner:
         limit = self.kv.max_sequence_length
         if limit and max_len > limit:
             raise ConfigError(f"{max_len} tokens (prompt plus new tokens) exceed the {limit} positions this "
-                              f"graph covers; ask for fewer new tokens or a shorter input")
+                              f"graph covers; ask for a smaller `max_new_tokens` or a shorter input")
         try:
             return KVCache(self.kv, batch, max_len)
         except MemoryError:

@@ -133,3 +133,40 @@ def test_quantized_graphs_give_the_runtimes_greedy_tokens(tmp_path_factory, runt
         genai = EdgeModel.load(b, threads=1, precision=precision, engine="genai")
         assert list(genai._genai) == [f"model.{precision}.onnx"]
         assert [g.token_ids for g in _gen(genai)] == [g.token_ids for g in _gen(ours)], precision
+
+
+@needs_genai
+def test_decode_arguments_are_checked_once_for_both_engines(genai_model, edge_model):
+    """Issue 36 item 12: the genai engine gave a pybind RuntimeError where the default engine
+    answers. Both engines run the same argument check (``generate.decode_args``) and the same
+    SamplingParams: a seed past 2**63-1 is a ConfigError naming seed for both, a top_k past the
+    vocabulary keeps every token for both, and a seed past the generator's 31 bits still runs."""
+    for m in (edge_model, genai_model):
+        for kw, field in ((dict(seed=2**200), "seed"), (dict(seed=-1), "seed"), (dict(top_k=-1), "top_k"),
+                          (dict(top_k=1.5), "top_k"), (dict(temperature=float("nan")), "temperature")):
+            with pytest.raises(ConfigError, match=field) as e:
+                m.generate("swap cat dog", task="echo", max_new_tokens=3, **{"temperature": 1.0, **kw})
+            assert "\n" not in str(e.value) and len(str(e.value)) < 200, m.engine
+        wide = m.generate("swap cat dog", task="echo", max_new_tokens=3, temperature=1.0, top_k=10**12, seed=7)
+        all_k = m.generate("swap cat dog", task="echo", max_new_tokens=3, temperature=1.0, top_k=0, seed=7)
+        assert wide.token_ids == all_k.token_ids, m.engine  # k over the vocabulary: every token
+        big = [m.generate("swap cat dog", task="echo", max_new_tokens=3, temperature=1.0, seed=2**63 - 1).token_ids
+               for _ in range(2)]
+        assert big[0] == big[1], m.engine  # reproducible
+    # the runners' own arguments: the same messages from both decode loops
+    from alter_edge.runtime.generate import decode
+
+    runner = edge_model._runner(edge_model.bundle.graph_for(None))
+    grunner = genai_model._genai_runner(genai_model.bundle.graph_for(None))
+    eos, pad = edge_model.bundle.eos_id, edge_model.bundle.pad_id
+    bad = [dict(prompts=[[5], []], task_ids=[0, 0], params=SamplingParams(2)),
+           dict(prompts=[[5]], task_ids=[0, 1], params=SamplingParams(2)),
+           dict(prompts=[[5]], task_ids=[0], params=SamplingParams(2), slots=0),
+           dict(prompts=[[5]], task_ids=[0], params=SamplingParams(2), slots=True),
+           dict(prompts=[[5]], task_ids=[0], params="greedy")]
+    for kw in bad:
+        with pytest.raises(ConfigError) as a:
+            list(decode(runner, eos_id=eos, pad_id=pad, **kw))
+        with pytest.raises(ConfigError) as b:
+            list(grunner.decode(eos_id=eos, pad_id=pad, **kw))
+        assert str(a.value) == str(b.value), kw

@@ -24,9 +24,13 @@ from alter_edge.runtime import EdgeModel, SamplingParams
     ({"temperature": 5e-324}, "temperature must be 0 .greedy. or a number in 0.001..100, got 5e-324"),
     ({"temperature": -0.5}, "temperature must be 0 .greedy. or a number in 0.001..100, got -0.5"),
     ({"top_p": math.nan}, r"top_p must be a number in \(0, 1\]"),
+    # an integer too big for a float (the fuzz campaign's find): an OverflowError before
+    ({"temperature": 10**400}, "temperature must be 0 .greedy. or a number in 0.001..100, got an integer of 401 digits"),
+    ({"top_p": -(10**400)}, r"top_p must be a number in \(0, 1\], got an integer of 401 digits"),
+    ({"max_new_tokens": -(10**5000)}, r"max_new_tokens must be an integer >= 1, got an integer of 5001 digits"),
     ({"top_k": 1.5}, "top_k must be an integer >= 0"),
-    ({"seed": -1, "temperature": 0.5}, "seed must be an integer >= 0 or None, got -1"),
-    ({"seed": 1.5, "temperature": 0.5}, "seed must be an integer >= 0"),
+    ({"seed": -1, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1 or None, got -1"),
+    ({"seed": 1.5, "temperature": 0.5}, r"seed must be an integer in 0\.\.2\*\*63-1"),
     ({"stop": [""]}, "stop strings must be non-empty strings"),
     ({"stop": 5}, "stop must be a string or a list of strings"),
 ])
@@ -104,9 +108,10 @@ def test_input_problems_are_data_errors(runtime_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"threads": 1.5}, r"threads must be an integer >= 1 \(or None: one per core\), got 1.5"),
-    ({"threads": 0}, "threads must be an integer >= 1"),
-    ({"threads": True}, "threads must be an integer >= 1"),
+    ({"threads": 1.5}, r"threads must be an integer in 1..1024 \(or None: one per core\), got 1.5"),
+    ({"threads": 0}, "threads must be an integer in 1..1024"),
+    ({"threads": True}, "threads must be an integer in 1..1024"),
+    ({"threads": 10**12}, "threads must be an integer in 1..1024 .*, got 1000000000000"),  # the campaign's find
     ({"precision": "int3"}, r"'int3' is not a precision; valid precisions: fp32, int8, int4"),
     ({"providers": ["NoSuchExecutionProvider"]}, "not available in this onnxruntime; available:"),
     ({"providers": [3]}, "providers must be provider names"),
@@ -132,3 +137,36 @@ def test_json_files_and_folders_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o750
     assert stat.S_IMODE((tmp_path / "bundle" / "manifest.json").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": -(10**5000)}, r"batch size must be an integer >= 1, got an integer of 5001 digits$"),
+    ({"max_new_tokens": -(10**400)}, r"max_new_tokens must be an integer >= 1 or None, got an integer of 401 digits$"),
+])
+def test_batch_options_show_a_huge_number_short(kwargs, match):
+    """A 5,001-digit integer was a ValueError from repr (Python's digit limit) inside the message."""
+    from alter_edge.runtime.batch import BatchOptions
+
+    with pytest.raises(ConfigError, match=match) as e:
+        BatchOptions(**kwargs)
+    assert len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": -(10**5000)}, "batch_size must be an integer >= 1 or None .*, got an integer of 5001 digits"),
+    ({"stop": [10**5000]}, "stop strings must be non-empty strings, got a list too large to show"),
+])
+def test_a_value_too_large_to_print_is_still_one_config_error(edge_model, kwargs, match):
+    """The campaign's find: repr() of an integer over Python's 4,300-digit limit raised a
+    ValueError inside the error message."""
+    with pytest.raises(ConfigError, match=match):
+        edge_model.generate("repeat cat dog", task="echo", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"task": 10**5000}, {"tasks": [10**5000]}, {"task": [10**5000]}])
+def test_an_unknown_task_too_large_to_print_is_one_task_error(edge_model, kwargs):
+    """The campaign's find: ``unknown task {name!r}`` raised a ValueError for such a value."""
+    from alter_edge.errors import TaskError
+
+    with pytest.raises(TaskError, match="unknown task .*too large to show>?; known tasks: colour, echo, parity"):
+        edge_model.generate("repeat cat dog", **kwargs)

@@ -394,3 +394,62 @@ def test_null_fields_are_absent_as_in_a_parquet_row(edge_model, tmp_path):
     assert s.failed == 1
     assert recs[0]["task"] == "echo" and "output" in recs[0] and recs[1]["id"] is None
     assert "missing field(s) input" in recs[2]["error"] and recs[2]["id"] == "m"
+
+
+
+def _tampered(edge_model, tmp_path, extra: list[str]):
+    """A job of GOOD interrupted after two batches of 2, its partial file with ``extra`` lines
+    appended (``{line}``, ``{id}``, ``{task}``: those of a row not saved yet); (input, output,
+    partial, the partial's bytes before the resume)."""
+    inp = _write(tmp_path / "in.jsonl", GOOD)
+    out = tmp_path / "out.jsonl"
+    stop = lambda b: (_ for _ in ()).throw(KeyboardInterrupt()) if b == 1 else None  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        run_jsonl(edge_model, inp, out, BatchOptions(batch_size=2), progress=False, on_batch=stop)
+    partial = tmp_path / "out.jsonl.partial"
+    saved = {json.loads(x)["line"] for x in partial.read_bytes().splitlines()[1:]}
+    line = min(set(range(1, len(GOOD) + 1)) - saved)
+    row = GOOD[line - 1]
+    with open(partial, "ab") as f:
+        f.write("".join(x.replace("{line}", str(line)).replace("{id}", row["id"]).replace("{task}", row["task"])
+                        + "\n" for x in extra).encode())
+    return inp, out, partial, partial.read_bytes()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (['{"id": "{id}", "line": 99999999, "task": "{task}", "output": "INJECTED"}'], "line 99999999"),
+    (['{"id": "{id}", "line": {line}, "task": "{task}", "output": "x"}',
+      '{"id": "{id}", "line": {line}, "task": "{task}", "output": "INJECTED"}'], "a second record for line"),
+    (['{"id": "{id}", "line": 0, "task": "{task}", "output": "x"}'], "line 0"),
+    (['{"id": "{id}", "line": true, "task": "{task}", "output": "x"}'], "no line number"),
+    (['{"id": "{id}", "line": {line}.0, "task": "{task}", "output": "x"}'], "no line number"),
+    (['["line", 1]'], "not a record"),
+    (["garbage", '{"id": "{id}", "line": {line}, "task": "{task}", "output": "x"}'], "not a record"),
+    (['{"id": "other", "line": {line}, "task": "{task}", "output": "x"}'], "whose id 'other' is not the input's"),
+    (['{"id": "{id}", "line": {line}, "task": "nope", "output": "x"}'], "whose task 'nope' is not the input's"),
+    (['{"id": "{id}", "line": {line}, "task": "{task}", "output": 5}'], "output"),
+])
+def test_a_tampered_partial_file_is_refused_on_resume(edge_model, tmp_path, extra, words):
+    """Issue 36 item 7: an injected record for line 99999999 and a second record for line 1
+    gave 48,001 rows for 48,000 inputs and replaced line 1. A record must be for a line that
+    holds a good row of this input, once, with that row's id and task; anything else refuses
+    the resume with one line naming the partial file's line, and leaves every file as it was."""
+    inp, out, partial, before = _tampered(edge_model, tmp_path, extra)
+    with pytest.raises(DataError) as e:
+        run_jsonl(edge_model, inp, out, BatchOptions(batch_size=2), resume=True, progress=False)
+    msg = str(e.value)
+    assert words in msg and str(partial) in msg and "delete it to start over" in msg, msg
+    assert "\n" not in msg and len(msg) < 400
+    assert partial.read_bytes() == before and not out.exists()
+
+
+def test_a_partial_file_is_tied_to_the_input_and_the_bundle(edge_model, tmp_path):
+    from alter_edge.io import sha256_file
+
+    inp, out, partial, before = _tampered(edge_model, tmp_path, [])
+    head = json.loads(before.split(b"\n")[0])
+    assert head["input_sha256"] == sha256_file(inp) and head["bundle"] == edge_model.bundle.manifest_sha256
+    s = run_jsonl(edge_model, inp, out, BatchOptions(batch_size=2), resume=True, progress=False)
+    recs = _records(out)
+    assert s.resumed == before.count(b"\n") - 1 > 0 and s.rows == len(recs) == len(GOOD)
+    assert [r["line"] for r in recs] == list(range(1, len(GOOD) + 1))

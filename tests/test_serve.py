@@ -285,6 +285,7 @@ def test_key_429_and_sigterm_drain(runtime_bundle, tmp_path):
     the running stream finish, refuses new connections and exits 0."""
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-key\n")
+    key_file.chmod(0o600)
     s = Server(runtime_bundle, "--max-batch", "1", "--max-queue", "1", "--max-tokens", str(LONG),
                "--api-key-file", str(key_file), "--grace", "30", key="s3cret-key")
     try:

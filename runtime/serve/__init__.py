@@ -6,6 +6,6 @@ never imports this package.
 
 from __future__ import annotations
 
-from .run import is_loopback, serve
+from .run import is_loopback, read_api_key, serve
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["is_loopback", "read_api_key", "serve"]

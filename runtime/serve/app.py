@@ -36,6 +36,7 @@ from alter_edge.errors import AlterEdgeError, DataError
 
 from ..model import EdgeModel
 from .protocol import (
+    MAX_CLASSIFY_INPUTS,
     ApiError,
     chunk,
     classify_request,
@@ -60,6 +61,7 @@ class ServeOptions:
     max_tokens: int | None = None  # the largest max_tokens a request may ask (default: the bundle's)
     timeout: float = 120.0  # each request's deadline, seconds from its arrival
     max_body_bytes: int = 1 << 20
+    max_classify_inputs: int = MAX_CLASSIFY_INPUTS  # /v1/classify inputs per request; more get 400
     api_key: str | None = None  # None: no key needed (loopback, or --insecure)
 
 
@@ -70,7 +72,8 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)
         self.queue = Gauge("alter_edge_queue_depth", "Requests waiting for a slot", registry=r)
-        self.running = Gauge("alter_edge_running_rows", "Rows decoding in the batch", registry=r)
+        self.running = Gauge("alter_edge_running_rows", "Requests running: rows decoding in the batch and "
+                             "the classify request being scored", registry=r)
         self.tps = Gauge("alter_edge_tokens_per_second", "Generated tokens per second over the last 5 s",
                          registry=r)
         self.tokens = Counter("alter_edge_generated_tokens", "Generated tokens", registry=r)
@@ -183,11 +186,17 @@ class Server:
             raise ApiError(413, f"the request body is {int(declared)} bytes, over the limit of {limit}",
                            None, "body_too_large")
         parts, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise ApiError(413, f"the request body is over the limit of {limit} bytes", None, "body_too_large")
-            parts.append(part)
+        try:
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise ApiError(413, f"the request body is over the limit of {limit} bytes", None,
+                                   "body_too_large")
+                parts.append(part)
+        except ClientDisconnect:  # nobody is left to answer: one line, no traceback
+            log.info("%s %s: the client went away after %d bytes of its request body", request.method,
+                     request.url.path, size)
+            raise ApiError(499, "the client closed the connection", None, "client_closed") from None
         return parse_json(b"".join(parts))
 
     def _prompt(self, text: str, task: str, truncate: bool, field: str) -> list[int]:
@@ -208,8 +217,10 @@ class Server:
             raise ApiError(429, f"{e}; retry later", None, "rate_limit_exceeded", type="rate_limit_error",
                            headers={"Retry-After": str(self.scheduler.retry_after())}) from None
 
-    def _job(self, endpoint: str, task: str, **kw) -> Job:
-        return Job(task, self.model.tasks.id_of(task), self._deliver, time.monotonic() + self.options.timeout,
+    def _job(self, endpoint: str, task: str, arrived: float, **kw) -> Job:
+        """A job whose deadline is ``timeout`` seconds after the request arrived (reading its body
+        and encoding its inputs count)."""
+        return Job(task, self.model.tasks.id_of(task), self._deliver, arrived + self.options.timeout,
                    sink=_Sink(endpoint), **kw)
 
     # -- endpoints -------------------------------------------------------------------------
@@ -241,13 +252,14 @@ class Server:
 
     async def _generate(self, request: Request, chat: bool) -> Response:
         endpoint = "chat" if chat else "completions"
+        arrived = time.monotonic()
         try:
             body = await self._body(request)
             sched = self.scheduler
             req = generation_request(body, chat, self.tasks, sched.max_tokens,
                                      min(self.model.bundle.max_new_tokens, sched.max_tokens))
             ids = self._prompt(req.text, req.task, req.truncate, req.input_field)
-            job = self._job(endpoint, req.task, prompt=ids, params=req.params)
+            job = self._job(endpoint, req.task, arrived, prompt=ids, params=req.params)
             self._submit(job)
         except ApiError as e:
             return _error(e)
@@ -311,12 +323,14 @@ class Server:
             self.scheduler.cancel(job)
 
     async def classify(self, request: Request) -> Response:
+        arrived = time.monotonic()
         try:
             body = await self._body(request)
-            task, texts, single, truncate = classify_request(body, self.tasks)
+            task, texts, single, truncate = classify_request(body, self.tasks, self.options.max_classify_inputs)
             self.model.label_ids(task)  # a TaskError for a task without labels
-            prompts = [self._prompt(t, task, truncate, "input") for t in texts]
-            job = self._job("classify", task, prompts=prompts)
+            prompts = [self._prompt(t, task, truncate, "input" if single else f"input[{i}]")
+                       for i, t in enumerate(texts)]
+            job = self._job("classify", task, arrived, prompts=prompts)
             self._submit(job)
         except ApiError as e:
             return _error(e)

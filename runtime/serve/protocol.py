@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import sys
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..generate import MAX_TEMPERATURE, MIN_TEMPERATURE, SamplingParams
+from ..generate import MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE, SamplingParams
 
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
+MAX_CLASSIFY_INPUTS = 256  # /v1/classify inputs per request (the server's default cap)
 
 
 class ApiError(Exception):
@@ -41,6 +43,9 @@ def bad(message: str, param: str | None, code: str | None = None) -> ApiError:
 
 
 def parse_json(raw: bytes) -> dict:
+    """The request body as a dict, or a 400 ``invalid_json`` naming what is wrong (not UTF-8,
+    not JSON, nested too deep, a number too long to read, not an object). ``NaN`` and
+    ``Infinity`` are read, so the field that holds one is named by its own check."""
     try:
         body = json.loads(raw)
     except UnicodeDecodeError:
@@ -48,8 +53,14 @@ def parse_json(raw: bytes) -> dict:
     except json.JSONDecodeError as e:
         raise bad(f"the request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})",
                   None, "invalid_json") from None
+    except RecursionError:
+        raise bad("the request body is not valid JSON (arrays or objects nested too deep)",
+                  None, "invalid_json") from None
+    except ValueError:  # an integer over Python's digit limit (the only other ValueError json raises)
+        raise bad(f"the request body holds a number over {sys.get_int_max_str_digits()} digits, too long "
+                  "to read", None, "invalid_json") from None
     if not isinstance(body, dict):
-        raise bad(f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_json")
+        raise bad(f"the request body must be a JSON object, got {_type_name(body)}", None, "invalid_json")
     return body
 
 
@@ -58,17 +69,31 @@ def _type_name(v: object) -> str:
         type(v), "number" if isinstance(v, numbers.Number) else type(v).__name__)
 
 
+def _shown(v: object) -> str:
+    """A request value in a message, short: a number as the client wrote it (an integer of
+    more than 20 digits by its length; NaN and Infinity by name), anything else by its type."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return _type_name(v)
+    if isinstance(v, float):
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.get(repr(v), repr(v))
+    if abs(v) >= 10**20:
+        return f"an integer of {len(str(abs(v)))} digits"
+    return str(v)
+
+
 def _int(body: dict, name: str, default, lo: int, hi: int | None = None):
     v = body.get(name)
     if v is None:
         return default
+    shown = _shown(v)
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if not isinstance(v, int) or isinstance(v, bool):
-        raise bad(f"{name} must be an integer, got {_type_name(v)}", name, "invalid_type")
+        got = shown if isinstance(v, float) else _type_name(v)  # 1.5 or NaN as written, else the type
+        raise bad(f"{name} must be an integer, got {got}", name, "invalid_type")
     if v < lo or (hi is not None and v > hi):
         allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise bad(f"{name} must be in {allowed}, got {v}", name, "invalid_value")
+        raise bad(f"{name} must be in {allowed}, got {shown}", name, "invalid_value")
     return v
 
 
@@ -76,17 +101,24 @@ def _number(body: dict, name: str, default: float) -> float:
     v = body.get(name)
     if v is None:
         return default
-    if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
         raise bad(f"{name} must be a number, got {_type_name(v)}", name, "invalid_type")
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer too big for a float
+        f = math.inf
+    if not math.isfinite(f):
+        raise bad(f"{name} must be a finite number, got {_shown(v)}", name, "invalid_value")
+    return f
 
 
-def _bool(body: dict, name: str, default: bool = False) -> bool:
+def _bool(body: dict, name: str, default: bool = False, where: str = "") -> bool:
+    """``body[name]`` as a bool; ``where``: the object it sits in (``stream_options.``)."""
     v = body.get(name)
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise bad(f"{name} must be true or false, got {_type_name(v)}", name, "invalid_type")
+        raise bad(f"{where}{name} must be true or false, got {_type_name(v)}", where + name, "invalid_type")
     return v
 
 
@@ -188,20 +220,22 @@ def generation_request(body: dict, chat: bool, tasks: Sequence[str], max_tokens:
     if not 0.0 < top_p <= 1.0:
         raise bad(f"top_p must be in (0, 1], got {top_p}", "top_p", "invalid_value")
     top_k = _int(body, "top_k", 0, 0)
-    seed = _int(body, "seed", None, 0)
+    seed = _int(body, "seed", None, 0, MAX_SEED)
     stream = _bool(body, "stream")
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise bad(f"stream_options must be an object, got {_type_name(opts)}", "stream_options", "invalid_type")
-    include_usage = _bool(opts or {}, "include_usage")
+    include_usage = _bool(opts or {}, "include_usage", where="stream_options.")
     params = SamplingParams(budget, temperature, top_k, top_p, seed, _stop(body),
                             ignore_eos=_bool(body, "ignore_eos"))
     return GenerationRequest(task, text, params, stream, include_usage, _bool(body, "truncate"),
                              "messages" if chat else "prompt")
 
 
-def classify_request(body: dict, tasks: Sequence[str]) -> tuple[str, list[str], bool, bool]:
-    """(task, texts, one text?, truncate) of a /v1/classify request."""
+def classify_request(body: dict, tasks: Sequence[str],
+                     max_inputs: int = MAX_CLASSIFY_INPUTS) -> tuple[str, list[str], bool, bool]:
+    """(task, texts, one text?, truncate) of a /v1/classify request: ``input`` is one string or
+    an array of 1 to ``max_inputs`` of them."""
     task = model_name(body, tasks)
     v = body.get("input")
     single = isinstance(v, str)
@@ -209,6 +243,9 @@ def classify_request(body: dict, tasks: Sequence[str]) -> tuple[str, list[str], 
     if not isinstance(texts, list) or not texts or any(not isinstance(t, str) for t in texts):
         raise bad(f"input must be a string or a non-empty array of strings, got {_type_name(v)}", "input",
                   "missing_field" if v is None else "invalid_type")
+    if len(texts) > max_inputs:
+        raise bad(f"input has {len(texts)} strings, over this server's limit of {max_inputs} per request; "
+                  "split them into several requests", "input", "too_many_inputs")
     return task, texts, single, _bool(body, "truncate")
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
+import stat
 import sys
+from pathlib import Path
 
 import uvicorn
+
+from alter_edge.errors import ConfigError
 
 from ..model import EdgeModel
 from .app import ServeOptions, Server
@@ -23,6 +28,54 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+MAX_KEY_FILE_BYTES = 4096
+
+
+def read_api_key(path: str | Path) -> str:
+    """The API key in ``path``: one line of printable ASCII (what a client can send in an
+    ``Authorization`` header), surrounding whitespace dropped. Refused, as ssh refuses a private
+    key, when the file is not a regular file, is owned by another user (root aside), or is
+    writable by its group or readable or writable by other users (POSIX; ``chmod 600`` fixes
+    it; a group may read it); also when it is empty, not UTF-8, or more than one line."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(f"the API key file {path} cannot be read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"the API key file {path} is not a regular file")
+    if os.name == "posix":
+        loose = [what for bit, what in ((stat.S_IWGRP, "writable by its group"),
+                                        (stat.S_IROTH, "readable by other users"),
+                                        (stat.S_IWOTH, "writable by other users")) if st.st_mode & bit]
+        if loose:
+            raise ConfigError(f"the API key file {path} is {' and '.join(loose)} (mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}): anyone who reads it holds the key; "
+                              f"chmod 600 {path}")
+        if st.st_uid not in (os.getuid(), 0):
+            raise ConfigError(f"the API key file {path} belongs to another user (uid {st.st_uid}): "
+                              "whoever owns it can change the key; use a file of your own")
+    if st.st_size > MAX_KEY_FILE_BYTES:
+        raise ConfigError(f"the API key file {path} is {st.st_size} bytes; a key is one line "
+                          f"(at most {MAX_KEY_FILE_BYTES} bytes)")
+    raw = path.read_bytes()[:MAX_KEY_FILE_BYTES + 1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"the API key file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                          f"offset {e.start})") from None
+    key = text.strip()
+    if not key:
+        raise ConfigError(f"the API key file {path} is empty")
+    if len(key.splitlines()) > 1:
+        raise ConfigError(f"the API key file {path} holds {len(key.splitlines())} lines; the key is one line")
+    bad = next((i for i, c in enumerate(key) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise ConfigError(f"the API key file {path} holds {key[bad]!r} at character {bad}: a key is printable "
+                          "ASCII without spaces (what a client sends in its Authorization header)")
+    return key
 
 
 class _Uvicorn(uvicorn.Server):

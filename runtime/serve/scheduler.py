@@ -4,8 +4,11 @@ Requests of every task wait in one bounded queue and enter the running batch (a
 :class:`~alter_edge.runtime.generate.SlotPool`, the runtime's continuous refill) at the next
 step with a free slot; each row is fed its own ``task_ids``, so requests of different tasks
 decode together. A request that is cancelled (its client went away) or past its deadline
-leaves its slot before the next step. Classify requests run between two steps on the same
-session. Nothing here imports the web stack: the app hands in a ``deliver`` callback.
+leaves its slot before the next step. A classify request runs on the same session in chunks of
+``max_batch`` inputs, one chunk between two decode steps, so it neither stalls the running
+rows nor outlives its deadline; one runs at a time (the next ones wait in the queue), and it
+counts in ``running`` while it runs. Nothing here imports the web stack: the app hands in a
+``deliver`` callback.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class Job:
     classify, ``deliver(job, classifications)``."""
 
     __slots__ = ("task", "task_id", "prompt", "prompts", "params", "deadline", "created", "first_token",
-                 "text", "cancelled", "finished", "tokens", "deliver", "sink")
+                 "text", "cancelled", "finished", "tokens", "deliver", "sink", "results")
 
     def __init__(self, task: str, task_id: int, deliver: Callable, deadline: float,
                  prompt: Sequence[int] | None = None, params: SamplingParams | None = None,
@@ -55,6 +58,7 @@ class Job:
         self.text: RowText | None = None
         self.cancelled = self.finished = False
         self.tokens = 0
+        self.results: list = []  # classify: the classifications of the chunks done so far
 
     @property
     def classify(self) -> bool:
@@ -89,6 +93,7 @@ class Scheduler:
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._running: list[Job] = []
+        self._classifying: deque[Job] = deque()  # the classify job running (one at a time)
         self._stop = False
         self._latency: float | None = None  # moving average of finished requests' seconds
         self._thread = threading.Thread(target=self._loop, name="alter-edge-scheduler", daemon=True)
@@ -109,7 +114,8 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        return self.pool.running
+        """Requests running: rows in the decode batch and the classify request being scored."""
+        return self.pool.running + len(self._classifying)
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -137,7 +143,7 @@ class Scheduler:
         try:
             while True:
                 with self._cond:
-                    while not self._stop and not self._queue and not self.pool.busy:
+                    while not self._stop and not self._queue and not self.pool.busy and not self._classifying:
                         self._cond.wait(0.5)
                         self._observe(0)
                     if self._stop:
@@ -146,6 +152,8 @@ class Scheduler:
                 self._expire(out)
                 self._admit(out)
                 tokens = self._step(out) if self.pool.busy else 0
+                if self._classifying:
+                    self._classify_chunk(self._classifying[0], out)
                 self._send(out)
                 self._observe(tokens)
         except Exception:  # a bug or an onnxruntime failure: fail every request, never hang them
@@ -169,34 +177,56 @@ class Scheduler:
                 with self._cond:
                     self._queue.remove(job)
                 self._finish(job, "cancelled" if job.cancelled else DEADLINE, out)
-        for job in self._running:
+        for job in [*self._running, *self._classifying]:
             if job.cancelled or now > job.deadline:
                 self._finish(job, "cancelled" if job.cancelled else DEADLINE, out)
         self._running = [j for j in self._running if not j.finished]
+        self._classifying = deque(j for j in self._classifying if not j.finished)
 
     def _admit(self, out: dict) -> None:
-        """Queued jobs take the free slots (classify jobs run now, between two steps)."""
-        while True:
-            with self._cond:
-                if not self._queue or (not self._queue[0].classify
-                                       and self.pool.free <= self.pool.queued):
-                    return
-                job = self._queue.popleft()
+        """Queued jobs, in order, take what is free: a free slot (a generation row), or the
+        classify turn when no classify job runs. A job that must wait lets the ones behind it
+        that can start go first."""
+        with self._cond:
+            admitted = []
+            slots = self.pool.free - self.pool.queued
+            classify_free = not self._classifying
+            for job in self._queue:
+                if job.classify and classify_free:
+                    classify_free = False
+                elif not job.classify and slots > 0:
+                    slots -= 1
+                else:
+                    continue
+                admitted.append(job)
+            for job in admitted:
+                self._queue.remove(job)
+        for job in admitted:
             if job.classify:
-                self._classify(job, out)
+                self._classifying.append(job)
                 continue
             picker = GREEDY if job.params.greedy else TokenPicker(job.params)
             job.text = RowText(self.model.tokenizer, job.params.stop)
             self.pool.add(job, job.prompt, job.task_id, job.params, picker, 0)
             self._running.append(job)
 
-    def _classify(self, job: Job, out: dict) -> None:
+    def _classify_chunk(self, job: Job, out: dict) -> None:
+        """Score the running classify job's next ``max_batch`` inputs; its last chunk delivers
+        every classification (or the error of a chunk that failed)."""
+        lo = len(job.results)
+        chunk = job.prompts[lo:lo + self.pool.size]
         try:
-            result = self.model.classify_ids(job.prompts, job.task)
+            job.results.extend(self.model.classify_ids(chunk, job.task))
         except Exception as e:  # noqa: BLE001 -- reported to its request, the server goes on
             log.exception("classify failed")
-            result = e
+            self._classified(job, e, out)
+            return
+        if len(job.results) >= len(job.prompts):
+            self._classified(job, job.results, out)
+
+    def _classified(self, job: Job, result: list | Exception, out: dict) -> None:
         job.finished = True
+        self._classifying.remove(job)
         out.setdefault(job, []).append(result)
         self._record(job, "error" if isinstance(result, Exception) else "stop")
 
@@ -239,14 +269,14 @@ class Scheduler:
 
     def _observe(self, tokens: int) -> None:
         if self.metrics is not None:
-            self.metrics.observe_step(len(self._queue), self.pool.running, tokens)
+            self.metrics.observe_step(len(self._queue), self.running, tokens)
 
     def _shutdown(self) -> None:
         out: dict[Job, list] = {}
         with self._cond:
             self._stop = True
             queued, self._queue = list(self._queue), deque()
-        for job in queued + self._running:
+        for job in queued + self._running + list(self._classifying):
             self._finish(job, SHUTDOWN, out)
-        self._running = []
+        self._running, self._classifying = [], deque()
         self._send(out)
