@@ -358,7 +358,7 @@ class DecoderBuilder:
     # -- the graph ----------------------------------------------------------------------
     def build(self, path: Path, spec: BuildSpec, precision: str, weights: WeightFile | None,
               block_size: int = 32, accuracy_level: int = 4, prune_threshold: float = 1e-5,
-              adapter_bits: int | None = None) -> dict:
+              adapter_bits: int | None = None, int8_layout: str = "nbits") -> dict:
         """Write one graph to ``path``; returns facts about it (nodes, operators, seconds)."""
         t0 = time.perf_counter()
         f = self.fam
@@ -366,7 +366,7 @@ class DecoderBuilder:
         if spec.mode != "multitask" and self.token_gate:
             raise ConfigError("a token-gated checkpoint's mixture changes per token: it builds as the "
                               "multi-task graph only")
-        g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level, adapter_bits)
+        g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level, adapter_bits, int8_layout)
         T = TensorProto
         ids = g.add_input(INPUT_IDS, T.INT64, ["batch", "seq"])
         mask = g.add_input(ATTENTION_MASK, T.INT64, ["batch", "total_seq"])
@@ -384,7 +384,16 @@ class DecoderBuilder:
             name = "rotary" if t is None else f"rotary.{t}"
             rot[t] = g.shared(f"{name}.cos", cos), g.shared(f"{name}.sin", sin)
         # embedding (tied: the quantized lm_head's bytes, viewed as [vocab, hidden * bits / 8])
-        if g.bits:
+        if g.bits == 8 and g.int8_layout == "integer":
+            # int8 rows and one scale per row; tied: the lm_head's int8 bytes, read row-wise
+            key = "lm_head" if self.tied else "embed"
+            q, scale = g.rows_int8(self.embed, key)
+            rows = g.op("Cast", [g.op("Gather", [g.shared(f"{key}.qi8", q), ids], axis=0)], to=T.FLOAT)
+            row_scale = g.op("Unsqueeze", [g.op("Gather", [g.shared(f"{key}.si8", scale), ids], axis=0),
+                                           g.const(np.array([-1], np.int64), "ax_last")])
+            h = g.op("Mul", [rows, row_scale])
+            head = self.embed if self.tied else self.lm_head
+        elif g.bits:
             shared_head = self.tied and self.embed.shape[1] % block_size == 0
             key = "lm_head" if shared_head else "embed"
             q = g.quantized(self.embed, g.bits, key)

@@ -52,6 +52,16 @@ class QuantizedMatrix:
         return w.reshape(self.N, -1)[:, : self.K]
 
 
+def quantize_rows_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``W (N, K)`` -> int8 ``(N, K)`` and one scale per row ``(N,)``: symmetric, [-127, 127].
+    The weights of the ``integer`` int8 layout (``MatMulInteger``, per output channel)."""
+    w = np.asarray(w, dtype=np.float32)
+    scale = np.abs(w).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q), scale.astype(np.float32)
+
+
 def quantize_blockwise(w: np.ndarray, bits: int, block_size: int) -> QuantizedMatrix:
     w = np.ascontiguousarray(w, dtype=np.float32)
     N, K = w.shape
@@ -81,6 +91,7 @@ class WeightFile:
         self._offset = 0
         self._index: dict[str, tuple[int, int, int, tuple[int, ...]]] = {}  # key -> offset, length, dtype, shape
         self.quantized: dict[str, QuantizedMatrix] = {}  # key -> its quantized matrix (later graphs reuse it)
+        self.rows_int8: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # key -> per-row int8 weight, scales
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -131,7 +142,7 @@ class GraphBuilder:
     decoder needs. ``weights``: the shared file (None: every tensor inline)."""
 
     def __init__(self, name: str, precision: str, block_size: int, weights: WeightFile | None,
-                 accuracy_level: int = 4, adapter_bits: int | None = None):
+                 accuracy_level: int = 4, adapter_bits: int | None = None, int8_layout: str = "nbits"):
         if precision not in PRECISION_BITS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISION_BITS)}")
         self.name, self.precision, self.block_size = name, precision, block_size
@@ -139,6 +150,11 @@ class GraphBuilder:
         self.weights = weights
         self.accuracy_level = accuracy_level
         self.adapter_bits = adapter_bits  # adapter factors' bits in a quantized graph (None: the graph's)
+        # 8-bit matmuls: "nbits" (MatMulNBits, block-wise) or "integer" (DynamicQuantizeLinear +
+        # MatMulInteger, per output channel: the layout onnxruntime-web's WASM build runs fast)
+        if int8_layout not in ("nbits", "integer"):
+            raise ValueError(f"int8 layout {int8_layout!r} is not 'nbits' or 'integer'")
+        self.int8_layout = int8_layout
         self.nodes: list[onnx.NodeProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
@@ -184,6 +200,32 @@ class GraphBuilder:
             cache[key] = quantize_blockwise(w, bits, self.block_size)
         return cache[key]
 
+    def rows_int8(self, w: np.ndarray, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``w`` as per-row int8 and scales; with ``key``, once per weight file."""
+        if key is None or self.weights is None:
+            return quantize_rows_int8(w)
+        cache = self.weights.rows_int8
+        if key not in cache:
+            cache[key] = quantize_rows_int8(w)
+        return cache[key]
+
+    def integer_linear(self, x: str, w: np.ndarray, key: str | None, tied_rows: bool) -> str:
+        """``x @ w.T`` as DynamicQuantizeLinear (x to uint8, one scale per tensor) + MatMulInteger
+        on the int8 weight + the two scales. ``tied_rows``: the int8 weight is stored (N, K), as
+        the embedding reads it, and transposed at session start; otherwise stored (K, N)."""
+        q, scale = self.rows_int8(w, key)
+        n = q.shape[0]
+        if tied_rows:
+            data = self.shared(key + ".qi8", q) if key else self.const(q, "qweight")
+            b = self.op("Transpose", [data], perm=[1, 0])
+        else:
+            qt = np.ascontiguousarray(q.T)
+            b = self.shared(key + ".qi8t", qt) if key else self.const(qt, "qweight")
+        s = self.shared(key + ".si8", scale) if key else self.const(scale, "scales")
+        xq, xs, xz = self.op("DynamicQuantizeLinear", [x], outputs=3)
+        acc = self.op("MatMulInteger", [xq, b, xz, self.const(np.zeros(n, np.int8), "wzero")])
+        return self.op("Mul", [self.op("Cast", [acc], to=TensorProto.FLOAT), self.op("Mul", [xs, s])])
+
     def linear(self, x: str, w: np.ndarray | QuantizedMatrix, key: str | None = None,
                bias: np.ndarray | None = None, bits: int | None = None, tied_rows: bool = False) -> str:
         """``x @ w.T (+ bias)``, ``w`` (N, K) as in torch. fp32: MatMul on the weight stored
@@ -191,6 +233,9 @@ class GraphBuilder:
         it (None: inline, this graph's own); ``bits`` overrides the graph's precision;
         ``tied_rows``: fp32 only, the weight is stored as it is (an embedding shares it)."""
         bits = self.bits if bits is None else bits
+        if bits == 8 and self.int8_layout == "integer" and not isinstance(w, QuantizedMatrix):
+            y = self.integer_linear(x, w, key, tied_rows)
+            return y if bias is None else self.op("Add", [y, self.const(bias.astype(np.float32), "bias")])
         if isinstance(w, QuantizedMatrix) or bits:
             q = w if isinstance(w, QuantizedMatrix) else self.quantized(w, bits, key)
             if key is None:

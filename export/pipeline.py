@@ -61,6 +61,10 @@ class ExportOptions:
     # bits of the adapter factors in quantized graphs: None = the graph's own (int4 graphs: 4-bit
     # lora B joins the base projection's matmul), or 8 (int4 graphs then add an 8-bit delta)
     adapter_bits: int | None = None
+    # "native": int8 matmuls as MatMulNBits (block-wise; onnxruntime's x86/ARM kernels);
+    # "web": int8 matmuls as DynamicQuantizeLinear + MatMulInteger (per output channel), the
+    # layout onnxruntime-web's WASM build runs fast (docs/javascript.md); int8 graphs only
+    target: str = "native"
     atol: float = 3e-4  # fp32 parity: max |logits diff| at valid positions (SmolLM2: ~1e-4)
     steps: int = 16  # greedy steps that must match PyTorch, with the KV cache
     int8_budget: float = 1.0  # max mean metric drop per task, points (0-100 scale)
@@ -86,6 +90,12 @@ class ExportOptions:
             raise ConfigError(f"accuracy level must be 0-4, got {self.accuracy_level}")
         if self.adapter_bits not in (None, 4, 8):
             raise ConfigError(f"adapter bits must be 4, 8 or None (the graph's own), got {self.adapter_bits!r}")
+        if self.target not in ("native", "web"):
+            raise ConfigError(f"target must be 'native' or 'web', got {self.target!r}")
+        if self.target == "web" and self.int4:
+            raise ConfigError("target 'web' is for int8 graphs: onnxruntime-web's WASM build has no fast 4-bit "
+                              "matmul (MatMulNBits dequantizes its weights on every call there); drop `int4` "
+                              "or use target 'native'")
         if self.int8_budget < 0 or self.int4_budget < 0:
             raise ConfigError("quantization budgets must be >= 0 points")
         if not 0 <= self.prune_threshold < 1:
@@ -309,7 +319,8 @@ class _Export:
             rel = graph_path(self.names.get(spec.task_id), precision, spec.mode)
             path = confined(where, rel)
             facts = self.builder.build(path, spec, precision, wf if spec.mode != "merged" else None,
-                                       o.block_size, o.accuracy_level, o.prune_threshold, o.adapter_bits)
+                                       o.block_size, o.accuracy_level, o.prune_threshold, o.adapter_bits,
+                                       "integer" if o.target == "web" else "nbits")
             self.info["build"][rel if shipped else f"(reference) {rel}"] = facts
             built.append((spec, path))
             self.bar.update()

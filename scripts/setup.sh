@@ -31,11 +31,14 @@ elif ! command -v npm >/dev/null || ! command -v node >/dev/null; then
 elif ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
   echo "JavaScript runtime and Node.js example: skipped (node $(node --version) is older than 20)"
 else
-  for dir in js examples/node; do  # js first: the example links to it (file:../../js)
+  # js: the runtime; examples/node links to it (file:../../js); js/web: the browser side (the page
+  # `alter-edge web` serves, onnxruntime-web's WASM files, and puppeteer-core, which drives the
+  # system's chromium in tests/test_browser.py; no browser download)
+  for dir in js examples/node js/web; do
     ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error \
       || { echo "setup: npm ci in $dir failed; ALTER_EDGE_SKIP_NODE=1 sets up without the JavaScript runtime" >&2
            exit 1; }
   done
-  echo "JavaScript runtime installed in js/node_modules, Node.js example in examples/node (node $(node --version))"
+  echo "JavaScript runtime installed in js/node_modules, Node.js example in examples/node, browser files in js/web/node_modules (node $(node --version))"
 fi
 echo "alter-edge installed in .venv ($(.venv/bin/alter-edge --version))"

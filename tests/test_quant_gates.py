@@ -226,3 +226,22 @@ def test_int4_graphs_quantize_the_adapter_factors_at_the_asked_bits(kind, adapte
     assert adapter and {bits[k] for k in adapter} == {adapter_bits or 4}, bits
     assert {bits[k] for k in bits.keys() - adapter} == {4}, bits
     assert bool(joined) == (kind == "lora+attn" and adapter_bits is None), bits
+
+
+def test_learned_model_passes_the_default_gates_as_web_target(learned):
+    """`--target web` (int8 matmuls as DynamicQuantizeLinear + MatMulInteger, per output
+    channel) passes the same default int8 gates on the learned model, every graph."""
+    import json
+
+    from alter_edge.export.pipeline import ExportOptions, export_checkpoint
+
+    root, _ = learned
+    defaults = ExportOptions()
+    export_checkpoint(root / "ck", root / "web", ExportOptions(tasks="all", int8=True, target="web", progress=False,
+                                                               threads=1))
+    report = json.loads((root / "web" / "validation.json").read_text())
+    quantized = [c for c in report["checks"] if c["check"] == "quantized_vs_fp32"]
+    assert len(quantized) == 4 and report["passed"] and report["options"]["target"] == "web"
+    for c in quantized:
+        assert c["min_top1"] == defaults.min_top1_int8 and c["budget_points"] == defaults.int8_budget
+        assert all(m["int8"] >= 0.9 for m in c["metric"].values()), c["metric"]

@@ -20,6 +20,7 @@ from .export import export_cmd, inspect_cmd
 from .run import bench_cmd, run_cmd
 from .serve import serve_cmd
 from .train import eval_cmd, train_cmd
+from .web import web_cmd
 
 
 @click.group(context_settings=CONTEXT)
@@ -34,13 +35,14 @@ def main(verbose: bool) -> None:
     alter-edge export runs/mta --task all --int8 --out bundle
     alter-edge run bundle --task sentiment "a fine film"
     alter-edge serve bundle --port 8000
+    alter-edge web bundle --port 8765
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-for _cmd in (train_cmd, eval_cmd, export_cmd, inspect_cmd, run_cmd, bench_cmd, serve_cmd):
+for _cmd in (train_cmd, eval_cmd, export_cmd, inspect_cmd, run_cmd, bench_cmd, serve_cmd, web_cmd):
     main.add_command(_cmd)
 
 __all__ = ["main"]

@@ -39,6 +39,10 @@ EXPORT_OPTIONS = [
                  help="Bits of the adapter factors in quantized graphs. Default: the graph's own (an int4 "
                       "graph's 4-bit lora B joins the base projection's matmul); 8 in an int4 graph keeps "
                       "them at 8 bits and adds their delta apart."),
+    click.option("--target", type=click.Choice(["native", "web"]), default="native", show_default=True,
+                 help="Where the int8 graphs run best: native (MatMulNBits, block-wise: onnxruntime's x86/ARM "
+                      "kernels) or web (DynamicQuantizeLinear + MatMulInteger per output channel: fast in "
+                      "onnxruntime-web's WASM build, where MatMulNBits is slow). int8 only."),
     click.option("--atol", type=float, default=3e-4, show_default=True,
                  help="fp32 parity tolerance against PyTorch: max |logits diff| at valid positions."),
     click.option("--int8-budget", type=float, default=1.0, show_default=True,

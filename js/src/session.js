@@ -144,9 +144,10 @@ export class GraphRunner {
     const steps = wanted === "copy" ? 1 : 2;
     const run = async (cache) => {
       const prompt = new BigInt64Array(2 * B).map((_, i) => BigInt(1 + (i % 2)));
-      const out = [...(await this.step(prompt, 2, new Array(B).fill(2), tids, cache))];
-      if (steps === 2) out.push(...(await this.step(new BigInt64Array(B).fill(1n), 1, new Array(B).fill(3), tids, cache)));
-      return out;
+      // Array.from, not push(...logits): a real vocabulary's logits overflow the call stack as arguments
+      const first = Array.from(await this.step(prompt, 2, new Array(B).fill(2), tids, cache));
+      if (steps === 1) return first;
+      return first.concat(Array.from(await this.step(new BigInt64Array(B).fill(1n), 1, new Array(B).fill(3), tids, cache)));
     };
     let reference;
     try {
