@@ -31,6 +31,7 @@ from .builder import BuildSpec, DecoderBuilder
 from .bundle import write_manifest
 from .genai import write_genai_files
 from .graph import OPSET, WeightFile
+from .quant import METHODS, QuantPlan, collect_hessians, expand_groups
 from .validate import (
     ExportValidationError,
     ValidationReport,
@@ -59,6 +60,13 @@ class ExportOptions:
     # bits of the adapter factors in quantized graphs: None = the graph's own (int4 graphs: 4-bit
     # lora B joins the base projection's matmul), or 8 (int4 graphs then add an 8-bit delta)
     adapter_bits: int | None = None
+    # int4 quantizer (export.quant): rtn = round to nearest; gptq = error compensation from the
+    # calibration rows' activations
+    int4_method: str = "rtn"
+    int4_zero_points: bool = False  # asymmetric 4-bit blocks (a zero point per block)
+    int4_8bit: str | None = None  # precision groups kept at 8 bits in int4 graphs (export.quant.expand_groups)
+    int4_accuracy_level: int | None = None  # MatMulNBits accuracy_level of 4-bit matmuls (None: accuracy_level)
+    calibration_rows: int = 32  # train rows per task for the int4 calibration
     atol: float = 3e-4  # fp32 parity: max |logits diff| at valid positions (SmolLM2: ~1e-4)
     steps: int = 16  # greedy steps that must match PyTorch, with the KV cache
     int8_budget: float = 1.0  # max mean metric drop per task, points (0-100 scale)
@@ -82,6 +90,12 @@ class ExportOptions:
             raise ConfigError(f"block size must be a power of two >= 16, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ConfigError(f"accuracy level must be 0-4, got {self.accuracy_level}")
+        if self.int4_method not in METHODS:
+            raise ConfigError(f"int4 method must be one of {', '.join(METHODS)}, got {self.int4_method!r}")
+        if self.int4_accuracy_level not in (None, 0, 1, 2, 3, 4):
+            raise ConfigError(f"int4 accuracy level must be 0-4, got {self.int4_accuracy_level}")
+        if self.calibration_rows < 1:
+            raise ConfigError(f"calibration rows must be >= 1, got {self.calibration_rows}")
         if self.adapter_bits not in (None, 4, 8):
             raise ConfigError(f"adapter bits must be 4, 8 or None (the graph's own), got {self.adapter_bits!r}")
         if self.int8_budget < 0 or self.int4_budget < 0:
@@ -126,7 +140,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
         # 1. the PyTorch reference, then every graph built while the torch weights are at hand
         ref = {c.name: torch_reference(ck.model, c, ex.pad, opts.steps) for c in ex.cases}
         fp32 = ex.build_all("fp32", tmp if ship_fp32 else Path(work), plan if ship_fp32 else plan[:1], ship_fp32)
-        quantized = {p: ex.build_all(p, tmp, plan, True) for p in opts.precisions if p != "fp32"}
+        quantized = {p: ex.build_all(p, tmp, plan, True, ex.quant_plan(p)) for p in opts.precisions if p != "fp32"}
         ex.drop_torch()
         # 2. fp32 graphs against PyTorch; 3. quantized graphs against the fp32 multi-task graph
         src = ex.check_fp32(fp32, ref)
@@ -186,21 +200,76 @@ class _Export:
     def runner(self, path: Path) -> GraphRunner:
         return GraphRunner(path, self.kv, self.session_options, ["CPUExecutionProvider"])
 
-    def build_all(self, precision: str, where: Path, specs: list[BuildSpec], shipped: bool
-                  ) -> list[tuple[BuildSpec, Path]]:
+    def calibration(self) -> tuple[list[list[int]], list[int]]:
+        """The int4 calibration sequences (prompt + answer + eos) and their task ids: the first
+        ``calibration_rows`` train rows of each task (file order), else the validation prompts."""
+        from alter_edge.data import load_task_rows, recorded_data_path, split_task_rows
+        from alter_edge.prompts import encode_example
+
+        ck, o, tc = self.ck, self.opts, self.ck.train_config
+        data = o.data
+        if data is None and ck.state.get("data"):
+            data = recorded_data_path(ck.state["data"])
+        rows = []
+        if data is None and ck.state.get("data") or data is not None and data.is_file():
+            all_rows, source = load_task_rows(data)
+            train = split_task_rows(all_rows, source, tc.dev_fraction, tc.split_seed)[0]
+            for spec in ck.tasks:
+                rows += [(spec, r) for r in train if r.task == spec.name][:o.calibration_rows]
+        seqs, tids = [], []
+        for spec, r in rows:
+            p, t = encode_example(ck.tokenizer, spec, r.input, r.target, self.eos, tc.max_prompt_tokens)
+            seqs.append(p + t)
+            tids.append(spec.id)
+        if not seqs:  # no rows: the validation prompts
+            for c in self.cases:
+                seqs += c.prompts
+                tids += c.task_ids
+        return seqs, tids
+
+    def quant_plan(self, precision: str) -> QuantPlan | None:
+        """int4: the quantizer the options ask for (gptq: calibrated here, while the torch model
+        is at hand); int8: None (symmetric round to nearest)."""
+        o = self.opts
+        if precision != "int4":
+            return None
+        t0 = time.perf_counter()
+        try:
+            groups = expand_groups(o.int4_8bit, self.builder.kv.num_layers)
+        except ValueError as e:
+            raise ConfigError(f"--int4-8bit: {e}") from e
+        plan = QuantPlan(o.int4_method, not o.int4_zero_points, {g: 8 for g in groups})
+        facts = {"method": o.int4_method}
+        if o.int4_method == "gptq":
+            seqs, tids = self.calibration()
+            plan.hessians, tokens = collect_hessians(self.ck.model, self.builder, seqs, tids, self.pad)
+            facts.update(rows=len(seqs), tokens=tokens, calibration_seconds=round(time.perf_counter() - t0, 1))
+            log.info("int4 calibration: %d rows, %d tokens in %.1fs", len(seqs), tokens, time.perf_counter() - t0)
+        self.info["quantization"]["int4"] = facts
+        self._plan = plan
+        return plan
+
+    def build_all(self, precision: str, where: Path, specs: list[BuildSpec], shipped: bool,
+                  plan: QuantPlan | None = None) -> list[tuple[BuildSpec, Path]]:
         """Build ``specs`` at ``precision`` into ``where``, sharing one weight file (a merged
         graph has its own weights)."""
         o = self.opts
         wf = WeightFile(where / f"weights.{precision}.bin")
+        levels = o.accuracy_level
+        if precision == "int4" and o.int4_accuracy_level is not None:
+            levels = {4: o.int4_accuracy_level, 8: o.accuracy_level}
         built = []
         for spec in specs:
             rel = graph_path(self.names.get(spec.task_id), precision, spec.mode)
             facts = self.builder.build(where / rel, spec, precision, wf if spec.mode != "merged" else None,
-                                       o.block_size, o.accuracy_level, o.prune_threshold, o.adapter_bits)
+                                       o.block_size, levels, o.prune_threshold, o.adapter_bits, plan)
             self.info["build"][rel if shipped else f"(reference) {rel}"] = facts
             built.append((spec, where / rel))
             self.bar.update()
         wf.close()
+        if plan is not None:
+            self.info["quantization"][precision].update(plan.describe())
+            self.info["quantization"][precision]["matrices"] = dict(sorted(plan.methods_used.items()))
         return built
 
     def drop_torch(self) -> None:

@@ -39,6 +39,18 @@ EXPORT_OPTIONS = [
                  help="Bits of the adapter factors in quantized graphs. Default: the graph's own (an int4 "
                       "graph's 4-bit lora B joins the base projection's matmul); 8 in an int4 graph keeps "
                       "them at 8 bits and adds their delta apart."),
+    click.option("--int4-method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
+                 help="int4 rounding: rtn = round to nearest; gptq = error compensation from the calibration "
+                      "rows' activations (the checkpoint's own train rows, or --data)."),
+    click.option("--int4-zero-points/--no-int4-zero-points", default=False, show_default=True,
+                 help="Asymmetric 4-bit blocks: a zero point per block (MatMulNBits' zero_points)."),
+    click.option("--int4-8bit", default=None,
+                 help="Matrices kept at 8 bits in int4 graphs, a comma list: lm_head (the tied embedding and "
+                      "lm_head), qkv, o, up, down (in every block), first, last, layers.<i>, layers.<i>.<site>."),
+    click.option("--int4-accuracy-level", type=click.IntRange(0, 4), default=None,
+                 help="MatMulNBits accuracy_level of the 4-bit matmuls (default: --accuracy-level)."),
+    click.option("--calibration-rows", type=click.IntRange(min=1), default=32, show_default=True,
+                 help="Train rows per task that calibrate the int4 quantizer."),
     click.option("--atol", type=float, default=3e-4, show_default=True,
                  help="fp32 parity tolerance against PyTorch: max |logits diff| at valid positions."),
     click.option("--int8-budget", type=float, default=1.0, show_default=True,
