@@ -31,7 +31,14 @@ from .builder import BuildSpec, DecoderBuilder
 from .bundle import write_manifest
 from .genai import write_genai_files
 from .graph import OPSET, WeightFile
-from .quant import METHODS, QuantPlan, collect_hessians, expand_groups
+from .quant import (
+    METHODS,
+    QuantPlan,
+    choose_8bit,
+    collect_hessians,
+    expand_groups,
+    measure_sensitivity,
+)
 from .validate import (
     ExportValidationError,
     ValidationReport,
@@ -64,7 +71,11 @@ class ExportOptions:
     # calibration rows' activations
     int4_method: str = "rtn"
     int4_zero_points: bool = False  # asymmetric 4-bit blocks (a zero point per block)
-    int4_8bit: str | None = None  # precision groups kept at 8 bits in int4 graphs (export.quant.expand_groups)
+    # precision groups kept at 8 bits in int4 graphs (export.quant.expand_groups), or "auto": the
+    # candidate groups whose 4 bits cost the most task loss on the calibration rows, within int4_8bit_mb
+    int4_8bit: str | None = None
+    int4_8bit_mb: float = 16.0  # "auto": the most the 8-bit groups may add to the int4 weights, MB
+    sensitivity_rows: int = 8  # "auto": calibration rows per task the sensitivity is measured on
     int4_accuracy_level: int | None = None  # MatMulNBits accuracy_level of 4-bit matmuls (None: accuracy_level)
     calibration_rows: int = 32  # train rows per task for the int4 calibration
     atol: float = 3e-4  # fp32 parity: max |logits diff| at valid positions (SmolLM2: ~1e-4)
@@ -196,13 +207,16 @@ class _Export:
         self.info: dict = {"build": {}, "quantization": {}}
         self.session_options = session_options(opts.threads)
         self.bar = None
+        self._calibration = None  # int4 calibration rows: (prompts, answers, task ids)
+        self._hessians = None  # int4 gptq: (Hessians per site, facts)
 
     def runner(self, path: Path) -> GraphRunner:
         return GraphRunner(path, self.kv, self.session_options, ["CPUExecutionProvider"])
 
-    def calibration(self) -> tuple[list[list[int]], list[int]]:
-        """The int4 calibration sequences (prompt + answer + eos) and their task ids: the first
-        ``calibration_rows`` train rows of each task (file order), else the validation prompts."""
+    def calibration(self) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """The int4 calibration rows: prompts, answers (+ eos) and task ids of the first
+        ``calibration_rows`` train rows of each task (file order), else the validation prompts
+        (no answers)."""
         from alter_edge.data import load_task_rows, recorded_data_path, split_task_rows
         from alter_edge.prompts import encode_example
 
@@ -216,16 +230,18 @@ class _Export:
             train = split_task_rows(all_rows, source, tc.dev_fraction, tc.split_seed)[0]
             for spec in ck.tasks:
                 rows += [(spec, r) for r in train if r.task == spec.name][:o.calibration_rows]
-        seqs, tids = [], []
+        prompts, answers, tids = [], [], []
         for spec, r in rows:
             p, t = encode_example(ck.tokenizer, spec, r.input, r.target, self.eos, tc.max_prompt_tokens)
-            seqs.append(p + t)
+            prompts.append(p)
+            answers.append(t)
             tids.append(spec.id)
-        if not seqs:  # no rows: the validation prompts
+        if not prompts:  # no rows: the validation prompts
             for c in self.cases:
-                seqs += c.prompts
+                prompts += c.prompts
+                answers += [[] for _ in c.prompts]
                 tids += c.task_ids
-        return seqs, tids
+        return prompts, answers, tids
 
     def quant_plan(self, precision: str) -> QuantPlan | None:
         """int4: the quantizer the options ask for (gptq: calibrated here, while the torch model
@@ -234,19 +250,43 @@ class _Export:
         if precision != "int4":
             return None
         t0 = time.perf_counter()
+        auto = (o.int4_8bit or "").strip() == "auto"
         try:
-            groups = expand_groups(o.int4_8bit, self.builder.kv.num_layers)
+            groups = [] if auto else expand_groups(o.int4_8bit, self.builder.kv.num_layers)
         except ValueError as e:
             raise ConfigError(f"--int4-8bit: {e}") from e
         plan = QuantPlan(o.int4_method, not o.int4_zero_points, {g: 8 for g in groups})
-        facts = {"method": o.int4_method}
+        facts: dict = {"method": o.int4_method}
+        if o.int4_method == "gptq" or auto:
+            if self._calibration is None:
+                self._calibration = self.calibration()
+            prompts, answers, tids = self._calibration
+            facts["calibration_rows"] = len(prompts)
         if o.int4_method == "gptq":
-            seqs, tids = self.calibration()
-            plan.hessians, tokens = collect_hessians(self.ck.model, self.builder, seqs, tids, self.pad)
-            facts.update(rows=len(seqs), tokens=tokens, calibration_seconds=round(time.perf_counter() - t0, 1))
-            log.info("int4 calibration: %d rows, %d tokens in %.1fs", len(seqs), tokens, time.perf_counter() - t0)
+            if self._hessians is None:  # once per export (the rows do not change with the options)
+                seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
+                hessians, tokens = collect_hessians(self.ck.model, self.builder, seqs, tids, self.pad)
+                self._hessians = hessians, {"tokens": tokens, "hessian_seconds": round(time.perf_counter() - t0, 1)}
+                log.info("int4 calibration: %d rows, %d tokens in %.1fs", len(seqs), tokens,
+                         time.perf_counter() - t0)
+            plan.hessians = self._hessians[0]
+            facts.update(self._hessians[1])
+        if auto:
+            t1 = time.perf_counter()
+            n = o.sensitivity_rows
+            keep = [i for i, tid in enumerate(tids) if answers[i] and sum(t == tid for t in tids[:i]) < n]
+            sens = measure_sensitivity(self.ck.model, self.builder, plan, [prompts[i] for i in keep],
+                                       [answers[i] for i in keep], [tids[i] for i in keep], self.pad,
+                                       o.block_size)
+            groups = choose_8bit(sens, o.int4_8bit_mb * 1e6, o.int4_zero_points)
+            plan.group_bits = {g: 8 for g in groups}
+            facts["sensitivity"] = {"rows": len(keep), "seconds": round(time.perf_counter() - t1, 1),
+                                    "fp32_loss": round(sens["fp32_loss"], 5), "budget_mb": o.int4_8bit_mb,
+                                    "groups": {k: {"loss_increase": v["loss_increase"], "weights": v["weights"]}
+                                               for k, v in sens["groups"].items()}}
+            log.info("int4 sensitivity: %s -> 8 bits: %s", facts["sensitivity"]["groups"], groups)
+        facts["seconds_before_build"] = round(time.perf_counter() - t0, 1)
         self.info["quantization"]["int4"] = facts
-        self._plan = plan
         return plan
 
     def build_all(self, precision: str, where: Path, specs: list[BuildSpec], shipped: bool,

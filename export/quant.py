@@ -188,6 +188,7 @@ class QuantPlan:
     damp: float = 0.01
     seconds: float = 0.0  # time spent quantizing
     methods_used: dict[str, str] = field(default_factory=dict)  # key -> what rounded it
+    _base: dict = field(default_factory=dict, repr=False)  # GPTQ of each site's base matrix, by bits
 
     def bits(self, key: str, default: int) -> int:
         return self.group_bits.get(group_of(key), default)
@@ -203,6 +204,16 @@ class QuantPlan:
     def _rtn(self, w, bits, block_size):
         return quantize_blockwise(w, bits, block_size, symmetric=self.symmetric)
 
+    def _gptq(self, site, part, w, H, bits, block_size) -> QuantizedMatrix:
+        """GPTQ of a site's base matrix (once: the sensitivity pass and every graph reuse it) or
+        of a lora A factor."""
+        if part == "lora_A":
+            return gptq_quantize(w, H, bits, block_size, self.symmetric, self.damp)
+        key = (site[0], site[1], bits, block_size, w.shape)
+        if key not in self._base:
+            self._base[key] = gptq_quantize(w, H, bits, block_size, self.symmetric, self.damp)
+        return self._base[key]
+
     def _quantize(self, key, w, bits, block_size) -> tuple[QuantizedMatrix, str]:
         site = site_of(key)
         H = self.hessians.get(site[:2]) if site is not None and self.method == "gptq" else None
@@ -210,11 +221,11 @@ class QuantPlan:
             return self._rtn(w, bits, block_size), "rtn"
         K = H.shape[0]
         if w.shape[1] == K:  # the base alone, or a lora A factor: it reads the site's input
-            return gptq_quantize(w, H, bits, block_size, self.symmetric, self.damp), "gptq"
+            return self._gptq(site, site[2], w, H, bits, block_size), "gptq"
         if site[2] != "wb" or K % block_size:
             return self._rtn(w, bits, block_size), "rtn"
         # [W | B]: W with the Hessian, B's columns (the adapters' hidden, blocks of their own) to nearest
-        base = gptq_quantize(w[:, :K], H, bits, block_size, self.symmetric, self.damp)
+        base = self._gptq(site, None, w[:, :K], H, bits, block_size)
         return QuantizedMatrix.join([base, self._rtn(w[:, K:], bits, block_size)]), "gptq (W), rtn (B)"
 
     def describe(self) -> dict:
@@ -243,3 +254,151 @@ def expand_groups(spec: str | None, num_layers: int) -> list[str]:
             raise ValueError(f"unknown precision group {item!r}: lm_head, qkv, o, up, down, first, last, "
                              "layers.<i> or layers.<i>.<site>")
     return list(dict.fromkeys(out))
+
+
+# -- mixed precision by measured sensitivity ---------------------------------------------------
+
+CANDIDATES = ("lm_head", "o", "qkv", "up", "down", "first", "last")
+
+
+def _site_modules(builder, i: int, site: str) -> list[object]:
+    """The torch modules whose weights (stacked in this order) are a site's base matrix."""
+    f = builder.fam
+    layer = builder.layers[i]
+    attn = getattr(layer, f.attn)
+    if site == "qkv":
+        return [getattr(attn, n) for n in f.qkv]
+    if site == "o":
+        return [getattr(attn, f.o)]
+    mlp = getattr(layer, f.mlp)
+    if getattr(mlp, "kind", None) == "ffn":
+        return []
+    inner = getattr(mlp, "mlp", mlp) if hasattr(mlp, "kind") else mlp
+    return [getattr(inner, n) for n in (f.up if site == "up" else (f.down,))]
+
+
+class _Swap:
+    """Torch weights replaced by their quantized-dequantized values, restored on exit."""
+
+    def __init__(self, pairs: list[tuple[object, np.ndarray]]):
+        self.pairs = pairs  # (parameter, new value in the parameter's own layout)
+        self.saved: list = []
+
+    def __enter__(self):
+        import torch
+
+        for p, v in self.pairs:
+            self.saved.append(p.data.clone())
+            p.data.copy_(torch.from_numpy(v).to(p.dtype))
+        return self
+
+    def __exit__(self, *exc):
+        for (p, _), old in zip(self.pairs, self.saved, strict=True):
+            p.data.copy_(old)
+
+
+def _weight_param(module):
+    m = getattr(module, "base_layer", module)
+    return m.weight, hasattr(m, "nf")  # transformers' Conv1D stores (in, out)
+
+
+def measure_sensitivity(model, builder, plan: QuantPlan, prompts: list[list[int]], answers: list[list[int]],
+                        task_ids: list[int], pad_id: int, block_size: int, bits: int = 4,
+                        candidates: tuple[str, ...] = CANDIDATES, batch: int = 8) -> dict:
+    """Each candidate group alone at ``bits`` (quantized as ``plan`` quantizes it, every other
+    weight fp32): the increase of the task loss (mean cross-entropy of the answer tokens,
+    teacher-forced) on the calibration rows; and the bytes keeping it at 8 bits adds."""
+    import torch
+
+    from alter_edge.padding import pad_rows
+
+    L = len(builder.layers)
+    seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
+
+    def task_loss() -> float:
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for s in range(0, len(seqs), batch):
+                rows = list(range(s, min(s + batch, len(seqs))))
+                ids, lengths = pad_rows([seqs[i] for i in rows], pad_id)
+                ids = torch.from_numpy(np.asarray(ids, np.int64))
+                mask = (torch.arange(ids.shape[1])[None, :] < torch.from_numpy(np.asarray(lengths))[:, None]).long()
+                bi, pi, tgt = [], [], []
+                for r, i in enumerate(rows):
+                    p = len(prompts[i])
+                    for j, tok in enumerate(answers[i]):
+                        bi.append(r)
+                        pi.append(p - 1 + j)
+                        tgt.append(tok)
+                logits = model.logits_at(ids, mask, torch.tensor([task_ids[i] for i in rows]),
+                                         (torch.tensor(bi), torch.tensor(pi)))
+                total += float(torch.nn.functional.cross_entropy(logits.float(), torch.tensor(tgt),
+                                                                 reduction="sum"))
+                n += len(tgt)
+        return total / max(n, 1)
+
+    def site_pairs(i: int, site: str) -> tuple[list, int]:
+        mods = _site_modules(builder, i, site)
+        if not mods:
+            return [], 0
+        params = [_weight_param(m) for m in mods]
+        ws = [(p.detach().float().numpy().T if conv else p.detach().float().numpy()) for p, conv in params]
+        W = np.concatenate(ws, 0)
+        deq = plan._quantize(f"layers.{i}.{site}", W, bits, block_size)[0].dequantize()
+        out, row = [], 0
+        for (p, conv), w in zip(params, ws, strict=True):
+            part = deq[row:row + w.shape[0]]
+            row += w.shape[0]
+            out.append((p, np.ascontiguousarray(part.T if conv else part)))
+        return out, W.size
+
+    def group_sites(name: str) -> list[tuple[int, str]]:
+        if name in SITES:
+            return [(i, name) for i in range(L)]
+        i = 0 if name == "first" else L - 1
+        return [(i, s) for s in SITES]
+
+    t0 = time.perf_counter()
+    ref = task_loss()
+    out = {"fp32_loss": ref, "groups": {}}
+    for name in candidates:
+        if name == "lm_head":
+            emb = builder.mta.base.get_input_embeddings() if builder.mta is not None else None
+            if emb is None or not builder.tied:
+                continue
+            w = emb.weight.detach().float().numpy()
+            deq = quantize_blockwise(w, bits, block_size, symmetric=plan.symmetric).dequantize()
+            pairs, size, groups = [(emb.weight, deq)], w.size, ["lm_head"]
+        else:
+            pairs, size, groups = [], 0, []
+            for i, s in group_sites(name):
+                p, n = site_pairs(i, s)
+                pairs += p
+                size += n
+                groups += [f"layers.{i}.{s}"] if p else []
+        if not pairs:
+            continue
+        with _Swap(pairs):
+            loss = task_loss()
+        out["groups"][name] = {"loss_increase": round(loss - ref, 5), "weights": size, "members": groups}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def choose_8bit(sensitivity: dict, budget_bytes: float, zero_points: bool) -> list[str]:
+    """Candidate groups kept at 8 bits: the most loss-increase per added byte first, while the
+    added bytes fit ``budget_bytes``; a group whose 4 bits cost nothing measurable (no loss
+    increase) stays at 4."""
+    # 8 bits instead of 4: half a byte more per weight (a zero point: half a byte more per block)
+    ranked = sorted(sensitivity["groups"].items(), key=lambda kv: -kv[1]["loss_increase"] / kv[1]["weights"])
+    chosen: list[str] = []
+    used = 0.0
+    for _name, g in ranked:
+        new = [m for m in g["members"] if m not in chosen]
+        if g["loss_increase"] <= 0 or not new:
+            continue
+        extra = g["weights"] * len(new) / len(g["members"]) * (0.5 + (0.5 / 32 if zero_points else 0))
+        if used + extra <= budget_bytes:
+            chosen += new
+            used += extra
+    return chosen

@@ -46,7 +46,11 @@ EXPORT_OPTIONS = [
                  help="Asymmetric 4-bit blocks: a zero point per block (MatMulNBits' zero_points)."),
     click.option("--int4-8bit", default=None,
                  help="Matrices kept at 8 bits in int4 graphs, a comma list: lm_head (the tied embedding and "
-                      "lm_head), qkv, o, up, down (in every block), first, last, layers.<i>, layers.<i>.<site>."),
+                      "lm_head), qkv, o, up, down (in every block), first, last, layers.<i>, layers.<i>.<site>; "
+                      "or auto: the candidates whose 4 bits cost the most task loss on the calibration rows, "
+                      "within --int4-8bit-mb."),
+    click.option("--int4-8bit-mb", type=float, default=16.0, show_default=True,
+                 help="--int4-8bit auto: the most MB the 8-bit matrices may add to the int4 weights."),
     click.option("--int4-accuracy-level", type=click.IntRange(0, 4), default=None,
                  help="MatMulNBits accuracy_level of the 4-bit matmuls (default: --accuracy-level)."),
     click.option("--calibration-rows", type=click.IntRange(min=1), default=32, show_default=True,
