@@ -356,8 +356,23 @@ class _Export:
                 self.report.record(rec, fatal=False)
                 if not rec["passed"]:
                     raise ExportValidationError(describe_failure(rec))
-                entries.append(_entry(spec, path, precision, self.names))
+                entry = _entry(spec, path, precision, self.names)
+                entry["quantization"] = self.quantization_entry(precision, path.name)
+                entries.append(entry)
         return entries
+
+    def quantization_entry(self, precision: str, rel: str) -> dict:
+        """A quantized graph's manifest record: how its weights were rounded and each stored
+        matrix's bits (``key -> bits``, the keys of its weight file)."""
+        o = self.opts
+        q = self.info["quantization"].get(precision, {})
+        level = o.int4_accuracy_level if precision == "int4" and o.int4_accuracy_level is not None \
+            else o.accuracy_level
+        return {"method": q.get("method", "rtn"), "zero_points": bool(q.get("zero_points", False)),
+                "block_size": o.block_size,
+                "accuracy_level": {"4": level, "8": o.accuracy_level} if precision == "int4"
+                else {"8": o.accuracy_level},
+                "matrix_bits": self.info["build"].get(rel, {}).get("matrix_bits", {})}
 
     def write_files(self, checkpoint: Path, tmp: Path, entries: list[dict], t_start: float) -> dict:
         """Tokenizer, tasks, validation.json, the onnxruntime-genai files and the manifest;
