@@ -396,7 +396,7 @@ class DecoderBuilder:
             zp = q.packed_zero_points()
             if zp is not None:
                 ins.append(g.shared(f"{key}.zp", zp.reshape(-1), view=zp.shape))
-            h = g.op("GatherBlockQuantized", ins, domain=MS, bits=q.bits, block_size=block_size,
+            h = g.op("GatherBlockQuantized", ins, domain=MS, bits=q.bits, block_size=q.block_size,
                      quantize_axis=1, gather_axis=0)
             head = q if shared_head else self.lm_head
         else:

@@ -74,6 +74,7 @@ class ExportOptions:
     # precision groups kept at 8 bits in int4 graphs (export.quant.expand_groups), or "auto": the
     # candidate groups whose 4 bits cost the most task loss on the calibration rows, within int4_8bit_mb
     int4_8bit: str | None = None
+    int4_8bit_block_size: int = 64  # block size of the 8-bit matrices of an int4 graph (where they divide)
     int4_8bit_mb: float = 16.0  # "auto": the most the 8-bit groups may add to the int4 weights, MB
     sensitivity_rows: int = 8  # "auto": calibration rows per task the sensitivity is measured on
     int4_accuracy_level: int | None = None  # MatMulNBits accuracy_level of 4-bit matmuls (None: accuracy_level)
@@ -103,6 +104,8 @@ class ExportOptions:
             raise ConfigError(f"accuracy level must be 0-4, got {self.accuracy_level}")
         if self.int4_method not in METHODS:
             raise ConfigError(f"int4 method must be one of {', '.join(METHODS)}, got {self.int4_method!r}")
+        if self.int4_8bit_block_size < 16 or self.int4_8bit_block_size & (self.int4_8bit_block_size - 1):
+            raise ConfigError(f"int4 8-bit block size must be a power of two >= 16, got {self.int4_8bit_block_size}")
         if self.int4_accuracy_level not in (None, 0, 1, 2, 3, 4):
             raise ConfigError(f"int4 accuracy level must be 0-4, got {self.int4_accuracy_level}")
         if self.calibration_rows < 1:
@@ -255,7 +258,8 @@ class _Export:
             groups = [] if auto else expand_groups(o.int4_8bit, self.builder.kv.num_layers)
         except ValueError as e:
             raise ConfigError(f"--int4-8bit: {e}") from e
-        plan = QuantPlan(o.int4_method, not o.int4_zero_points, {g: 8 for g in groups})
+        plan = QuantPlan(o.int4_method, not o.int4_zero_points, {g: 8 for g in groups},
+                         block_size_8bit=o.int4_8bit_block_size)
         facts: dict = {"method": o.int4_method}
         if o.int4_method == "gptq" or auto:
             if self._calibration is None:
@@ -369,7 +373,7 @@ class _Export:
         level = o.int4_accuracy_level if precision == "int4" and o.int4_accuracy_level is not None \
             else o.accuracy_level
         return {"method": q.get("method", "rtn"), "zero_points": bool(q.get("zero_points", False)),
-                "block_size": o.block_size,
+                "block_size": o.block_size, "block_size_8bit": o.int4_8bit_block_size if precision == "int4" else None,
                 "accuracy_level": {"4": level, "8": o.accuracy_level} if precision == "int4"
                 else {"8": o.accuracy_level},
                 "matrix_bits": self.info["build"].get(rel, {}).get("matrix_bits", {})}

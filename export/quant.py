@@ -186,6 +186,7 @@ class QuantPlan:
     group_bits: dict[str, int] = field(default_factory=dict)
     hessians: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     damp: float = 0.01
+    block_size_8bit: int | None = None  # the 8-bit groups' block size (None: the graph's)
     seconds: float = 0.0  # time spent quantizing
     methods_used: dict[str, str] = field(default_factory=dict)  # key -> what rounded it
     _base: dict = field(default_factory=dict, repr=False)  # GPTQ of each site's base matrix, by bits
@@ -193,7 +194,16 @@ class QuantPlan:
     def bits(self, key: str, default: int) -> int:
         return self.group_bits.get(group_of(key), default)
 
+    def block_size(self, w: np.ndarray, bits: int, block_size: int) -> int:
+        """8-bit matrices of an int4 graph take ``block_size_8bit`` (coarser scales: 8 bits need
+        fewer) where the input width is whole blocks of it."""
+        b8 = self.block_size_8bit
+        if bits == 8 and b8 and w.shape[1] % b8 == 0 and b8 > block_size:
+            return b8
+        return block_size
+
     def quantize(self, key: str | None, w: np.ndarray, bits: int, block_size: int) -> QuantizedMatrix:
+        block_size = self.block_size(w, bits, block_size) if self.group_bits else block_size
         t0 = time.perf_counter()
         q, how = self._quantize(key, w, bits, block_size)
         self.seconds += time.perf_counter() - t0

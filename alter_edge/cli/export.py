@@ -49,6 +49,9 @@ EXPORT_OPTIONS = [
                       "lm_head), qkv, o, up, down (in every block), first, last, layers.<i>, layers.<i>.<site>; "
                       "or auto: the candidates whose 4 bits cost the most task loss on the calibration rows, "
                       "within --int4-8bit-mb."),
+    click.option("--int4-8bit-block-size", type=int, default=64, show_default=True,
+                 help="Block size of the 8-bit matrices of an int4 graph (where the input width is whole blocks; "
+                      "else --block-size)."),
     click.option("--int4-8bit-mb", type=float, default=16.0, show_default=True,
                  help="--int4-8bit auto: the most MB the 8-bit matrices may add to the int4 weights."),
     click.option("--int4-accuracy-level", type=click.IntRange(0, 4), default=None,
