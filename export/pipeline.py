@@ -69,13 +69,16 @@ class ExportOptions:
     adapter_bits: int | None = None
     # int4 quantizer (export.quant): rtn = round to nearest; gptq = error compensation from the
     # calibration rows' activations
-    int4_method: str = "rtn"
-    int4_zero_points: bool = False  # asymmetric 4-bit blocks (a zero point per block)
+    int4_method: str = "gptq"
+    int4_zero_points: bool = True  # asymmetric 4-bit blocks (a zero point per block)
     # precision groups kept at 8 bits in int4 graphs (export.quant.expand_groups), or "auto": the
     # candidate groups whose 4 bits cost the most task loss on the calibration rows, within int4_8bit_mb
-    int4_8bit: str | None = None
+    int4_8bit: str | None = "auto"
     int4_8bit_block_size: int = 64  # block size of the 8-bit matrices of an int4 graph (where they divide)
-    int4_8bit_mb: float = 16.0  # "auto": the most the 8-bit groups may add to the int4 weights, MB
+    # "auto": the most weights kept at 8 bits, a fraction of the base's quantized weights, and
+    # (when given) the most MB they may add to the int4 weights
+    int4_8bit_fraction: float = 0.1
+    int4_8bit_mb: float | None = None
     sensitivity_rows: int = 8  # "auto": calibration rows per task the sensitivity is measured on
     int4_accuracy_level: int | None = None  # MatMulNBits accuracy_level of 4-bit matmuls (None: accuracy_level)
     calibration_rows: int = 32  # train rows per task for the int4 calibration
@@ -104,6 +107,8 @@ class ExportOptions:
             raise ConfigError(f"accuracy level must be 0-4, got {self.accuracy_level}")
         if self.int4_method not in METHODS:
             raise ConfigError(f"int4 method must be one of {', '.join(METHODS)}, got {self.int4_method!r}")
+        if not 0 <= self.int4_8bit_fraction <= 1:
+            raise ConfigError(f"int4 8-bit fraction must be in [0, 1], got {self.int4_8bit_fraction}")
         if self.int4_8bit_block_size < 16 or self.int4_8bit_block_size & (self.int4_8bit_block_size - 1):
             raise ConfigError(f"int4 8-bit block size must be a power of two >= 16, got {self.int4_8bit_block_size}")
         if self.int4_accuracy_level not in (None, 0, 1, 2, 3, 4):
@@ -282,10 +287,14 @@ class _Export:
             sens = measure_sensitivity(self.ck.model, self.builder, plan, [prompts[i] for i in keep],
                                        [answers[i] for i in keep], [tids[i] for i in keep], self.pad,
                                        o.block_size)
-            groups = choose_8bit(sens, o.int4_8bit_mb * 1e6, o.int4_zero_points)
+            budget = o.int4_8bit_fraction * sens["total_weights"] * 0.5  # bytes: half a byte more a weight
+            if o.int4_8bit_mb is not None:
+                budget = min(budget, o.int4_8bit_mb * 1e6)
+            groups = choose_8bit(sens, budget, o.int4_zero_points)
             plan.group_bits = {g: 8 for g in groups}
             facts["sensitivity"] = {"rows": len(keep), "seconds": round(time.perf_counter() - t1, 1),
-                                    "fp32_loss": round(sens["fp32_loss"], 5), "budget_mb": o.int4_8bit_mb,
+                                    "fp32_loss": round(sens["fp32_loss"], 5), "budget_mb": round(budget / 1e6, 2),
+                                    "total_weights": sens["total_weights"],
                                     "groups": {k: {"loss_increase": v["loss_increase"], "weights": v["weights"]}
                                                for k, v in sens["groups"].items()}}
             log.info("int4 sensitivity: %s -> 8 bits: %s", facts["sensitivity"]["groups"], groups)

@@ -249,6 +249,8 @@ def expand_groups(spec: str | None, num_layers: int) -> list[str]:
     (``layers.<i>.<site>``)."""
     out: list[str] = []
     for item in [s.strip() for s in (spec or "").split(",") if s.strip()]:
+        if item == "none":
+            continue
         if item == "lm_head":
             out.append("lm_head")
         elif item in SITES:
@@ -370,10 +372,12 @@ def measure_sensitivity(model, builder, plan: QuantPlan, prompts: list[list[int]
 
     t0 = time.perf_counter()
     ref = task_loss()
-    out = {"fp32_loss": ref, "groups": {}}
+    total = sum(_weight_param(m)[0].numel() for i in range(L) for s in SITES for m in _site_modules(builder, i, s))
+    emb = builder.mta.base.get_input_embeddings() if builder.mta is not None else None
+    total += emb.weight.numel() if emb is not None else 0
+    out = {"fp32_loss": ref, "groups": {}, "total_weights": int(total)}
     for name in candidates:
         if name == "lm_head":
-            emb = builder.mta.base.get_input_embeddings() if builder.mta is not None else None
             if emb is None or not builder.tied:
                 continue
             w = emb.weight.detach().float().numpy()
