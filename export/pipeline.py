@@ -73,7 +73,7 @@ class ExportOptions:
     int4_zero_points: bool = True  # asymmetric 4-bit blocks (a zero point per block)
     # precision groups kept at 8 bits in int4 graphs (export.quant.expand_groups), or "auto": the
     # candidate groups whose 4 bits cost the most task loss on the calibration rows, within int4_8bit_mb
-    int4_8bit: str | None = "auto"
+    int4_8bit: str | None = None
     int4_8bit_block_size: int = 64  # block size of the 8-bit matrices of an int4 graph (where they divide)
     # "auto": the most weights kept at 8 bits, a fraction of the base's quantized weights, and
     # (when given) the most MB they may add to the int4 weights

@@ -44,7 +44,7 @@ EXPORT_OPTIONS = [
                       "rows' activations (the checkpoint's own train rows, or --data)."),
     click.option("--int4-zero-points/--no-int4-zero-points", default=True, show_default=True,
                  help="Asymmetric 4-bit blocks: a zero point per block (MatMulNBits' zero_points)."),
-    click.option("--int4-8bit", default="auto", show_default=True,
+    click.option("--int4-8bit", default=None,
                  help="Matrices kept at 8 bits in int4 graphs, a comma list: lm_head (the tied embedding and "
                       "lm_head), qkv, o, up, down (in every block), first, last, layers.<i>, layers.<i>.<site>; "
                       "auto: the candidates whose 4 bits cost the most task loss on the calibration rows, "
