@@ -185,9 +185,9 @@ def test_learned_model_passes_the_default_gates(learned):
 
 
 def _int4_error(root, bundle: str) -> tuple[float, float]:
-    """The int4 multi-task graph of ``bundle`` against the fp32 one beside it, on every dev
-    prompt of the learned model: (mean KL(fp32 || int4) of the next-token distributions along
-    fp32's greedy path, top-1 agreement on that path)."""
+    """The int4 multi-task graph of ``bundle`` against the fp32 one beside it, on 24 prompts of
+    each task of the learned model: (mean KL(fp32 || int4) of the next-token distributions at
+    the answer's first token, top-1 agreement along fp32's 4 greedy steps)."""
     import json
 
     from alter_edge.base_model import load_tokenizer
@@ -218,7 +218,7 @@ def _int4_error(root, bundle: str) -> tuple[float, float]:
             lb = b - b.max(-1, keepdims=True)
             lb = lb - np.log(np.exp(lb).sum(-1, keepdims=True))
             la = np.log(pa + 1e-30)
-            kls.append(float((pa * (la - lb)).sum(-1).mean()))
+            kls.append(float((pa * (la - lb)).sum(-1)[0]))  # the answer's first token
             agree += int((b.argmax(-1) == np.asarray(t)).sum())
             n += len(t)
     return float(np.mean(kls)), agree / n
@@ -240,7 +240,7 @@ def test_the_default_int4_quantizer_beats_plain_rtn(learned):
     q = json.loads((root / "q-default" / "manifest.json").read_text())["graphs"]
     assert {g["quantization"]["method"] for g in q if g["precision"] == "int4"} == {ExportOptions().int4_method}
     print(f"KL to fp32, top-1: default {new}, rtn {rtn}")
-    assert new[0] < 0.95 * rtn[0], (new, rtn)  # KL to fp32
+    assert new[0] < 0.5 * rtn[0], (new, rtn)  # KL to fp32 (measured: 0.0017 against 0.0071)
     assert new[1] >= rtn[1], (new, rtn)  # top-1 agreement
 
 
