@@ -342,8 +342,10 @@ def measure_sensitivity(model, builder, plan: QuantPlan, prompts: list[list[int]
                         bi.append(r)
                         pi.append(p - 1 + j)
                         tgt.append(tok)
+                if not tgt:  # rows without answers (no calibration data): nothing to score
+                    continue
                 logits = model.logits_at(ids, mask, torch.tensor([task_ids[i] for i in rows]),
-                                         (torch.tensor(bi), torch.tensor(pi)))
+                                         (torch.tensor(bi, dtype=torch.long), torch.tensor(pi, dtype=torch.long)))
                 total += float(torch.nn.functional.cross_entropy(logits.float(), torch.tensor(tgt),
                                                                  reduction="sum"))
                 n += len(tgt)
