@@ -81,7 +81,7 @@ class ExportOptions:
     int4_8bit_mb: float | None = None
     sensitivity_rows: int = 8  # "auto": calibration rows per task the sensitivity is measured on
     int4_accuracy_level: int | None = None  # MatMulNBits accuracy_level of 4-bit matmuls (None: accuracy_level)
-    calibration_rows: int = 32  # train rows per task for the int4 calibration
+    calibration_rows: int = 16  # train rows per task for the int4 calibration
     atol: float = 3e-4  # fp32 parity: max |logits diff| at valid positions (SmolLM2: ~1e-4)
     steps: int = 16  # greedy steps that must match PyTorch, with the KV cache
     int8_budget: float = 1.0  # max mean metric drop per task, points (0-100 scale)

@@ -147,8 +147,8 @@ def collect_hessians(model, builder, sequences: list[list[int]], task_ids: list[
     def hook_for(site):
         def hook(_module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            x = x.detach().float().reshape(-1, x.shape[-1])[state["mask"]].double()
-            h = x.T @ x
+            x = x.detach().float().reshape(-1, x.shape[-1])[state["mask"]]
+            h = (x.T @ x).double()  # one batch in float32, the running sum in float64
             sums[site] = h if site not in sums else sums[site] + h
         return hook
 

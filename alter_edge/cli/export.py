@@ -58,7 +58,7 @@ EXPORT_OPTIONS = [
                  help="--int4-8bit auto: also, the most MB the 8-bit matrices may add to the int4 weights."),
     click.option("--int4-accuracy-level", type=click.IntRange(0, 4), default=None,
                  help="MatMulNBits accuracy_level of the 4-bit matmuls (default: --accuracy-level)."),
-    click.option("--calibration-rows", type=click.IntRange(min=1), default=32, show_default=True,
+    click.option("--calibration-rows", type=click.IntRange(min=1), default=16, show_default=True,
                  help="Train rows per task that calibrate the int4 quantizer."),
     click.option("--atol", type=float, default=3e-4, show_default=True,
                  help="fp32 parity tolerance against PyTorch: max |logits diff| at valid positions."),
