@@ -357,16 +357,19 @@ class DecoderBuilder:
 
     # -- the graph ----------------------------------------------------------------------
     def build(self, path: Path, spec: BuildSpec, precision: str, weights: WeightFile | None,
-              block_size: int = 32, accuracy_level: int = 4, prune_threshold: float = 1e-5,
-              adapter_bits: int | None = None, int8_layout: str = "nbits") -> dict:
-        """Write one graph to ``path``; returns facts about it (nodes, operators, seconds)."""
+              block_size: int = 32, accuracy_level: int | dict[int, int] = 4, prune_threshold: float = 1e-5,
+              adapter_bits: int | None = None, int8_layout: str = "nbits", plan=None) -> dict:
+        """Write one graph to ``path``; returns facts about it (nodes, operators, seconds, and each
+        stored quantized matrix's bits). ``int8_layout``: "nbits" or "integer" (GraphBuilder);
+        ``plan``: the quantizer (``export.quant.QuantPlan``)."""
         t0 = time.perf_counter()
         f = self.fam
         multitask = spec.mode == "multitask" and self.mta is not None
         if spec.mode != "multitask" and self.token_gate:
             raise ConfigError("a token-gated checkpoint's mixture changes per token: it builds as the "
                               "multi-task graph only")
-        g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level, adapter_bits, int8_layout)
+        g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level, adapter_bits,
+                         int8_layout=int8_layout, plan=plan)
         T = TensorProto
         ids = g.add_input(INPUT_IDS, T.INT64, ["batch", "seq"])
         mask = g.add_input(ATTENTION_MASK, T.INT64, ["batch", "total_seq"])
@@ -396,10 +399,15 @@ class DecoderBuilder:
         elif g.bits:
             shared_head = self.tied and self.embed.shape[1] % block_size == 0
             key = "lm_head" if shared_head else "embed"
-            q = g.quantized(self.embed, g.bits, key)
+            q = g.quantized(self.embed, g.key_bits(key), key)
+            g.matrix_bits[key] = q.bits
             data = g.shared(f"{key}.q", q.data, view=(self.vocab, q.data.shape[1] * q.data.shape[2]))
             scales = g.shared(f"{key}.scales", q.scales.reshape(-1), view=q.scales.shape)
-            h = g.op("GatherBlockQuantized", [data, ids, scales], domain=MS, bits=g.bits, block_size=block_size,
+            ins = [data, ids, scales]
+            zp = q.packed_zero_points()
+            if zp is not None:
+                ins.append(g.shared(f"{key}.zp", zp.reshape(-1), view=zp.shape))
+            h = g.op("GatherBlockQuantized", ins, domain=MS, bits=q.bits, block_size=q.block_size,
                      quantize_axis=1, gather_axis=0)
             head = q if shared_head else self.lm_head
         else:
@@ -442,6 +450,8 @@ class DecoderBuilder:
         for name in self.kv.present_names:
             g.add_output(name, T.FLOAT, ["batch", self.kv.num_kv_heads, "total_seq", self.kv.head_dim])
         facts = g.save(path)
+        if g.matrix_bits:
+            facts["matrix_bits"] = dict(sorted(g.matrix_bits.items()))
         facts["seconds"] = round(time.perf_counter() - t0, 2)
         log.info("built %s (%s, %s): %d nodes in %.1fs", Path(path).name, spec.mode, precision, facts["nodes"],
                  facts["seconds"])

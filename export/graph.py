@@ -32,24 +32,65 @@ PRECISION_BITS = {"fp32": 0, "int8": 8, "int4": 4}
 
 @dataclass(frozen=True)
 class QuantizedMatrix:
-    """``W (N, K)`` quantized to ``bits`` in blocks of ``block_size`` along K."""
+    """``W (N, K)`` quantized to ``bits`` in blocks of ``block_size`` along K: ``w = (q - z) * s``,
+    ``z`` the block's zero point (``zero_points``; None: the implicit ``2^(bits-1)``, symmetric)."""
 
     data: np.ndarray  # uint8 (N, blocks, block_size * bits // 8)
     scales: np.ndarray  # float32 (N, blocks)
     bits: int
     block_size: int
     K: int
+    zero_points: np.ndarray | None = None  # uint8 (N, blocks), one value a byte (unpacked)
 
     @property
     def N(self) -> int:
         return self.data.shape[0]
 
-    def dequantize(self) -> np.ndarray:
+    def codes(self) -> np.ndarray:
+        """The unpacked codes ``(N, blocks, block_size)``."""
         q = self.data
         if self.bits == 4:
             q = np.stack([q & 15, q >> 4], axis=-1).reshape(q.shape[0], q.shape[1], -1)
-        w = (q.astype(np.float32) - 2 ** (self.bits - 1)) * self.scales[..., None]
+        return q
+
+    def zeros(self) -> np.ndarray:
+        if self.zero_points is None:
+            return np.full(self.scales.shape, 2 ** (self.bits - 1), np.float32)
+        return self.zero_points.astype(np.float32)
+
+    def dequantize(self) -> np.ndarray:
+        w = (self.codes().astype(np.float32) - self.zeros()[..., None]) * self.scales[..., None]
         return w.reshape(self.N, -1)[:, : self.K]
+
+    def packed_zero_points(self) -> np.ndarray | None:
+        """The zero points as ``MatMulNBits`` / ``GatherBlockQuantized`` read them: 8-bit one a
+        byte ``(N, blocks)``; 4-bit two a byte, low nibble first, each row padded to whole bytes
+        ``(N, ceil(blocks / 2))``."""
+        if self.zero_points is None:
+            return None
+        z = self.zero_points
+        if self.bits == 8:
+            return np.ascontiguousarray(z)
+        if z.shape[1] % 2:
+            z = np.concatenate([z, np.full((z.shape[0], 1), 8, np.uint8)], axis=1)
+        return np.ascontiguousarray(z[:, 0::2] | (z[:, 1::2] << 4))
+
+    @staticmethod
+    def join(parts: list[QuantizedMatrix]) -> QuantizedMatrix:
+        """Matrices side by side along K (each but the last whole blocks): one matrix of their
+        blocks, quantized exactly as apart."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        assert all(p.K % p.block_size == 0 for p in parts[:-1]), "only the last part may end in a partial block"
+        if any(p.zero_points is not None for p in parts):
+            zp = np.concatenate([p.zero_points if p.zero_points is not None else
+                                 np.full(p.scales.shape, 2 ** (p.bits - 1), np.uint8) for p in parts], axis=1)
+        else:
+            zp = None
+        return QuantizedMatrix(np.concatenate([p.data for p in parts], axis=1),
+                               np.concatenate([p.scales for p in parts], axis=1), first.bits, first.block_size,
+                               sum(p.K for p in parts), zp)
 
 
 def quantize_rows_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,21 +103,53 @@ def quantize_rows_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(q), scale.astype(np.float32)
 
 
-def quantize_blockwise(w: np.ndarray, bits: int, block_size: int) -> QuantizedMatrix:
+def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
     w = np.ascontiguousarray(w, dtype=np.float32)
     N, K = w.shape
     nb = -(-K // block_size)
     if nb * block_size != K:
         w = np.concatenate([w, np.zeros((N, nb * block_size - K), np.float32)], axis=1)
-    blk = w.reshape(N, nb, block_size)
-    qmax = 2 ** (bits - 1) - 1
-    scales = np.abs(blk).max(-1) / qmax
+    return w.reshape(N, nb, block_size)
+
+
+def block_grid(blk: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scales and zero points ``(..., )`` of blocks ``(..., block_size)``: symmetric (absmax over
+    ``2^(bits-1) - 1``, zero point ``2^(bits-1)``) or asymmetric (min..max over ``2^bits - 1``
+    levels, the zero point the code of 0, so zeros stay exact)."""
+    if symmetric:
+        scales = np.abs(blk).max(-1) / (2 ** (bits - 1) - 1)
+        scales[scales == 0] = 1.0
+        return scales.astype(np.float32), np.full(scales.shape, 2 ** (bits - 1), np.float32)
+    lo = np.minimum(blk.min(-1), 0.0)
+    hi = np.maximum(blk.max(-1), 0.0)
+    scales = (hi - lo) / (2 ** bits - 1)
     scales[scales == 0] = 1.0
-    q = np.clip(np.rint(blk / scales[..., None]), -qmax - 1, qmax).astype(np.int16) + 2 ** (bits - 1)
+    zeros = np.clip(np.rint(-lo / scales), 0, 2 ** bits - 1)
+    return scales.astype(np.float32), zeros.astype(np.float32)
+
+
+def pack_codes(q: np.ndarray, bits: int) -> np.ndarray:
+    """Codes ``(N, blocks, block_size)`` (0..2^bits-1) as MatMulNBits' bytes."""
     q = q.astype(np.uint8)
     if bits == 4:
         q = q[..., 0::2] | (q[..., 1::2] << 4)
-    return QuantizedMatrix(np.ascontiguousarray(q), scales.astype(np.float32), bits, block_size, K)
+    return np.ascontiguousarray(q)
+
+
+def quantize_blockwise(w: np.ndarray, bits: int, block_size: int, symmetric: bool = True) -> QuantizedMatrix:
+    """Round to nearest, block-wise along K: symmetric (the implicit zero point) or
+    asymmetric (a zero point per block)."""
+    K = w.shape[1]
+    blk = _blocks(w, block_size)
+    scales, zeros = block_grid(blk, bits, symmetric)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        q = np.clip(np.rint(blk / scales[..., None]), -qmax - 1, qmax) + 2 ** (bits - 1)
+        zp = None
+    else:
+        q = np.clip(np.rint(blk / scales[..., None]) + zeros[..., None], 0, 2 ** bits - 1)
+        zp = zeros.astype(np.uint8)
+    return QuantizedMatrix(pack_codes(q, bits), scales, bits, block_size, K, zp)
 
 
 class WeightFile:
@@ -142,13 +215,19 @@ class GraphBuilder:
     decoder needs. ``weights``: the shared file (None: every tensor inline)."""
 
     def __init__(self, name: str, precision: str, block_size: int, weights: WeightFile | None,
-                 accuracy_level: int = 4, adapter_bits: int | None = None, int8_layout: str = "nbits"):
+                 accuracy_level: int | dict[int, int] = 4, adapter_bits: int | None = None,
+                 int8_layout: str = "nbits", plan=None):
         if precision not in PRECISION_BITS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISION_BITS)}")
         self.name, self.precision, self.block_size = name, precision, block_size
         self.bits = PRECISION_BITS[precision]
         self.weights = weights
+        # MatMulNBits' accuracy_level: one for every matmul, or per weight bits ({4: 0, 8: 4})
         self.accuracy_level = accuracy_level
+        # the quantizer (export.quant.QuantPlan): each stored matrix's bits and how it is rounded;
+        # None: symmetric round-to-nearest at the graph's bits
+        self.plan = plan
+        self.matrix_bits: dict[str, int] = {}  # stored key -> bits, for the manifest
         self.adapter_bits = adapter_bits  # adapter factors' bits in a quantized graph (None: the graph's)
         # 8-bit matmuls: "nbits" (MatMulNBits, block-wise) or "integer" (DynamicQuantizeLinear +
         # MatMulInteger, per output channel: the layout onnxruntime-web's WASM build runs fast)
@@ -191,13 +270,31 @@ class GraphBuilder:
         return outs[0] if len(outs) == 1 else outs
 
     # -- composite ops --------------------------------------------------------------------
+    def key_bits(self, key: str | None, bits: int | None = None) -> int:
+        """The bits a stored matrix gets: the plan's choice for ``key`` (mixed precision), else
+        ``bits`` (else the graph's)."""
+        bits = self.bits if bits is None else bits
+        if self.plan is None or key is None or not bits:
+            return bits
+        return self.plan.bits(key, bits)
+
+    def level(self, bits: int) -> int:
+        if isinstance(self.accuracy_level, dict):
+            return self.accuracy_level.get(bits, 4)
+        return self.accuracy_level
+
     def quantized(self, w: np.ndarray, bits: int, key: str | None = None) -> QuantizedMatrix:
         """``w`` quantized; with ``key``, once per weight file (later graphs reuse it)."""
+        def make():
+            if self.plan is None:
+                return quantize_blockwise(w, bits, self.block_size)
+            return self.plan.quantize(key, w, bits, self.block_size)
+
         if key is None or self.weights is None:
-            return quantize_blockwise(w, bits, self.block_size)
+            return make()
         cache = self.weights.quantized
         if key not in cache:
-            cache[key] = quantize_blockwise(w, bits, self.block_size)
+            cache[key] = make()
         return cache[key]
 
     def rows_int8(self, w: np.ndarray, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -229,24 +326,32 @@ class GraphBuilder:
     def linear(self, x: str, w: np.ndarray | QuantizedMatrix, key: str | None = None,
                bias: np.ndarray | None = None, bits: int | None = None, tied_rows: bool = False) -> str:
         """``x @ w.T (+ bias)``, ``w`` (N, K) as in torch. fp32: MatMul on the weight stored
-        transposed; quantized: MatMulNBits. ``key``: store the weight in the shared file under
-        it (None: inline, this graph's own); ``bits`` overrides the graph's precision;
-        ``tied_rows``: fp32 only, the weight is stored as it is (an embedding shares it)."""
-        bits = self.bits if bits is None else bits
+        transposed; quantized: MatMulNBits (a zero point input when the matrix has them), or
+        with the ``integer`` int8 layout DynamicQuantizeLinear + MatMulInteger. ``key``: store the
+        weight in the shared file under it (None: inline, this graph's own); ``bits`` overrides the
+        graph's precision (None: the graph's, or the plan's choice for ``key``); ``tied_rows``: the
+        weight is stored as it is (an embedding shares it)."""
+        bits = self.key_bits(key) if bits is None else bits
         if bits == 8 and self.int8_layout == "integer" and not isinstance(w, QuantizedMatrix):
             y = self.integer_linear(x, w, key, tied_rows)
             return y if bias is None else self.op("Add", [y, self.const(bias.astype(np.float32), "bias")])
         if isinstance(w, QuantizedMatrix) or bits:
             q = w if isinstance(w, QuantizedMatrix) else self.quantized(w, bits, key)
+            zp = q.packed_zero_points()
             if key is None:
                 b, s = self.const(q.data, "qweight"), self.const(q.scales.reshape(-1), "scales")
+                z = None if zp is None else self.const(zp.reshape(-1), "zero_points")
             else:
                 b, s = self.shared(key + ".q", q.data), self.shared(key + ".scales", q.scales.reshape(-1))
+                z = None if zp is None else self.shared(key + ".zp", zp.reshape(-1))
+                self.matrix_bits[key] = q.bits
             ins = [x, b, s]
+            if z is not None:
+                ins.append(z)
             if bias is not None:
-                ins += ["", "", self.const(bias.astype(np.float32), "bias")]
+                ins += [""] * (4 - len(ins)) + ["", self.const(bias.astype(np.float32), "bias")]
             return self.op("MatMulNBits", ins, domain=MS, K=q.K, N=q.N, bits=q.bits, block_size=q.block_size,
-                           accuracy_level=self.accuracy_level)
+                           accuracy_level=self.level(q.bits))
         if tied_rows:  # w is also read row-wise (a tied embedding): transposed once, at session start
             wname = self.shared(key, w.astype(np.float32)) if key else self.const(w.astype(np.float32), "weight")
             y = self.op("MatMul", [x, self.op("Transpose", [wname], perm=[1, 0])])

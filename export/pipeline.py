@@ -33,6 +33,14 @@ from .builder import BuildSpec, DecoderBuilder
 from .bundle import write_manifest
 from .genai import write_genai_files
 from .graph import OPSET, WeightFile
+from .quant import (
+    METHODS,
+    QuantPlan,
+    choose_8bit,
+    collect_hessians,
+    expand_groups,
+    measure_sensitivity,
+)
 from .validate import (
     ExportValidationError,
     ValidationReport,
@@ -65,6 +73,21 @@ class ExportOptions:
     # "web": int8 matmuls as DynamicQuantizeLinear + MatMulInteger (per output channel), the
     # layout onnxruntime-web's WASM build runs fast (docs/javascript.md); int8 graphs only
     target: str = "native"
+    # int4 quantizer (export.quant): rtn = round to nearest; gptq = error compensation from the
+    # calibration rows' activations
+    int4_method: str = "gptq"
+    int4_zero_points: bool = True  # asymmetric 4-bit blocks (a zero point per block)
+    # precision groups kept at 8 bits in int4 graphs (export.quant.expand_groups), or "auto": the
+    # candidate groups whose 4 bits cost the most task loss on the calibration rows, within int4_8bit_mb
+    int4_8bit: str | None = None
+    int4_8bit_block_size: int = 64  # block size of the 8-bit matrices of an int4 graph (where they divide)
+    # "auto": the most weights kept at 8 bits, a fraction of the base's quantized weights, and
+    # (when given) the most MB they may add to the int4 weights
+    int4_8bit_fraction: float = 0.1
+    int4_8bit_mb: float | None = None
+    sensitivity_rows: int = 8  # "auto": calibration rows per task the sensitivity is measured on
+    int4_accuracy_level: int | None = None  # MatMulNBits accuracy_level of 4-bit matmuls (None: accuracy_level)
+    calibration_rows: int = 16  # train rows per task for the int4 calibration
     atol: float = 3e-4  # fp32 parity: max |logits diff| at valid positions (SmolLM2: ~1e-4)
     steps: int = 16  # greedy steps that must match PyTorch, with the KV cache
     int8_budget: float = 1.0  # max mean metric drop per task, points (0-100 scale)
@@ -88,6 +111,16 @@ class ExportOptions:
             raise ConfigError(f"block size must be a power of two >= 16, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ConfigError(f"accuracy level must be 0-4, got {self.accuracy_level}")
+        if self.int4_method not in METHODS:
+            raise ConfigError(f"int4 method must be one of {', '.join(METHODS)}, got {self.int4_method!r}")
+        if not 0 <= self.int4_8bit_fraction <= 1:
+            raise ConfigError(f"int4 8-bit fraction must be in [0, 1], got {self.int4_8bit_fraction}")
+        if self.int4_8bit_block_size < 16 or self.int4_8bit_block_size & (self.int4_8bit_block_size - 1):
+            raise ConfigError(f"int4 8-bit block size must be a power of two >= 16, got {self.int4_8bit_block_size}")
+        if self.int4_accuracy_level not in (None, 0, 1, 2, 3, 4):
+            raise ConfigError(f"int4 accuracy level must be 0-4, got {self.int4_accuracy_level}")
+        if self.calibration_rows < 1:
+            raise ConfigError(f"calibration rows must be >= 1, got {self.calibration_rows}")
         if self.adapter_bits not in (None, 4, 8):
             raise ConfigError(f"adapter bits must be 4, 8 or None (the graph's own), got {self.adapter_bits!r}")
         if self.target not in ("native", "web"):
@@ -181,7 +214,7 @@ def _export_into(ex: _Export, checkpoint: Path, tmp: Path, work: Path, plan: lis
     # 1. the PyTorch reference, then every graph built while the torch weights are at hand
     ref = {c.name: torch_reference(ex.ck.model, c, ex.pad, opts.steps) for c in ex.cases}
     fp32 = ex.build_all("fp32", tmp if ship_fp32 else work, plan if ship_fp32 else plan[:1], ship_fp32)
-    quantized = {p: ex.build_all(p, tmp, plan, True) for p in opts.precisions if p != "fp32"}
+    quantized = {p: ex.build_all(p, tmp, plan, True, ex.quant_plan(p)) for p in opts.precisions if p != "fp32"}
     ex.drop_torch()
     # 2. fp32 graphs against PyTorch; 3. quantized graphs against the fp32 multi-task graph
     src = ex.check_fp32(fp32, ref)
@@ -303,28 +336,117 @@ class _Export:
         self.session_options = session_options(opts.threads)
         self.bar = None
         self._open: list[WeightFile] = []
+        self._calibration = None  # int4 calibration rows: (prompts, answers, task ids)
+        self._hessians = None  # int4 gptq: (Hessians per site, facts)
 
     def runner(self, path: Path) -> GraphRunner:
         return GraphRunner(path, self.kv, self.session_options, ["CPUExecutionProvider"])
 
-    def build_all(self, precision: str, where: Path, specs: list[BuildSpec], shipped: bool
-                  ) -> list[tuple[BuildSpec, Path]]:
+    def calibration(self) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """The int4 calibration rows: prompts, answers (+ eos) and task ids of the first
+        ``calibration_rows`` train rows of each task (file order), else the validation prompts
+        (no answers)."""
+        from alter_edge.data import load_task_rows, recorded_data_path, split_task_rows
+        from alter_edge.prompts import encode_example
+
+        ck, o, tc = self.ck, self.opts, self.ck.train_config
+        data = o.data
+        if data is None and ck.state.get("data"):
+            data = recorded_data_path(ck.state["data"])
+        rows = []
+        if data is None and ck.state.get("data") or data is not None and data.is_file():
+            all_rows, source = load_task_rows(data)
+            train = split_task_rows(all_rows, source, tc.dev_fraction, tc.split_seed)[0]
+            for spec in ck.tasks:
+                rows += [(spec, r) for r in train if r.task == spec.name][:o.calibration_rows]
+        prompts, answers, tids = [], [], []
+        for spec, r in rows:
+            p, t = encode_example(ck.tokenizer, spec, r.input, r.target, self.eos, tc.max_prompt_tokens)
+            prompts.append(p)
+            answers.append(t)
+            tids.append(spec.id)
+        if not prompts:  # no rows: the validation prompts
+            for c in self.cases:
+                prompts += c.prompts
+                answers += [[] for _ in c.prompts]
+                tids += c.task_ids
+        return prompts, answers, tids
+
+    def quant_plan(self, precision: str) -> QuantPlan | None:
+        """int4: the quantizer the options ask for (gptq: calibrated here, while the torch model
+        is at hand); int8: None (symmetric round to nearest)."""
+        o = self.opts
+        if precision != "int4":
+            return None
+        t0 = time.perf_counter()
+        auto = (o.int4_8bit or "").strip() == "auto"
+        try:
+            groups = [] if auto else expand_groups(o.int4_8bit, self.builder.kv.num_layers)
+        except ValueError as e:
+            raise ConfigError(f"--int4-8bit: {e}") from e
+        plan = QuantPlan(o.int4_method, not o.int4_zero_points, {g: 8 for g in groups},
+                         block_size_8bit=o.int4_8bit_block_size)
+        facts: dict = {"method": o.int4_method}
+        if o.int4_method == "gptq" or auto:
+            if self._calibration is None:
+                self._calibration = self.calibration()
+            prompts, answers, tids = self._calibration
+            facts["calibration_rows"] = len(prompts)
+        if o.int4_method == "gptq":
+            if self._hessians is None:  # once per export (the rows do not change with the options)
+                seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
+                hessians, tokens = collect_hessians(self.ck.model, self.builder, seqs, tids, self.pad)
+                self._hessians = hessians, {"tokens": tokens, "hessian_seconds": round(time.perf_counter() - t0, 1)}
+                log.info("int4 calibration: %d rows, %d tokens in %.1fs", len(seqs), tokens,
+                         time.perf_counter() - t0)
+            plan.hessians = self._hessians[0]
+            facts.update(self._hessians[1])
+        if auto:
+            t1 = time.perf_counter()
+            n = o.sensitivity_rows
+            keep = [i for i, tid in enumerate(tids) if answers[i] and sum(t == tid for t in tids[:i]) < n]
+            sens = measure_sensitivity(self.ck.model, self.builder, plan, [prompts[i] for i in keep],
+                                       [answers[i] for i in keep], [tids[i] for i in keep], self.pad,
+                                       o.block_size)
+            budget = o.int4_8bit_fraction * sens["total_weights"] * 0.5  # bytes: half a byte more a weight
+            if o.int4_8bit_mb is not None:
+                budget = min(budget, o.int4_8bit_mb * 1e6)
+            groups = choose_8bit(sens, budget, o.int4_zero_points)
+            plan.group_bits = {g: 8 for g in groups}
+            facts["sensitivity"] = {"rows": len(keep), "seconds": round(time.perf_counter() - t1, 1),
+                                    "fp32_loss": round(sens["fp32_loss"], 5), "budget_mb": round(budget / 1e6, 2),
+                                    "total_weights": sens["total_weights"],
+                                    "groups": {k: {"loss_increase": v["loss_increase"], "weights": v["weights"]}
+                                               for k, v in sens["groups"].items()}}
+            log.info("int4 sensitivity: %s -> 8 bits: %s", facts["sensitivity"]["groups"], groups)
+        facts["seconds_before_build"] = round(time.perf_counter() - t0, 1)
+        self.info["quantization"]["int4"] = facts
+        return plan
+
+    def build_all(self, precision: str, where: Path, specs: list[BuildSpec], shipped: bool,
+                  plan: QuantPlan | None = None) -> list[tuple[BuildSpec, Path]]:
         """Build ``specs`` at ``precision`` into ``where``, sharing one weight file (a merged
         graph has its own weights)."""
         o = self.opts
         wf = WeightFile(where / f"weights.{precision}.bin")
         self._open.append(wf)
+        levels = o.accuracy_level
+        if precision == "int4" and o.int4_accuracy_level is not None:
+            levels = {4: o.int4_accuracy_level, 8: o.accuracy_level}
         built = []
         for spec in specs:
             rel = graph_path(self.names.get(spec.task_id), precision, spec.mode)
             path = confined(where, rel)
             facts = self.builder.build(path, spec, precision, wf if spec.mode != "merged" else None,
-                                       o.block_size, o.accuracy_level, o.prune_threshold, o.adapter_bits,
-                                       "integer" if o.target == "web" else "nbits")
+                                       o.block_size, levels, o.prune_threshold, o.adapter_bits,
+                                       int8_layout="integer" if o.target == "web" else "nbits", plan=plan)
             self.info["build"][rel if shipped else f"(reference) {rel}"] = facts
             built.append((spec, path))
             self.bar.update()
         wf.close()
+        if plan is not None:
+            self.info["quantization"][precision].update(plan.describe())
+            self.info["quantization"][precision]["matrices"] = dict(sorted(plan.methods_used.items()))
         return built
 
     def close(self) -> None:
@@ -379,8 +501,23 @@ class _Export:
                 self.report.record(rec, fatal=False)
                 if not rec["passed"]:
                     raise ExportValidationError(describe_failure(rec))
-                entries.append(_entry(spec, path, precision, self.names))
+                entry = _entry(spec, path, precision, self.names)
+                entry["quantization"] = self.quantization_entry(precision, path.name)
+                entries.append(entry)
         return entries
+
+    def quantization_entry(self, precision: str, rel: str) -> dict:
+        """A quantized graph's manifest record: how its weights were rounded and each stored
+        matrix's bits (``key -> bits``, the keys of its weight file)."""
+        o = self.opts
+        q = self.info["quantization"].get(precision, {})
+        level = o.int4_accuracy_level if precision == "int4" and o.int4_accuracy_level is not None \
+            else o.accuracy_level
+        return {"method": q.get("method", "rtn"), "zero_points": bool(q.get("zero_points", False)),
+                "block_size": o.block_size, "block_size_8bit": o.int4_8bit_block_size if precision == "int4" else None,
+                "accuracy_level": {"4": level, "8": o.accuracy_level} if precision == "int4"
+                else {"8": o.accuracy_level},
+                "matrix_bits": self.info["build"].get(rel, {}).get("matrix_bits", {})}
 
     def write_files(self, checkpoint: Path, tmp: Path, entries: list[dict], t_start: float) -> dict:
         """Tokenizer, tasks, validation.json, the onnxruntime-genai files and the manifest;

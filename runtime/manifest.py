@@ -68,6 +68,10 @@ def one_of(allowed: Sequence[str]) -> Check:
     return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}"
 
 
+def one_of_ints(allowed: Sequence[int]) -> Check:
+    return lambda v: None if v in allowed else f"must be one of {', '.join(map(str, allowed))}"
+
+
 def sha256_hex(v: object) -> str | None:
     return None if _SHA256.fullmatch(v) else "must be a sha256 (64 lowercase hex digits)"
 
@@ -98,6 +102,7 @@ GRAPH = {
     "ort": Field(STR + NULL, path=True),
     "mode": Field(STR, check=one_of(("multitask", "task", "merged"))),
     "external_data": Field(LIST, items=Field(STR, path=True)),  # weight files, listed in `files`
+    "quantization": Field(DICT, fields={"matrix_bits": Field(DICT, items=Field(INT, check=one_of_ints((4, 8))))}),
 }
 KV_CACHE = {
     "num_layers": Field(INT, required=True, check=between(1, MAX_LAYERS)),

@@ -43,6 +43,27 @@ EXPORT_OPTIONS = [
                  help="Where the int8 graphs run best: native (MatMulNBits, block-wise: onnxruntime's x86/ARM "
                       "kernels) or web (DynamicQuantizeLinear + MatMulInteger per output channel: fast in "
                       "onnxruntime-web's WASM build, where MatMulNBits is slow). int8 only."),
+    click.option("--int4-method", type=click.Choice(["rtn", "gptq"]), default="gptq", show_default=True,
+                 help="int4 rounding: rtn = round to nearest; gptq = error compensation from the calibration "
+                      "rows' activations (the checkpoint's own train rows, or --data)."),
+    click.option("--int4-zero-points/--no-int4-zero-points", default=True, show_default=True,
+                 help="Asymmetric 4-bit blocks: a zero point per block (MatMulNBits' zero_points)."),
+    click.option("--int4-8bit", default=None,
+                 help="Matrices kept at 8 bits in int4 graphs, a comma list: lm_head (the tied embedding and "
+                      "lm_head), qkv, o, up, down (in every block), first, last, layers.<i>, layers.<i>.<site>; "
+                      "auto: the candidates whose 4 bits cost the most task loss on the calibration rows, "
+                      "within --int4-8bit-fraction (and --int4-8bit-mb); none: every matrix at 4 bits."),
+    click.option("--int4-8bit-block-size", type=int, default=64, show_default=True,
+                 help="Block size of the 8-bit matrices of an int4 graph (where the input width is whole blocks; "
+                      "else --block-size)."),
+    click.option("--int4-8bit-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+                 help="--int4-8bit auto: the most weights kept at 8 bits, a fraction of the base's weights."),
+    click.option("--int4-8bit-mb", type=float, default=None,
+                 help="--int4-8bit auto: also, the most MB the 8-bit matrices may add to the int4 weights."),
+    click.option("--int4-accuracy-level", type=click.IntRange(0, 4), default=None,
+                 help="MatMulNBits accuracy_level of the 4-bit matmuls (default: --accuracy-level)."),
+    click.option("--calibration-rows", type=click.IntRange(min=1), default=16, show_default=True,
+                 help="Train rows per task that calibrate the int4 quantizer."),
     click.option("--atol", type=float, default=3e-4, show_default=True,
                  help="fp32 parity tolerance against PyTorch: max |logits diff| at valid positions."),
     click.option("--int8-budget", type=float, default=1.0, show_default=True,
