@@ -383,7 +383,7 @@ class _Export:
         try:
             groups = [] if auto else expand_groups(o.int4_8bit, self.builder.kv.num_layers)
         except ValueError as e:
-            raise ConfigError(f"--int4-8bit: {e}") from e
+            raise ConfigError(f"int4 8-bit groups (int4_8bit): {e}") from e
         plan = QuantPlan(o.int4_method, not o.int4_zero_points, {g: 8 for g in groups},
                          block_size_8bit=o.int4_8bit_block_size)
         facts: dict = {"method": o.int4_method}

@@ -104,7 +104,11 @@ def _python(bundle: Path, precision: str, batch: list[dict]):
 
 
 # int8: onnxruntime-web's WASM kernels and the native x86 ones round differently (ids still equal)
-CASES = [("native", "fp32", 1e-4), ("native", "int8", 1e-2), ("web", "int8", 1e-2)]
+# label log-probabilities: fp32 kernels differ in the last bits; int8 graphs quantize activations
+# (MatMulNBits' accuracy_level 4, or DynamicQuantizeLinear in the web layout), where a value on a
+# rounding boundary moves one step in one kernel and not the other (up to 0.012 seen on a web
+# int8 tiny model); the best label must be the same in every case
+CASES = [("native", "fp32", 1e-4), ("native", "int8", 1e-2), ("web", "int8", 5e-2)]
 
 
 @pytest.mark.parametrize(("bundle", "precision", "atol"), CASES, ids=[f"{b}-{p}" for b, p, _ in CASES])
@@ -146,6 +150,9 @@ def test_page_equals_python_runtime(bundles, served, tmp_path, bundle, precision
             assert page_scores.keys() == s.keys()
             for label, v in s.items():
                 assert abs(page_scores[label] - v) <= atol, (label, page_scores[label], v)
+            top = sorted(s.values(), reverse=True)
+            if len(top) < 2 or top[0] - top[1] > 2 * atol:  # a clear best label stays the best
+                assert max(page_scores, key=page_scores.get) == max(s, key=s.get), (page_scores, s)
         assert got["figures"]["ttftMs"] > 0 and got["figures"]["tokensPerSecond"] > 0
     assert max(lengths) > 1  # not vacuous: rows decode several tokens
     assert sum(s is not None for s in out["batches"][1]["scores"]) == 2  # colour and parity were scored
