@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from alter_edge.errors import ConfigError, DataError, OutputError, TaskError
-from alter_edge.io import atomic_write_bytes, sha256_file
+from alter_edge.io import atomic_write_bytes, json_line_problem, sha256_file, shown
 from alter_edge.tasks import TaskSpec
 
 from .generate import SamplingParams, shown_value
@@ -100,10 +100,6 @@ class RowError(DataError):
         self.row_id = row_id
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def parse_row(raw: bytes, lineno: int, default_task: str | None,
               known_tasks: Collection[str]) -> ParsedRow:
     """One JSONL line of the batch job -> a :class:`ParsedRow`, or a :class:`RowError` naming the
@@ -112,18 +108,9 @@ def parse_row(raw: bytes, lineno: int, default_task: str | None,
     absent (``"task": null`` takes the default task), as a null column of a Parquet row does. Anything else (not UTF-8, not
     JSON, NaN, a 5,000-digit number, nesting deeper than the parser goes) is a RowError, never
     another exception."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RowError(f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as e:
-        raise RowError(f"line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-    except RecursionError:
-        raise RowError(f"line {lineno}: not valid JSON (nested too deep)") from None
-    except ValueError as e:  # NaN/Infinity, an integer over Python's digit limit
-        raise RowError(f"line {lineno}: not valid JSON ({str(e)[:120]})") from None
+    obj, problem = json_line_problem(raw)
+    if problem:
+        raise RowError(f"line {lineno}: {problem}")
     if not isinstance(obj, dict):
         raise RowError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
     obj = {k: v for k, v in obj.items() if v is not None}  # null is absent, as in a Parquet row
@@ -143,7 +130,7 @@ def parse_row(raw: bytes, lineno: int, default_task: str | None,
     if task is None:
         raise RowError(f"line {lineno}: no task (give the row a 'task', or give the job a default task)", row_id)
     if not isinstance(task, str) or task not in known_tasks:
-        raise RowError(f"line {lineno}: unknown task {_short(task)}; known tasks: "
+        raise RowError(f"line {lineno}: unknown task {shown(task)}; known tasks: "
                        f"{', '.join(sorted(known_tasks))}", row_id)
     return ParsedRow(row_id, task, text_in, "task" not in obj)
 
@@ -160,14 +147,6 @@ def _id_problem(row_id: object) -> str | None:
             return f"is not valid Unicode (a lone surrogate {row_id[e.start]!r} at character {e.start})"
         return None
     return f"must be a string, a number or null, got {type(row_id).__name__}"
-
-
-def _short(value: object, limit: int = 80) -> str:
-    try:
-        text = repr(value)  # repr escapes lone surrogates, so the message can always be written
-    except (ValueError, RecursionError):  # holds an integer over Python's digit limit, or too deep
-        text = f"<a {type(value).__name__} too large to show>"
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def row_from_line(model: EdgeModel, raw: bytes | dict, lineno: int, opts: BatchOptions,
@@ -192,7 +171,7 @@ def row_from_line(model: EdgeModel, raw: bytes | dict, lineno: int, opts: BatchO
     except Exception as e:  # a row must never cost the others: record it, go on
         log.exception("line %d could not be read", lineno)
         return {"id": row_id, "line": lineno,
-                "error": f"line {lineno}: cannot be read ({type(e).__name__}: {_short(str(e))})"}
+                "error": f"line {lineno}: cannot be read ({type(e).__name__}: {shown(str(e))})"}
 
 
 def _check_positions(model: EdgeModel, prompt: list[int], task: str, opts: BatchOptions) -> None:
@@ -377,29 +356,28 @@ def record_problem(raw: bytes, rows: Mapping[int, _Row] | None, done: Mapping[in
     whose ``line`` is an integer naming a good row of the input (``rows``; None: any line),
     not saved before (``done``), with that row's ``id`` and ``task`` and a string ``output``, or
     the error record :func:`jsonl` writes for a result it cannot write (id null, an ``error``)."""
-    try:
-        rec = json.loads(raw, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
+    rec, problem = json_line_problem(raw)
+    if problem:
         return "is not a record (not JSON)"
     if not isinstance(rec, dict):
         return f"is not a record (a JSON {type(rec).__name__}, not an object)"
     line = rec.get("line")
     if isinstance(line, bool) or not isinstance(line, int):
-        return f"has no line number (line is {_short(line, 40)})"
+        return f"has no line number (line is {shown(line, 40)})"
     if line in done:
         return f"is a second record for line {line}"
     if rows is None:
         return None
     row = rows.get(line)
     if row is None:
-        return f"is a record for line {_short(line, 40)}, which holds no good row of the input"
+        return f"is a record for line {shown(line, 40)}, which holds no good row of the input"
     if "error" in rec and "output" not in rec:  # jsonl's record for a result it could not write
         return None if rec.get("id") is None and isinstance(rec["error"], str) else (
             f"is an error record for line {line} that this job does not write")
     if rec.get("id") != row.id or type(rec.get("id")) is not type(row.id):
-        return f"is a record for line {line} whose id {_short(rec.get('id'), 40)} is not the input's {_short(row.id, 40)}"
+        return f"is a record for line {line} whose id {shown(rec.get('id'), 40)} is not the input's {shown(row.id, 40)}"
     if rec.get("task") != row.task:
-        return (f"is a record for line {line} whose task {_short(rec.get('task'), 40)} is not the input's "
+        return (f"is a record for line {line} whose task {shown(rec.get('task'), 40)} is not the input's "
                 f"{row.task!r}")
     if not isinstance(rec.get("output"), str):
         return f"is a record for line {line} without a string output"
@@ -426,7 +404,7 @@ def header_difference(old: dict, new: dict) -> str:
             elif k == "alter_edge_partial":
                 diffs.append(f"progress format {a.get(k)!r} there, {b.get(k)!r} now")
             else:
-                diffs.append(f"{name} {_short(a.get(k), 40)} there, {_short(b.get(k), 40)} now")
+                diffs.append(f"{name} {shown(a.get(k), 40)} there, {shown(b.get(k), 40)} now")
     return "; ".join(diffs) or "the header differs"
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 from alter_edge.errors import BundleError
+from alter_edge.io import shown as _shown
 
 from .contract import CONTRACT, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 
@@ -138,12 +139,12 @@ MANIFEST = {
 def check_format(manifest: dict, root: Path) -> None:
     """``format`` and ``format_version`` are ones this runtime reads."""
     if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{root}/manifest.json: format is {_short(manifest.get('format'))}, "
+        raise BundleError(f"{root}/manifest.json: format is {_shown(manifest.get('format'))}, "
                           f"expected {BUNDLE_FORMAT!r}")
     version = manifest.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int):  # JSON true == 1 in Python
         got = ("true" if version else "false") if isinstance(version, bool) else (
-            f"{_TYPE_NAMES.get(type(version), type(version).__name__)} {_short(version)}")
+            f"{_TYPE_NAMES.get(type(version), type(version).__name__)} {_shown(version)}")
         raise BundleError(f"{root}/manifest.json: format_version must be an integer, got {got}; this runtime "
                           f"reads {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}")
     if version == 1:
@@ -151,7 +152,7 @@ def check_format(manifest: dict, root: Path) -> None:
                           "re-export the checkpoint with this alter-edge to get a format 2 bundle")
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise BundleError(
-            f"{root}: bundle format_version {_short(version)} is not supported; this runtime reads "
+            f"{root}: bundle format_version {_shown(version)} is not supported; this runtime reads "
             f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} (re-export, or upgrade alter-edge)"
         )
 
@@ -165,7 +166,7 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
     confine(root, "manifest.json", "manifest.json itself")  # not a symlink leading out
     _check_object(manifest, schema, root, where, "")
     if manifest.get("graph_contract", CONTRACT) != CONTRACT:
-        raise BundleError(f"{where}: graph_contract {_short(manifest.get('graph_contract'))} is not "
+        raise BundleError(f"{where}: graph_contract {_shown(manifest.get('graph_contract'))} is not "
                           f"{CONTRACT!r}, the one this runtime runs")
     missing = [f for f in REQUIRED_FILES if f not in manifest["files"]]
     if missing:
@@ -178,13 +179,13 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
     for i, g in enumerate(manifest["graphs"]):
         for j, ext in enumerate(g.get("external_data") or ()):
             if ext not in manifest["files"]:
-                raise BundleError(f"{where}: graphs[{i}].external_data[{j}] {_short(ext)} (a weight file of "
-                                  f"{_short(g['path'])}) is not listed in files")
+                raise BundleError(f"{where}: graphs[{i}].external_data[{j}] {_shown(ext)} (a weight file of "
+                                  f"{_shown(g['path'])}) is not listed in files")
         for key, role in (("inputs", "past"), ("outputs", "present")):
             if key in g:
                 problem = kv_mismatch(g[key], kv, role)
                 if problem:
-                    raise BundleError(f"{where}: graphs[{i}] ({_short(g['path'])}) {key}: {problem}")
+                    raise BundleError(f"{where}: graphs[{i}] ({_shown(g['path'])}) {key}: {problem}")
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -195,13 +196,13 @@ def _check_value(value: object, f: Field, root: Path, where: str, name: str) -> 
     # JSON true/false are Python bools, which are ints: never accept one for an integer
     if not isinstance(value, f.types) or (isinstance(value, bool) and bool not in f.types):
         got = _TYPE_NAMES.get(type(value), type(value).__name__)
-        raise BundleError(f"{where}: {name} must be {_type_name(f.types)}, got {got} {_short(value)}")
+        raise BundleError(f"{where}: {name} must be {_type_name(f.types)}, got {got} {_shown(value)}")
     if value is None:
         return
     if f.check is not None:
         problem = f.check(value)
         if problem:
-            raise BundleError(f"{where}: {name} {problem}, got {_short(value)}")
+            raise BundleError(f"{where}: {name} {problem}, got {_shown(value)}")
     if f.path:
         confine(root, value, name)
     if f.fields is not None:
@@ -217,7 +218,7 @@ def _check_value(value: object, f: Field, root: Path, where: str, name: str) -> 
 
 def _check_object(obj: object, schema: dict[str, Field], root: Path, where: str, prefix: str) -> None:
     if not isinstance(obj, dict):
-        raise BundleError(f"{where}: {prefix.rstrip('.') or 'the manifest'} must be an object, got {_short(obj)}")
+        raise BundleError(f"{where}: {prefix.rstrip('.') or 'the manifest'} must be an object, got {_shown(obj)}")
     for key, f in schema.items():
         if key not in obj:
             if f.required:
@@ -226,19 +227,11 @@ def _check_object(obj: object, schema: dict[str, Field], root: Path, where: str,
         _check_value(obj[key], f, root, where, prefix + key)
 
 
-def _short(value: object, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):  # holds an integer over Python's digit limit, or too deep
-        text = f"<a {type(value).__name__} too large to show>"
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def confine(root: Path, rel: object, entry: str) -> Path:
     """``root / rel`` when ``rel`` is a plain relative path that resolves inside ``root``
     (symlinks followed); else a BundleError naming ``entry``. Nothing is opened."""
     def refuse(why: str) -> BundleError:
-        return BundleError(f"{root}/manifest.json: {entry} {_short(rel)} {why}; a bundle may only "
+        return BundleError(f"{root}/manifest.json: {entry} {_shown(rel)} {why}; a bundle may only "
                            "name files inside its own directory")
 
     if not isinstance(rel, str) or not rel:
