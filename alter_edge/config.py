@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from . import kinds
 from .errors import ConfigError
 
-ADAPTER_KINDS = ("ffn", "lora", "bottleneck")
 PRIORS = ("own_shared", "overlap", "uniform")
 GATES = ("task", "token")
 
@@ -37,7 +37,7 @@ class MTAConfig(_JsonConfig):
     """How the Mixture-of-Task-Adapters module is built."""
 
     num_tasks: int
-    adapter_kind: str = "lora"  # ffn (paper: upcycled MLP experts) | lora | bottleneck
+    adapter_kind: str = "lora"  # a name in alter_edge.kinds.REGISTRY (ffn: the paper's upcycled MLP experts)
     num_adapters: int | None = None  # K; None = num_tasks + num_shared
     num_shared: int = 1  # adapters every task leans on (used by the own_shared prior)
     layers: list[int] | None = None  # adapted block indices; None = the top `num_top_layers`
@@ -51,22 +51,21 @@ class MTAConfig(_JsonConfig):
     lora_alpha: float = 32.0
     bottleneck_dim: int = 64
     target_modules: list[str] | None = None  # lora targets; None = the model_type table
-    # lora kind: also adapt the block's attention projections; None = on for lora, off otherwise
+    # also adapt the block's attention projections (kinds that adapt projections: lora, hydra);
+    # None = on for those kinds, off otherwise
     lora_attention: bool | None = None
-    # task: the mixture depends on the task only (foldable into per-task graphs, exportable);
+    # task: the mixture depends on the task only (foldable into per-task graphs);
     # token: a learned per-token gate adds W_g rmsnorm(h) / sqrt(H) to the task's logits, h the
     # hidden state entering the block (W_g starts at 0, so it starts equal to "task"). An
-    # experiment: it cannot be folded into per-task graphs, so the exporter refuses it.
+    # experiment: it exports as the multi-task graph only (it cannot be folded into per-task
+    # graphs, so the exporter refuses those).
     gate: str = "task"
     init_std: float = 0.0  # >0 gives the zero-initialised factor random values (tests)
 
     def __post_init__(self) -> None:
         if self.num_tasks < 1:
             raise ConfigError(f"num_tasks must be >= 1, got {self.num_tasks}")
-        if self.adapter_kind not in ADAPTER_KINDS:
-            raise ConfigError(
-                f"adapter_kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}"
-            )
+        kind = kinds.info(self.adapter_kind)  # raises for an unknown kind
         if self.num_adapters is None:
             self.num_adapters = self.num_tasks + (self.num_shared if self.num_tasks > 1 else 0)
         if self.num_adapters < 1:
@@ -82,7 +81,11 @@ class MTAConfig(_JsonConfig):
         if self.gate not in GATES:
             raise ConfigError(f"gate {self.gate!r} is not one of {', '.join(GATES)}")
         if self.lora_attention is None:
-            self.lora_attention = self.adapter_kind == "lora"
+            self.lora_attention = kind.attention
+        if self.lora_attention and not kind.attention:
+            raise ConfigError(f"lora_attention needs an adapter kind that adapts projections "
+                              f"({', '.join(k.name for k in kinds.REGISTRY.values() if k.attention)}), "
+                              f"not {self.adapter_kind!r}")
         if self.num_top_layers < 1:
             raise ConfigError(f"num_top_layers must be >= 1, got {self.num_top_layers}")
         if self.lora_rank < 1 or self.bottleneck_dim < 1:

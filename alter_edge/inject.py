@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import MTAConfig
 from .errors import ConfigError
+from .families import FAMILIES, Family
 from .mta import MTABlock, TaskContext, prior_logits
 
 
@@ -24,27 +25,19 @@ from .mta import MTABlock, TaskContext, prior_logits
 class ArchSpec:
     layers: str  # attribute of the backbone (model.base_model) holding the block list
     mlp: str  # attribute of a block holding its MLP
-    lora_targets: tuple[str, ...]  # MLP projections the lora kind adapts
+    lora_targets: tuple[str, ...]  # MLP projections the projection-adapting kinds adapt
     attn: str = ""  # attribute of a block holding its attention
-    attn_targets: tuple[str, ...] = ()  # attention projections (lora kind, lora_attention=True)
+    attn_targets: tuple[str, ...] = ()  # attention projections (lora_attention=True)
+
+    @classmethod
+    def of(cls, fam: Family) -> ArchSpec:
+        return cls(fam.layers, fam.mlp, fam.mlp_names, fam.attn, fam.attn_names)
 
 
-# Llama-family MLPs share gate/up/down (Gemma 3, Granite, OLMo 2 too); Phi-3 fuses q/k/v and
-# gate/up; GPT-2 uses Conv1D c_attn/c_proj and c_fc/c_proj. Every family here is also one the
-# graph builder writes (export.families.FAMILIES: tests/test_families.py keeps the two equal).
-_LLAMA = ArchSpec("layers", "mlp", ("gate_proj", "up_proj", "down_proj"), "self_attn",
-                  ("q_proj", "k_proj", "v_proj", "o_proj"))
-ARCH_TABLE: dict[str, ArchSpec] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-    "gemma3_text": _LLAMA,
-    "granite": _LLAMA,
-    "olmo2": _LLAMA,
-    "phi3": ArchSpec("layers", "mlp", ("gate_up_proj", "down_proj"), "self_attn", ("qkv_proj", "o_proj")),
-    "gpt2": ArchSpec("h", "mlp", ("c_fc", "c_proj"), "attn", ("c_attn", "c_proj")),
-}
+# derived from the one family table (alter_edge.families): every family that trains is one the
+# graph builder writes. Llama-family MLPs share gate/up/down (Gemma 3, Granite, OLMo 2 too);
+# Phi-3 fuses q/k/v and gate/up; GPT-2 uses Conv1D c_attn/c_proj and c_fc/c_proj.
+ARCH_TABLE: dict[str, ArchSpec] = {name: ArchSpec.of(fam) for name, fam in FAMILIES.items()}
 
 
 def arch_spec(model_type: str) -> ArchSpec:
@@ -101,8 +94,8 @@ class MTAModel(nn.Module):
             if mlp is None:
                 raise ConfigError(f"block {i} of {base.config.model_type} has no {self.spec.mlp!r}")
             attn = getattr(layer, self.spec.attn, None) if cfg.lora_attention else None
-            if cfg.lora_attention and (attn is None or cfg.adapter_kind != "lora"):
-                raise ConfigError("lora_attention needs adapter_kind 'lora' and a known attention module")
+            if cfg.lora_attention and attn is None:  # (the config checked that the kind adapts projections)
+                raise ConfigError(f"lora_attention: block {i} of {base.config.model_type} has no {self.spec.attn!r}")
             block = MTABlock(mlp, cfg, targets, self.context, attn, self.spec.attn_targets)
             setattr(layer, self.spec.mlp, block)
             self.blocks[str(i)] = block
@@ -171,14 +164,6 @@ class MTAModel(nn.Module):
                 b.mixture.logits.copy_(prior)
                 if b.gate_weight is not None:
                     b.gate_weight.zero_()
-
-    def mixture_weights(self) -> dict[int, torch.Tensor]:
-        """Per adapted block: the (num_tasks, K) mixture every task uses."""
-        with torch.no_grad():
-            return {
-                int(i): torch.softmax(b.mixture.logits / b.mixture.temperature, -1)
-                for i, b in self.blocks.items()
-            }
 
     # -- forward ---------------------------------------------------------------------
     @contextmanager

@@ -4,32 +4,30 @@ Each adapted block holds K adapters and a mixture table ``logits [num_tasks, K]`
 task ``t`` uses ``w = softmax(logits[t] / temperature)`` (shape ``[K]``), so the mixture
 depends only on the task: a batch may mix tasks, and a single-task graph can fold ``w`` in.
 
-With ``gate="token"`` (an experiment, not exportable) the mixture also depends on the token:
+With ``gate="token"`` (an experiment) the mixture also depends on the token:
 ``w = softmax((logits[t] + W_g rmsnorm(h) / sqrt(H)) / temperature)`` per position, ``h`` the
 hidden state entering the block; ``W_g`` starts at 0, so the model starts as the task mixture.
-Weights reach the adapters as ``(B, 1, K)`` (task gate) or ``(B, T, K)`` (token gate, or
+It exports as the multi-task graph (the gate is part of it); it cannot be folded into per-task
+graphs. Weights reach the adapters as ``(B, 1, K)`` (task gate) or ``(B, T, K)`` (token gate, or
 training's packed rows, where every token carries its own example's task id).
 
-Three adapter kinds, all starting equal to the base model where the kind allows:
-
-- ``ffn``: the block's MLP is replaced by K copies of it ("upcycled" experts, the paper's
-  choice); ``out = sum_k w_k * mlp_k(x)``. Equal copies with weights summing to 1 start as
-  the base MLP exactly.
-- ``lora``: each target projection gets K low-rank deltas, ``y = W x + s * sum_k w_k B_k A_k x``
-  with ``B = 0`` at init. Stacking the K factors makes it one matmul pair per projection.
-- ``bottleneck``: beside the MLP, ``out = mlp(x) + sum_k w_k * U_k act(D_k x)`` with ``U = 0``.
+What the K adapters are is the block's adapter kind, one module each in ``alter_edge.kinds``
+(``ffn``, the paper's upcycled MLP experts; ``lora``; ``bottleneck``; ``hydra``): the kind builds
+the block's parameters and computes its output from the mixture weights. Every kind starts
+equal to the base model where the kind allows.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kinds
 from .config import MTAConfig
+from .kinds.base import hidden_size_of
 
 
 def prior_logits(cfg: MTAConfig) -> torch.Tensor:
@@ -77,46 +75,6 @@ class TaskMixture(nn.Module):
             return torch.softmax(self.logits[task_id] / self.temperature, dim=-1)  # (K,)
 
 
-def _linear_shape(layer: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of an nn.Linear or a GPT-2 style Conv1D."""
-    if isinstance(layer, nn.Linear):
-        return layer.in_features, layer.out_features
-    w = getattr(layer, "weight", None)
-    if w is not None and w.dim() == 2 and hasattr(layer, "nf"):  # transformers Conv1D: (in, out)
-        return w.shape[0], w.shape[1]
-    raise TypeError(f"cannot adapt {type(layer).__name__}: expected nn.Linear or Conv1D")
-
-
-class MixedLoRA(nn.Module):
-    """K stacked LoRA factors on one projection, mixed by its block's per-task weights."""
-
-    def __init__(self, base_layer: nn.Module, num_adapters: int, rank: int, alpha: float, init_std: float,
-                 block: MTABlock):
-        super().__init__()
-        self.base_layer = base_layer
-        object.__setattr__(self, "_block", block)  # the owner of the mixture; not a submodule
-        in_f, out_f = _linear_shape(base_layer)
-        self.num_adapters, self.rank, self.scaling = num_adapters, rank, alpha / rank
-        self.lora_A = nn.Parameter(torch.empty(num_adapters * rank, in_f))  # (K*r, in)
-        self.lora_B = nn.Parameter(torch.zeros(out_f, num_adapters * rank))  # (out, K*r)
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        if init_std > 0:
-            nn.init.normal_(self.lora_B, std=init_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
-        y = self.base_layer(x)
-        mix = self._block.weights()  # (B, 1 or T, K)
-        B = x.shape[0]
-        h = F.linear(x, self.lora_A)  # (B, T, K*r)
-        h = (h.view(B, -1, self.num_adapters, self.rank) * mix[..., None]).flatten(2)
-        return y + F.linear(h, self.lora_B) * self.scaling
-
-    def delta_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """The merged ``(out, in)`` update for a fixed mixture ``w`` (K,)."""
-        scale = w.repeat_interleave(self.rank).to(self.lora_A.dtype)  # (K*r,)
-        return (self.lora_B * scale[None, :]) @ self.lora_A * self.scaling
-
-
 class MTABlock(nn.Module):
     """Replaces a block's MLP. Holds the mixture and the K adapters of one kind."""
 
@@ -124,6 +82,7 @@ class MTABlock(nn.Module):
                  attention: nn.Module | None = None, attention_targets: tuple[str, ...] = ()):
         super().__init__()
         self.kind = cfg.adapter_kind
+        self.impl = kinds.load(self.kind)  # the kind's module: not a submodule, no state
         self.mixture = TaskMixture(cfg)
         object.__setattr__(self, "_context", context)  # shared, not a submodule
         K = int(cfg.num_adapters)
@@ -131,54 +90,15 @@ class MTABlock(nn.Module):
         self.gate_weight: nn.Parameter | None = None
         self.gate_input: torch.Tensor | None = None  # set by MTAModel's hook on the block's layer
         self._token_weights: torch.Tensor | None = None  # this layer call's (B, T, K), made once
-        if cfg.gate == "token":  # before lora wraps the output projection
-            self.gate_weight = nn.Parameter(torch.zeros(K, _hidden_size_of(mlp)))
-        if self.kind == "ffn":
-            self.experts = nn.ModuleList([copy.deepcopy(mlp) for _ in range(K)])
-            if cfg.init_std > 0:
-                with torch.no_grad():
-                    for e in self.experts:
-                        for p in e.parameters():
-                            p.add_(torch.randn_like(p) * cfg.init_std)
-        elif self.kind == "lora":
-            self.mlp = mlp
-            self.lora_layers: list[MixedLoRA] = []
-            targets = [(mlp, n) for n in lora_targets]
-            if attention is not None:  # optional: the block's attention projections too
-                targets += [(attention, n) for n in attention_targets]
-            for parent, name in targets:
-                base = getattr(parent, name, None)
-                if base is None:
-                    raise ValueError(f"{type(parent).__name__} has no projection {name!r}")
-                wrapped = MixedLoRA(base, K, cfg.lora_rank, cfg.lora_alpha, cfg.init_std, self)
-                setattr(parent, name, wrapped)
-                self.lora_layers.append(wrapped)
-        else:  # bottleneck
-            self.mlp = mlp
-            hidden = _hidden_size_of(mlp)
-            r = cfg.bottleneck_dim
-            self.K, self.r = K, r
-            self.down = nn.Parameter(torch.empty(K * r, hidden))  # (K*r, H)
-            self.down_bias = nn.Parameter(torch.zeros(K * r))
-            self.up = nn.Parameter(torch.zeros(hidden, K * r))  # (H, K*r)
-            nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
-            if cfg.init_std > 0:
-                nn.init.normal_(self.up, std=cfg.init_std)
+        if cfg.gate == "token":  # before a kind wraps the output projection
+            self.gate_weight = nn.Parameter(torch.zeros(K, hidden_size_of(mlp)))
+        targets = [(mlp, n) for n in lora_targets]
+        if attention is not None:  # optional: the block's attention projections too
+            targets += [(attention, n) for n in attention_targets]
+        self.impl.build(self, mlp, cfg, targets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, H)
-        w = self.weights()  # (B, 1 or T, K)
-        if self.kind == "ffn":
-            out = None
-            for k, expert in enumerate(self.experts):
-                y = expert(x) * w[..., k, None]
-                out = y if out is None else out + y
-            return out
-        if self.kind == "lora":
-            return self.mlp(x)  # its projections are MixedLoRA layers
-        h = F.gelu(F.linear(x, self.down, self.down_bias))  # (B, T, K*r)
-        B = x.shape[0]
-        h = (h.view(B, -1, self.K, self.r) * w[..., None]).flatten(2)
-        return self.mlp(x) + F.linear(h, self.up)
+        return self.impl.forward(self, x, self.weights())  # weights: (B, 1 or T, K)
 
     def weights(self) -> torch.Tensor:
         """This batch's mixture, from the task ids MTAModel put in the context: (B, 1, K) for
@@ -211,11 +131,7 @@ class MTABlock(nn.Module):
         return [self.mixture.logits] + ([self.gate_weight] if self.gate_weight is not None else [])
 
     def adapter_parameters(self) -> list[nn.Parameter]:
-        if self.kind == "ffn":
-            return list(self.experts.parameters())
-        if self.kind == "lora":
-            return [p for lyr in self.lora_layers for p in (lyr.lora_A, lyr.lora_B)]
-        return [self.down, self.down_bias, self.up]
+        return self.impl.adapter_parameters(self)
 
 
 class TaskContext:
@@ -223,11 +139,3 @@ class TaskContext:
 
     def __init__(self) -> None:
         self.task_ids: torch.Tensor | None = None
-
-
-def _hidden_size_of(mlp: nn.Module) -> int:
-    for name in ("down_proj", "c_proj", "fc2", "wo"):
-        layer = getattr(mlp, name, None)
-        if layer is not None:
-            return _linear_shape(layer)[1]
-    raise ValueError(f"cannot find the output projection of {type(mlp).__name__}")

@@ -13,7 +13,7 @@ The graph is written op by op with onnxruntime's fused contrib operators, nothin
 
 What differs between the supported families (``llama``, ``mistral``, ``qwen2``, ``qwen3``,
 ``gemma3_text``, ``phi3``, ``gpt2``, ``granite``, ``olmo2``) is a short description of each in
-``export.families`` (docs/base-models.md).
+``alter_edge.families`` (docs/base-models.md).
 """
 from __future__ import annotations
 
@@ -23,19 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto
 
 from alter_edge.errors import ConfigError
-from alter_edge.runtime.contract import (
-    ATTENTION_MASK,
-    INPUT_IDS,
-    LOGITS,
-    TASK_IDS,
-    KVLayout,
-)
+from alter_edge.families import FAMILIES, SUPPORTED, Family
+from alter_edge.kinds.base import to_numpy
+from alter_edge.runtime.contract import ATTENTION_MASK, INPUT_IDS, TASK_IDS, KVLayout
 
-from .adapters import Emit, FfnKind, LoraKind, _np, adapter_for, emit_mixtures
-from .families import FAMILIES, SUPPORTED, Family
+from . import ends
+from .adapters import Emit, adapter_for, emit_mixtures
 from .graph import MS, GraphBuilder, WeightFile
 
 log = logging.getLogger(__name__)
@@ -65,10 +60,10 @@ def _base_layer(module):
 def _wb(module) -> tuple[np.ndarray, np.ndarray | None]:
     """A projection's weight ``(out, in)`` and bias (a GPT-2 ``Conv1D`` stores ``(in, out)``)."""
     m = _base_layer(module)
-    w = _np(m.weight)
+    w = to_numpy(m.weight)
     if hasattr(m, "nf"):  # transformers' Conv1D
         w = np.ascontiguousarray(w.T)
-    return w, (None if getattr(m, "bias", None) is None else _np(m.bias))
+    return w, (None if getattr(m, "bias", None) is None else to_numpy(m.bias))
 
 
 def family_of(model_type: str) -> Family:
@@ -88,7 +83,7 @@ class BuildSpec:
 
 class DecoderBuilder:
     """Reads a ``MTAModel`` (or a plain causal LM of a supported family) once and writes graphs
-    of it. What differs between families is their description (``export.families``)."""
+    of it. What differs between families is their description (``alter_edge.families``)."""
 
     def __init__(self, model, max_positions: int | None = None):
         from alter_edge.inject import MTAModel
@@ -105,12 +100,12 @@ class DecoderBuilder:
         backbone = base.base_model
         self.layers = list(getattr(backbone, fam.layers))
         emb = getattr(backbone, fam.embed)
-        self.embed = _np(emb.weight)
+        self.embed = to_numpy(emb.weight)
         self.final_norm = self._norm_weights(getattr(backbone, fam.final_norm))
         head = base.get_output_embeddings()
         self.tied = head.weight.data_ptr() == emb.weight.data_ptr()
-        self.lm_head = self.embed if self.tied else _np(head.weight)
-        self.head_bias = None if getattr(head, "bias", None) is None else _np(head.bias)
+        self.lm_head = self.embed if self.tied else to_numpy(head.weight)
+        self.head_bias = None if getattr(head, "bias", None) is None else to_numpy(head.bias)
         self.vocab = self.lm_head.shape[0]
         # positions the graph covers: the model's own limit, at least 2048, at most 8192 (a learned
         # position table: at most its rows)
@@ -120,7 +115,7 @@ class DecoderBuilder:
         if fam.rotary:
             self.rotary = self._rotary(backbone, n_pos)
         else:
-            table = _np(getattr(backbone, fam.positions).weight)
+            table = to_numpy(getattr(backbone, fam.positions).weight)
             n_pos = min(n_pos, table.shape[0])
             self.positions = np.ascontiguousarray(table[:n_pos])
         self.kv = KVLayout(self.kv.num_layers, self.kv.num_kv_heads, self.kv.head_dim, max_sequence_length=n_pos)
@@ -135,9 +130,7 @@ class DecoderBuilder:
                 layer, block = self.layers[i], self.mta.blocks[str(i)]
                 attn = getattr(layer, spec.attn)
                 projections = {self._attn_key(n): getattr(attn, n) for n in spec.attn_targets}
-                if block.kind == "lora":
-                    projections.update({n: getattr(block.mlp, n) for n in spec.lora_targets})
-                self.adapters[i] = adapter_for(block, projections)
+                self.adapters[i] = adapter_for(block, projections, self.fam.mlp_names)
         self.num_tasks = self.mta.cfg.num_tasks if self.mta is not None else 0
         self.token_gate = any(a.mix.gate is not None for a in self.adapters.values())
 
@@ -160,7 +153,7 @@ class DecoderBuilder:
             for t in types:
                 cos, sin = rot(x, torch.arange(n)[None, :]) if t is None else rot(x, torch.arange(n)[None, :], t)
                 half = cos.shape[-1] // 2
-                out[t] = _np(cos[0, :, :half]), _np(sin[0, :, :half])
+                out[t] = to_numpy(cos[0, :, :half]), to_numpy(sin[0, :, :half])
         return out
 
     def _scalar(self, key: str | None) -> float | None:
@@ -179,11 +172,11 @@ class DecoderBuilder:
 
     def _norm_weights(self, module) -> tuple[np.ndarray, np.ndarray | None]:
         """(scale, bias) of a norm, as the graph's op multiplies: Gemma's ``1 + w``."""
-        w = _np(module.weight)
+        w = to_numpy(module.weight)
         if self.fam.norm == "rms1p":
             w = (1.0 + w).astype(np.float32)
         b = getattr(module, "bias", None)
-        return w, (None if b is None else _np(b))
+        return w, (None if b is None else to_numpy(b))
 
     def _layer_norm(self, layer, name: str | None) -> tuple[np.ndarray, np.ndarray | None] | None:
         return None if name is None else self._norm_weights(getattr(layer, name))
@@ -237,50 +230,42 @@ class DecoderBuilder:
         op, domain, attrs = ACTIVATIONS[name]
         return g.op(op, [x], domain=domain, **attrs)
 
-    def _mlp(self, g: GraphBuilder, mlp, key: str, x: str, merged: dict | None = None, project=None) -> str:
-        """Gated (packed gate/up, act(gate) * up, down) or plain (up, act, down). ``merged``: weights
-        replacing the module's (inline); ``project(key, names, w, widths, x, base_key, bias)``: a
-        projection with an adapter's delta."""
+    def _mlp(self, g: GraphBuilder, mlp, key: str, x: str, project=None) -> str:
+        """Gated (packed gate/up, act(gate) * up, down) or plain (up, act, down).
+        ``project(key, names, w, widths, x, base_key, bias)``: how a projection is emitted (an
+        adapter kind's, with its delta or merged); default the base's own."""
         f = self.fam
         wb = {n: _wb(getattr(mlp, n)) for n in f.mlp_names}
-        if merged:
-            wb = {n: (merged.get(n, w), b) for n, (w, b) in wb.items()}
-        k = None if merged else key
         if project is None:
             def project(_key, _names, w, _widths, xx, base_key, bias=None):
                 return g.linear(xx, w, key=base_key, bias=bias)
         wd, bd = wb[f.down]
         if not f.gated:
             (wu, bu), = (wb[n] for n in f.up)
-            h = self._act(g, project(f"{key}.up", f.up, wu, (wu.shape[0],), x, k and f"{k}.up", bu))
-            return project(f"{key}.dn", (f.down,), wd, (wd.shape[0],), h, k and f"{k}.down", bd)
+            h = self._act(g, project(f"{key}.up", f.up, wu, (wu.shape[0],), x, f"{key}.up", bu))
+            return project(f"{key}.dn", (f.down,), wd, (wd.shape[0],), h, f"{key}.down", bd)
         ws = [wb[n][0] for n in f.up]
         bs = [wb[n][1] for n in f.up]
         inter = sum(w.shape[0] for w in ws) // 2
         bias = None if bs[0] is None else np.concatenate(bs)
         gu = project(f"{key}.gu", f.up, np.concatenate(ws, 0), tuple(w.shape[0] for w in ws), x,
-                     k and f"{k}.gate_up", bias)
+                     f"{key}.gate_up", bias)
         gate, up = g.op("Split", [gu, g.const(np.array([inter, inter], np.int64), "split")], outputs=2, axis=-1)
         h = g.op("Mul", [self._act(g, gate), up])
-        return project(f"{key}.dn", (f.down,), wd, (wd.shape[0],), h, k and f"{k}.down", bd)
+        return project(f"{key}.dn", (f.down,), wd, (wd.shape[0],), h, f"{key}.down", bd)
 
     def _attention(self, g: GraphBuilder, e: Emit, i: int, x: str, resid: str, seqlens: str, total: str,
                    rot: tuple[str, str] | None) -> str:
         f = self.fam
         layer, ad = self.layers[i], self.adapters.get(i)
         attn = getattr(layer, f.attn)
-        lora = ad if isinstance(ad, LoraKind) else None
-        merged = e.mode == "merged" and lora is not None
         names = tuple(self._attn_key(n) for n in f.qkv)
         ws, bs = zip(*(_wb(getattr(attn, n)) for n in f.qkv), strict=True)
-        if merged:
-            ws = tuple(lora.merged_weight(n, w, e.task_id) if n in lora.lora else w
-                       for n, w in zip(names, ws, strict=True))
         widths = tuple(w.shape[0] for w in ws)
         bias = None if bs[0] is None else np.concatenate(bs)
-        key = None if merged else f"layers.{i}.qkv"
-        if lora is not None:
-            qkv = lora.project(g, e, f"layers.{i}.qkv", names, np.concatenate(ws, 0), widths, x, resid, bias, key)
+        key = f"layers.{i}.qkv"
+        if ad is not None:
+            qkv = ad.project(g, e, key, names, np.concatenate(ws, 0), widths, x, resid, bias, key)
         else:
             qkv = g.linear(x, np.concatenate(ws, 0), key=key, bias=bias)
         i_name = self.kv.past_names[2 * i], self.kv.past_names[2 * i + 1]
@@ -313,11 +298,9 @@ class DecoderBuilder:
         out = g.op("GroupQueryAttention", ins, outputs=[g.fresh("attn"), *o_name], domain=MS, **attrs)[0]
         oname = self._attn_key(f.o)
         wo, bo = _wb(getattr(attn, f.o))
-        if merged and oname in lora.lora:
-            wo = lora.merged_weight(oname, wo, e.task_id)
-        okey = None if merged else f"layers.{i}.o"
-        if lora is not None:
-            return lora.project(g, e, f"layers.{i}.o", (oname,), wo, (wo.shape[0],), out, resid, bo, okey)
+        okey = f"layers.{i}.o"
+        if ad is not None:
+            return ad.project(g, e, okey, (oname,), wo, (wo.shape[0],), out, resid, bo, okey)
         return g.linear(out, wo, key=okey, bias=bo)
 
     def _block_mlp(self, g: GraphBuilder, e: Emit, i: int, x: str, resid: str) -> str:
@@ -326,34 +309,7 @@ class DecoderBuilder:
         mlp = getattr(layer, self.fam.mlp)
         if ad is None:
             return self._mlp(g, mlp, f"{key}.mlp", x)
-        if isinstance(ad, LoraKind):
-            merged = None
-            if e.mode == "merged":
-                merged = {n: ad.merged_weight(n, _wb(getattr(mlp.mlp, n))[0], e.task_id)
-                          for n in self.fam.mlp_names if n in ad.lora}
-            if merged is not None:
-                return self._mlp(g, mlp.mlp, f"{key}.mlp", x, merged)
-            return self._mlp(g, mlp.mlp, f"{key}.mlp", x, project=lambda k, names, w, widths, xx, base_key, bias=None:
-                             ad.project(g, e, k, names, w, widths, xx, resid, bias, base_key=base_key))
-        if e.mode == "merged":
-            raise ConfigError(f"a merged single-task graph needs lora adapters; this checkpoint's are {ad.name!r} "
-                              "(use the per-task graph, which prunes and folds them)")
-        return ad.mlp(g, e, key, x, resid, lambda m, k, xx: self._mlp(g, m, k, xx))
-
-    def _position_ids(self, g: GraphBuilder, ids: str, seqlens: str, total: str) -> str:
-        """Each token's position ``[batch, seq]``, as GroupQueryAttention's rotary counts them: ``0..S-1``
-        in a first prompt (``S`` = the mask's width, padded rows included), else
-        ``seqlens_k + 1 - S + s``."""
-        T = TensorProto
-        s = g.op("Gather", [g.op("Shape", [ids]), g.const(np.array(1, np.int64), "idx1")], axis=0)
-        ar = g.op("Unsqueeze", [g.op("Range", [g.const(np.array(0, np.int64), "zero"), s,
-                                              g.const(np.array(1, np.int64), "one")]),
-                                g.const(np.array([0], np.int64), "ax0")])  # (1, S)
-        first = g.op("Equal", [s, g.op("Cast", [total], to=T.INT64)])
-        past = g.op("Sub", [g.op("Add", [g.op("Cast", [seqlens], to=T.INT64), g.const(np.array(1, np.int64), "one")]),
-                            s])
-        later = g.op("Add", [g.op("Unsqueeze", [past, g.const(np.array([1], np.int64), "ax1")]), ar])  # (B, S)
-        return g.op("Where", [first, g.op("Expand", [ar, g.op("Shape", [later])]), later])
+        return ad.mlp(g, e, key, x, resid, lambda m, k, xx, project=None: self._mlp(g, m, k, xx, project=project))
 
     # -- the graph ----------------------------------------------------------------------
     def build(self, path: Path, spec: BuildSpec, precision: str, weights: WeightFile | None,
@@ -363,61 +319,40 @@ class DecoderBuilder:
         stored quantized matrix's bits). ``int8_layout``: "nbits" or "integer" (GraphBuilder);
         ``plan``: the quantizer (``export.quant.QuantPlan``)."""
         t0 = time.perf_counter()
-        f = self.fam
         multitask = spec.mode == "multitask" and self.mta is not None
         if spec.mode != "multitask" and self.token_gate:
             raise ConfigError("a token-gated checkpoint's mixture changes per token: it builds as the "
                               "multi-task graph only")
         g = GraphBuilder("alter_edge", precision, block_size, weights, accuracy_level, adapter_bits,
                          int8_layout=int8_layout, plan=plan)
-        T = TensorProto
-        ids = g.add_input(INPUT_IDS, T.INT64, ["batch", "seq"])
-        mask = g.add_input(ATTENTION_MASK, T.INT64, ["batch", "total_seq"])
-        task_ids = g.add_input(TASK_IDS, T.INT64, ["batch"]) if multitask else None
-        for name in self.kv.past_names:
-            g.add_input(name, T.FLOAT, ["batch", self.kv.num_kv_heads, "past_seq", self.kv.head_dim])
-        e = Emit(spec.mode if self.mta is not None else "task", spec.task_id, task_ids, prune_threshold)
-        # seqlens_k = valid length - 1 per row, total_sequence_length = the mask's width (int32)
-        one = g.const(np.array([1], np.int64), "one")
-        seqlens = g.op("Cast", [g.op("Sub", [g.op("ReduceSum", [mask, one], keepdims=0), one])], to=T.INT32)
-        total = g.op("Cast", [g.op("Gather", [g.op("Shape", [mask]), g.const(np.array(1, np.int64), "idx1")],
-                                   axis=0)], to=T.INT32)
+        inputs = ends.add_inputs(g, self.kv, multitask)
+        ids = inputs[INPUT_IDS]
+        e = Emit(spec.mode if self.mta is not None else "task", spec.task_id, inputs.get(TASK_IDS), prune_threshold)
+        seqlens, total = ends.lengths(g, inputs[ATTENTION_MASK])
         rot = {}
         for t, (cos, sin) in self.rotary.items():
             name = "rotary" if t is None else f"rotary.{t}"
             rot[t] = g.shared(f"{name}.cos", cos), g.shared(f"{name}.sin", sin)
-        # embedding (tied: the quantized lm_head's bytes, viewed as [vocab, hidden * bits / 8])
-        if g.bits == 8 and g.int8_layout == "integer":
-            # int8 rows and one scale per row; tied: the lm_head's int8 bytes, read row-wise
-            key = "lm_head" if self.tied else "embed"
-            q, scale = g.rows_int8(self.embed, key)
-            rows = g.op("Cast", [g.op("Gather", [g.shared(f"{key}.qi8", q), ids], axis=0)], to=T.FLOAT)
-            row_scale = g.op("Unsqueeze", [g.op("Gather", [g.shared(f"{key}.si8", scale), ids], axis=0),
-                                           g.const(np.array([-1], np.int64), "ax_last")])
-            h = g.op("Mul", [rows, row_scale])
-            head = self.embed if self.tied else self.lm_head
-        elif g.bits:
-            shared_head = self.tied and self.embed.shape[1] % block_size == 0
-            key = "lm_head" if shared_head else "embed"
-            q = g.quantized(self.embed, g.key_bits(key), key)
-            g.matrix_bits[key] = q.bits
-            data = g.shared(f"{key}.q", q.data, view=(self.vocab, q.data.shape[1] * q.data.shape[2]))
-            scales = g.shared(f"{key}.scales", q.scales.reshape(-1), view=q.scales.shape)
-            ins = [data, ids, scales]
-            zp = q.packed_zero_points()
-            if zp is not None:
-                ins.append(g.shared(f"{key}.zp", zp.reshape(-1), view=zp.shape))
-            h = g.op("GatherBlockQuantized", ins, domain=MS, bits=q.bits, block_size=q.block_size,
-                     quantize_axis=1, gather_axis=0)
-            head = q if shared_head else self.lm_head
-        else:
-            h = g.op("Gather", [g.shared("lm_head" if self.tied else "embed", self.embed), ids], axis=0)
-            head = self.embed if self.tied else self.lm_head
+        h, head = ends.embedding(self, g, ids, block_size)
         if self.embed_scale is not None:
             h = g.op("Mul", [h, g.const(self.embed_scale, "embed_scale")])
         if self.positions is not None:  # learned positions (GPT-2)
-            pos = self._position_ids(g, ids, seqlens, total)
+            pos = ends.position_ids(g, ids, seqlens, total)
             h = g.op("Add", [h, g.op("Gather", [g.shared("positions", self.positions), pos], axis=0)])
+        x = self._blocks(g, e, h, seqlens, total, rot)
+        emit_mixtures(g, e)
+        ends.add_outputs(g, self.kv, ends.last_logits(self, g, x, ids, seqlens, head), self.vocab)
+        facts = g.save(path)
+        if g.matrix_bits:
+            facts["matrix_bits"] = dict(sorted(g.matrix_bits.items()))
+        facts["seconds"] = round(time.perf_counter() - t0, 2)
+        log.info("built %s (%s, %s): %d nodes in %.1fs", Path(path).name, spec.mode, precision, facts["nodes"],
+                 facts["seconds"])
+        return facts
+
+    def _blocks(self, g: GraphBuilder, e: Emit, h: str, seqlens: str, total: str, rot: dict) -> str:
+        """Every block on the embeddings ``h``; returns the final norm's output."""
+        f = self.fam
         resid = h
         first = self._layer_norm(self.layers[0], f.attn_in)
         x = self._norm(g, h, first) if first is not None else h
@@ -430,32 +365,7 @@ class DecoderBuilder:
             m = self._branch_out(g, m, layer, f.mlp_out)
             nxt = self._layer_norm(self.layers[i + 1], f.attn_in) if i + 1 < len(self.layers) else self.final_norm
             x, resid = self._skip_norm(g, m, resid_mid, nxt)
-        emit_mixtures(g, e)
-        # logits only at each row's last valid position of this step: min(seqlens_k, seq - 1) is
-        # len - 1 in a right-padded prompt and 0 in a one-token step
-        last_seq = g.op("Sub", [g.op("Gather", [g.op("Shape", [ids]), g.const(np.array(1, np.int64), "idx1")],
-                                     axis=0), g.const(np.array(1, np.int64), "one_s")])
-        pos = g.op("Min", [g.op("Cast", [seqlens], to=T.INT64), last_seq])
-        x = g.op("GatherND", [x, g.op("Unsqueeze", [pos, g.const(np.array([1], np.int64), "ax1")])], batch_dims=1)
-        x = g.op("Unsqueeze", [x, g.const(np.array([1], np.int64), "ax1")])  # (B, 1, H)
-        logits = g.linear(x, head, key="lm_head" if self.tied else "lm_head_untied", tied_rows=self.tied,
-                          bias=self.head_bias)
-        if self.logits_divisor is not None:  # Granite
-            logits = g.op("Div", [logits, g.const(np.float32(self.logits_divisor), "logits_div")])
-        if self.logit_softcap is not None:  # Gemma: cap * tanh(logits / cap)
-            cap = g.const(np.float32(self.logit_softcap), "softcap")
-            logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, cap])]), cap])
-        g.op("Identity", [logits], outputs=[LOGITS])
-        g.add_output(LOGITS, T.FLOAT, ["batch", 1, self.vocab])
-        for name in self.kv.present_names:
-            g.add_output(name, T.FLOAT, ["batch", self.kv.num_kv_heads, "total_seq", self.kv.head_dim])
-        facts = g.save(path)
-        if g.matrix_bits:
-            facts["matrix_bits"] = dict(sorted(g.matrix_bits.items()))
-        facts["seconds"] = round(time.perf_counter() - t0, 2)
-        log.info("built %s (%s, %s): %d nodes in %.1fs", Path(path).name, spec.mode, precision, facts["nodes"],
-                 facts["seconds"])
-        return facts
+        return x
 
 
-__all__ = ["SUPPORTED", "BuildSpec", "DecoderBuilder", "FfnKind", "family_of", "kv_layout"]
+__all__ = ["SUPPORTED", "BuildSpec", "DecoderBuilder", "family_of", "kv_layout"]

@@ -103,13 +103,17 @@ def quantize_rows_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(q), scale.astype(np.float32)
 
 
-def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
+def split_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
+    """``w (N, K)`` as ``(N, ceil(K / block_size), block_size)`` blocks along K, the last zero-padded."""
     w = np.ascontiguousarray(w, dtype=np.float32)
     N, K = w.shape
     nb = -(-K // block_size)
     if nb * block_size != K:
         w = np.concatenate([w, np.zeros((N, nb * block_size - K), np.float32)], axis=1)
     return w.reshape(N, nb, block_size)
+
+
+_blocks = split_blocks  # the old private name, until export/quant.py imports split_blocks
 
 
 def block_grid(blk: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +144,7 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int, symmetric: boo
     """Round to nearest, block-wise along K: symmetric (the implicit zero point) or
     asymmetric (a zero point per block)."""
     K = w.shape[1]
-    blk = _blocks(w, block_size)
+    blk = split_blocks(w, block_size)
     scales, zeros = block_grid(blk, bits, symmetric)
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
@@ -240,6 +244,14 @@ class GraphBuilder:
         self._inline: dict[str, TensorProto] = {}
         self._shared: dict[str, tuple[str, tuple[int, ...] | None]] = {}  # initializer -> (key, view shape)
         self._count = 0
+
+    def side_bits(self) -> int:
+        """Bits of the low-rank adapter factors (lora A/B, bottleneck down/up): the graph's own by
+        default (so lora's B joins the base projection's ``MatMulNBits``), ``adapter_bits`` (8 or 4)
+        in a quantized graph when asked; 0 (fp32) in an fp32 graph."""
+        if not self.bits:
+            return 0
+        return self.bits if self.adapter_bits is None else self.adapter_bits
 
     # -- names and tensors ----------------------------------------------------------------
     def fresh(self, hint: str) -> str:
