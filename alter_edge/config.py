@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from .errors import ConfigError
 
 PRIORS = ("own_shared", "overlap", "uniform")
 GATES = ("task", "token")
+PLACEMENTS = ("top", "middle")
 
 
 def _check_keys(cls, d: dict) -> None:
@@ -40,7 +42,11 @@ class MTAConfig(_JsonConfig):
     adapter_kind: str = "lora"  # a name in alter_edge.kinds.REGISTRY (ffn: the paper's upcycled MLP experts)
     num_adapters: int | None = None  # K; None = num_tasks + num_shared
     num_shared: int = 1  # adapters every task leans on (used by the own_shared prior)
-    layers: list[int] | None = None  # adapted block indices; None = the top `num_top_layers`
+    layers: list[int] | None = None  # adapted block indices; None = by `placement`
+    # where the adapted blocks sit when `layers` is None: top = the top `num_top_layers`; middle =
+    # the one block in the middle (num_layers // 2: block 15 of SmolLM2's 30, the authors' choice
+    # of block 11 of T5-large's 24 per stack)
+    placement: str = "top"
     # top blocks only: everything below is a cacheable frozen prefix. 12 of SmolLM2's 30: with 4,
     # nli stayed at chance; 8 -> 0.57, 12 -> 0.77 on nli alone (docs/results.md, "adapter depth")
     num_top_layers: int = 12
@@ -61,6 +67,12 @@ class MTAConfig(_JsonConfig):
     # graphs, so the exporter refuses those).
     gate: str = "task"
     init_std: float = 0.0  # >0 gives the zero-initialised factor random values (tests)
+    # the mixture's rows: None = one per task; else task id -> row (tasks of one row share their
+    # mixture: the authors route by task group, nli / classify / generate)
+    task_groups: list[int] | None = None
+    # the mixture weights are multiplied by this (Poly-style: K, so that a near-uniform mixture of K
+    # adapters adds up to one adapter's strength); "K" = num_adapters
+    mixture_scale: float | str = 1.0
 
     def __post_init__(self) -> None:
         if self.num_tasks < 1:
@@ -94,8 +106,28 @@ class MTAConfig(_JsonConfig):
             self.layers = sorted({int(i) for i in self.layers})
             if not self.layers:
                 raise ConfigError("layers must name at least one block")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"placement {self.placement!r} is not one of {', '.join(PLACEMENTS)}")
+        if self.task_groups is not None:
+            self.task_groups = [int(g) for g in self.task_groups]
+            if len(self.task_groups) != self.num_tasks or sorted(set(self.task_groups)) != list(
+                    range(max(self.task_groups, default=-1) + 1)):
+                raise ConfigError(f"task_groups must give each of the {self.num_tasks} tasks a row 0..G-1, "
+                                  f"every row used; got {self.task_groups}")
+        if self.mixture_scale == "K":
+            self.mixture_scale = float(self.num_adapters)
+        if not isinstance(self.mixture_scale, (int, float)) or self.mixture_scale <= 0:
+            raise ConfigError(f"mixture_scale must be a number > 0 or 'K', got {self.mixture_scale!r}")
+        self.mixture_scale = float(self.mixture_scale)
+
+    @property
+    def num_routes(self) -> int:
+        """Rows of the mixture table: one per task, or one per task group."""
+        return self.num_tasks if self.task_groups is None else max(self.task_groups) + 1
 
     def resolve_layers(self, num_layers: int) -> list[int]:
+        if self.layers is None and self.placement == "middle":
+            return [num_layers // 2]
         if self.layers is None:
             n = min(self.num_top_layers, num_layers)
             return list(range(num_layers - n, num_layers))
@@ -117,9 +149,9 @@ class StageConfig:
     sampling_temperature: float = 0.0  # task sampling p ~ n_task^T: 0 = balanced, 1 = natural
 
     def __post_init__(self) -> None:
-        bad = sorted(set(self.trains) - {"adapters", "mixture"})
+        bad = sorted(set(self.trains) - {"adapters", "mixture", "base"})
         if bad or not self.trains:
-            raise ConfigError(f"stage {self.name!r}: trains {self.trains} must be from adapters, mixture")
+            raise ConfigError(f"stage {self.name!r}: trains {self.trains} must be from adapters, mixture, base")
         if self.steps < 0 or self.lr <= 0:
             raise ConfigError(f"stage {self.name!r}: steps must be >= 0 and lr > 0")
         if not 0.0 <= self.sampling_temperature <= 1.0:
@@ -136,6 +168,19 @@ class TrainConfig(_JsonConfig):
     stage2_steps: int = 40
     stage1_lr: float = 3e-3
     stage2_lr: float = 5e-3
+    # > 0: stage 1 (one stage: the joint stage) runs this many epochs over the train rows,
+    # ceil(epochs * rows / batch_size) steps, in place of stage1_steps
+    epochs: float = 0.0
+    # the mixture's learning rate is this many times the adapters' where both train (Poly /
+    # MHR: the router learns ~100x faster than the adapters); 1 = one learning rate
+    mixture_lr_scale: float = 1.0
+    # the base model's weights train too (full fine-tuning, the authors' code) wherever the
+    # adapters train; the checkpoint then saves them (base.safetensors) and the frozen-prefix
+    # cache is off (the prefix is not frozen)
+    train_base: bool = False
+    # task: a mixture row per task; group: one per task group (the registry's score groups: nli /
+    # classify / generate), as the authors route (MTAConfig.task_groups, filled from the data's tasks)
+    route: str = "task"
     batch_size: int = 16
     # a step's batch runs forward/backward in parts of at most this many padded tokens (rows x
     # the part's padded length), gradients summed: the same update with a lower peak memory
@@ -195,17 +240,27 @@ class TrainConfig(_JsonConfig):
             raise ConfigError(f"stage2_guard must be in [0, 0.5), got {self.stage2_guard}")
         if not 0.0 <= self.stage2_holdout < 1.0:
             raise ConfigError(f"stage2_holdout must be in [0, 1), got {self.stage2_holdout}")
+        if self.route not in ("task", "group"):
+            raise ConfigError(f"route {self.route!r} must be task or group")
+        if self.epochs < 0 or self.mixture_lr_scale <= 0:
+            raise ConfigError(f"epochs must be >= 0 (got {self.epochs}) and mixture_lr_scale > 0 "
+                              f"(got {self.mixture_lr_scale})")
         if self.stage2_holdout > 0 and (self.stages == 1 or self.stage2_steps == 0):
             raise ConfigError("stage2_holdout > 0 keeps rows for stage 2, so it needs stages = 2 and "
                               f"stage2_steps > 0 (got stages = {self.stages}, stage2_steps = {self.stage2_steps})")
 
-    def stage_plan(self) -> list[StageConfig]:
+    def stage_plan(self, train_rows: int = 0) -> list[StageConfig]:
+        """The stages; ``train_rows`` (the train split's size) sets stage 1's steps when ``epochs`` > 0."""
         t = self.sampling_temperature
+        base = ["base"] if self.train_base else []
+        steps1 = self.stage1_steps
+        if self.epochs > 0:
+            steps1 = math.ceil(self.epochs * train_rows / self.batch_size)
         if self.stages == 1:
-            return [StageConfig("joint", ["adapters", "mixture"], self.stage1_steps + self.stage2_steps,
-                                self.stage1_lr, sampling_temperature=t)]
+            steps = steps1 if self.epochs > 0 else self.stage1_steps + self.stage2_steps
+            return [StageConfig("joint", ["adapters", "mixture", *base], steps, self.stage1_lr, sampling_temperature=t)]
         return [
-            StageConfig("stage1", ["adapters"], self.stage1_steps, self.stage1_lr, sampling_temperature=t),
+            StageConfig("stage1", ["adapters", *base], steps1, self.stage1_lr, sampling_temperature=t),
             StageConfig("stage2", ["mixture"], self.stage2_steps, self.stage2_lr,
                         warmup_steps=min(5, self.stage2_steps), sampling_temperature=t),
         ]

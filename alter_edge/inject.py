@@ -118,17 +118,24 @@ class MTAModel(nn.Module):
         return getattr(self._backbone(), self.spec.layers)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The MTA parameters: ``adapters`` and ``mixture`` (what a checkpoint's adapter file holds)."""
         return {
             "adapters": [p for b in self.blocks.values() for p in b.adapter_parameters()],
             "mixture": [p for b in self.blocks.values() for p in b.mixture_parameters()],
         }
 
+    def base_parameters(self) -> list[nn.Parameter]:
+        """The base model's own weights (every parameter not in an MTA group; tied ones once)."""
+        mta = {id(p) for ps in self.parameter_groups().values() for p in ps}
+        return [p for p in self.base.parameters() if id(p) not in mta]
+
     def set_trainable(self, groups: list[str]) -> list[nn.Parameter]:
-        """Freeze everything, then unfreeze the named groups; returns the trainable params."""
+        """Freeze everything, then unfreeze the named groups (``adapters``, ``mixture``, ``base``:
+        full fine-tuning); returns the trainable params."""
         for p in self.parameters():
             p.requires_grad_(False)
         out = []
-        for g, params in self.parameter_groups().items():
+        for g, params in {**self.parameter_groups(), "base": self.base_parameters()}.items():
             if g in groups:
                 for p in params:
                     p.requires_grad_(True)

@@ -31,7 +31,8 @@ from .kinds.base import hidden_size_of
 
 
 def prior_logits(cfg: MTAConfig) -> torch.Tensor:
-    """Initial mixture logits ``[num_tasks, K]``.
+    """Initial mixture logits ``[rows, K]``: a row per task, or per task group (``task_groups``;
+    the patterns below then deal adapters out to groups).
 
     - ``own_shared``: the last ``num_shared`` adapters are shared by every task; the others are
       dealt out to tasks round-robin. Own adapter: +strength, shared: +strength/2, others 0.
@@ -40,7 +41,7 @@ def prior_logits(cfg: MTAConfig) -> torch.Tensor:
       so neighbouring tasks share one.
     - ``uniform``: all zeros.
     """
-    T, K, s = cfg.num_tasks, int(cfg.num_adapters), cfg.prior_strength
+    T, K, s = cfg.num_routes, int(cfg.num_adapters), cfg.prior_strength
     logits = torch.zeros(T, K)
     if K == 1 or cfg.prior == "uniform":
         return logits
@@ -60,19 +61,32 @@ def prior_logits(cfg: MTAConfig) -> torch.Tensor:
 
 
 class TaskMixture(nn.Module):
-    """Per-task mixture weights for one block: ``softmax(logits[task_ids] / temperature)``."""
+    """Per-task mixture weights for one block: ``scale * softmax(logits[row(task_ids)] / temperature)``,
+    ``row`` the task's own row or its group's (``MTAConfig.task_groups``)."""
 
     def __init__(self, cfg: MTAConfig):
         super().__init__()
         self.temperature = cfg.temperature
-        self.logits = nn.Parameter(prior_logits(cfg))  # (T, K)
+        self.scale = cfg.mixture_scale
+        self.logits = nn.Parameter(prior_logits(cfg))  # (rows, K)
+        route = None if cfg.task_groups is None else torch.tensor(cfg.task_groups, dtype=torch.long)
+        self.register_buffer("route", route, persistent=False)  # task id -> row; the config holds it
+
+    def task_logits(self, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits of ``task_ids`` (any shape, + K), or of every task ``(num_tasks, K)``."""
+        if self.route is None:
+            return self.logits if task_ids is None else self.logits[task_ids]
+        return self.logits[self.route if task_ids is None else self.route[task_ids]]
+
+    def scaled(self, w: torch.Tensor) -> torch.Tensor:
+        return w if self.scale == 1.0 else w * self.scale
 
     def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits[task_ids] / self.temperature, dim=-1)  # (B, K)
+        return self.scaled(torch.softmax(self.task_logits(task_ids) / self.temperature, dim=-1))  # (B, K)
 
     def weights_for(self, task_id: int) -> torch.Tensor:
         with torch.no_grad():
-            return torch.softmax(self.logits[task_id] / self.temperature, dim=-1)  # (K,)
+            return self.forward(torch.tensor(task_id))  # (K,)
 
 
 class MTABlock(nn.Module):
@@ -116,9 +130,9 @@ class MTABlock(nn.Module):
             hf = h.float()
             hn = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)
             z = F.linear(hn, self.gate_weight.float()) / math.sqrt(hn.shape[-1])  # (B, T, K)
-            task_logits = self.mixture.logits[task_ids]  # (B, K) or (B, T, K)
+            task_logits = self.mixture.task_logits(task_ids)  # (B, K) or (B, T, K)
             logits = (task_logits[:, None, :] if task_ids.dim() == 1 else task_logits) + z
-            self._token_weights = torch.softmax(logits / self.mixture.temperature, dim=-1)
+            self._token_weights = self.mixture.scaled(torch.softmax(logits / self.mixture.temperature, dim=-1))
         return self._token_weights
 
     def set_gate_input(self, h: torch.Tensor | None) -> None:

@@ -66,15 +66,16 @@ class MixtureSource:
 
     def __init__(self, block):
         self.temperature = float(block.mixture.temperature)
-        self.logits = to_numpy(block.mixture.logits)  # (T, K)
+        self.scale = float(block.mixture.scale)  # the mixture's output scale (1: none)
+        self.logits = to_numpy(block.mixture.task_logits())  # (T, K): each task's row (its own or its group's)
         self.gate = None if block.gate_weight is None else to_numpy(block.gate_weight)  # (K, H)
         self.K = self.logits.shape[1]
 
     def weights(self, task_id: int) -> np.ndarray:
-        return softmax(self.logits[task_id] / self.temperature)  # (K,)
+        return softmax(self.logits[task_id] / self.temperature) * self.scale  # (K,)
 
     def table(self) -> np.ndarray:
-        return softmax(self.logits / self.temperature, -1)  # (T, K)
+        return softmax(self.logits / self.temperature, -1) * self.scale  # (T, K)
 
     def emit(self, g: GraphBuilder, e: Emit, resid: str, expand: np.ndarray, hint: str) -> str:
         """Mixture weights multiplied into a side path's width: ``m @ expand`` with ``expand``
@@ -98,7 +99,7 @@ class MixtureSource:
                       axis=0)
             w = e.token_weights[id(self)] = g.op("Softmax", [g.op("Div", [
                 g.op("Add", [z, lg]), g.const(np.float32(self.temperature), "temp")])], axis=-1)
-        return g.op("MatMul", [w, g.const(expand.astype(np.float32), hint + "_expand")])
+        return g.op("MatMul", [w, g.const((expand * self.scale).astype(np.float32), hint + "_expand")])
 
 
 def adapter_for(block, attn_projections: dict[str, object], mlp_names: tuple[str, ...]):

@@ -5,7 +5,10 @@
 - ``base_model.json``: the base model's reference, local path, model_type and weight hash;
 - ``state.json``: progress (stage, step, complete), per-stage dev evaluations;
 - ``optimizer.pt``: only while a run is incomplete, for ``--resume`` (tensors and numbers
-  only, read back with ``weights_only=True``).
+  only, read back with ``weights_only=True``);
+- ``base.safetensors``: only where the base model trained too (``train_base``): the whole
+  fine-tuned model's weights, loaded over the recorded base (whose hash is still checked) when
+  the checkpoint loads; ``Checkpoint.base_sha256`` is then this file's hash.
 
 Every save writes a sibling temp directory and renames it into place, so a killed run leaves
 either the previous checkpoint or the new one, never half of one. Only the files above
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from alter_edge.base_model import BaseModelInfo, load_base_model, load_tokenizer, weights_hash
 from alter_edge.config import MTAConfig, TrainConfig, save_json
@@ -37,8 +40,9 @@ REQUIRED_FILES = (
     "tokenizer.json", "base_model.json", "state.json",
 )
 OPTIMIZER_FILE = "optimizer.pt"
+BASE_FILE = "base.safetensors"  # the trained base model's weights (train_base runs only)
 # what a save writes: the only entries of a run folder a save may replace or remove
-OWNED_FILES = frozenset({*REQUIRED_FILES, OPTIMIZER_FILE})
+OWNED_FILES = frozenset({*REQUIRED_FILES, OPTIMIZER_FILE, BASE_FILE})
 CHECKPOINT_FORMAT_VERSION = 1
 
 
@@ -52,6 +56,20 @@ class Checkpoint:
     mta_config: MTAConfig
     state: dict = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def base_trained(self) -> bool:
+        return self.path is not None and (Path(self.path) / BASE_FILE).is_file()
+
+    @property
+    def base_sha256(self) -> str:
+        """The hash of the base weights this checkpoint runs on: the recorded base's, or (the base
+        trained too) its own ``base.safetensors``'s."""
+        if self.base_trained:
+            from alter_edge.io import sha256_file
+
+            return sha256_file(Path(self.path) / BASE_FILE)
+        return self.base_info.sha256
 
     @property
     def eos_id(self) -> int:
@@ -86,6 +104,9 @@ def save_checkpoint(
         with atomic_dir(out, overwrite=True, owned=OWNED_FILES) as tmp:
             save_file(tensors, str(tmp / "adapters.safetensors"),
                       metadata={"format": "alter-edge-adapters", "version": str(CHECKPOINT_FORMAT_VERSION)})
+            if train_config.train_base:  # the whole model: safetensors keeps tied weights once
+                save_model(model.base, str(tmp / BASE_FILE),
+                           metadata={"format": "alter-edge-base", "version": str(CHECKPOINT_FORMAT_VERSION)})
             save_json(tmp / "mta_config.json", model.cfg.to_dict())
             save_json(tmp / "train_config.json", train_config.to_dict())
             tasks.save(tmp / "tasks.json")
@@ -158,9 +179,11 @@ def load_checkpoint(path: Path, base_model: str | None = None, check_hash: bool 
         )
     model = MTAModel(base, mta_cfg)
     try:
+        if (path / BASE_FILE).is_file():  # the base trained too: its weights over the recorded base's
+            load_model(model.base, str(path / BASE_FILE))
         model.load_mta_state_dict(load_file(str(path / "adapters.safetensors")))
     except Exception as e:
-        raise CheckpointError(f"{path}/adapters.safetensors does not match its mta_config.json: {e}") from e
+        raise CheckpointError(f"{path}: its weight files do not match its mta_config.json: {e}") from e
     tokenizer = load_tokenizer(path)
     return Checkpoint(model, tasks, tokenizer, recorded, train_cfg, mta_cfg, meta["state"], path)
 
@@ -175,9 +198,13 @@ def checkpoint_hash(path: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("adapters.safetensors", "mta_config.json", "tasks.json", "base_model.json"):
+    for name in ("adapters.safetensors", "mta_config.json", "tasks.json", "base_model.json", BASE_FILE):
+        if name == BASE_FILE and not (Path(path) / name).is_file():
+            continue  # (a frozen base: the hash is what it always was)
         h.update(name.encode())
-        h.update((Path(path) / name).read_bytes())
+        with open(Path(path) / name, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
     return h.hexdigest()
 
 

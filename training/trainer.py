@@ -138,6 +138,17 @@ def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
     return meta["state"]
 
 
+def mta_config(cfg: TrainConfig, tasks: TaskRegistry) -> MTAConfig:
+    """The run's MTA config for its tasks; ``route="group"``: one mixture row per task group, in
+    the order the groups first appear among the tasks."""
+    mta = dict(cfg.mta)
+    if cfg.route == "group":
+        groups = list(dict.fromkeys(t.group for t in tasks))
+        mta["task_groups"] = [groups.index(t.group) for t in tasks]
+        log.info("routing by task group: %s", {g: tasks.groups()[g] for g in groups})
+    return MTAConfig(num_tasks=len(tasks), **mta)
+
+
 def _check_same_data(out: Path, state: dict, data: Path | None, sha256: str | None) -> None:
     """A resumed run trains on the rows it started with: the same data file (by its sha256,
     wherever it lies now), or the built-in mix again."""
@@ -254,11 +265,17 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     run = _open_run(out, cfg, dist, train_rows, dev_rows, source, state, progress and dist.is_main)
     if state is None and data_sha256 is not None:
         run.state["data_sha256"] = data_sha256
-    with run.model.frozen_weights_in(DTYPES[run.dtype]):
-        if cfg.use_cache and run.model.adapted_layers[0] > 0:
+    # a trained base keeps its float32 weights (no low-precision copies of them) and has no frozen prefix
+    frozen_dtype = torch.float32 if cfg.train_base else DTYPES[run.dtype]
+    with run.model.frozen_weights_in(frozen_dtype):
+        if cfg.use_cache and cfg.train_base:
+            log.warning("the frozen-prefix cache is off: the base model trains (train_base), so the hidden states "
+                        "below the adapted blocks change every step")
+            run.state["cache"] = {"off": "train_base: the base model trains"}
+        elif cfg.use_cache and run.model.adapted_layers[0] > 0:
             run.cache = _prefix_cache(run)
         run.steps_left = stop_after
-        plan = cfg.stage_plan()
+        plan = cfg.stage_plan(len(train_rows))
         for si in range(run.state["stage"], len(plan)):
             if not _run_stage(run, si, plan[si]):  # stopped inside the stage (stop_after)
                 return run.state
@@ -266,6 +283,7 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
     state["complete"] = True
     state["seconds"] = round(run.elapsed(), 1)
     state["parameters"] = count_parameters(run.model)
+    state["peak_rss_mb"] = round(max(state.get("peak_rss_mb", 0.0), _peak_rss_mb()), 1)
     run.save(state, None)
     if dist.is_main:
         (out / OPTIMIZER_FILE).unlink(missing_ok=True)
@@ -289,7 +307,7 @@ def _open_run(out: Path, cfg: TrainConfig, dist: Collective, train_rows: list[Ex
             # a family that cannot be exported is refused here, before its weights load or any step
             arch_spec(base_model_type(cfg.base_model))
             base, tokenizer, info = load_base_model(cfg.base_model)
-        model = MTAModel(base, MTAConfig(num_tasks=len(tasks), **cfg.mta))
+        model = MTAModel(base, mta_config(cfg, tasks))
         state = {"complete": False, "stage": 0, "step": 0, "evals": {}, "history": [], "data": source,
                  "seconds": 0.0}
     # every rank starts from rank 0's adapters and mixture
@@ -329,7 +347,7 @@ def _run_stage(run: _Run, si: int, stage: StageConfig) -> bool:
         state["stage"], state["step"] = si + 1, 0
         return True
     trainable = model.set_trainable(stage.trains)
-    opt = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(_param_groups(model, trainable, cfg.mixture_lr_scale), lr=stage.lr, weight_decay=0.0)
     if state["step"] > 0 and (run.out / OPTIMIZER_FILE).is_file():
         opt.load_state_dict(torch.load(run.out / OPTIMIZER_FILE, weights_only=True))
     guarded = stage.trains == ["mixture"] and bool(run.guard)
@@ -372,10 +390,28 @@ def _run_stage(run: _Run, si: int, stage: StageConfig) -> bool:
     return True
 
 
+def _param_groups(model: MTAModel, trainable: list[torch.nn.Parameter], mixture_lr_scale: float) -> list[dict]:
+    """The optimizer's parameter groups: one, or (``mixture_lr_scale`` != 1, mixture training
+    beside other parameters) the mixture apart at that multiple of the learning rate."""
+    mixture = {id(p) for p in model.parameter_groups()["mixture"]}
+    mine = [p for p in trainable if id(p) in mixture]
+    rest = [p for p in trainable if id(p) not in mixture]
+    if mixture_lr_scale == 1.0 or not mine or not rest:
+        return [{"params": trainable, "lr_scale": 1.0}]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": mine, "lr_scale": float(mixture_lr_scale)}]
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (MB; Linux ru_maxrss is in KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _train_step(run: _Run, opt, trainable: list[torch.nn.Parameter], idx: list[int], lr: float) -> float:
     """One optimizer step on batch ``idx`` (this rank's share of it); returns the batch loss."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     opt.zero_grad(set_to_none=True)
     cfg = run.cfg
     loss = accumulate_batch(run.model, run.examples, run.dist.shard(idx), run.pad_id, run.cache, run.dtype,

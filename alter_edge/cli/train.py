@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from alter_edge.kinds import NAMES as KIND_NAMES
+from alter_edge.presets import PRESETS
+
 from .common import CONTEXT, echo_json, handle_errors
 
 
@@ -17,7 +20,11 @@ from .common import CONTEXT, echo_json, handle_errors
               help="Checkpoint directory to create (or to continue with --resume).")
 @click.option("--base-model", default="smollm2-135m", show_default=True,
               help="Built-in name, local Hugging Face directory, or Hub id.")
-@click.option("--adapter-kind", type=click.Choice(["ffn", "lora", "bottleneck"]), default="lora", show_default=True)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help="A named configuration (alter_edge/presets.py): reference = the authors' (5 upcycled ffn experts "
+                   "in one middle block, a mixture per task group, full fine-tuning, one stage); poly; hydra. "
+                   "Flags given beside it win.")
+@click.option("--adapter-kind", type=click.Choice(list(KIND_NAMES)), default=None, help="Default: lora.")
 @click.option("--num-adapters", type=int, default=None, help="K adapters per block (default: tasks + 1 shared).")
 @click.option("--layers", default=None, help="Adapted block indices, e.g. '26,27,28,29' (default: top --top-layers).")
 @click.option("--top-layers", type=int, default=None, help="Adapt the top N blocks.")
@@ -29,8 +36,13 @@ from .common import CONTEXT, echo_json, handle_errors
                    "graph only: alter-edge export CKPT --task none).")
 @click.option("--stage1-steps", type=int, default=None)
 @click.option("--stage2-steps", type=int, default=None)
-@click.option("--stages", type=click.Choice(["1", "2"]), default="2", show_default=True,
-              help="2 = ALTER's two-stage recipe; 1 = adapters and mixture together.")
+@click.option("--train-base/--no-train-base", default=None,
+              help="Train the base model's weights too (full fine-tuning; the frozen-prefix cache is then off).")
+@click.option("--route", type=click.Choice(["task", "group"]), default=None,
+              help="A mixture per task (default) or per task group (nli / classify / generate).")
+@click.option("--epochs", type=float, default=None, help="Stage 1 runs this many epochs (in place of --stage1-steps).")
+@click.option("--stages", type=click.Choice(["1", "2"]), default=None,
+              help="2 = ALTER's two-stage recipe (default); 1 = adapters and mixture together.")
 @click.option("--stage2-holdout", type=float, default=None,
               help="Keep this fraction of each task's train rows for stage 2 only (default 0: both stages see every row).")
 @click.option("--stage2-guard", type=float, default=None,
@@ -61,21 +73,23 @@ from .common import CONTEXT, echo_json, handle_errors
               help="One rank of a data-parallel run started by torchrun (gloo): each rank takes its share of "
                    "every batch; rank 0 writes the checkpoint (docs/training.md).")
 @handle_errors(extra="train")
-def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_layers, rank, attention, gate,
-              stage1_steps, stage2_steps, stages, stage2_holdout, stage2_guard, stage1_lr, sampling_temperature, layout,
+def train_cmd(data, out, base_model, preset, adapter_kind, num_adapters, layers, top_layers, rank, attention, gate,
+              train_base, route, epochs, stage1_steps, stage2_steps, stages, stage2_holdout, stage2_guard, stage1_lr, sampling_temperature, layout,
               batch_size, micro_batch_tokens, seed, eval_rows, no_cache, compute_dtype, resume, quiet, distributed):
     """Train an MTA model with the two-stage recipe and write a checkpoint directory.
 
     \b
     alter-edge train --out runs/mta                       # built-in base + task mix
     alter-edge train --data tasks.jsonl --out runs/mta --adapter-kind ffn
+    alter-edge train --data tasks.jsonl --out runs/ref --preset reference
     alter-edge train --data tasks.jsonl --out runs/mta --resume
     torchrun --nproc-per-node 2 -m alter_edge.cli train --distributed --data tasks.jsonl --out runs/mta
     """
     from alter_edge.config import TrainConfig
+    from alter_edge.presets import train_kwargs
     from alter_edge.training.trainer import run_training
 
-    mta: dict = {"adapter_kind": adapter_kind}
+    mta: dict = {} if adapter_kind is None else {"adapter_kind": adapter_kind}
     if num_adapters is not None:
         mta["num_adapters"] = num_adapters
     if layers:
@@ -84,22 +98,24 @@ def train_cmd(data, out, base_model, adapter_kind, num_adapters, layers, top_lay
         except ValueError as e:
             raise click.BadParameter(f"--layers takes comma-separated integers, got {layers!r}") from e
     if top_layers is not None:
-        mta["num_top_layers"] = top_layers
+        mta["num_top_layers"], mta["placement"] = top_layers, "top"
     if rank is not None:
         mta["lora_rank"] = rank
     if attention is not None:
         mta["lora_attention"] = attention
     if gate != "task":
         mta["gate"] = gate
-    kwargs = {"base_model": base_model, "stages": int(stages), "seed": seed, "use_cache": not no_cache, "mta": mta,
-              "compute_dtype": compute_dtype}
-    for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size),
+    kwargs = {"base_model": base_model, "seed": seed, "compute_dtype": compute_dtype}
+    if no_cache:
+        kwargs["use_cache"] = False
+    for k, v in (("stages", None if stages is None else int(stages)), ("train_base", train_base), ("route", route),
+                 ("epochs", epochs), ("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps), ("batch_size", batch_size),
                  ("stage2_holdout", stage2_holdout), ("micro_batch_tokens", micro_batch_tokens),
                  ("eval_max_rows", eval_rows), ("stage2_guard", stage2_guard), ("stage1_lr", stage1_lr),
                  ("sampling_temperature", sampling_temperature), ("layout", layout)):
         if v is not None:
             kwargs[k] = v
-    cfg = TrainConfig(**kwargs)
+    cfg = TrainConfig(**train_kwargs(preset, kwargs, mta))
     collective = None
     if distributed:
         from alter_edge.training.distributed import TorchDistributed
