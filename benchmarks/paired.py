@@ -8,6 +8,10 @@ paired) and an exact sign test on the classify rows that differ.
 
     python benchmarks/paired.py runs/results-v2 shared_lora mta [--seeds 0 1 2]
 
+A ``results.py --folds K`` folder compares the same way: its ``dev.jsonl`` is every train row
+(each scored by the fold run that did not train on it) and each ``<row>-s<seed>/result.json``
+holds the K folds' predictions in that order.
+
 Predictions come from each run's ``result.json`` (``eval.predictions``, written since
 session 4); a run scored before that is scored again from its checkpoint with the dtype it
 was scored in, checked to reproduce its recorded per-task scores, and the predictions are
@@ -201,7 +205,9 @@ def _run(args) -> int:
                           f"{args.row_a} has seeds {sorted(seeds_of(args.row_a))}, "
                           f"{args.row_b} has {sorted(seeds_of(args.row_b))}")
     rows = load_jsonl(eval_file)
-    tasks = TaskRegistry.load(out / f"{args.row_a}-s{seeds[0]}" / "checkpoint" / "tasks.json")
+    run = out / f"{args.row_a}-s{seeds[0]}"
+    # a cross-validated run (results.py --folds) keeps its tasks beside its result, not in a checkpoint
+    tasks = TaskRegistry.load(run / "checkpoint" / "tasks.json" if (run / "checkpoint").is_dir() else run / "tasks.json")
     scores = {r: np.stack([row_scores(rows, run_predictions(out / f"{r}-s{s}", eval_file, not args.quiet), tasks)
                            for s in seeds]) for r in (args.row_a, args.row_b)}
     return _report(args, rows, tasks, scores, seeds)

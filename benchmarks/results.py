@@ -41,12 +41,31 @@ from pathlib import Path
 from alter_edge.io import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 STAGE2_SHARE = "stage2_share"  # a row key, not a TrainConfig field: stage 2's share of all steps
+STEPS_SCALE = "steps_scale"  # a row key: the row's total steps are this multiple of the budget
+
+
+def preset_row(name: str, keep: tuple[str, ...] = ()) -> dict:
+    """A preset (alter_edge/presets.py) as a row: its fields, less its step budget (the table's
+    budget applies) unless named in ``keep``."""
+    from alter_edge.presets import PRESETS
+
+    p = PRESETS[name]
+    budget = ("stage1_steps", "stage2_steps", "epochs", "batch_size")
+    return {**{k: v for k, v in p.train.items() if k not in budget or k in keep}, "mta": dict(p.mta)}
+
+
 # name -> (TrainConfig overrides on top of the defaults and --set, what the row is).
 ROWS: dict[str, tuple[dict, str]] = {
     "zero_shot": ({"stage1_steps": 0, "stage2_steps": 0, "use_cache": False},
                   "the base model prompted, no training (zero-initialised adapters: the MTA model "
                   "equals the base)"),
     "shared_lora": ({"mta": {"num_adapters": 1}}, "one LoRA shared by every task (K = 1)"),
+    # K = 5 LoRAs of rank 16 train the parameters of one LoRA of rank 80; alpha 160 keeps the
+    # update's scale (alpha / rank = 2) that of the mixture's adapters
+    "shared_lora_r80": ({"mta": {"num_adapters": 1, "lora_rank": 80, "lora_alpha": 160.0}},
+                        "one shared LoRA at rank 80: the trainable count of the default mixture (K = 5 x rank 16)"),
+    "shared_lora_2x": ({"mta": {"num_adapters": 1}, STEPS_SCALE: 2},
+                       "one shared LoRA, twice the step budget"),
     "hard_routing": ({"mta": {"num_shared": 0, "prior_strength": 50.0}},
                      "one LoRA per task, mixture fixed one-hot (never trained)"),
     "mta_one_stage": ({"stages": 1}, "MTA (lora), adapters and mixture trained together"),
@@ -79,20 +98,36 @@ ROWS: dict[str, tuple[dict, str]] = {
     "mta_top4": ({"mta": {"num_top_layers": 4}}, "ablation: adapters in the top 4 blocks"),
     "mta_top8": ({"mta": {"num_top_layers": 8}}, "ablation: adapters in the top 8 blocks"),
     "mta_no_attn": ({"mta": {"lora_attention": False}}, "ablation: LoRA on the MLP projections only"),
+    "mta_2x": ({STEPS_SCALE: 2}, "MTA (lora), two stages, twice the step budget"),
+    # the authors' configuration (train --preset reference): its own budget, 10 epochs at batch 16
+    # (--quick: the quick budget), full fine-tuning with no prefix cache
+    "reference": (preset_row("reference", keep=("epochs", "batch_size")),
+                  "the authors' configuration: 5 upcycled ffn experts in the middle block, a mixture per task "
+                  "group, full fine-tuning (base trained), one stage, 10 epochs, lr 1.2e-4"),
+    "poly": (preset_row("poly"), "Poly-style: lora, uniform mixture start, mixture at 100x the adapters' lr, "
+                                 "mixture x K; one stage"),
+    "hydra": (preset_row("hydra"), "shared A, per-task B heads (rank 6: one shared rank-16 LoRA's trainable "
+                                   "count); one stage"),
 }
 EXPORT = "export"
 ALL_ROWS = (*ROWS, EXPORT)
 # Rows with no mixture to learn spend stage 2's steps in stage 1: every trained row sees the
 # same examples (total optimizer steps x batch size).
-ONE_ADAPTER_STAGE = ("shared_lora", "hard_routing", "mta_one_stage", "mta_gate_one_stage")
+ONE_ADAPTER_STAGE = ("shared_lora", "shared_lora_r80", "shared_lora_2x", "hard_routing", "mta_one_stage",
+                     "mta_gate_one_stage", "poly", "hydra")
 # The rows the export row chooses from ("the best MTA model"): every row with a task mixture, one
 # stage or two. It exports the multi-task graph (task_ids as an input), which a per-token gate
 # needs: its mixture does not fold into per-task graphs.
-MTA_ROWS = tuple(r for r in ROWS if r not in ("zero_shot", "shared_lora", "hard_routing"))
+MTA_ROWS = tuple(r for r in ROWS if r not in ("zero_shot", "shared_lora", "shared_lora_r80", "shared_lora_2x",
+                                              "hard_routing"))
 # --quick: a smoke budget (training's own dev evaluations cut to a few rows, too).
 QUICK_CONFIG = {"stage1_steps": 6, "stage2_steps": 2, "batch_size": 8, "eval_max_rows": 8}
 QUICK_EVAL_PER_TASK = 8
 QUICK_EXPORT = {"heldout_rows": 4}
+# --folds: a fold's training keeps only a small dev split of its own (its rows are scored in their
+# fold anyway) and evaluates a few rows of it after each stage
+CV_CONFIG = {"dev_fraction": 0.02, "eval_max_rows": 8}
+CV_DIR = "folds"
 # The export row's bundles: (folder, ExportOptions overrides, {precision in the bundle: its label in
 # the table}).
 EXPORT_BUNDLES = (
@@ -130,16 +165,24 @@ def parse_sets(items: list[str], flag: str) -> dict:
     return out
 
 
-def row_config(name: str, seed: int, base: dict):
+def row_config(name: str, seed: int, base: dict, quick: bool = False):
     """The TrainConfig of one (row, seed): defaults < ``base`` (--quick, --set) < the row."""
     from alter_edge.config import TrainConfig
 
     over = json.loads(json.dumps(ROWS[name][0]))
     mta = {**base.get("mta", {}), **over.pop("mta", {})}
     share = over.pop(STAGE2_SHARE, None)
+    scale = over.pop(STEPS_SCALE, 1)
+    if quick:  # a row's own budget (the reference row's epochs) gives way to the smoke budget
+        for k in ("epochs", "batch_size"):
+            over.pop(k, None)
     cfg = {**base, **over, "seed": seed, "mta": mta}
     d = TrainConfig()
     total = base.get("stage1_steps", d.stage1_steps) + base.get("stage2_steps", d.stage2_steps)
+    if scale != 1:
+        total = round(total * scale)
+        cfg["stage1_steps"] = round(base.get("stage1_steps", d.stage1_steps) * scale)
+        cfg["stage2_steps"] = total - cfg["stage1_steps"]
     if share is not None:  # the same total, split differently
         cfg["stage2_steps"] = round(total * share)
         cfg["stage1_steps"] = total - cfg["stage2_steps"]
@@ -152,7 +195,7 @@ def row_config(name: str, seed: int, base: dict):
 
 def trained_groups(cfg) -> set[str]:
     """Parameter groups that some stage with steps actually trains."""
-    return {g for st in cfg.stage_plan() if st.steps > 0 for g in st.trains}
+    return {g for st in cfg.stage_plan() if st.steps > 0 or cfg.epochs > 0 for g in st.trains}
 
 
 def normalized_spec(spec: dict) -> dict:
@@ -191,6 +234,7 @@ class Job:
     seed: int
     dir: Path
     spec: dict
+    fold: int | None = None
 
     @property
     def name(self) -> str:
@@ -259,26 +303,47 @@ def git_commit() -> dict | None:
 
 # -- child processes ------------------------------------------------------------------------
 
-def summarize_eval(ev: dict, groups: dict[str, list[str]]) -> dict:
+def summarize_eval(ev: dict, groups: dict[str, list[str]], rows: list | None = None,
+                   kinds: dict[str, str] | None = None) -> dict:
     """Scores of one evaluation, both ways: ``overall`` (generation for every task, the
-    paper's way) and ``overall_ls`` (classify tasks by label scoring, generate tasks as before)."""
+    paper's way) and ``overall_ls`` (classify tasks by label scoring, generate tasks as before);
+    with the scored ``rows`` and the tasks' ``kinds``, also ``overall_char`` (the authors' metric:
+    generate tasks by ROUGE-L on characters)."""
     from alter_edge.metrics import overall_score
+    from alter_edge.rouge import authors_row_metric
 
     per_task = {t: round(v, 4) for t, v in ev["per_task"].items()}
     ls = {t: round(v, 4) for t, v in (ev.get("label_scoring") or {}).items()}
-    return {"per_task": per_task, "overall": round(ev["overall"], 4), "label_scoring": ls,
-            "overall_ls": round(overall_score({**ev["per_task"], **(ev.get("label_scoring") or {})}, groups), 4),
-            "counts": ev.get("counts", {}), "seconds": round(ev.get("seconds", 0.0), 1)}
+    out = {"per_task": per_task, "overall": round(ev["overall"], 4), "label_scoring": ls,
+           "overall_ls": round(overall_score({**ev["per_task"], **(ev.get("label_scoring") or {})}, groups), 4),
+           "counts": ev.get("counts", {}), "seconds": round(ev.get("seconds", 0.0), 1)}
+    if rows is not None and ev.get("predictions") is not None and kinds is not None:
+        # the authors' metric beside ours: generation by ROUGE-L on characters (classify: exact match)
+        chars = row_scores_by_task(rows, ev["predictions"], kinds, authors_row_metric)
+        out["per_task_char"] = {t: round(v, 4) for t, v in chars.items()}
+        out["overall_char"] = round(overall_score(chars, groups), 4)
+    return out
+
+
+def row_scores_by_task(rows: list, preds: list, kinds: dict[str, str], metric_of) -> dict[str, float]:
+    """Mean of ``metric_of(kind)(prediction, target)`` per task."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for r, p in zip(rows, preds, strict=True):
+        sums[r.task] = sums.get(r.task, 0.0) + metric_of(kinds[r.task])(p or "", r.target)
+        counts[r.task] = counts.get(r.task, 0) + 1
+    return {t: sums[t] / counts[t] for t in sorted(sums)}
 
 
 def score_checkpoint(ckpt: Path, eval_data: Path, dtype: str, progress: bool) -> dict:
+    from alter_edge.data import load_jsonl
     from alter_edge.tasks import TaskRegistry
     from alter_edge.training.trainer import evaluate_checkpoint
 
     ev = evaluate_checkpoint(ckpt, eval_data, label_scoring=True, progress=progress, compute_dtype=dtype,
                              with_predictions=True)
-    return {**summarize_eval(ev, TaskRegistry.load(ckpt / "tasks.json").groups()), "dtype": ev["dtype"],
-            "predictions": ev["predictions"]}  # per row of the eval file: benchmarks/paired.py
+    return {**summarize_eval(ev, TaskRegistry.load(ckpt / "tasks.json").groups(), load_jsonl(eval_data), ev["kinds"]),
+            "dtype": ev["dtype"], "predictions": ev["predictions"]}  # per row of the eval file: benchmarks/paired.py
 
 
 def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, progress: bool,
@@ -328,7 +393,9 @@ def score_bundle(bundle: Path, precision: str, rows: list, threads: int | None, 
     per_task = {t: sums[t] / counts[t] for t in sorted(sums)}
     ev = {"per_task": per_task, "overall": overall_score(per_task, m.tasks.groups()),
           "label_scoring": ls, "counts": counts, "seconds": time.perf_counter() - t0}
-    return {**summarize_eval(ev, m.tasks.groups()), "predictions": preds}  # per row: benchmarks/paired.py
+    ev["predictions"] = preds
+    return {**summarize_eval(ev, m.tasks.groups(), rows, {t.name: t.kind for t in m.tasks}),
+            "predictions": preds}  # per row: benchmarks/paired.py
 
 
 def precision_size(manifest: dict, bundle: Path, precision: str) -> dict:
@@ -452,6 +519,90 @@ def run_child(job: Job, quiet: bool) -> tuple[dict | None, str | None]:
     return res, None
 
 
+# -- k-fold cross-validation ----------------------------------------------------------------
+
+def fold_of(rows: list, k: int, seed: int) -> list[int]:
+    """Each row's fold, 0..k-1: each task's rows shuffled (seeded) and dealt round-robin, so every
+    fold holds about 1/k of every task."""
+    import numpy as np
+
+    fold = [0] * len(rows)
+    by_task: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_task.setdefault(r.task, []).append(i)
+    rng = np.random.default_rng([seed, 4111])
+    for task in sorted(by_task):
+        idx = by_task[task]
+        for j, i in enumerate(rng.permutation(len(idx))):
+            fold[idx[i]] = j % k
+    return fold
+
+
+def write_folds(out: Path, rows: list, k: int, seed: int) -> tuple[list, list[tuple[Path, Path]]]:
+    """``OUT/folds/fold{f}-train.jsonl`` and ``-test.jsonl`` for each fold; returns the scored rows
+    in the order the combined predictions take (fold 0's test rows, then fold 1's, ...) and the
+    (train, test) files. Files are rewritten only when their content changes."""
+    if k < 2:
+        raise ResultsError(f"--folds needs at least 2 folds, got {k}")
+    if len({r.task for r in rows}) and min(sum(r.task == t for r in rows) for t in {r.task for r in rows}) < k:
+        raise ResultsError(f"--folds {k}: a task has fewer than {k} train rows")
+    fold = fold_of(rows, k, seed)
+    d = out / CV_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    files, scored = [], []
+    for f in range(k):
+        test = [r for r, x in zip(rows, fold, strict=True) if x == f]
+        train = [r for r, x in zip(rows, fold, strict=True) if x != f]
+        pair = (d / f"fold{f}-train.jsonl", d / f"fold{f}-test.jsonl")
+        for path, part in zip(pair, (train, test), strict=True):
+            text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in part)
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                atomic_write_text(path, text)
+        files.append(pair)
+        scored += test
+    return scored, files
+
+
+def combine_folds(row: str, seed: int, runs: list[dict], fold_dirs: list[Path], scored: list, out: Path) -> dict:
+    """One (row, seed)'s K fold runs as one run scored on every train row: per-row predictions in
+    the order of ``scored`` (``OUT/dev.jsonl``), per-task scores recomputed from them, label
+    scoring weighted by each fold's rows; training seconds and wall time summed, peak memory the
+    highest. Written to ``OUT/<row>-s<seed>/result.json`` (with its ``tasks.json``), where
+    benchmarks/paired.py reads it."""
+    import shutil
+
+    from alter_edge.metrics import overall_score, row_metric
+    from alter_edge.tasks import TaskRegistry
+
+    ckpt = fold_dirs[0] / "checkpoint"
+    tasks = TaskRegistry.load(ckpt / "tasks.json")
+    kinds = {t.name: t.kind for t in tasks}
+    preds = [p for r in runs for p in r["eval"]["predictions"]]
+    per_task = row_scores_by_task(scored, preds, kinds, row_metric)
+    counts = {t: sum(r.task == t for r in scored) for t in per_task}
+    ls: dict[str, float] = {}
+    for r in runs:
+        for t, v in r["eval"]["label_scoring"].items():
+            ls[t] = ls.get(t, 0.0) + v * r["eval"]["counts"][t] / counts[t]
+    ev = {"per_task": per_task, "overall": overall_score(per_task, tasks.groups()), "label_scoring": ls,
+          "counts": counts, "seconds": sum(r["eval"]["seconds"] for r in runs), "predictions": preds}
+    res = {"spec": {"kind": "cv", "row": row, "seed": seed, "folds": [r["spec"] for r in runs]},
+           "row": row, "seed": seed, "eval": {**summarize_eval(ev, tasks.groups(), scored, kinds),
+                                                "predictions": preds, "dtype": runs[0]["eval"].get("dtype")},
+           "trainable_params": runs[0]["trainable_params"], "parameters": runs[0]["parameters"],
+           "train_s": round(sum(r["train_s"] or 0.0 for r in runs), 1), "wall_s": round(sum(r["wall_s"] for r in runs), 1),
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+           "fold_overall": [r["eval"]["overall"] for r in runs], "train_evals": {}}
+    d = out / f"{row}-s{seed}"
+    old = d / "result.json"
+    if old.is_file() and read_json(old, ResultsError).get("spec", {}).get("kind") != "cv":
+        raise ResultsError(f"{d} holds a dev-split result; --folds writes its own: choose another --out")
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ckpt / "tasks.json", d / "tasks.json")
+    atomic_write_text(old, json.dumps(res, indent=2) + "\n")
+    return res
+
+
 # -- the table ------------------------------------------------------------------------------
 
 def mean_std(values: list[float]) -> dict:
@@ -481,6 +632,7 @@ def summarize_row(name: str, runs: list[dict]) -> dict:
                           for t in ls_tasks},
         "overall": mean_std([e["overall"] for e in evs]),
         "overall_ls": mean_std([e["overall_ls"] for e in evs]),
+        "overall_char": mean_std([e["overall_char"] for e in evs]) if all("overall_char" in e for e in evs) else None,
         "stage2_delta": mean_std(deltas) if deltas else None,
         "trainable_params": runs[0]["trainable_params"],
         "train_s": mean_std([r["train_s"] or 0.0 for r in runs]),
@@ -515,6 +667,9 @@ def markdown(res: dict) -> str:
         f"{split['dev_fraction']}: {sum(split['dev_rows'].values())} dev rows "
         f"({', '.join(f'{t} {n}' for t, n in split['dev_rows'].items())}); scored: "
         f"{sum(split['eval_rows'].values())} rows  ",
+        *([f"**{meta['folds']}-fold cross-validation** over the {split['train_rows']} train rows (stratified "
+           f"by task): each (row, seed) trained {meta['folds']} times, each time scored on the fold it did not "
+           "train on; every train row scored once (the dev split above is not used)  "] if meta.get("folds") else []),
         f"Budget per trained row: {budget['steps']} optimizer steps x batch {budget['batch_size']} = "
         f"{budget['examples']} examples (two-stage rows: {budget['stage1_steps']} + {budget['stage2_steps']}); "
         f"seeds {meta['seeds']}; scored in {meta['eval_dtype']}",
@@ -523,19 +678,20 @@ def markdown(res: dict) -> str:
     rows = res["rows"]
     tasks = sorted({t for r in rows for t in r["per_task"]})
     ls_tasks = sorted({t for r in rows for t in r["label_scoring"]})
-    head = ["row", *tasks, "overall", *[f"{t} (ls)" for t in ls_tasks], "overall (ls)", "stage 2 Δ",
+    head = ["row", *tasks, "overall", *[f"{t} (ls)" for t in ls_tasks], "overall (ls)", "overall (char)", "stage 2 Δ",
             "trainable", "train s", "peak MB", "seeds"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         d = r.get("stage2_delta")
         cells = [r["row"], *[fmt(r["per_task"].get(t), std=False) for t in tasks], f"**{fmt(r['overall'])}**",
                  *[fmt(r["label_scoring"].get(t), std=False) for t in ls_tasks], fmt(r["overall_ls"]),
-                 f"{d['mean']:+.3f}" if d else "-", f"{r['trainable_params']:,}", f"{r['train_s']['mean']:.0f}", f"{r['peak_rss_mb']:.0f}",
+                 fmt(r.get("overall_char")), f"{d['mean']:+.3f}" if d else "-", f"{r['trainable_params']:,}", f"{r['train_s']['mean']:.0f}", f"{r['peak_rss_mb']:.0f}",
                  str(len(r["seeds"]))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per-task cells: mean over seeds (generation: exact match for classify tasks, ROUGE-L F1 "
               "for generate tasks); `(ls)`: label scoring. overall: mean over task groups, mean ± std "
-              "over seeds. stage 2 Δ (two-stage rows): training's own dev evaluation after stage 2 "
+              "over seeds. overall (char): the authors' metric, generate tasks by ROUGE-L on characters "
+              "(alter_edge/rouge.py), classify tasks by exact match. stage 2 Δ (two-stage rows): training's own dev evaluation after stage 2 "
               "minus after stage 1, mean over seeds. train s: the training run (prefix cache, stages, its own dev evaluations); "
               "peak MB: the row's process (training + scoring).", ""]
     lines += [f"- `{r['row']}`: {r['what']}" for r in rows]
@@ -666,6 +822,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "auto: bfloat16 where the CPU has native bf16, else float32; each run records "
                          "the dtype it used)")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads when scoring bundles")
+    ap.add_argument("--folds", type=int, default=0, metavar="K",
+                    help="k-fold cross-validation over the train split instead of the dev split: each row's "
+                         "seed trains K times, each on all train rows but one fold, and is scored on that fold; "
+                         "every train row is scored once (paired rows for benchmarks/paired.py). Folds are "
+                         f"stratified by task; training's own dev split then defaults to {CV_CONFIG}")
     ap.add_argument("--report-only", action="store_true",
                     help="train and export nothing: tabulate the finished (row, seed) runs in --out and "
                          "list the missing ones")
@@ -683,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown row(s) {', '.join(bad)}; allowed: {', '.join(ALL_ROWS)}")
     rows = [r for r in ALL_ROWS if r in args.rows]  # table order, no repeats
+    if args.folds:  # cross-validation scores training runs; the export row exports one dev-split run
+        rows = [r for r in rows if r != EXPORT]
     if EXPORT in rows and not any(r in MTA_ROWS for r in rows):
         ap.error(f"--rows {EXPORT} exports the best of {', '.join(MTA_ROWS)}: name at least one of them")
     try:
@@ -701,14 +864,14 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
     from alter_edge.training.trainer import load_data
 
     seeds = list(dict.fromkeys(args.seeds or ([0] if args.quick else [0, 1, 2])))
-    base = {**(QUICK_CONFIG if args.quick else {}), **parse_sets(args.set, "--set")}
+    base = {**(CV_CONFIG if args.folds else {}), **(QUICK_CONFIG if args.quick else {}), **parse_sets(args.set, "--set")}
     if args.base_model:
         base["base_model"] = args.base_model
     export_over = {**(QUICK_EXPORT if args.quick else {}), **parse_sets(args.export_set, "--export-set")}
     per_task = args.eval_per_task if args.eval_per_task is not None else (QUICK_EVAL_PER_TASK if args.quick else 0)
     try:
         base_cfg = TrainConfig(**base)
-        configs = {(r, s): row_config(r, s, base) for r in rows if r != EXPORT
+        configs = {(r, s): row_config(r, s, base, args.quick) for r in rows if r != EXPORT
                    for s in (seeds[:1] if r == "zero_shot" else seeds)}  # zero_shot: deterministic
         from alter_edge.export.pipeline import ExportOptions
 
@@ -719,7 +882,11 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
         raise ResultsError(str(e)) from e
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    scored = eval_rows(dev, per_task)
+    fold_files: list[tuple[Path, Path]] = []
+    if args.folds:  # every train row scored once, in its own fold
+        scored, fold_files = write_folds(out, train_rows, args.folds, base_cfg.split_seed)
+    else:
+        scored = eval_rows(dev, per_task)
     eval_path = out / "dev.jsonl"
     if not eval_path.is_file() or eval_path.read_text(encoding="utf-8") != "".join(
             json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in scored):
@@ -729,12 +896,17 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
               "eval_sha256": sha256_file(eval_path), "eval_dtype": args.eval_dtype, "quick": args.quick}
     jobs = [Job(r, s, out / f"{r}-s{s}", {"kind": "train", "row": r, "seed": s, **common,
                                           "train_config": configs[(r, s)].to_dict()})
-            for s in seeds for r in rows if (r, s) in configs]
-    done: dict[tuple[str, int], dict] = {}
+            for s in seeds for r in rows if (r, s) in configs and not args.folds]
+    jobs += [Job(r, s, out / CV_DIR / f"{r}-s{s}-f{f}",
+                 {"kind": "train", "row": r, "seed": s, "fold": f, **common, "data": str(tr),
+                  "data_sha256": sha256_file(tr), "eval_data": str(te), "eval_sha256": sha256_file(te),
+                  "train_config": configs[(r, s)].to_dict()}, f)
+             for s in seeds for r in rows if (r, s) in configs for f, (tr, te) in enumerate(fold_files)]
+    done: dict[tuple[str, int, int | None], dict] = {}
     for job in jobs:  # a folder made with other settings fails here, before anything runs
         res = job.finished()
         if res is not None:
-            done[(job.row, job.seed)] = res
+            done[(job.row, job.seed, job.fold)] = res
     meta = {
         "command": "python benchmarks/results.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_commit(),
@@ -750,11 +922,12 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
                   "train_rows": len(train_rows), "dev_rows": task_counts(dev), "eval_rows": task_counts(scored),
                   "eval_per_task": per_task or "all", "eval_file": str(eval_path)},
         "report_only": args.report_only, "not_run": [],
+        "folds": args.folds or None,
     }
     failed: list[str] = []
     bar = tqdm(total=len(jobs) + int(EXPORT in rows), desc="results", unit="run", disable=args.quiet)
     for job in jobs:
-        res = done.get((job.row, job.seed))
+        res = done.get((job.row, job.seed, job.fold))
         reused = res is not None
         if not reused and args.report_only:
             meta["not_run"].append(job.name)
@@ -767,7 +940,7 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
                 tqdm.write(f"FAILED {err}")
                 bar.update()
                 continue
-            done[(job.row, job.seed)] = res
+            done[(job.row, job.seed, job.fold)] = res
         res["reused"] = reused
         ev = res["eval"]
         tqdm.write(f"{job.name:<18} overall {ev['overall']:.3f} (label scoring {ev['overall_ls']:.3f})  "
@@ -775,8 +948,15 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
                    + f"  | {res['trainable_params']:,} trainable, train {res['train_s'] or 0:.0f} s, "
                    f"peak {res['peak_rss_mb']:.0f} MB" + ("  [reused]" if reused else ""))
         bar.update()
-    table = [summarize_row(r, [done[(r, s)] for s in seeds if (r, s) in done])
-             for r in rows if r != EXPORT and any((r, s) in done for s in seeds)]
+    if args.folds:  # a (row, seed) counts once all its folds are done
+        folds = range(len(fold_files))
+        runs_of = {(r, s): combine_folds(r, s, [done[(r, s, f)] for f in folds],
+                                         [out / CV_DIR / f"{r}-s{s}-f{f}" for f in folds], scored, out)
+                   for (r, s) in configs if all((r, s, f) in done for f in folds)}
+    else:
+        runs_of = {(r, s): res for (r, s, _), res in done.items()}
+    table = [summarize_row(r, [runs_of[(r, s)] for s in seeds if (r, s) in runs_of])
+             for r in rows if r != EXPORT and any((r, s) in runs_of for s in seeds)]
     export = None
     if EXPORT in rows:
         export = run_export(args, seeds, table, out, common, export_over, failed, meta["not_run"])

@@ -85,9 +85,14 @@ def test_every_trained_row_gets_the_same_budget():
     base = {"stage1_steps": 30, "stage2_steps": 10, "batch_size": 4}
     for name in results.ROWS:
         cfg = results.row_config(name, 0, base)
-        steps = sum(st.steps for st in cfg.stage_plan())
-        assert steps == (0 if name == "zero_shot" else 40), name
-        assert cfg.batch_size == 4
+        steps = sum(st.steps for st in cfg.stage_plan(train_rows=160))
+        scale = results.ROWS[name][0].get(results.STEPS_SCALE, 1)
+        # the reference row keeps the authors' budget: 10 epochs at batch 16 (160 rows: 100 steps)
+        expected = {"zero_shot": 0, "reference": 100}.get(name, 40 * scale)
+        assert steps == expected, name
+        assert cfg.batch_size == (16 if name == "reference" else 4)
+    quick = results.row_config("reference", 0, base, quick=True)
+    assert quick.epochs == 0 and sum(st.steps for st in quick.stage_plan()) == 40 and quick.train_base
     assert results.trained_groups(results.row_config("zero_shot", 0, base)) == set()
     assert results.trained_groups(results.row_config("hard_routing", 0, base)) == {"adapters"}
     assert results.trained_groups(results.row_config("mta", 0, base)) == {"adapters", "mixture"}
