@@ -22,6 +22,7 @@ import numpy as np
 from alter_edge.errors import BundleError, ConfigError
 from alter_edge.padding import pad_rows
 
+from .contract import TASK_IDS
 from .generate import SamplingParams, decode_args
 
 GENAI_CONFIG = "genai_config.json"
@@ -114,7 +115,7 @@ class GenaiRunner:
         # onnxruntime-genai reads this array at every step without holding a reference to it
         task_rows = np.ascontiguousarray(tids[list(rows)])
         if self.takes_task_ids:
-            gen.set_model_input("task_ids", task_rows)
+            gen.set_model_input(TASK_IDS, task_rows)
         gen.append_tokens(ids.astype(np.int32))
         count = np.zeros(len(rows), dtype=np.int64)
         ended = np.zeros(len(rows), dtype=bool)
