@@ -184,41 +184,6 @@ def make_tiny_checkpoint(
     return Path(out_dir)
 
 
-def train_tiny_base(base_dir: Path, steps: int = 60, lr: float = 3e-3, seed: int = 0) -> Path:
-    """Fit a tiny base on the synthetic rows (prompt + answer, teacher forcing) so its
-    predictions are confident, as a trained model's are; saves it back in place. Seconds."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from alter_edge.base_model import load_tokenizer
-    from alter_edge.tasks import TaskRegistry
-    from alter_edge.training.batching import right_pad
-
-    base_dir = Path(base_dir)
-    tok = load_tokenizer(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    tasks = TaskRegistry.infer(TINY_ROWS)
-    eos, pad = model.config.eos_token_id, model.config.pad_token_id
-    seqs = []
-    for r in TINY_ROWS:
-        spec = tasks.get(r["task"])
-        text = spec.prompt_template.format(input=r["input"]) + " " + r["target"]
-        seqs.append(tok.encode(text, add_special_tokens=False).ids + [eos])
-    ids, mask = right_pad(seqs, pad)
-    labels = ids.masked_fill(mask == 0, -100)
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    model.save_pretrained(base_dir)
-    return base_dir
-
-
 def build_bundle(checkpoint_dir: Path, out_dir: Path, task_graphs: tuple[str, ...] = (), **options) -> Path:
     """The real exporter: validated fp32 graphs (the multi-task graph plus a per-task graph for
     each name in ``task_graphs``), generation defaults from the checkpoint."""

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import click
 
-from alter_edge.runtime.bundle import PRECISIONS
 from alter_edge.runtime.session import OPT_LEVELS
 
-from .common import CONTEXT, cli_message, echo_json, handle_errors, missing_extra_message
+from .common import (
+    CONTEXT,
+    cli_message,
+    echo_json,
+    handle_errors,
+    missing_extra_message,
+    no_prefix_cache_option,
+    threads_precision_options,
+)
 
 EXIT_ROWS_FAILED = 3  # the batch job finished but some rows are error records
 EXIT_INTERRUPTED = 130
@@ -22,19 +29,6 @@ def _load(bundle: Path, threads: int | None, precision: str | None, optimization
 
     return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization,
                           tasks=tasks, engine=engine, prefix_cache=prefix_cache)
-
-
-def no_prefix_cache_option(fn):
-    return click.option("--no-prefix-cache", "no_prefix_cache", is_flag=True,
-                        help="Run every prompt whole (no per-task prefix cache; for comparisons).")(fn)
-
-
-def _session_options(fn):
-    fn = click.option("--threads", type=click.IntRange(min=1), default=None,
-                      help="onnxruntime intra-op threads (default: one per core).")(fn)
-    fn = click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-                      help="Graph precision (default: the bundle's best: int8 > int4 > fp32).")(fn)
-    return fn
 
 
 @click.command("run", context_settings=CONTEXT)
@@ -61,7 +55,7 @@ def _session_options(fn):
 @click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
               help="--ray: EdgeModel actors in the pool (--threads is then per actor, default 1).")
 @no_prefix_cache_option
-@_session_options
+@threads_precision_options
 @click.pass_context
 @handle_errors()
 def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resume, truncate,
@@ -164,7 +158,7 @@ def _run_ray(bundle, input_path, output_path, opts, address, actors, threads, pr
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--engine", type=click.Choice(["onnxruntime", "genai"]), default="onnxruntime", show_default=True,
               help="Decode loop: the runtime's own, or onnxruntime-genai's generator (needs alter-edge[genai]).")
-@_session_options
+@threads_precision_options
 @handle_errors()
 def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as_json, engine, threads,
               precision) -> None:
