@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError, DataError
-from .io import json_line_problem, unicode_problem
+from .io import json_line_problem, jsonl_lines, unicode_problem
 from .tasks import task_name_problem
 
 log = logging.getLogger(__name__)
@@ -70,20 +70,17 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
         raise DataError(f"data file not found: {path}")
     rows: list[Example] = []
     errors: list[str] = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = parse_line(raw.rstrip(b"\r\n"), lineno, fields)
-            except DataError as e:
-                errors.append(str(e))
-                continue
-            problem = task_name_problem(obj["task"]) if "task" in fields else None
-            if problem:
-                errors.append(f"line {lineno}: {problem}")
-                continue
-            rows.append(Example(obj["task"], obj["input"], obj["target"], lineno))
+    for lineno, raw in jsonl_lines(path):
+        try:
+            obj = parse_line(raw, lineno, fields)
+        except DataError as e:
+            errors.append(str(e))
+            continue
+        problem = task_name_problem(obj["task"]) if "task" in fields else None
+        if problem:
+            errors.append(f"line {lineno}: {problem}")
+            continue
+        rows.append(Example(obj["task"], obj["input"], obj["target"], lineno))
     if errors:
         more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
         raise DataError(f"{path}: {len(errors)} bad line(s): " + "; ".join(errors[:MAX_REPORTED]) + more)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence, Set
@@ -29,6 +28,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from alter_edge.errors import BundleError, ConfigError, DataError, TaskError
+from alter_edge.heap import trim_heap
+from alter_edge.io import unicode_problem
 from alter_edge.prompts import encode_prompt, label_token_ids
 from alter_edge.tasks import TaskRegistry, TaskSpec
 
@@ -80,23 +81,6 @@ def _load_tokenizer(root: Path) -> Tokenizer:
         raise BundleError(f"{root}/tokenizer.json cannot be loaded ({e})") from e
     trim_heap()
     return tok
-
-
-def trim_heap() -> bool:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere
-    nothing). Parsing SmolLM2's tokenizer.json frees about 17 MB that malloc would otherwise
-    keep, counted in the process's RSS (and, as it parses beside the session's creation, in its
-    peak). Whether it trimmed."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # glibc; musl has none
-    except (OSError, AttributeError):
-        return False
-    trim(0)
-    return True
 
 
 class EdgeModel:
@@ -513,11 +497,7 @@ def input_problem(text: object) -> str | None:
         return f"must be a string, got {type(text).__name__}"
     if not text.strip():
         return "is empty"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return f"is not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start})"
-    return None
+    return unicode_problem(text, hint=False)
 
 
 def check_batch_size(batch_size: object) -> None:

@@ -54,7 +54,7 @@ from alter_edge.io import atomic_write_text, sha256_file
 from .batch import (
     BatchOptions,
     BatchSummary,
-    _Row,
+    Row,
     output_target,
     plan_batches,
     read_rows,
@@ -147,13 +147,13 @@ def _manifest_is(bundle: Path, key: str) -> bool:
     return manifest.is_file() and not manifest.is_symlink() and sha256_file(manifest) == key
 
 
-def _ship_row(row: _Row) -> list:
-    """A planned row as JSON for the actors: every field of :class:`_Row`, in order."""
-    return [getattr(row, f.name) for f in fields(_Row)]
+def _ship_row(row: Row) -> list:
+    """A planned row as JSON for the actors: every field of :class:`Row`, in order."""
+    return [getattr(row, f.name) for f in fields(Row)]
 
 
-def _unship_row(item: list) -> _Row:
-    return _Row(*item)
+def _unship_row(item: list) -> Row:
+    return Row(*item)
 
 
 class _Predictor:
@@ -201,7 +201,7 @@ def _map(ds: ray.data.Dataset, shipped, bundle: Path, opts: BatchOptions, ropts:
     )
 
 
-def _run_planned(bundle: Path, rows: list[_Row], opts: BatchOptions, ropts: RayOptions,
+def _run_planned(bundle: Path, rows: list[Row], opts: BatchOptions, ropts: RayOptions,
                  progress: bool) -> dict[int, str]:
     """Run the good rows on the actor pool: {line: its record's JSONL line}, each row once."""
     batches = plan_batches(rows, opts.batch_size)
@@ -239,11 +239,11 @@ def _driver_model(bundle: str | Path) -> EdgeModel:
 
 
 def parse_dataset(model: EdgeModel, dataset: ray.data.Dataset, opts: BatchOptions,
-                  progress: bool = False) -> tuple[list[_Row], dict[int, dict]]:
+                  progress: bool = False) -> tuple[list[Row], dict[int, dict]]:
     """Rows of a Dataset, parsed as the local job parses lines. A row is either ``raw`` (one
     JSONL line, bytes or str) or the fields ``input`` (+ ``id``, ``task``); ``line`` is its row
     index, else rows are numbered 1, 2, ... in dataset order."""
-    rows: list[_Row] = []
+    rows: list[Row] = []
     errors: dict[int, dict] = {}
     n = 0
     with _ordered(progress):
@@ -265,7 +265,7 @@ def parse_dataset(model: EdgeModel, dataset: ray.data.Dataset, opts: BatchOption
     return rows, errors
 
 
-def _merge(rows: list[_Row], errors: dict[int, dict], done: dict[int, str]) -> list[tuple[int, str]]:
+def _merge(rows: list[Row], errors: dict[int, dict], done: dict[int, str]) -> list[tuple[int, str]]:
     recs = {**{line: record_line(e) for line, e in errors.items()}, **done}
     return sorted(recs.items())
 
