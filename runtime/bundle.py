@@ -51,7 +51,7 @@ class GraphInfo:
     sha256: str
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
-    ort: str | None = None  # the graph's ORT-format twin (export --ort-format), hashed in `files`
+    ort: str | None = None  # the graph's ORT-format twin (optional; hashed in `files`)
     mode: str = "multitask"  # multitask | task (adapters folded) | merged (adapters in the weights)
     external_data: tuple[str, ...] = ()  # weight files the graph reads (listed in `files`)
 
