@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from alter_edge.errors import BundleError, CheckpointError, ConfigError, OutputError
-from alter_edge.io import atomic_dir, atomic_write_text, disk_full_error, is_disk_full, tree_bytes
+from alter_edge.io import atomic_dir, disk_full_error, is_disk_full, tree_bytes
 from alter_edge.runtime.bundle import BUNDLE_FORMAT
 from alter_edge.runtime.contract import CONTRACT
+from alter_edge.runtime.manifest import Manifest
 from alter_edge.runtime.session import GraphRunner, session_options
 from alter_edge.tasks import TaskRegistry
 
@@ -529,18 +530,19 @@ class _Export:
         shutil.copy(checkpoint / "tasks.json", tmp / "tasks.json")
         self.info["seconds"] = round(time.perf_counter() - t_start, 1)
         self.info["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
-        atomic_write_text(tmp / "validation.json", json.dumps({**self.report.to_dict(), **self.info}, indent=2) + "\n")
+        self.report.facts = self.info
+        self.report.write(tmp)
         base = ck.base_info
-        meta = {
-            "checkpoint_sha256": checkpoint_hash(checkpoint),
-            "base_model": {"reference": base.reference, "model_type": base.model_type, "sha256": base.sha256},
-            "adapter_kind": ck.mta_config.adapter_kind, "graph_contract": CONTRACT,
-            "opset": OPSET, "eos_token_id": self.eos, "pad_token_id": self.pad, "kv_cache": self.kv.to_dict(),
-            "generation": {"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
-            "tasks": ck.tasks.names,
-        }
-        write_genai_files(tmp, meta, entries, **self.dims)  # listed in the manifest's files below
-        return write_manifest(tmp, meta, entries)
+        manifest = Manifest(
+            checkpoint_sha256=checkpoint_hash(checkpoint),
+            base_model={"reference": base.reference, "model_type": base.model_type, "sha256": base.sha256},
+            adapter_kind=ck.mta_config.adapter_kind, graph_contract=CONTRACT,
+            opset=OPSET, eos_token_id=self.eos, pad_token_id=self.pad, kv_cache=self.kv.to_dict(),
+            generation={"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
+            tasks=ck.tasks.names, graphs=entries,
+        )
+        write_genai_files(tmp, manifest.to_json(), entries, **self.dims)  # listed in the manifest's files below
+        return write_manifest(tmp, manifest).to_json()
 
 
 def _answer_tokens(tokenizer, spec, default: int) -> int:

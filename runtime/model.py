@@ -248,4 +248,4 @@ def verify_bundle(bundle_dir: str | Path) -> dict:
     genai_config.json and the graphs and checks no hash, docs/bundle-format.md)."""
     model = EdgeModel.load(Path(bundle_dir), threads=1, optimization="disable", verify=True, tasks=())
     model.verify_graphs()
-    return model.bundle.manifest
+    return model.bundle.manifest.to_json()
