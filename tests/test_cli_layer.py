@@ -87,10 +87,10 @@ def test_library_errors_name_no_flags_and_library_never_imports_the_cli():
 
 
 def test_every_command_is_registered():
-    assert sorted(main.commands) == ["bench", "eval", "export", "inspect", "run", "serve", "train", "web"]
+    assert sorted(main.commands) == ["bench", "demo", "eval", "export", "inspect", "run", "serve", "train", "web"]
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval", "export", "inspect", "run", "bench", "serve", "web"])
+@pytest.mark.parametrize("cmd", ["train", "eval", "export", "inspect", "run", "bench", "serve", "web", "demo"])
 def test_help(cmd):
     r = CliRunner().invoke(main, [cmd, "-h"])
     assert r.exit_code == 0 and "Usage: main " + cmd in r.output
