@@ -75,38 +75,8 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
     if input_path is not None:
         if texts:
             raise click.UsageError("give texts or --input, not both")
-        if output_path is None:
-            raise click.UsageError("--input needs --output")
-        from alter_edge.runtime.batch import BatchOptions, check_paths, output_target, run_jsonl
-
-        check_paths(input_path, output_path)  # before the model loads
-        partial = f"{output_target(output_path)}.partial"  # beside the file a symlink leads to
-        opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
-        if ray_address is not None:
-            if resume:
-                raise click.UsageError("--resume is for the local job; a Ray job retries failed actors itself")
-            if no_prefix_cache:
-                raise click.UsageError("--no-prefix-cache is for the local job; the Ray job's actors keep "
-                                       "the prefix cache on")
-            summary = _run_ray(bundle, input_path, output_path, opts, ray_address, actors, threads, precision,
-                               quiet)
-        elif input_path.suffix == ".parquet":
-            raise click.UsageError("Parquet input is read through Ray Data: add --ray")
-        try:
-            if ray_address is None:
-                summary = run_jsonl(_load(bundle, threads, precision, prefix_cache=not no_prefix_cache),
-                                    input_path, output_path, opts,
-                                    resume=resume, progress=not quiet)
-        except KeyboardInterrupt:
-            click.echo(f"interrupted; progress is saved in {partial}: rerun with --resume",
-                       err=True)
-            ctx.exit(EXIT_INTERRUPTED)
-        click.echo(f"{summary.rows} rows ({summary.resumed} resumed), {summary.failed} failed, "
-                   f"{summary.seconds:.1f}s -> {output_path}", err=True)
-        for e in summary.errors[:5]:
-            click.echo(f"  {cli_message(e)}", err=True)
-        if summary.failed:
-            ctx.exit(EXIT_ROWS_FAILED)
+        _run_file(ctx, bundle, input_path, output_path, task, batch_size, max_new_tokens, truncate,
+                  generate_labels, resume, quiet, ray_address, actors, no_prefix_cache, threads, precision)
         return
     if not texts:
         raise click.UsageError("give texts to run, or --input FILE --output FILE")
@@ -136,6 +106,43 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
                                   ensure_ascii=False))
         else:
             click.echo(g.text)
+
+
+def _run_file(ctx, bundle, input_path, output_path, task, batch_size, max_new_tokens, truncate, generate_labels,
+              resume, quiet, ray_address, actors, no_prefix_cache, threads, precision) -> None:
+    """``run --input``: the batch job, local or on Ray; exits 3 when some rows failed."""
+    if output_path is None:
+        raise click.UsageError("--input needs --output")
+    from alter_edge.runtime.batch import BatchOptions, check_paths, output_target, run_jsonl
+
+    check_paths(input_path, output_path)  # before the model loads
+    partial = f"{output_target(output_path)}.partial"  # beside the file a symlink leads to
+    opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
+    if ray_address is not None:
+        if resume:
+            raise click.UsageError("--resume is for the local job; a Ray job retries failed actors itself")
+        if no_prefix_cache:
+            raise click.UsageError("--no-prefix-cache is for the local job; the Ray job's actors keep "
+                                   "the prefix cache on")
+        summary = _run_ray(bundle, input_path, output_path, opts, ray_address, actors, threads, precision,
+                           quiet)
+    elif input_path.suffix == ".parquet":
+        raise click.UsageError("Parquet input is read through Ray Data: add --ray")
+    try:
+        if ray_address is None:
+            summary = run_jsonl(_load(bundle, threads, precision, prefix_cache=not no_prefix_cache),
+                                input_path, output_path, opts,
+                                resume=resume, progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; progress is saved in {partial}: rerun with --resume",
+                   err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    click.echo(f"{summary.rows} rows ({summary.resumed} resumed), {summary.failed} failed, "
+               f"{summary.seconds:.1f}s -> {output_path}", err=True)
+    for e in summary.errors[:5]:
+        click.echo(f"  {cli_message(e)}", err=True)
+    if summary.failed:
+        ctx.exit(EXIT_ROWS_FAILED)
 
 
 def _run_ray(bundle, input_path, output_path, opts, address, actors, threads, precision, quiet):
