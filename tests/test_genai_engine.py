@@ -16,6 +16,8 @@ from alter_edge.runtime import EdgeModel
 from alter_edge.runtime.generate import SamplingParams
 from alter_edge.testing import TINY_ROWS
 
+pytestmark = pytest.mark.genai
+
 try:
     import onnxruntime_genai as og
 except ImportError:
