@@ -147,6 +147,17 @@ class EdgeModel(GraphSet):
         budget = self.bundle.max_new_tokens if max_new_tokens is None else max_new_tokens
         return SamplingParams(budget, temperature, top_k, top_p, seed, stop)
 
+    def _request(self, texts, task, tasks, max_new_tokens, temperature, top_k, top_p, seed, stop, truncate,
+                 batch_size) -> tuple[bool, list[TaskSpec], SamplingParams, list[list[int]], list[bool]]:
+        """A generate/stream request's arguments checked, in order, and its prompts built:
+        (one text?, row tasks, sampling, prompts, which prompts were cut)."""
+        single, texts = as_texts(texts)
+        specs = self._row_tasks(len(texts), task, tasks)
+        params = self._params(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        check_batch_size(batch_size)
+        prompts, cut = self._prompts(texts, specs, truncate)
+        return single, specs, params, prompts, cut
+
     # -- generation ------------------------------------------------------------------
     def stream(self, texts: str | Sequence[str], task: str | None = None,
                tasks: Sequence[str] | None = None, max_new_tokens: int | None = None,
@@ -155,11 +166,8 @@ class EdgeModel(GraphSet):
                truncate: bool = False, batch_size: int | None = None) -> Iterator[TokenEvent]:
         """Generate, yielding :class:`TokenEvent`s as tokens come (rows interleaved). Arguments
         are checked before the first event; see :meth:`generate`."""
-        _, texts = as_texts(texts)
-        specs = self._row_tasks(len(texts), task, tasks)
-        params = self._params(max_new_tokens, temperature, top_k, top_p, seed, stop)
-        check_batch_size(batch_size)
-        prompts, _ = self._prompts(texts, specs, truncate)
+        _, specs, params, prompts, _ = self._request(texts, task, tasks, max_new_tokens, temperature, top_k, top_p,
+                                                     seed, stop, truncate, batch_size)
         return self.stream_ids(prompts, specs, params, batch_size)
 
     def stream_ids(self, prompts: Sequence[Sequence[int]], specs: Sequence[TaskSpec],
@@ -190,12 +198,9 @@ class EdgeModel(GraphSet):
         them; ``truncate``: cut an over-long input (else a DataError, see :meth:`prompt_ids`);
         ``batch_size``: at most this many rows decode at once, each finished row's slot going to
         the next row (None: all rows at once); the answers are the same either way."""
-        single, texts = as_texts(texts)
-        specs = self._row_tasks(len(texts), task, tasks)
-        params = self._params(max_new_tokens, temperature, top_k, top_p, seed, stop)
-        check_batch_size(batch_size)
-        prompts, cut = self._prompts(texts, specs, truncate)
-        out = collect(self.stream_ids(prompts, specs, params, batch_size), len(texts),
+        single, specs, params, prompts, cut = self._request(texts, task, tasks, max_new_tokens, temperature, top_k,
+                                                            top_p, seed, stop, truncate, batch_size)
+        out = collect(self.stream_ids(prompts, specs, params, batch_size), len(prompts),
                       [s.name for s in specs], cut)
         return out[0] if single else out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -155,10 +155,17 @@ def check_positions(model: EdgeModel, prompt: list[int], task: str, opts: BatchO
 def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[Row], dict[int, dict]]:
     """(good rows, error records by line). Blank lines are skipped. No line, however bad,
     stops the reading: each becomes one error record."""
+    return parse_rows(model, jsonl_lines(path), opts)
+
+
+def parse_rows(model: EdgeModel, lines: Iterable[tuple[int, bytes | dict]],
+               opts: BatchOptions) -> tuple[list[Row], dict[int, dict]]:
+    """(good rows, error records by line) of ``(line number, a JSONL line or a decoded row)``
+    pairs (:func:`row_from_line` each); the local and the Ray job both read rows here."""
     rows: list[Row] = []
     errors: dict[int, dict] = {}
     known = set(model.tasks.names)
-    for lineno, raw in jsonl_lines(path):
+    for lineno, raw in lines:
         r = row_from_line(model, raw, lineno, opts, known)
         if isinstance(r, dict):
             errors[lineno] = r

@@ -58,6 +58,14 @@ def make_tokenizer(out_dir: Path) -> Path:
     return out_dir / "tokenizer.json"
 
 
+def _save_base(model, out_dir: Path, tokenizer_dir: Path) -> Path:
+    """Save a tiny base model and the tokenizer beside it, as a model folder."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
+    return out_dir
+
+
 def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0, num_layers: int = 4,
                    init_range: float = 0.02) -> Path:
     """Save a ``num_layers``-layer (default 4) random ``arch`` ('llama' or 'gpt2') model with the tiny tokenizer."""
@@ -80,10 +88,7 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
     else:
         raise ValueError(arch)
     model = AutoModelForCausalLM.from_config(cfg)
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
-    return out_dir
+    return _save_base(model, out_dir, tokenizer_dir)
 
 
 # a tiny config of each decoder family the builder writes (2 layers, hidden 64), with each
@@ -140,10 +145,7 @@ def make_tiny_family(family: str, out_dir: Path, tokenizer_dir: Path, seed: int 
         for name, p in model.named_parameters():
             if "norm" in name or ".ln_" in name:
                 p.add_(torch.randn_like(p) * 0.1)
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
-    return out_dir
+    return _save_base(model, out_dir, tokenizer_dir)
 
 
 def make_tiny_checkpoint(
