@@ -280,6 +280,7 @@ def genai_greedy(model, prompts, task_ids, pad: int, eos: int, n: int) -> list[l
     import onnxruntime_genai as og
 
     from alter_edge.padding import pad_rows
+    from alter_edge.runtime.contract import TASK_IDS
 
     ids, _ = pad_rows(prompts, pad)
     params = og.GeneratorParams(model)
@@ -288,7 +289,7 @@ def genai_greedy(model, prompts, task_ids, pad: int, eos: int, n: int) -> list[l
     # onnxruntime-genai reads this array's memory at each step without holding a reference:
     # it must stay alive as long as the generator
     tids = np.asarray(task_ids, dtype=np.int64)
-    gen.set_model_input("task_ids", tids)
+    gen.set_model_input(TASK_IDS, tids)
     gen.append_tokens(ids.astype(np.int32))
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
