@@ -77,7 +77,7 @@ class Bundle:
         if ort_format:
             if graph.ort is None:
                 raise BundleError(f"{self.root}: graph {graph.path} has no .ort twin "
-                                  "(export with ORT-format files, or load without `ort_format`)")
+                                  "(its manifest lists no ORT-format twin; load without `ort_format`)")
             rel, digest = graph.ort, self.manifest.files.get(graph.ort)
             if digest is None:
                 raise BundleError(f"{self.root}/manifest.json: files does not list {rel}")
