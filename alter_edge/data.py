@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError, DataError
-from .io import json_line_problem, jsonl_lines, unicode_problem
+from .io import json_line_problem, jsonl_lines, text_problem
 from .tasks import task_name_problem
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,7 @@ def parse_line(raw: bytes, lineno: int, fields: Sequence[str] = REQUIRED_FIELDS)
             f"line {lineno}: missing field(s) {', '.join(missing)}; each row needs {', '.join(fields)}"
         )
     for f in fields:
-        if not isinstance(obj[f], str):
-            raise DataError(f"line {lineno}: field {f!r} must be a string, got {type(obj[f]).__name__}")
-        if not obj[f].strip():
-            raise DataError(f"line {lineno}: field {f!r} is empty")
-        problem = unicode_problem(obj[f])
+        problem = text_problem(obj[f])
         if problem:
             raise DataError(f"line {lineno}: field {f!r} {problem}")
     return obj

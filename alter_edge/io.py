@@ -193,6 +193,16 @@ def unicode_problem(text: str, hint: bool = True) -> str | None:
     return None
 
 
+def text_problem(value: object, hint: bool = True) -> str | None:
+    """Why ``value`` cannot be a row's text field (a training row's task/input/target, a batch
+    row's input): not a string, empty or blank, not valid Unicode; or None."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return "is empty"
+    return unicode_problem(value, hint)
+
+
 def jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     """``(1-based line number, the line's bytes without its line end)`` of every line of a JSONL
     file that is not blank; decode each with :func:`json_line_problem`. Training data, the

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from alter_edge.errors import ConfigError
-from alter_edge.io import unicode_problem
+from alter_edge.io import text_problem
 
 from .generate import RowText, shown_value
 
@@ -107,11 +107,7 @@ def as_texts(texts: object) -> tuple[bool, list[str]]:
 
 def input_problem(text: object) -> str | None:
     """Why ``text`` cannot be a model input (not a string, empty, a lone surrogate), or None."""
-    if not isinstance(text, str):
-        return f"must be a string, got {type(text).__name__}"
-    if not text.strip():
-        return "is empty"
-    return unicode_problem(text, hint=False)
+    return text_problem(text, hint=False)
 
 
 def check_batch_size(batch_size: object) -> None:
