@@ -155,17 +155,22 @@ class GraphSet:
         with self._open_lock:  # one decoder per graph, however many threads ask at once
             d = self._decoders.get(graph.path)
             if d is None:
-                if self.engine == "genai":
-                    from .genai_engine import GenaiRunner
-
-                    self.bundle.check_graph(graph)
-                    d = GenaiRunner(self.bundle.root, graph.path, graph.task is None, self._threads,
-                                    self.bundle.kv.max_sequence_length)
-                else:
-                    d = OwnDecoder(self._runner(graph))
+                d = self._OPEN[self.engine](self, graph)
                 with self._lock:
                     self._decoders[graph.path] = d
             return d
+
+    def _own_decoder(self, graph: GraphInfo) -> Decoder:
+        return OwnDecoder(self._runner(graph))
+
+    def _genai_decoder(self, graph: GraphInfo) -> Decoder:
+        from .genai_engine import GenaiRunner
+
+        self.bundle.check_graph(graph)
+        return GenaiRunner(self.bundle.root, graph.path, graph.task is None, self._threads,
+                           self.bundle.kv.max_sequence_length)
+
+    _OPEN = {"onnxruntime": _own_decoder, "genai": _genai_decoder}  # engine -> how a graph's decoder opens
 
     def graph_for_request(self, task_names: Sequence[str]) -> GraphInfo | None:
         """The graph serving a request of these tasks, or None when rows must be split by
