@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError, DataError
-from .io import json_line_problem, unicode_problem
+from .io import json_line_problem, jsonl_lines, text_problem
 from .tasks import task_name_problem
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,7 @@ def parse_line(raw: bytes, lineno: int, fields: Sequence[str] = REQUIRED_FIELDS)
             f"line {lineno}: missing field(s) {', '.join(missing)}; each row needs {', '.join(fields)}"
         )
     for f in fields:
-        if not isinstance(obj[f], str):
-            raise DataError(f"line {lineno}: field {f!r} must be a string, got {type(obj[f]).__name__}")
-        if not obj[f].strip():
-            raise DataError(f"line {lineno}: field {f!r} is empty")
-        problem = unicode_problem(obj[f])
+        problem = text_problem(obj[f])
         if problem:
             raise DataError(f"line {lineno}: field {f!r} {problem}")
     return obj
@@ -70,20 +66,17 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
         raise DataError(f"data file not found: {path}")
     rows: list[Example] = []
     errors: list[str] = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = parse_line(raw.rstrip(b"\r\n"), lineno, fields)
-            except DataError as e:
-                errors.append(str(e))
-                continue
-            problem = task_name_problem(obj["task"]) if "task" in fields else None
-            if problem:
-                errors.append(f"line {lineno}: {problem}")
-                continue
-            rows.append(Example(obj["task"], obj["input"], obj["target"], lineno))
+    for lineno, raw in jsonl_lines(path):
+        try:
+            obj = parse_line(raw, lineno, fields)
+        except DataError as e:
+            errors.append(str(e))
+            continue
+        problem = task_name_problem(obj["task"]) if "task" in fields else None
+        if problem:
+            errors.append(f"line {lineno}: {problem}")
+            continue
+        rows.append(Example(obj["task"], obj["input"], obj["target"], lineno))
     if errors:
         more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
         raise DataError(f"{path}: {len(errors)} bad line(s): " + "; ".join(errors[:MAX_REPORTED]) + more)

@@ -180,15 +180,37 @@ def _digit_limit() -> int:
     return get() if get else 4300
 
 
-def unicode_problem(text: str) -> str | None:
+def unicode_problem(text: str, hint: bool = True) -> str | None:
     """Why ``text`` cannot be written as UTF-8 (a lone surrogate, which a JSON ``\\ud800``
-    escape makes), or None."""
+    escape makes), or None; ``hint`` adds how a JSON escape goes wrong."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        return (f"is not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start}; "
-                "a \\u escape of a surrogate must be half of a high-low pair)")
+        why = f"a lone surrogate {text[e.start]!r} at character {e.start}"
+        if hint:
+            why += "; a \\u escape of a surrogate must be half of a high-low pair"
+        return f"is not valid Unicode ({why})"
     return None
+
+
+def text_problem(value: object, hint: bool = True) -> str | None:
+    """Why ``value`` cannot be a row's text field (a training row's task/input/target, a batch
+    row's input): not a string, empty or blank, not valid Unicode; or None."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return "is empty"
+    return unicode_problem(value, hint)
+
+
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, the line's bytes without its line end)`` of every line of a JSONL
+    file that is not blank; decode each with :func:`json_line_problem`. Training data, the
+    runtime's batch input and the Ray job all read lines here."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield lineno, raw.rstrip(b"\r\n")
 
 
 def shown(value: object, limit: int = 80) -> str:

@@ -44,13 +44,6 @@ def row_metric(kind: str):
     return exact_match if kind == "classify" else rouge_l_f1
 
 
-def task_score(kind: str, preds: Sequence[str], golds: Sequence[str]) -> float:
-    fn = row_metric(kind)
-    if not preds:
-        return 0.0
-    return sum(fn(p, g) for p, g in zip(preds, golds, strict=True)) / len(preds)
-
-
 def overall_score(per_task: dict[str, float], groups: dict[str, list[str]] | None = None) -> float:
     """The paper's overall score: the mean over task *groups* (each group the mean of its
     tasks). Without groups, every task is its own group."""

@@ -127,11 +127,6 @@ class TaskRegistry:
     def id_of(self, name: str) -> int:
         return self.get(name).id
 
-    def by_id(self, task_id: int) -> TaskSpec:
-        if not 0 <= int(task_id) < len(self.tasks):
-            raise TaskError(f"unknown task id {task_id}; ids are 0..{len(self.tasks) - 1}")
-        return self.tasks[int(task_id)]
-
     def resolve(self, spec: str) -> list[TaskSpec]:
         """``"all"`` or a comma-separated list of names -> task specs (in id order)."""
         if spec.strip() == "all":

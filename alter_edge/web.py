@@ -78,7 +78,7 @@ def web_mounts(bundle: Path, js_root: Path | None = None, extra: dict[str, Path]
     for what, f in need.items():
         if not f.is_file():
             hint = (f": run `npm ci --prefix {js_root / 'web'}` (scripts/setup.sh does)" if "node_modules" in f.parts
-                    else ": give --js-root the js/ folder of an alter-edge checkout")
+                    else ": give `js_root` the js/ folder of an alter-edge checkout")
             raise WebError(f"{what} is missing ({f} not found){hint}")
     mounts = [
         Mount("/js/src/", (js_root / "src").resolve()),

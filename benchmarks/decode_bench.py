@@ -350,7 +350,7 @@ def engines(paths: dict, args) -> dict[str, tuple[str, dict]]:
     tid = bundle.tasks.get(task).id
     common = {"prompt": prompt, "new_tokens": args.new_tokens, "threads": args.threads, "batches": [1, 8],
               "eos": bundle.eos_id, "pad": bundle.pad_id}
-    kv = bundle.manifest["kv_cache"]
+    kv = bundle.manifest.kv_cache
     plain_kv = json.loads((paths["plain"] / "kv.json").read_text())
     if genai_engine_available():
         write_plain_genai_config(paths["bundle"], paths["plain"], plain_kv)

@@ -42,7 +42,7 @@ import threading
 import time
 from pathlib import Path
 
-from alter_edge.training.memory import _libc_fn, rss_bytes, trim_heap
+from alter_edge.training.memory import libc_fn, rss_bytes, trim_heap
 
 SETTINGS = ("default", "pad32", "pad32_trim", "pad32_lazy", "pad32_heap_lazy", "micro")
 TRIM_SLACK_MB = 256  # pad32_lazy's default RSS creep before a trim
@@ -91,7 +91,7 @@ def keep_heap() -> bool:
     reuses the pages the step before it freed instead of faulting fresh ones in. By default
     glibc maps each allocation above a dynamic threshold (at most 32 MB) with its own ``mmap``
     and unmaps it on free. Process-wide; False where this is not glibc."""
-    fn = _libc_fn("mallopt")
+    fn = libc_fn("mallopt")
     if fn is None:
         return False
     fn.argtypes = [ctypes.c_int, ctypes.c_int]

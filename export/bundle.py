@@ -8,11 +8,13 @@ The format is docs/bundle-format.md; reading and checking a bundle is the runtim
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from alter_edge.io import atomic_write_text, sha256_file
 from alter_edge.runtime.bundle import BUNDLE_FORMAT, SUPPORTED_FORMAT_VERSIONS
+from alter_edge.runtime.manifest import Manifest
 from alter_edge.runtime.model import verify_bundle
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "describe", "verify_bundle", "write_manifest"]
@@ -22,14 +24,14 @@ FORMAT_VERSION = max(SUPPORTED_FORMAT_VERSIONS)  # what the exporter writes
 MANIFEST = "manifest.json"
 
 
-def write_manifest(bundle: Path, meta: dict, graphs: list[dict]) -> dict:
-    """Hash every graph and every other file under ``bundle`` and write manifest.json.
-
-    ``graphs``: ``{path, task, precision, inputs, outputs, ...}`` with ``path`` relative."""
+def write_manifest(bundle: Path, manifest: Manifest) -> Manifest:
+    """Hash every graph of ``manifest.graphs`` (``{path, task, precision, ...}``, ``path``
+    relative) and every other file under ``bundle``, and write manifest.json; returns the
+    manifest as written (``created``, ``graphs`` with their hashes, ``files``)."""
     bundle = Path(bundle)
-    graph_paths = {g["path"] for g in graphs}
+    graph_paths = {g["path"] for g in manifest.graphs}
     entries = []
-    for g in graphs:
+    for g in manifest.graphs:
         p = bundle / g["path"]
         entries.append({**g, "sha256": sha256_file(p), "bytes": p.stat().st_size})
     files = {}
@@ -37,11 +39,10 @@ def write_manifest(bundle: Path, meta: dict, graphs: list[dict]) -> dict:
         rel = p.relative_to(bundle).as_posix()
         if p.is_file() and rel != MANIFEST and rel not in graph_paths:
             files[rel] = sha256_file(p)
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **meta, "graphs": entries, "files": files}
-    atomic_write_text(bundle / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    written = replace(manifest, format=FORMAT, format_version=FORMAT_VERSION, graphs=entries, files=files,
+                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    atomic_write_text(bundle / MANIFEST, json.dumps(written.to_json(), indent=2) + "\n")
+    return written
 
 
 def describe(manifest: dict) -> list[str]:

@@ -13,34 +13,33 @@ temporary directory renamed into place only after every check passed
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from alter_edge.errors import BundleError, CheckpointError, ConfigError, OutputError
-from alter_edge.io import atomic_dir, atomic_write_text, disk_full_error, is_disk_full, tree_bytes
-from alter_edge.runtime.bundle import BUNDLE_FORMAT
+from alter_edge.errors import ConfigError, OutputError
+from alter_edge.io import atomic_dir, disk_full_error, is_disk_full, tree_bytes
 from alter_edge.runtime.contract import CONTRACT
+from alter_edge.runtime.manifest import Manifest
 from alter_edge.runtime.session import GraphRunner, session_options
-from alter_edge.tasks import TaskRegistry
 
 from .builder import BuildSpec, DecoderBuilder
 from .bundle import write_manifest
 from .genai import write_genai_files
 from .graph import OPSET, WeightFile
+from .options import ExportOptions, confined, graph_path
 from .quant import (
-    METHODS,
     QuantPlan,
     choose_8bit,
     collect_hessians,
     expand_groups,
     measure_sensitivity,
 )
+from .request import check_request
 from .validate import (
     ExportValidationError,
     ValidationReport,
@@ -56,110 +55,7 @@ from .validate import (
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class ExportOptions:
-    tasks: str | None = "all"  # per-task graphs: "all", "a,b", or None (the multi-task graph only)
-    fp32: bool = False  # ship fp32 graphs (the default when no quantized precision is asked for)
-    int8: bool = False
-    int4: bool = False
-    merged: bool = False  # per-task graphs with the adapters merged into the weights (own weights each)
-    block_size: int = 32  # weights per scale of the MatMulNBits graphs
-    accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (fast kernels), 0 = fp32 compute
-    # bits of the adapter factors in quantized graphs: None = the graph's own (int4 graphs: 4-bit
-    # lora B joins the base projection's matmul), or 8 (int4 graphs then add an 8-bit delta)
-    adapter_bits: int | None = None
-    # "native": int8 matmuls as MatMulNBits (block-wise; onnxruntime's x86/ARM kernels);
-    # "web": int8 matmuls as DynamicQuantizeLinear + MatMulInteger (per output channel), the
-    # layout onnxruntime-web's WASM build runs fast (docs/javascript.md); int8 graphs only
-    target: str = "native"
-    # int4 quantizer (export.quant): rtn = round to nearest; gptq = error compensation from the
-    # calibration rows' activations
-    int4_method: str = "gptq"
-    int4_zero_points: bool = True  # asymmetric 4-bit blocks (a zero point per block)
-    # precision groups kept at 8 bits in int4 graphs (export.quant.expand_groups), or "auto": the
-    # candidate groups whose 4 bits cost the most task loss on the calibration rows, within int4_8bit_mb
-    int4_8bit: str | None = None
-    int4_8bit_block_size: int = 64  # block size of the 8-bit matrices of an int4 graph (where they divide)
-    # "auto": the most weights kept at 8 bits, a fraction of the base's quantized weights, and
-    # (when given) the most MB they may add to the int4 weights
-    int4_8bit_fraction: float = 0.1
-    int4_8bit_mb: float | None = None
-    sensitivity_rows: int = 8  # "auto": calibration rows per task the sensitivity is measured on
-    int4_accuracy_level: int | None = None  # MatMulNBits accuracy_level of 4-bit matmuls (None: accuracy_level)
-    calibration_rows: int = 16  # train rows per task for the int4 calibration
-    atol: float = 3e-4  # fp32 parity: max |logits diff| at valid positions (SmolLM2: ~1e-4)
-    steps: int = 16  # greedy steps that must match PyTorch, with the KV cache
-    int8_budget: float = 1.0  # max mean metric drop per task, points (0-100 scale)
-    int4_budget: float = 5.0
-    min_top1_int8: float = 0.85  # top-1 agreement with fp32 at every valid prompt position
-    min_top1_int4: float = 0.70
-    prune_threshold: float = 1e-5  # ffn/bottleneck adapters below this mixture weight are pruned
-    data: Path | None = None  # the checkpoint's training data: its dev split is the held-out set
-    heldout_rows: int | None = None  # per task, for the quantized-metric check (None: the whole dev split)
-    base_model: str | None = None  # override the checkpoint's recorded base model
-    threads: int | None = None  # onnxruntime threads for the checks
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.atol > 0:
-            raise ConfigError(f"atol must be > 0, got {self.atol}")
-        if self.steps < 1:
-            raise ConfigError(f"greedy steps must be >= 1, got {self.steps}")
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"block size must be a power of two >= 16, got {self.block_size}")
-        if self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise ConfigError(f"accuracy level must be 0-4, got {self.accuracy_level}")
-        if self.int4_method not in METHODS:
-            raise ConfigError(f"int4 method must be one of {', '.join(METHODS)}, got {self.int4_method!r}")
-        if not 0 <= self.int4_8bit_fraction <= 1:
-            raise ConfigError(f"int4 8-bit fraction must be in [0, 1], got {self.int4_8bit_fraction}")
-        if self.int4_8bit_block_size < 16 or self.int4_8bit_block_size & (self.int4_8bit_block_size - 1):
-            raise ConfigError(f"int4 8-bit block size must be a power of two >= 16, got {self.int4_8bit_block_size}")
-        if self.int4_accuracy_level not in (None, 0, 1, 2, 3, 4):
-            raise ConfigError(f"int4 accuracy level must be 0-4, got {self.int4_accuracy_level}")
-        if self.calibration_rows < 1:
-            raise ConfigError(f"calibration rows must be >= 1, got {self.calibration_rows}")
-        if self.adapter_bits not in (None, 4, 8):
-            raise ConfigError(f"adapter bits must be 4, 8 or None (the graph's own), got {self.adapter_bits!r}")
-        if self.target not in ("native", "web"):
-            raise ConfigError(f"target must be 'native' or 'web', got {self.target!r}")
-        if self.target == "web" and self.int4:
-            raise ConfigError("target 'web' is for int8 graphs: onnxruntime-web's WASM build has no fast 4-bit "
-                              "matmul (MatMulNBits dequantizes its weights on every call there); drop `int4` "
-                              "or use target 'native'")
-        if self.int8_budget < 0 or self.int4_budget < 0:
-            raise ConfigError("quantization budgets must be >= 0 points")
-        if not 0 <= self.prune_threshold < 1:
-            raise ConfigError(f"prune threshold must be in [0, 1), got {self.prune_threshold}")
-        if self.heldout_rows is not None and self.heldout_rows < 1:
-            raise ConfigError(f"held-out rows must be >= 1 (or None: all), got {self.heldout_rows}")
-
-    @property
-    def precisions(self) -> list[str]:
-        asked = [p for p, on in (("fp32", self.fp32), ("int8", self.int8), ("int4", self.int4)) if on]
-        return asked or ["fp32"]
-
-
-def graph_path(task: str | None, precision: str, mode: str = "multitask") -> str:
-    """Where a graph sits in the bundle (flat: external-data paths stay inside the folder)."""
-    if task is None:
-        return f"model.{precision}.onnx"
-    return f"task-{task}{'.merged' if mode == 'merged' else ''}.{precision}.onnx"
-
-
-def confined(root: Path, rel: str) -> Path:
-    """``root / rel`` after checking that ``rel`` is one plain file name, so the file lands
-    directly inside ``root`` (the bundle is flat); a BundleError otherwise. Independent of the
-    task-name rule, which is checked where names enter: this is the last guard before a write."""
-    bad = (not rel or rel in (".", "..") or any(c in rel for c in "/\\\0") or Path(rel).name != rel
-           or not rel.isprintable())
-    path = Path(root) / rel
-    if bad or os.path.normpath(path.parent) != os.path.normpath(root):
-        raise BundleError(f"graph file name {rel!r} would be written outside the bundle {root} (a bundle is one "
-                          "folder of plain file names); nothing was written")
-    return path
+__all__ = ["ExportOptions", "confined", "export_checkpoint", "graph_path"]
 
 
 def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
@@ -167,7 +63,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     from alter_edge.training.checkpoint import load_checkpoint
 
     out, checkpoint = Path(out), Path(checkpoint)
-    _check_request(checkpoint, out, opts)
+    check_request(checkpoint, out, opts)
     t_start = time.perf_counter()
     ck = load_checkpoint(checkpoint, base_model=opts.base_model)
     specs = ck.tasks.resolve(opts.tasks) if opts.tasks else []
@@ -235,76 +131,6 @@ def _no_space(e: BaseException, out: Path, tmp: Path, work: Path):
     what = "the export's reference graphs" if in_work else f"the bundle {out}"
     return disk_full_error(what, folder, written + getattr(e, "pending", 0),
                            "no bundle was written (the partial output was removed)")
-
-
-def _check_request(checkpoint: Path, out: Path, opts: ExportOptions) -> None:
-    """What fails before any torch work: an ``out`` that is, holds or lies in an input, an
-    existing ``out`` (without ``overwrite``, or that is not a bundle), a missing or incomplete
-    checkpoint, tasks.json against the adapters' task count, per-task graphs of a per-token
-    gate, an unknown task name."""
-    from alter_edge.training.checkpoint import check_task_count, read_checkpoint_meta
-
-    meta = read_checkpoint_meta(checkpoint)
-    inputs = [("checkpoint", checkpoint), ("`data` file", opts.data)]
-    base_path = meta["base_model"].get("path")
-    if opts.base_model is None and isinstance(base_path, str) and base_path:
-        inputs.append(("checkpoint's base model", Path(base_path)))
-    elif opts.base_model is not None and Path(opts.base_model).exists():
-        inputs.append(("`base_model`", Path(opts.base_model)))
-    _check_not_an_input(out, inputs)
-    if out.exists() or out.is_symlink():
-        if not opts.overwrite:
-            raise BundleError(f"{out} already exists; pass `overwrite` to replace it")
-        _check_replaceable(out)
-    tasks = TaskRegistry.load(checkpoint / "tasks.json")
-    check_task_count(checkpoint, tasks, meta["mta_config"])
-    gate = meta["mta_config"].get("gate", "task")
-    if gate != "task" and (opts.tasks or opts.merged):
-        raise CheckpointError(f"{checkpoint} was trained with gate {gate!r}: its mixture changes per token, so "
-                              "it does not fold into per-task graphs; export the multi-task graph only")
-    if opts.tasks:
-        tasks.resolve(opts.tasks)
-
-
-def _check_not_an_input(out: Path, inputs: list[tuple[str, Path | None]]) -> None:
-    """``out`` is not an input, does not hold one and does not lie inside one (with symlinks
-    resolved): an export never writes over, or into, what it reads."""
-    o = out.resolve()
-    for what, path in inputs:
-        if path is None:
-            continue
-        p = Path(path).resolve()
-        if o == p:
-            how = "is"
-        elif p.is_relative_to(o):
-            how = "contains"
-        elif o.is_relative_to(p):
-            how = "lies inside"
-        else:
-            continue
-        raise OutputError(f"`out` {out} {how} the {what} {path}: an export never writes over or into its input; "
-                          "choose an `out` outside it")
-
-
-def _check_replaceable(out: Path) -> None:
-    """``overwrite`` replaces an empty folder or an alter-edge bundle (its manifest.json says
-    so), nothing else."""
-    if out.is_symlink():
-        raise OutputError(f"`out` {out} is a symlink: `overwrite` replaces only a bundle folder itself; "
-                          "remove the link or choose another `out`")
-    if out.is_dir() and not any(out.iterdir()):
-        return
-    manifest = out / "manifest.json"
-    fmt = None
-    if out.is_dir() and manifest.is_file() and not manifest.is_symlink():
-        try:
-            fmt = json.loads(manifest.read_text(encoding="utf-8")).get("format")
-        except (OSError, ValueError, RecursionError, AttributeError):
-            fmt = None
-    if fmt != BUNDLE_FORMAT:
-        raise OutputError(f"`out` {out} exists and is not an alter-edge bundle (no manifest.json with format "
-                          f"{BUNDLE_FORMAT!r}): `overwrite` replaces only a bundle or an empty folder; move it "
-                          "away yourself or choose another `out`")
 
 
 class _Export:
@@ -529,18 +355,19 @@ class _Export:
         shutil.copy(checkpoint / "tasks.json", tmp / "tasks.json")
         self.info["seconds"] = round(time.perf_counter() - t_start, 1)
         self.info["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
-        atomic_write_text(tmp / "validation.json", json.dumps({**self.report.to_dict(), **self.info}, indent=2) + "\n")
+        self.report.facts = self.info
+        self.report.write(tmp)
         base = ck.base_info
-        meta = {
-            "checkpoint_sha256": checkpoint_hash(checkpoint),
-            "base_model": {"reference": base.reference, "model_type": base.model_type, "sha256": base.sha256},
-            "adapter_kind": ck.mta_config.adapter_kind, "graph_contract": CONTRACT,
-            "opset": OPSET, "eos_token_id": self.eos, "pad_token_id": self.pad, "kv_cache": self.kv.to_dict(),
-            "generation": {"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
-            "tasks": ck.tasks.names,
-        }
-        write_genai_files(tmp, meta, entries, **self.dims)  # listed in the manifest's files below
-        return write_manifest(tmp, meta, entries)
+        manifest = Manifest(
+            checkpoint_sha256=checkpoint_hash(checkpoint),
+            base_model={"reference": base.reference, "model_type": base.model_type, "sha256": base.sha256},
+            adapter_kind=ck.mta_config.adapter_kind, graph_contract=CONTRACT,
+            opset=OPSET, eos_token_id=self.eos, pad_token_id=self.pad, kv_cache=self.kv.to_dict(),
+            generation={"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
+            tasks=ck.tasks.names, graphs=entries,
+        )
+        write_genai_files(tmp, manifest.to_json(), entries, **self.dims)  # listed in the manifest's files below
+        return write_manifest(tmp, manifest).to_json()
 
 
 def _answer_tokens(tokenizer, spec, default: int) -> int:

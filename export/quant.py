@@ -314,88 +314,92 @@ def _weight_param(module):
     return m.weight, hasattr(m, "nf")  # transformers' Conv1D stores (in, out)
 
 
+def _answer_loss(model, prompts: list[list[int]], answers: list[list[int]], task_ids: list[int], pad_id: int,
+                 batch: int) -> float:
+    """The task loss: mean cross-entropy of the answer tokens, teacher-forced."""
+    import torch
+
+    from alter_edge.padding import pad_rows
+
+    seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(seqs), batch):
+            rows = list(range(s, min(s + batch, len(seqs))))
+            ids, lengths = pad_rows([seqs[i] for i in rows], pad_id)
+            ids = torch.from_numpy(np.asarray(ids, np.int64))
+            mask = (torch.arange(ids.shape[1])[None, :] < torch.from_numpy(np.asarray(lengths))[:, None]).long()
+            bi, pi, tgt = [], [], []
+            for r, i in enumerate(rows):
+                p = len(prompts[i])
+                for j, tok in enumerate(answers[i]):
+                    bi.append(r)
+                    pi.append(p - 1 + j)
+                    tgt.append(tok)
+            if not tgt:  # rows without answers (no calibration data): nothing to score
+                continue
+            logits = model.logits_at(ids, mask, torch.tensor([task_ids[i] for i in rows]),
+                                     (torch.tensor(bi, dtype=torch.long), torch.tensor(pi, dtype=torch.long)))
+            total += float(torch.nn.functional.cross_entropy(logits.float(), torch.tensor(tgt), reduction="sum"))
+            n += len(tgt)
+    return total / max(n, 1)
+
+
+def _site_pairs(builder, plan: QuantPlan, i: int, site: str, bits: int, block_size: int) -> tuple[list, int]:
+    """(each weight of layer ``i``'s ``site`` paired with its quantized-dequantized copy, weights)."""
+    mods = _site_modules(builder, i, site)
+    if not mods:
+        return [], 0
+    params = [_weight_param(m) for m in mods]
+    ws = [(p.detach().float().numpy().T if conv else p.detach().float().numpy()) for p, conv in params]
+    W = np.concatenate(ws, 0)
+    deq = plan._quantize(f"layers.{i}.{site}", W, bits, block_size)[0].dequantize()
+    out, row = [], 0
+    for (p, conv), w in zip(params, ws, strict=True):
+        part = deq[row:row + w.shape[0]]
+        row += w.shape[0]
+        out.append((p, np.ascontiguousarray(part.T if conv else part)))
+    return out, W.size
+
+
+def _group_pairs(builder, plan: QuantPlan, name: str, emb, bits: int, block_size: int) -> tuple[list, int, list]:
+    """(weight pairs, weights, member groups) of candidate group ``name`` at ``bits``."""
+    if name == "lm_head":
+        if emb is None or not builder.tied:
+            return [], 0, []
+        w = emb.weight.detach().float().numpy()
+        deq = quantize_blockwise(w, bits, block_size, symmetric=plan.symmetric).dequantize()
+        return [(emb.weight, deq)], w.size, ["lm_head"]
+    L = len(builder.layers)
+    sites = [(i, name) for i in range(L)] if name in SITES else [(0 if name == "first" else L - 1, s) for s in SITES]
+    pairs, size, groups = [], 0, []
+    for i, s in sites:
+        p, n = _site_pairs(builder, plan, i, s, bits, block_size)
+        pairs += p
+        size += n
+        groups += [f"layers.{i}.{s}"] if p else []
+    return pairs, size, groups
+
+
 def measure_sensitivity(model, builder, plan: QuantPlan, prompts: list[list[int]], answers: list[list[int]],
                         task_ids: list[int], pad_id: int, block_size: int, bits: int = 4,
                         candidates: tuple[str, ...] = CANDIDATES, batch: int = 8) -> dict:
     """Each candidate group alone at ``bits`` (quantized as ``plan`` quantizes it, every other
     weight fp32): the increase of the task loss (mean cross-entropy of the answer tokens,
     teacher-forced) on the calibration rows; and the bytes keeping it at 8 bits adds."""
-    import torch
-
-    from alter_edge.padding import pad_rows
-
     L = len(builder.layers)
-    seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
-
-    def task_loss() -> float:
-        total, n = 0.0, 0
-        with torch.no_grad():
-            for s in range(0, len(seqs), batch):
-                rows = list(range(s, min(s + batch, len(seqs))))
-                ids, lengths = pad_rows([seqs[i] for i in rows], pad_id)
-                ids = torch.from_numpy(np.asarray(ids, np.int64))
-                mask = (torch.arange(ids.shape[1])[None, :] < torch.from_numpy(np.asarray(lengths))[:, None]).long()
-                bi, pi, tgt = [], [], []
-                for r, i in enumerate(rows):
-                    p = len(prompts[i])
-                    for j, tok in enumerate(answers[i]):
-                        bi.append(r)
-                        pi.append(p - 1 + j)
-                        tgt.append(tok)
-                if not tgt:  # rows without answers (no calibration data): nothing to score
-                    continue
-                logits = model.logits_at(ids, mask, torch.tensor([task_ids[i] for i in rows]),
-                                         (torch.tensor(bi, dtype=torch.long), torch.tensor(pi, dtype=torch.long)))
-                total += float(torch.nn.functional.cross_entropy(logits.float(), torch.tensor(tgt),
-                                                                 reduction="sum"))
-                n += len(tgt)
-        return total / max(n, 1)
-
-    def site_pairs(i: int, site: str) -> tuple[list, int]:
-        mods = _site_modules(builder, i, site)
-        if not mods:
-            return [], 0
-        params = [_weight_param(m) for m in mods]
-        ws = [(p.detach().float().numpy().T if conv else p.detach().float().numpy()) for p, conv in params]
-        W = np.concatenate(ws, 0)
-        deq = plan._quantize(f"layers.{i}.{site}", W, bits, block_size)[0].dequantize()
-        out, row = [], 0
-        for (p, conv), w in zip(params, ws, strict=True):
-            part = deq[row:row + w.shape[0]]
-            row += w.shape[0]
-            out.append((p, np.ascontiguousarray(part.T if conv else part)))
-        return out, W.size
-
-    def group_sites(name: str) -> list[tuple[int, str]]:
-        if name in SITES:
-            return [(i, name) for i in range(L)]
-        i = 0 if name == "first" else L - 1
-        return [(i, s) for s in SITES]
-
     t0 = time.perf_counter()
-    ref = task_loss()
+    ref = _answer_loss(model, prompts, answers, task_ids, pad_id, batch)
     total = sum(_weight_param(m)[0].numel() for i in range(L) for s in SITES for m in _site_modules(builder, i, s))
     emb = builder.mta.base.get_input_embeddings() if builder.mta is not None else None
     total += emb.weight.numel() if emb is not None else 0
     out = {"fp32_loss": ref, "groups": {}, "total_weights": int(total)}
     for name in candidates:
-        if name == "lm_head":
-            if emb is None or not builder.tied:
-                continue
-            w = emb.weight.detach().float().numpy()
-            deq = quantize_blockwise(w, bits, block_size, symmetric=plan.symmetric).dequantize()
-            pairs, size, groups = [(emb.weight, deq)], w.size, ["lm_head"]
-        else:
-            pairs, size, groups = [], 0, []
-            for i, s in group_sites(name):
-                p, n = site_pairs(i, s)
-                pairs += p
-                size += n
-                groups += [f"layers.{i}.{s}"] if p else []
+        pairs, size, groups = _group_pairs(builder, plan, name, emb, bits, block_size)
         if not pairs:
             continue
         with _Swap(pairs):
-            loss = task_loss()
+            loss = _answer_loss(model, prompts, answers, task_ids, pad_id, batch)
         out["groups"][name] = {"loss_increase": round(loss - ref, 5), "weights": size, "members": groups}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

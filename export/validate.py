@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from alter_edge.errors import BundleError
 from alter_edge.metrics import row_metric
 from alter_edge.padding import pad_rows
 from alter_edge.prompts import encode_example
@@ -34,14 +33,16 @@ from alter_edge.runtime.generate import SamplingParams, decode
 from alter_edge.runtime.session import GraphRunner
 from alter_edge.tasks import TaskRegistry
 
+from .report import ExportValidationError, ValidationReport, describe_failure
+
 log = logging.getLogger(__name__)
 
-# Inputs used when no --data is given: different lengths, so left padding is exercised.
+__all__ = ["Case", "ExportValidationError", "HeldOut", "ValidationReport", "build_cases", "build_heldout",
+           "check_against", "check_quantized", "describe_failure", "load_heldout_rows", "reference_outputs",
+           "torch_reference"]
+
+# Inputs used when no held-out data is given: different lengths, so left padding is exercised.
 SYNTHETIC_INPUTS = ("hello", "what is the answer ?", "hello world . what is the answer , hello world ?")
-
-
-class ExportValidationError(BundleError):
-    """A graph failed a parity or budget check; the message names the graph, case and figure."""
 
 
 @dataclass(frozen=True)
@@ -57,48 +58,7 @@ class HeldOut:
     task_id: int
     kind: str
     prompts: list[list[int]]
-    golds: list[str] | None  # None: no --data, the fp32 graph's predictions are the reference
-
-
-@dataclass
-class ValidationReport:
-    atol: float
-    steps: int
-    checks: list[dict] = field(default_factory=list)
-
-    def record(self, check: dict, fatal: bool = True) -> dict:
-        self.checks.append(check)
-        status = "ok" if check["passed"] else "FAILED"
-        log.info("%s %s [%s]: %s", check["check"], check["graph"], check.get("case", ""), status)
-        if fatal and not check["passed"]:
-            raise ExportValidationError(describe_failure(check))
-        return check
-
-    def to_dict(self) -> dict:
-        return {"atol": self.atol, "greedy_steps": self.steps, "passed": all(c["passed"] for c in self.checks),
-                "checks": self.checks}
-
-
-def describe_failure(c: dict) -> str:
-    what = [f"{c['check']} failed for {c['graph']}"]
-    if c.get("case"):
-        what.append(f"case {c['case']}")
-    if "max_abs_diff" in c and c["max_abs_diff"] > c.get("atol", float("inf")):
-        what.append(f"max |logits diff| {c['max_abs_diff']:.3g} > atol {c['atol']:g} "
-                    "(a deep fp32 model can need a larger --atol; see docs/export.md)")
-    if c.get("tokens_equal") is False:
-        what.append(f"greedy tokens differ from step {c.get('first_token_mismatch')}")
-    if "top1_agreement" in c and c["top1_agreement"] < c["min_top1"]:
-        low = [f"{'the mixed batch' if k == 'mixed' else 'task ' + k} {v:.3f}"
-               for k, v in sorted((c.get("top1_by_case") or {}).items(), key=lambda kv: kv[1]) if v < c["min_top1"]]
-        what.append(f"top-1 agreement {c['top1_agreement']:.3f} < {c['min_top1']}"
-                    + (f" (below it: {', '.join(low)})" if low else ""))
-    for t, d in (c.get("metric_drop_points") or {}).items():
-        lo, hi = (c.get("metric_drop_interval95") or {}).get(t, (d, d))
-        if d > c["budget_points"] and lo > 0:
-            what.append(f"task {t} metric drops {d:.2f} points [95% interval {lo:+.2f}, {hi:+.2f}] > budget "
-                        f"{c['budget_points']}")
-    return "; ".join(what)
+    golds: list[str] | None  # None: no `data`, the fp32 graph's predictions are the reference
 
 
 # -- inputs ------------------------------------------------------------------------------
@@ -266,7 +226,7 @@ def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str,
             src_preds[h.task] = heldout_predictions(src, h, tokenizer, pad_id, eos_id, new_tokens[h.task])
         q_preds = heldout_predictions(q, h, tokenizer, pad_id, eos_id, new_tokens[h.task])
         golds = h.golds if h.golds is not None else src_preds[h.task]
-        reference[h.task] = "held-out targets" if h.golds is not None else "fp32 predictions (no --data)"
+        reference[h.task] = "held-out targets" if h.golds is not None else "fp32 predictions (no held-out data)"
         s_src, s_q = _score(h.kind, src_preds[h.task], golds), _score(h.kind, q_preds, golds)
         lo, hi = paired_interval((s_src - s_q) * 100)
         scores[h.task] = {"fp32": round(float(s_src.mean()), 4), precision: round(float(s_q.mean()), 4),

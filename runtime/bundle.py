@@ -24,11 +24,10 @@ from alter_edge.tasks import TaskRegistry, task_name_problem
 from .contract import KVLayout
 from .manifest import (
     BUNDLE_FORMAT,
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_MAX_PROMPT_TOKENS,
     PRECISIONS,
     REQUIRED_FILES,
     SUPPORTED_FORMAT_VERSIONS,
+    Manifest,
     check_format,
     validate_manifest,
 )
@@ -51,7 +50,7 @@ class GraphInfo:
     sha256: str
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
-    ort: str | None = None  # the graph's ORT-format twin (export --ort-format), hashed in `files`
+    ort: str | None = None  # the graph's ORT-format twin (optional; hashed in `files`)
     mode: str = "multitask"  # multitask | task (adapters folded) | merged (adapters in the weights)
     external_data: tuple[str, ...] = ()  # weight files the graph reads (listed in `files`)
 
@@ -59,7 +58,7 @@ class GraphInfo:
 @dataclass(frozen=True)
 class Bundle:
     root: Path
-    manifest: dict
+    manifest: Manifest
     tasks: TaskRegistry
     graphs: tuple[GraphInfo, ...]
     kv: KVLayout
@@ -78,8 +77,8 @@ class Bundle:
         if ort_format:
             if graph.ort is None:
                 raise BundleError(f"{self.root}: graph {graph.path} has no .ort twin "
-                                  "(export with ORT-format files, or load without `ort_format`)")
-            rel, digest = graph.ort, self.manifest["files"].get(graph.ort)
+                                  "(its manifest lists no ORT-format twin; load without `ort_format`)")
+            rel, digest = graph.ort, self.manifest.files.get(graph.ort)
             if digest is None:
                 raise BundleError(f"{self.root}/manifest.json: files does not list {rel}")
         else:
@@ -94,7 +93,7 @@ class Bundle:
         """Hash the graph's weight files not hashed yet (when ``verify``)."""
         for ext in graph.external_data:
             if self.verify and ext not in self._verified:
-                _check_hash(self.root, ext, self.manifest["files"][ext], self.hash_cache)
+                _check_hash(self.root, ext, self.manifest.files[ext], self.hash_cache)
                 self._verified.add(ext)
 
     def graph_for(self, task: str | None, precision: str | None = None) -> GraphInfo:
@@ -180,18 +179,17 @@ def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
     m = _read_json(root / "manifest.json", "the manifest")
     check_format(m, root)
     validate_manifest(m, root)  # schema + path confinement, before any file is opened
+    m = Manifest.from_json(m)
     graphs = tuple(GraphInfo(g["path"], g.get("task"), g.get("precision", "fp32"), g["sha256"],
                              tuple(g.get("inputs", ())), tuple(g.get("outputs", ())), g.get("ort"),
                              g.get("mode", "multitask" if g.get("task") is None else "task"),
-                             tuple(g.get("external_data", ()))) for g in m["graphs"])
-    _check_files(root, m["files"], graphs, verify, cache)
+                             tuple(g.get("external_data", ()))) for g in m.graphs)
+    _check_files(root, m.files, graphs, verify, cache)
     tasks = _load_tasks(root, m, graphs)
-    gen = m.get("generation", {})
     bundle = Bundle(
-        root=root, manifest=m, tasks=tasks, graphs=graphs, kv=KVLayout.from_dict(m["kv_cache"]),
-        eos_id=m["eos_token_id"], pad_id=m["pad_token_id"],
-        max_new_tokens=gen.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
-        max_prompt_tokens=gen.get("max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS),
+        root=root, manifest=m, tasks=tasks, graphs=graphs, kv=KVLayout.from_dict(m.kv_cache),
+        eos_id=m.eos_token_id, pad_id=m.pad_token_id,
+        max_new_tokens=m.max_new_tokens, max_prompt_tokens=m.max_prompt_tokens,
         manifest_sha256=sha256_file(root / "manifest.json"), verify=verify, hash_cache=cache,
     )
     log.info("bundle %s: %d graph(s), %d task(s)", root, len(graphs), len(tasks))
@@ -261,14 +259,14 @@ def _check_entries(root: Path, listed: set[str]) -> None:
                           "the bundle was modified")
 
 
-def _load_tasks(root: Path, manifest: dict, graphs: tuple[GraphInfo, ...]) -> TaskRegistry:
+def _load_tasks(root: Path, manifest: Manifest, graphs: tuple[GraphInfo, ...]) -> TaskRegistry:
     """tasks.json, which must name the tasks the manifest's graphs were exported with (in id
     order): a task id past the graphs' task table would fail inside onnxruntime."""
     try:
         tasks = TaskRegistry.load(root / "tasks.json")
     except TaskError as e:
         raise BundleError(f"{root}: {e}") from e
-    exported = manifest.get("tasks")
+    exported = manifest.tasks
     if exported is not None and tasks.names != list(exported):
         raise BundleError(f"{root}: tasks.json has tasks {', '.join(tasks.names)} (ids 0..{len(tasks) - 1}) but "
                           f"the graphs were exported for {_names(exported)} "

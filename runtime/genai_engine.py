@@ -22,6 +22,7 @@ import numpy as np
 from alter_edge.errors import BundleError, ConfigError
 from alter_edge.padding import pad_rows
 
+from .contract import TASK_IDS
 from .generate import SamplingParams, decode_args
 
 GENAI_CONFIG = "genai_config.json"
@@ -38,10 +39,20 @@ def import_genai():
     return onnxruntime_genai
 
 
+def check_genai_options(ort_format: bool, providers) -> None:
+    """What engine='genai' cannot honour, as a ConfigError now (also: not installed)."""
+    import_genai()
+    if ort_format:
+        raise ConfigError("engine='genai' reads the .onnx graphs, not their .ort twins (drop ort_format)")
+    if providers and list(providers) != ["CPUExecutionProvider"]:
+        raise ConfigError("engine='genai' runs on the CPU here; pass no providers (or use "
+                          "engine='onnxruntime')")
+
+
 class GenaiRunner:
     """One graph of a model folder (a bundle, or any folder with a ``genai_config.json``) in
-    onnxruntime-genai. ``graph``: the graph's file name in that folder; ``takes_task_ids``: feed
-    each row's task id (the multi-task graph)."""
+    onnxruntime-genai (a ``runtime.decoder.Decoder``). ``graph``: the graph's file name in that
+    folder; ``takes_task_ids``: feed each row's task id (the multi-task graph)."""
 
     def __init__(self, folder: Path, graph: str, takes_task_ids: bool, threads: int | None = None,
                  max_sequence_length: int = 0):
@@ -114,7 +125,7 @@ class GenaiRunner:
         # onnxruntime-genai reads this array at every step without holding a reference to it
         task_rows = np.ascontiguousarray(tids[list(rows)])
         if self.takes_task_ids:
-            gen.set_model_input("task_ids", task_rows)
+            gen.set_model_input(TASK_IDS, task_rows)
         gen.append_tokens(ids.astype(np.int32))
         count = np.zeros(len(rows), dtype=np.int64)
         ended = np.zeros(len(rows), dtype=bool)

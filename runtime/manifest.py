@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
 from alter_edge.errors import BundleError
@@ -277,3 +277,54 @@ def kv_mismatch(names: Collection[str], kv: dict, role: str) -> str | None:
             return (f"has {pattern.format(i=layers[-1])}: the graph has {layers[-1] + 1} layers, "
                     f"kv_cache.num_layers says {n}")
     return None
+
+
+# manifest.json's fields in the order the exporter writes them (``Manifest.to_json``)
+FIELD_ORDER = ("format", "format_version", "created", "checkpoint_sha256", "base_model", "adapter_kind",
+               "graph_contract", "opset", "eos_token_id", "pad_token_id", "kv_cache", "generation", "tasks",
+               "graphs", "files")
+
+
+@dataclass
+class Manifest:
+    """manifest.json, typed (the schema above says what a good value is): the exporter builds
+    one and writes :meth:`to_json`; the runtime reads one with :meth:`from_json` after
+    :func:`validate_manifest`. Graph entries stay JSON objects (``GRAPH`` names their fields;
+    ``runtime.bundle.GraphInfo`` is the runtime's view of one). Fields this version does not
+    name are kept in ``extra``, and a manifest read and written again keeps its keys' order:
+    ``to_json(from_json(m)) == m``, key for key."""
+
+    eos_token_id: int
+    pad_token_id: int
+    kv_cache: dict
+    graphs: list[dict] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    format: str = BUNDLE_FORMAT
+    format_version: int = max(SUPPORTED_FORMAT_VERSIONS)
+    created: str | None = None
+    checkpoint_sha256: str | None = None
+    base_model: dict | None = None
+    adapter_kind: str | None = None
+    graph_contract: str | None = None
+    opset: int | None = None
+    generation: dict | None = None
+    tasks: list[str] | None = None
+    extra: dict = field(default_factory=dict)  # fields the table above does not name, as read
+    order: tuple[str, ...] = ()  # the keys as read (empty: FIELD_ORDER, the fields that are set)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Manifest:
+        known = {k: v for k, v in obj.items() if k in FIELD_ORDER}
+        return cls(**known, extra={k: v for k, v in obj.items() if k not in FIELD_ORDER}, order=tuple(obj))
+
+    def to_json(self) -> dict:
+        keys = self.order or [k for k in FIELD_ORDER if getattr(self, k) is not None] + list(self.extra)
+        return {k: getattr(self, k) if k in FIELD_ORDER else self.extra[k] for k in keys}
+
+    @property
+    def max_new_tokens(self) -> int:
+        return (self.generation or {}).get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return (self.generation or {}).get("max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS)

@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,16 +54,16 @@ from alter_edge.io import atomic_write_text, sha256_file
 from .batch import (
     BatchOptions,
     BatchSummary,
-    _Row,
+    Row,
     output_target,
     plan_batches,
     read_rows,
     record_line,
-    row_from_line,
     run_batch_rows,
 )
 from .bundle import load_bundle
 from .model import EdgeModel
+from .rows import parse_rows
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,13 @@ def _manifest_is(bundle: Path, key: str) -> bool:
     return manifest.is_file() and not manifest.is_symlink() and sha256_file(manifest) == key
 
 
-def _ship_row(row: _Row) -> list:
-    """A planned row as JSON for the actors: every field of :class:`_Row`, in order."""
-    return [getattr(row, f.name) for f in fields(_Row)]
+def _ship_row(row: Row) -> list:
+    """A planned row as JSON for the actors: every field of :class:`Row`, in order."""
+    return [getattr(row, f.name) for f in fields(Row)]
 
 
-def _unship_row(item: list) -> _Row:
-    return _Row(*item)
+def _unship_row(item: list) -> Row:
+    return Row(*item)
 
 
 class _Predictor:
@@ -201,7 +201,7 @@ def _map(ds: ray.data.Dataset, shipped, bundle: Path, opts: BatchOptions, ropts:
     )
 
 
-def _run_planned(bundle: Path, rows: list[_Row], opts: BatchOptions, ropts: RayOptions,
+def _run_planned(bundle: Path, rows: list[Row], opts: BatchOptions, ropts: RayOptions,
                  progress: bool) -> dict[int, str]:
     """Run the good rows on the actor pool: {line: its record's JSONL line}, each row once."""
     batches = plan_batches(rows, opts.batch_size)
@@ -238,34 +238,32 @@ def _driver_model(bundle: str | Path) -> EdgeModel:
     return EdgeModel.load(bundle, tasks=[])
 
 
-def parse_dataset(model: EdgeModel, dataset: ray.data.Dataset, opts: BatchOptions,
-                  progress: bool = False) -> tuple[list[_Row], dict[int, dict]]:
-    """Rows of a Dataset, parsed as the local job parses lines. A row is either ``raw`` (one
-    JSONL line, bytes or str) or the fields ``input`` (+ ``id``, ``task``); ``line`` is its row
-    index, else rows are numbered 1, 2, ... in dataset order."""
-    rows: list[_Row] = []
-    errors: dict[int, dict] = {}
+def _dataset_lines(dataset: ray.data.Dataset, progress: bool) -> Iterator[tuple[int, bytes | dict]]:
+    """``(line, a JSONL line or the row's fields)`` of each row of ``dataset``, in order."""
     n = 0
     with _ordered(progress):
         for table in dataset.iter_batches(batch_format="pyarrow", batch_size=4096):
             for obj in table.to_pylist():
                 n += 1
                 line = obj.pop("line", None)
-                line = n if line is None else int(line)
                 raw = obj.pop("raw", None)
                 if isinstance(raw, str):
                     raw = raw.encode("utf-8")
-                r = row_from_line(model, raw if raw is not None else obj, line, opts)
-                if isinstance(r, dict):
-                    errors[line] = r
-                else:
-                    rows.append(r)
+                yield (n if line is None else int(line)), (raw if raw is not None else obj)
+
+
+def parse_dataset(model: EdgeModel, dataset: ray.data.Dataset, opts: BatchOptions,
+                  progress: bool = False) -> tuple[list[Row], dict[int, dict]]:
+    """Rows of a Dataset, parsed as the local job parses lines. A row is either ``raw`` (one
+    JSONL line, bytes or str) or the fields ``input`` (+ ``id``, ``task``); ``line`` is its row
+    index, else rows are numbered 1, 2, ... in dataset order."""
+    rows, errors = parse_rows(model, _dataset_lines(dataset, progress), opts)
     if len({r.line for r in rows} | errors.keys()) != len(rows) + len(errors):
         raise DataError("the dataset's 'line' column repeats a row index")
     return rows, errors
 
 
-def _merge(rows: list[_Row], errors: dict[int, dict], done: dict[int, str]) -> list[tuple[int, str]]:
+def _merge(rows: list[Row], errors: dict[int, dict], done: dict[int, str]) -> list[tuple[int, str]]:
     recs = {**{line: record_line(e) for line, e in errors.items()}, **done}
     return sorted(recs.items())
 

@@ -176,14 +176,14 @@ class GraphRunner:
             raise BundleError(f"{path}: onnxruntime cannot load this graph ({e})") from e
         names = {i.name for i in self.session.get_inputs()}
         self.takes_task_ids = TASK_IDS in names
-        expected = {INPUT_IDS, ATTENTION_MASK, *kv.past_names}
+        expected = set(kv.input_names(self.takes_task_ids))
         missing = sorted(expected - names)
         out_names = [o.name for o in self.session.get_outputs()]
-        missing += sorted({LOGITS, *kv.present_names} - set(out_names))
+        missing += sorted(set(kv.output_names()) - set(out_names))
         if missing:
             raise BundleError(f"{path}: graph lacks input/output(s) {', '.join(missing[:4])} "
                               "that manifest.json's kv_cache layout names")
-        extra = sorted(names - expected - {TASK_IDS})
+        extra = sorted(names - expected)
         if extra:  # e.g. kv_cache.num_layers smaller than the graph's: inputs nobody would feed
             raise BundleError(f"{path}: graph takes input(s) {', '.join(extra[:4])} that manifest.json's "
                               f"kv_cache layout does not name (num_layers {kv.num_layers})")

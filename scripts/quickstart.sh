@@ -42,7 +42,7 @@ rm -rf "$OUT/bundle"
 $AE export "$CKPT" --task all --int8 --out "$OUT/bundle" --quiet
 $AE inspect "$OUT/bundle"
 echo "== dev-split scores (the export's validation: fp32 graph and int8 multi-task graph)"
-"$PY" -m alter_edge.demo scores "$OUT/bundle"
+$AE demo scores "$OUT/bundle"
 echo "== predictions from the bundle (onnxruntime, no torch)"
 # each task's input is written as its training rows are (the instruction is part of the input)
 TOPICS="ai, coding, conversations, emotion, literature, movies, psychology, science, sports, trivia"
@@ -80,4 +80,4 @@ for (task, text), g in zip(rows, outs):
     print(f"[{task}] {text[:110]}{'...' if len(text) > 110 else ''}\n    -> {g.text.strip()}")
 EOF
 echo "== 8 dev rows training never saw (a seeded pick), gold and prediction"
-"$PY" -m alter_edge.demo dev-rows "$OUT/bundle" "$CKPT" --rows 8 --seed 0
+$AE demo dev-rows "$OUT/bundle" "$CKPT" --rows 8 --seed 0

@@ -32,6 +32,7 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.whic
 MAX_NEW = 8
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(NODE is None, reason="node is not on PATH (the browser test drives Chromium from Node.js 20+)"),
     pytest.mark.skipif(CHROMIUM is None, reason="NO BROWSER: chromium is not installed, so the demo page is not "
                                                 "tested; `apt-get install -y chromium` (.ci/run does)"),

@@ -87,10 +87,34 @@ def test_library_errors_name_no_flags_and_library_never_imports_the_cli():
 
 
 def test_every_command_is_registered():
-    assert sorted(main.commands) == ["bench", "eval", "export", "inspect", "run", "serve", "train", "web"]
+    assert sorted(main.commands) == ["bench", "demo", "eval", "export", "inspect", "run", "serve", "train", "web"]
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval", "export", "inspect", "run", "bench", "serve", "web"])
+@pytest.mark.parametrize("cmd", ["train", "eval", "export", "inspect", "run", "bench", "serve", "web", "demo"])
 def test_help(cmd):
     r = CliRunner().invoke(main, [cmd, "-h"])
     assert r.exit_code == 0 and "Usage: main " + cmd in r.output
+
+
+def test_demo_scores_reads_the_validation_report(runtime_bundle, tmp_path):
+    """``alter-edge demo scores``: the dev table of the quantized multi-task graph's check."""
+    import json
+    import shutil
+
+    from alter_edge.tasks import TaskRegistry
+
+    r = CliRunner().invoke(main, ["demo", "scores", str(runtime_bundle)])
+    assert r.exit_code == 0 and "no dev scores in validation.json" in r.output  # fp32 only: none
+    b = tmp_path / "b"
+    b.mkdir()
+    shutil.copy(runtime_bundle / "tasks.json", b / "tasks.json")
+    names = TaskRegistry.load(b / "tasks.json").names
+    check = {"check": "quantized_vs_fp32", "graph": "model.int8.onnx", "precision": "int8", "passed": True,
+             "metric": {t: {"fp32": 0.5, "int8": 0.25} for t in names}}
+    (b / "validation.json").write_text(json.dumps({"atol": 1e-4, "greedy_steps": 4, "passed": True,
+                                                  "checks": [check]}))
+    r = CliRunner().invoke(main, ["demo", "scores", str(b)])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split() == ["graph", *sorted(names), "overall"]
+    assert lines[1].split()[0] == "fp32" and lines[2].split() == ["int8", *["0.250"] * len(names), "0.250"]

@@ -15,6 +15,8 @@ from alter_edge.config import TrainConfig
 from alter_edge.training.distributed import Collective, TorchDistributed
 from alter_edge.training.trainer import run_training
 
+pytestmark = pytest.mark.distributed
+
 # fp32: the ranks pad their shares differently and sum the gradient in another order; AdamW turns
 # those ~1e-7 gradient differences into up to ~5e-6 on the weights here after 11 steps, while
 # averaging instead of summing the ranks' gradients (plain DDP on these loss weights) gives 5e-3

@@ -15,6 +15,8 @@ from alter_edge.runtime import EdgeModel
 from alter_edge.runtime.generate import SamplingParams, decode
 from alter_edge.testing import TINY_ROWS, genai_greedy
 
+pytestmark = pytest.mark.genai
+
 try:
     import onnxruntime_genai as og
 except ImportError:  # the genai extra (in dev on Python >= 3.11): pip install -e '.[genai]'

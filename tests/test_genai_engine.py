@@ -16,6 +16,8 @@ from alter_edge.runtime import EdgeModel
 from alter_edge.runtime.generate import SamplingParams
 from alter_edge.testing import TINY_ROWS
 
+pytestmark = pytest.mark.genai
+
 try:
     import onnxruntime_genai as og
 except ImportError:
@@ -56,7 +58,7 @@ def test_mixed_tasks_give_the_runtimes_greedy_tokens_and_text(genai_model, edge_
 @needs_genai
 def test_each_task_and_its_own_graph(runtime_bundle, edge_model):
     own = EdgeModel.load(runtime_bundle, threads=1, tasks=["echo"], engine="genai")
-    assert list(own._genai) == ["task-echo.fp32.onnx"]  # the per-task graph (no task_ids input)
+    assert list(own._decoders) == ["task-echo.fp32.onnx"]  # the per-task graph (no task_ids input)
     ref = EdgeModel.load(runtime_bundle, threads=1, tasks=["echo"])
     texts = [r["input"] for r in TINY_ROWS if r["task"] == "echo"][:4]
     assert ([g.token_ids for g in own.generate(texts, task="echo", max_new_tokens=6)]
@@ -77,7 +79,7 @@ def test_classify_and_sampling(genai_model, edge_model):
 
 @needs_genai
 def test_bad_requests_and_bundles_are_clear_errors(genai_model, runtime_bundle, tmp_path):
-    runner = genai_model._genai_runner(genai_model.bundle.graph_for(None))
+    runner = genai_model._decoder(genai_model.bundle.graph_for(None))
     pad = genai_model.bundle.pad_id
     with pytest.raises(ConfigError, match="pad id"):
         list(runner.decode([[5, pad]], [0], genai_model.bundle.eos_id, pad, SamplingParams(max_new_tokens=2)))
@@ -131,7 +133,7 @@ def test_quantized_graphs_give_the_runtimes_greedy_tokens(tmp_path_factory, runt
     for precision in ("int8", "int4"):
         ours = EdgeModel.load(b, threads=1, precision=precision)
         genai = EdgeModel.load(b, threads=1, precision=precision, engine="genai")
-        assert list(genai._genai) == [f"model.{precision}.onnx"]
+        assert list(genai._decoders) == [f"model.{precision}.onnx"]
         assert [g.token_ids for g in _gen(genai)] == [g.token_ids for g in _gen(ours)], precision
 
 
@@ -157,7 +159,7 @@ def test_decode_arguments_are_checked_once_for_both_engines(genai_model, edge_mo
     from alter_edge.runtime.generate import decode
 
     runner = edge_model._runner(edge_model.bundle.graph_for(None))
-    grunner = genai_model._genai_runner(genai_model.bundle.graph_for(None))
+    grunner = genai_model._decoder(genai_model.bundle.graph_for(None))
     eos, pad = edge_model.bundle.eos_id, edge_model.bundle.pad_id
     bad = [dict(prompts=[[5], []], task_ids=[0, 0], params=SamplingParams(2)),
            dict(prompts=[[5]], task_ids=[0, 1], params=SamplingParams(2)),

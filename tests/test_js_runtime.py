@@ -32,6 +32,7 @@ MAX_NEW = 12
 TASKS = ("colour", "echo", "parity")
 
 pytestmark = [
+    pytest.mark.node,
     pytest.mark.skipif(NODE is None, reason="node is not on PATH: the JavaScript runtime (js/) needs Node.js 20+ "
                                             "to be tested; these tests did NOT run"),
     pytest.mark.skipif(not (JS / "node_modules").is_dir(),

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BARE = ("runtime", "export", "training", "tests", "benchmarks", "helpers", "conftest")
+BARE = ("runtime", "export", "training", "testing", "tests", "benchmarks", "helpers", "conftest")
 
 
 def test_bare_names_do_not_import(tmp_path):
@@ -54,7 +54,8 @@ def test_no_source_edits_sys_path_or_pythonpath():
     outside tests imports from tests."""
     pattern = re.compile(r"sys\.path\.(insert|append|extend)|PYTHONPATH|^\s*(from|import) tests\b", re.M)
     offenders = []
-    for folder in ("tests", "benchmarks", "scripts", "examples", "alter_edge", "training", "export", "runtime"):
+    for folder in ("tests", "benchmarks", "scripts", "examples", "alter_edge", "training", "export", "runtime",
+                   "testing"):
         for path in sorted((ROOT / folder).rglob("*")):
             if path.suffix not in (".py", ".sh") or "node_modules" in path.parts or path == Path(__file__):
                 continue

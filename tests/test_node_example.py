@@ -22,6 +22,7 @@ NODE = shutil.which("node")
 MAX_NEW = 12
 
 pytestmark = [
+    pytest.mark.node,
     pytest.mark.skipif(NODE is None, reason="node is not on PATH (the Node.js example needs Node.js 20+)"),
     pytest.mark.skipif(not (ROOT / "js" / "node_modules").is_dir() or not (EXAMPLE / "node_modules").is_dir(),
                        reason="js/node_modules or examples/node/node_modules is missing: run "

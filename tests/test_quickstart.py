@@ -60,7 +60,7 @@ def test_quickstart_pipeline_on_a_tiny_model(trainable_llama_dir, tmp_path):
     assert re.search(r"^int8 .*\d\.\d{3}$", log, flags=re.M)  # the dev table's int8 row
     # dev rows picked by a fixed seed, each with its gold answer and the bundle's prediction
     golds = re.findall(r"^\[(\w+)\] .*\n    gold: (.*)\n  [= ] pred: ", log, flags=re.M)
-    from alter_edge.demo import seeded_dev_rows
+    from alter_edge.cli.demo import seeded_dev_rows
 
     picked = seeded_dev_rows(out / "checkpoint", 8, 0)  # 8, or the whole dev split when smaller
     n = len(picked)

@@ -337,7 +337,7 @@ def test_resume_with_another_bundle_of_the_same_checkpoint_is_refused(runtime_bu
     m["generation"]["max_prompt_tokens"] = 200  # another export of the same checkpoint
     (twin / "manifest.json").write_text(json.dumps(m))
     other = EdgeModel.load(twin, threads=1)
-    assert other.bundle.manifest["checkpoint_sha256"] == edge_model.bundle.manifest["checkpoint_sha256"]
+    assert other.bundle.manifest.checkpoint_sha256 == edge_model.bundle.manifest.checkpoint_sha256
     inp = _write(tmp_path / "in.jsonl", GOOD)
     out = tmp_path / "out.jsonl"
     _interrupted(edge_model, inp, out, BatchOptions(batch_size=2))

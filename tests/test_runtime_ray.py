@@ -19,6 +19,8 @@ pytest.importorskip("ray.data", reason="the Ray job needs Ray Data (the [ray] ex
 import alter_edge.runtime.ray as ray_job  # noqa: E402
 from alter_edge.runtime.ray import RayOptions, predict, run_file  # noqa: E402
 
+pytestmark = pytest.mark.ray
+
 GOOD = [{"id": f"r{i}", "task": r["task"], "input": r["input"]} for i, r in enumerate(TINY_ROWS[:30])]
 
 

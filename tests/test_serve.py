@@ -24,6 +24,8 @@ httpx = pytest.importorskip("httpx")
 from alter_edge.runtime.generate import SamplingParams, SlotPool  # noqa: E402
 from alter_edge.testing import TINY_ROWS  # noqa: E402
 
+pytestmark = pytest.mark.server
+
 READY = re.compile(r"listening on (http://\S+)")
 LONG = 1500  # max_tokens of a request meant to outlive what the test does to it
 

@@ -29,6 +29,8 @@ from alter_edge.runtime.serve.protocol import (  # noqa: E402
 )
 from alter_edge.testing import load_script  # noqa: E402
 
+pytestmark = pytest.mark.server
+
 Server = load_script(Path(__file__).with_name("test_serve.py"), "alter_edge_test_serve").Server
 
 TASKS = ("colour", "echo", "parity")

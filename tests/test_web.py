@@ -104,7 +104,7 @@ def test_web_mounts_refuse_a_folder_without_a_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     js = tmp_path / "js"
     js.mkdir()
-    with pytest.raises(WebError, match=r"the demo page \(js/web/page\) is missing .*--js-root"):
+    with pytest.raises(WebError, match=r"the demo page \(js/web/page\) is missing .*`js_root`"):
         web_mounts(tmp_path, js)
 
 

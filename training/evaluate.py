@@ -111,6 +111,24 @@ class EvalResult:
                 "seconds": round(self.seconds, 2), "label_scoring": self.label_scoring}
 
 
+def _label_accuracy(model: MTAModel, tokenizer, tasks: TaskRegistry, rows: Sequence[Example], enc: list,
+                    counts: dict[str, int], eos_id: int, pad_id: int) -> dict[str, float]:
+    """Per classify task: how often the best-scored label (``label_scores``) is the target."""
+    label_acc = {}
+    for t in sorted(counts):
+        spec = tasks.get(t)
+        if spec.kind != "classify":
+            continue
+        lab_ids = label_token_ids(tokenizer, spec.labels, eos_id)
+        hits = [
+            float(spec.labels[max(range(len(spec.labels)), key=lambda j, s=sc: s[j])] == r.target.strip())
+            for i, r in enumerate(rows) if r.task == t
+            for sc in [label_scores(model, enc[i][0], spec.id, lab_ids, pad_id)]
+        ]
+        label_acc[t] = sum(hits) / len(hits)
+    return label_acc
+
+
 def evaluate(
     model: MTAModel,
     tokenizer,
@@ -161,20 +179,8 @@ def evaluate(
         sums[r.task] = sums.get(r.task, 0.0) + fn(preds[i], r.target)
         counts[r.task] = counts.get(r.task, 0) + 1
     per_task = {t: sums[t] / counts[t] for t in sorted(sums)}
-    label_acc = None
-    if with_label_scoring:
-        label_acc = {}
-        for t in sorted(counts):
-            spec = tasks.get(t)
-            if spec.kind != "classify":
-                continue
-            lab_ids = label_token_ids(tokenizer, spec.labels, eos_id)
-            hits = [
-                float(spec.labels[max(range(len(spec.labels)), key=lambda j, s=sc: s[j])] == r.target.strip())
-                for i, r in enumerate(rows) if r.task == t
-                for sc in [label_scores(model, enc[i][0], spec.id, lab_ids, pad_id)]
-            ]
-            label_acc[t] = sum(hits) / len(hits)
+    label_acc = _label_accuracy(model, tokenizer, tasks, rows, enc, counts, eos_id, pad_id) if with_label_scoring \
+        else None
     groups = {g: [m for m in ms if m in per_task] for g, ms in tasks.groups().items()}
     return EvalResult(per_task, overall_score(per_task, groups), counts, time.perf_counter() - t0, label_acc,
                       [preds[i] for i in range(len(rows))])

@@ -19,47 +19,8 @@ a step's working set: peak 5.55 -> 3.73 GB at the defaults in fp32.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import os
+from alter_edge.heap import libc_fn, rss_bytes, trim_heap
+
+__all__ = ["PAD_MULTIPLE", "libc_fn", "rss_bytes", "trim_heap"]
 
 PAD_MULTIPLE = 32
-
-
-@functools.cache
-def _libc_fn(symbol: str):
-    """A glibc allocator function, or None (musl, macOS, no libc found): nothing to do there."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        return getattr(ctypes.CDLL(name), symbol)
-    except (OSError, AttributeError):
-        return None
-
-
-def _malloc_trim():
-    fn = _libc_fn("malloc_trim")
-    if fn is not None:
-        fn.argtypes = [ctypes.c_size_t]
-        fn.restype = ctypes.c_int
-    return fn
-
-
-def trim_heap() -> bool:
-    """Return free heap pages to the OS; False where the C library has no malloc_trim."""
-    fn = _malloc_trim()
-    if fn is None:
-        return False
-    fn(0)
-    return True
-
-
-def rss_bytes() -> int:
-    """This process's resident set size (Linux ``/proc/self/statm``); 0 where unavailable."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

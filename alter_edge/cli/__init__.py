@@ -16,6 +16,7 @@ import click
 from alter_edge import __version__
 
 from .common import CONTEXT
+from .demo import demo_cmd
 from .export import export_cmd, inspect_cmd
 from .run import bench_cmd, run_cmd
 from .serve import serve_cmd
@@ -42,7 +43,7 @@ def main(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-for _cmd in (train_cmd, eval_cmd, export_cmd, inspect_cmd, run_cmd, bench_cmd, serve_cmd, web_cmd):
+for _cmd in (train_cmd, eval_cmd, export_cmd, inspect_cmd, run_cmd, bench_cmd, serve_cmd, web_cmd, demo_cmd):
     main.add_command(_cmd)
 
 __all__ = ["main"]

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from alter_edge.errors import AlterEdgeError
+from alter_edge.runtime.bundle import PRECISIONS
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -81,3 +82,17 @@ def handle_errors(extra: str | None = None) -> Callable:
 
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def no_prefix_cache_option(fn):
+    return click.option("--no-prefix-cache", "no_prefix_cache", is_flag=True,
+                        help="Run every prompt whole (no per-task prefix cache; for comparisons).")(fn)
+
+
+def threads_precision_options(fn):
+    """``--threads`` and ``--precision``, the session options of run, bench and serve."""
+    fn = click.option("--threads", type=click.IntRange(min=1), default=None,
+                      help="onnxruntime intra-op threads (default: one per core).")(fn)
+    fn = click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+                      help="Graph precision (default: the bundle's best: int8 > int4 > fp32).")(fn)
+    return fn

@@ -6,7 +6,6 @@ Every export flag is declared once, in ``EXPORT_OPTIONS``, and turned into the l
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -122,37 +121,35 @@ def export_cmd(checkpoint: Path, **params: Any) -> None:
     alter-edge export runs/mta --task answer --merged --int8 --out app-bundle
     """
     from alter_edge.export.pipeline import export_checkpoint
+    from alter_edge.export.report import ValidationReport
+    from alter_edge.runtime.manifest import Manifest
 
     out = params["out"]
-    manifest = export_checkpoint(checkpoint, out, export_options(params))
-    validation = {**json.loads((out / "validation.json").read_text()), "_root": str(out)}
-    for line in summary_lines(manifest, validation):
+    manifest = Manifest.from_json(export_checkpoint(checkpoint, out, export_options(params)))
+    for line in summary_lines(manifest, ValidationReport.read(out), out):
         click.echo(line)
     click.echo(f"bundle: {out} (validation.json lists every check)")
 
 
-def summary_lines(manifest: dict, validation: dict) -> list[str]:
-    """Graphs with sizes and node counts, the weight files, and the quantized checks."""
+def summary_lines(manifest, report, root: Path) -> list[str]:
+    """Graphs with sizes and node counts, the weight files, and the quantized checks
+    (``manifest``: a ``runtime.manifest.Manifest``; ``report``: an ``export.report.ValidationReport``)."""
     lines = []
-    for g in manifest["graphs"]:
-        facts = validation.get("build", {}).get(g["path"], {})
+    for g in manifest.graphs:
+        facts = report.facts.get("build", {}).get(g["path"], {})
         nodes = f"{facts['nodes']} nodes" if facts else ""
         lines.append(f"{g['path']:<32} {g.get('task') or '(multi-task)':<16} {g['precision']:<5} "
                      f"{g['bytes'] / 1e6:9.2f} MB  {nodes}")
-    weights = sorted({w for g in manifest["graphs"] for w in g.get("external_data", [])})
-    root = Path(validation.get("_root", "."))
+    weights = sorted({w for g in manifest.graphs for w in g.get("external_data", [])})
     for w in weights:
         size = (root / w).stat().st_size / 1e6 if (root / w).is_file() else float("nan")
         lines.append(f"{w:<32} {'(shared weights)':<16} {'':<5} {size:9.2f} MB")
-    for c in validation.get("checks", []):
-        if c["check"] == "quantized_vs_fp32":
-            drops = ", ".join(f"{t} {d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for (t, d), (lo, hi)
-                              in zip(c["metric_drop_points"].items(), c["metric_drop_interval95"].values(),
-                                     strict=True))
-            lines.append(f"{c['graph']}: top-1 {c['top1_agreement']:.3f}; drop in points (95% interval): {drops}")
-    checks = validation.get("checks", [])
-    lines.append(f"validation: {sum(c['passed'] for c in checks)} checks passed "
-                 f"(atol {validation.get('atol')}, {validation.get('greedy_steps')} greedy steps)")
+    for c in report.quantized_checks():
+        drops = ", ".join(f"{t} {d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for (t, d), (lo, hi)
+                          in zip(c["metric_drop_points"].items(), c["metric_drop_interval95"].values(), strict=True))
+        lines.append(f"{c['graph']}: top-1 {c['top1_agreement']:.3f}; drop in points (95% interval): {drops}")
+    lines.append(f"validation: {sum(c['passed'] for c in report.checks)} checks passed "
+                 f"(atol {report.atol}, {report.steps} greedy steps)")
     return lines
 
 

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import click
 
-from alter_edge.runtime.bundle import PRECISIONS
 from alter_edge.runtime.session import OPT_LEVELS
 
-from .common import CONTEXT, cli_message, echo_json, handle_errors, missing_extra_message
+from .common import (
+    CONTEXT,
+    cli_message,
+    echo_json,
+    handle_errors,
+    missing_extra_message,
+    no_prefix_cache_option,
+    threads_precision_options,
+)
 
 EXIT_ROWS_FAILED = 3  # the batch job finished but some rows are error records
 EXIT_INTERRUPTED = 130
@@ -22,19 +29,6 @@ def _load(bundle: Path, threads: int | None, precision: str | None, optimization
 
     return EdgeModel.load(bundle, threads=threads, precision=precision, optimization=optimization,
                           tasks=tasks, engine=engine, prefix_cache=prefix_cache)
-
-
-def no_prefix_cache_option(fn):
-    return click.option("--no-prefix-cache", "no_prefix_cache", is_flag=True,
-                        help="Run every prompt whole (no per-task prefix cache; for comparisons).")(fn)
-
-
-def _session_options(fn):
-    fn = click.option("--threads", type=click.IntRange(min=1), default=None,
-                      help="onnxruntime intra-op threads (default: one per core).")(fn)
-    fn = click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-                      help="Graph precision (default: the bundle's best: int8 > int4 > fp32).")(fn)
-    return fn
 
 
 @click.command("run", context_settings=CONTEXT)
@@ -61,7 +55,7 @@ def _session_options(fn):
 @click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
               help="--ray: EdgeModel actors in the pool (--threads is then per actor, default 1).")
 @no_prefix_cache_option
-@_session_options
+@threads_precision_options
 @click.pass_context
 @handle_errors()
 def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resume, truncate,
@@ -81,38 +75,8 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
     if input_path is not None:
         if texts:
             raise click.UsageError("give texts or --input, not both")
-        if output_path is None:
-            raise click.UsageError("--input needs --output")
-        from alter_edge.runtime.batch import BatchOptions, check_paths, output_target, run_jsonl
-
-        check_paths(input_path, output_path)  # before the model loads
-        partial = f"{output_target(output_path)}.partial"  # beside the file a symlink leads to
-        opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
-        if ray_address is not None:
-            if resume:
-                raise click.UsageError("--resume is for the local job; a Ray job retries failed actors itself")
-            if no_prefix_cache:
-                raise click.UsageError("--no-prefix-cache is for the local job; the Ray job's actors keep "
-                                       "the prefix cache on")
-            summary = _run_ray(bundle, input_path, output_path, opts, ray_address, actors, threads, precision,
-                               quiet)
-        elif input_path.suffix == ".parquet":
-            raise click.UsageError("Parquet input is read through Ray Data: add --ray")
-        try:
-            if ray_address is None:
-                summary = run_jsonl(_load(bundle, threads, precision, prefix_cache=not no_prefix_cache),
-                                    input_path, output_path, opts,
-                                    resume=resume, progress=not quiet)
-        except KeyboardInterrupt:
-            click.echo(f"interrupted; progress is saved in {partial}: rerun with --resume",
-                       err=True)
-            ctx.exit(EXIT_INTERRUPTED)
-        click.echo(f"{summary.rows} rows ({summary.resumed} resumed), {summary.failed} failed, "
-                   f"{summary.seconds:.1f}s -> {output_path}", err=True)
-        for e in summary.errors[:5]:
-            click.echo(f"  {cli_message(e)}", err=True)
-        if summary.failed:
-            ctx.exit(EXIT_ROWS_FAILED)
+        _run_file(ctx, bundle, input_path, output_path, task, batch_size, max_new_tokens, truncate,
+                  generate_labels, resume, quiet, ray_address, actors, no_prefix_cache, threads, precision)
         return
     if not texts:
         raise click.UsageError("give texts to run, or --input FILE --output FILE")
@@ -144,6 +108,43 @@ def run_cmd(ctx, bundle, texts, task, input_path, output_path, batch_size, resum
             click.echo(g.text)
 
 
+def _run_file(ctx, bundle, input_path, output_path, task, batch_size, max_new_tokens, truncate, generate_labels,
+              resume, quiet, ray_address, actors, no_prefix_cache, threads, precision) -> None:
+    """``run --input``: the batch job, local or on Ray; exits 3 when some rows failed."""
+    if output_path is None:
+        raise click.UsageError("--input needs --output")
+    from alter_edge.runtime.batch import BatchOptions, check_paths, output_target, run_jsonl
+
+    check_paths(input_path, output_path)  # before the model loads
+    partial = f"{output_target(output_path)}.partial"  # beside the file a symlink leads to
+    opts = BatchOptions(task, batch_size, max_new_tokens, truncate, generate_labels)
+    if ray_address is not None:
+        if resume:
+            raise click.UsageError("--resume is for the local job; a Ray job retries failed actors itself")
+        if no_prefix_cache:
+            raise click.UsageError("--no-prefix-cache is for the local job; the Ray job's actors keep "
+                                   "the prefix cache on")
+        summary = _run_ray(bundle, input_path, output_path, opts, ray_address, actors, threads, precision,
+                           quiet)
+    elif input_path.suffix == ".parquet":
+        raise click.UsageError("Parquet input is read through Ray Data: add --ray")
+    try:
+        if ray_address is None:
+            summary = run_jsonl(_load(bundle, threads, precision, prefix_cache=not no_prefix_cache),
+                                input_path, output_path, opts,
+                                resume=resume, progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; progress is saved in {partial}: rerun with --resume",
+                   err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    click.echo(f"{summary.rows} rows ({summary.resumed} resumed), {summary.failed} failed, "
+               f"{summary.seconds:.1f}s -> {output_path}", err=True)
+    for e in summary.errors[:5]:
+        click.echo(f"  {cli_message(e)}", err=True)
+    if summary.failed:
+        ctx.exit(EXIT_ROWS_FAILED)
+
+
 def _run_ray(bundle, input_path, output_path, opts, address, actors, threads, precision, quiet):
     try:
         from alter_edge.runtime import ray as ray_job
@@ -164,7 +165,7 @@ def _run_ray(bundle, input_path, output_path, opts, address, actors, threads, pr
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--engine", type=click.Choice(["onnxruntime", "genai"]), default="onnxruntime", show_default=True,
               help="Decode loop: the runtime's own, or onnxruntime-genai's generator (needs alter-edge[genai]).")
-@_session_options
+@threads_precision_options
 @handle_errors()
 def bench_cmd(bundle, task, prompt_tokens, new_tokens, repeats, optimization, as_json, engine, threads,
               precision) -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT, handle_errors
-from .run import _session_options, no_prefix_cache_option
+from .common import CONTEXT, handle_errors, no_prefix_cache_option, threads_precision_options
 
 
 @click.command("serve", context_settings=CONTEXT)
@@ -40,7 +39,7 @@ from .run import _session_options, no_prefix_cache_option
               default="warning", show_default=True,
               help="The server's log level, uvicorn's and alter-edge's (request bodies are never logged).")
 @no_prefix_cache_option
-@_session_options
+@threads_precision_options
 @handle_errors(extra="serve")
 def serve_cmd(bundle, host, port, api_key_file, insecure, max_batch, max_queue, max_tokens, timeout,
               max_body_bytes, max_classify_inputs, grace, log_level, no_prefix_cache, threads, precision) -> None:

@@ -58,6 +58,14 @@ def make_tokenizer(out_dir: Path) -> Path:
     return out_dir / "tokenizer.json"
 
 
+def _save_base(model, out_dir: Path, tokenizer_dir: Path) -> Path:
+    """Save a tiny base model and the tokenizer beside it, as a model folder."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
+    return out_dir
+
+
 def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0, num_layers: int = 4,
                    init_range: float = 0.02) -> Path:
     """Save a ``num_layers``-layer (default 4) random ``arch`` ('llama' or 'gpt2') model with the tiny tokenizer."""
@@ -80,10 +88,7 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
     else:
         raise ValueError(arch)
     model = AutoModelForCausalLM.from_config(cfg)
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
-    return out_dir
+    return _save_base(model, out_dir, tokenizer_dir)
 
 
 # a tiny config of each decoder family the builder writes (2 layers, hidden 64), with each
@@ -140,10 +145,7 @@ def make_tiny_family(family: str, out_dir: Path, tokenizer_dir: Path, seed: int 
         for name, p in model.named_parameters():
             if "norm" in name or ".ln_" in name:
                 p.add_(torch.randn_like(p) * 0.1)
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out_dir / "tokenizer.json")
-    return out_dir
+    return _save_base(model, out_dir, tokenizer_dir)
 
 
 def make_tiny_checkpoint(
@@ -182,41 +184,6 @@ def make_tiny_checkpoint(
     state = {"complete": True, "stage": 2, "step": 0, **({"data": str(data)} if data is not None else {})}
     save_checkpoint(Path(out_dir), model, tasks, tc, info, state)
     return Path(out_dir)
-
-
-def train_tiny_base(base_dir: Path, steps: int = 60, lr: float = 3e-3, seed: int = 0) -> Path:
-    """Fit a tiny base on the synthetic rows (prompt + answer, teacher forcing) so its
-    predictions are confident, as a trained model's are; saves it back in place. Seconds."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from alter_edge.base_model import load_tokenizer
-    from alter_edge.tasks import TaskRegistry
-    from alter_edge.training.batching import right_pad
-
-    base_dir = Path(base_dir)
-    tok = load_tokenizer(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    tasks = TaskRegistry.infer(TINY_ROWS)
-    eos, pad = model.config.eos_token_id, model.config.pad_token_id
-    seqs = []
-    for r in TINY_ROWS:
-        spec = tasks.get(r["task"])
-        text = spec.prompt_template.format(input=r["input"]) + " " + r["target"]
-        seqs.append(tok.encode(text, add_special_tokens=False).ids + [eos])
-    ids, mask = right_pad(seqs, pad)
-    labels = ids.masked_fill(mask == 0, -100)
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    model.save_pretrained(base_dir)
-    return base_dir
 
 
 def build_bundle(checkpoint_dir: Path, out_dir: Path, task_graphs: tuple[str, ...] = (), **options) -> Path:
@@ -313,6 +280,7 @@ def genai_greedy(model, prompts, task_ids, pad: int, eos: int, n: int) -> list[l
     import onnxruntime_genai as og
 
     from alter_edge.padding import pad_rows
+    from alter_edge.runtime.contract import TASK_IDS
 
     ids, _ = pad_rows(prompts, pad)
     params = og.GeneratorParams(model)
@@ -321,7 +289,7 @@ def genai_greedy(model, prompts, task_ids, pad: int, eos: int, n: int) -> list[l
     # onnxruntime-genai reads this array's memory at each step without holding a reference:
     # it must stay alive as long as the generator
     tids = np.asarray(task_ids, dtype=np.int64)
-    gen.set_model_input("task_ids", tids)
+    gen.set_model_input(TASK_IDS, tids)
     gen.append_tokens(ids.astype(np.int32))
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
