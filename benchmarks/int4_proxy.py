@@ -26,16 +26,8 @@ def main() -> None:
 
     from alter_edge.export.graph import quantize_blockwise
     from alter_edge.export.pipeline import ExportOptions, _Export
-    from alter_edge.export.quant import (
-        SITES,
-        QuantPlan,
-        _site_modules,
-        _Swap,
-        _weight_param,
-        collect_hessians,
-        expand_groups,
-        measure_sensitivity,
-    )
+    from alter_edge.export.quant import SITES, QuantPlan, collect_hessians, expand_groups
+    from alter_edge.export.sensitivity import Swap, measure_sensitivity, site_modules, weight_param
     from alter_edge.testing import cpu_flags
     from alter_edge.training.checkpoint import load_checkpoint
 
@@ -55,7 +47,7 @@ def main() -> None:
         out = []
         for i in range(L):
             for s in SITES:
-                params = [_weight_param(m) for m in _site_modules(b, i, s)]
+                params = [weight_param(m) for m in site_modules(b, i, s)]
                 ws = [p.detach().float().numpy() for p, _ in params]
                 W = np.concatenate(ws, 0)
                 bits = 8 if f"layers.{i}.{s}" in eight else 4
@@ -81,7 +73,7 @@ def main() -> None:
                                   ("gptq+zp+first,last", gz, 4, "first,last"), ("gptq+zp+o", gz, 4, "o"),
                                   ("gptq+zp+lm8", gz, 8, ""), ("rtn+lm8", rs, 8, "")]:
         t = time.time()
-        with _Swap(swapped(plan, lm, set(expand_groups(eight, L)))):
+        with Swap(swapped(plan, lm, set(expand_groups(eight, L)))):
             x = loss()
         print(f"{name:<20} loss {x:.4f} (+{x - ref:.4f})  {time.time() - t:.0f}s", flush=True)
 

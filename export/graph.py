@@ -33,8 +33,6 @@ from .blockquant import (  # noqa: F401  (also this module's names for its impor
     split_blocks,
 )
 
-_blocks = split_blocks  # the old private name, until export/quant.py imports split_blocks (blockquant)
-
 OPSET = 21
 MS = "com.microsoft"
 PRECISION_BITS = {"fp32": 0, "int8": 8, "int4": 4}

@@ -34,12 +34,11 @@ from .graph import OPSET, WeightFile
 from .options import ExportOptions, confined, graph_path
 from .quant import (
     QuantPlan,
-    choose_8bit,
     collect_hessians,
     expand_groups,
-    measure_sensitivity,
 )
 from .request import check_request
+from .sensitivity import choose_8bit, measure_sensitivity
 from .validate import (
     ExportValidationError,
     ValidationReport,
@@ -360,7 +359,8 @@ class _Export:
         base = ck.base_info
         manifest = Manifest(
             checkpoint_sha256=checkpoint_hash(checkpoint),
-            base_model={"reference": base.reference, "model_type": base.model_type, "sha256": base.sha256},
+            base_model={"reference": base.reference, "model_type": base.model_type, "sha256": ck.base_sha256,
+                        **({"fine_tuned": True} if ck.base_trained else {})},
             adapter_kind=ck.mta_config.adapter_kind, graph_contract=CONTRACT,
             opset=OPSET, eos_token_id=self.eos, pad_token_id=self.pad, kv_cache=self.kv.to_dict(),
             generation={"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},

@@ -32,9 +32,12 @@ def test_train_then_eval(trainable_llama_dir, tiny_data, tmp_path):
     assert sum(res["counts"].values()) == 9
     assert set(res["per_task"]) <= {"colour", "echo", "parity"}
     assert all(0.0 <= v <= 1.0 for v in res["per_task"].values())
+    # the authors' metric beside ours: the same exact match for classify tasks, character ROUGE-L for generate
+    assert set(res["per_task_char"]) == set(res["per_task"]) and 0.0 <= res["overall_char"] <= 1.0
+    assert all(res["per_task_char"][t] == res["per_task"][t] for t in res["per_task"] if res["kinds"][t] == "classify")
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--data", str(tiny_data), "--quiet",
                                   "--max-rows", "6"])
-    assert r.exit_code == 0 and "overall (mean over task groups)" in r.output
+    assert r.exit_code == 0 and "overall (mean over task groups)" in r.output and "char" in r.output
 
 
 def test_train_flags_reach_the_saved_configs(trainable_llama_dir, tiny_data, tmp_path):

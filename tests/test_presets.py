@@ -78,6 +78,8 @@ def test_reference_preset_trains_the_base_and_exports_it(trainable_llama_dir, ti
     assert any("layers.0." in n for n in moved)  # a block below the adapted one changed: the base trained
     manifest = _export(out, tmp_path / "bundle", tasks="all", int8=True)
     assert {g["mode"] for g in manifest["graphs"]} == {"multitask", "task"}
+    # the bundle is hashed as the fine-tuned base it was built from, not the original
+    assert manifest["base_model"]["sha256"] == ck.base_sha256 and manifest["base_model"]["fine_tuned"] is True
 
 
 @pytest.mark.parametrize("name", ["poly", "hydra"])

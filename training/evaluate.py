@@ -16,6 +16,7 @@ from alter_edge.inject import MTAModel
 from alter_edge.metrics import overall_score, row_metric
 from alter_edge.padding import length_mask, pad_rows
 from alter_edge.prompts import encode_example, label_token_ids, prompt_text
+from alter_edge.rouge import authors_row_metric
 from alter_edge.tasks import TaskRegistry
 
 from .memory import trim_heap
@@ -105,10 +106,14 @@ class EvalResult:
     seconds: float
     label_scoring: dict[str, float] | None = None
     predictions: list[str] | None = None  # greedy output per row, in the rows' order
+    # the authors' metric (alter_edge.rouge): exact match for classify, ROUGE-L on characters for generate
+    per_task_char: dict[str, float] | None = None
+    overall_char: float | None = None
 
     def to_dict(self) -> dict:
         return {"per_task": self.per_task, "overall": self.overall, "counts": self.counts,
-                "seconds": round(self.seconds, 2), "label_scoring": self.label_scoring}
+                "seconds": round(self.seconds, 2), "label_scoring": self.label_scoring,
+                "per_task_char": self.per_task_char, "overall_char": self.overall_char}
 
 
 def _label_accuracy(model: MTAModel, tokenizer, tasks: TaskRegistry, rows: Sequence[Example], enc: list,
@@ -171,19 +176,23 @@ def evaluate(
         bar.update(len(idx))
         trim_heap()
     bar.close()
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for i, r in enumerate(rows):
-        spec = tasks.get(r.task)
-        fn = row_metric(spec.kind)
-        sums[r.task] = sums.get(r.task, 0.0) + fn(preds[i], r.target)
-        counts[r.task] = counts.get(r.task, 0) + 1
-    per_task = {t: sums[t] / counts[t] for t in sorted(sums)}
+    per_task, counts = _scores(tasks, rows, preds, row_metric)
+    per_task_char, _ = _scores(tasks, rows, preds, authors_row_metric)
     label_acc = _label_accuracy(model, tokenizer, tasks, rows, enc, counts, eos_id, pad_id) if with_label_scoring \
         else None
     groups = {g: [m for m in ms if m in per_task] for g, ms in tasks.groups().items()}
     return EvalResult(per_task, overall_score(per_task, groups), counts, time.perf_counter() - t0, label_acc,
-                      [preds[i] for i in range(len(rows))])
+                      [preds[i] for i in range(len(rows))], per_task_char, overall_score(per_task_char, groups))
+
+
+def _scores(tasks: TaskRegistry, rows: Sequence[Example], preds: dict[int, str], metric_of) -> tuple[dict, dict]:
+    """Mean of ``metric_of(kind)(prediction, target)`` per task, and the row counts."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        sums[r.task] = sums.get(r.task, 0.0) + metric_of(tasks.get(r.task).kind)(preds[i], r.target)
+        counts[r.task] = counts.get(r.task, 0) + 1
+    return {t: sums[t] / counts[t] for t in sorted(sums)}, counts
 
 
 __all__ = ["evaluate", "greedy_generate", "label_scores", "left_pad", "prompt_text", "token_budget", "EvalResult"]

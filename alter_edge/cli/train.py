@@ -169,12 +169,17 @@ def eval_cmd(checkpoint, data, as_json, max_rows, label_scoring, base_model, com
 
 
 def format_table(res: dict) -> str:
-    lines = [f"{'task':<20} {'kind':<9} {'rows':>5} {'score':>7}" +
+    chars = res.get("per_task_char") or {}
+    lines = [f"{'task':<20} {'kind':<9} {'rows':>5} {'score':>7}" + (f" {'char':>7}" if chars else "") +
              ("  label-scoring" if res.get("label_scoring") else "")]
     for t, s in res["per_task"].items():
-        extra = ""
+        extra = f" {chars[t]:>7.3f}" if t in chars else (" " * 8 if chars else "")
         if res.get("label_scoring") and t in res["label_scoring"]:
-            extra = f"  {res['label_scoring'][t]:.3f}"
+            extra += f"  {res['label_scoring'][t]:.3f}"
         lines.append(f"{t:<20} {res['kinds'][t]:<9} {res['counts'][t]:>5} {s:>7.3f}{extra}")
-    lines.append(f"{'overall (mean over task groups)':<36} {res['overall']:>7.3f}")
+    lines.append(f"{'overall (mean over task groups)':<36} {res['overall']:>7.3f}" +
+                 (f" {res['overall_char']:>7.3f}" if res.get("overall_char") is not None else ""))
+    if chars:
+        lines.append("score: exact match (classify), ROUGE-L F1 on words (generate); char: the authors' metric, "
+                     "ROUGE-L F1 on characters for generate tasks")
     return "\n".join(lines)
