@@ -16,9 +16,12 @@ def exact_match(pred: str, gold: str) -> float:
     return float(normalize(pred) == normalize(gold))
 
 
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two sequences (O(len(a) * len(b)))."""
     if not a or not b:
         return 0
+    if len(b) > len(a):
+        a, b = b, a
     prev = [0] * (len(b) + 1)
     for x in a:
         cur = [0]
@@ -30,9 +33,12 @@ def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
 
 def rouge_l_f1(pred: str, gold: str) -> float:
     """ROUGE-L F1 over lower-cased word tokens (beta = 1)."""
-    p = _TOKEN.findall(pred.lower())
-    g = _TOKEN.findall(gold.lower())
-    lcs = _lcs(p, g)
+    return lcs_f1(_TOKEN.findall(pred.lower()), _TOKEN.findall(gold.lower()))
+
+
+def lcs_f1(p: Sequence[str], g: Sequence[str]) -> float:
+    """F1 (beta = 1) of the longest common subsequence of two token sequences: ROUGE-L."""
+    lcs = lcs_length(p, g)
     if lcs == 0:
         return 0.0
     prec, rec = lcs / len(p), lcs / len(g)

@@ -12,33 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .metrics import exact_match
+from .metrics import exact_match, lcs_f1, lcs_length
 
-
-def lcs_length(a: str, b: str) -> int:
-    """Length of the longest common subsequence of two sequences (O(len(a) * len(b)))."""
-    if not a or not b:
-        return 0
-    if len(b) > len(a):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+__all__ = ["authors_row_metric", "lcs_length", "rouge_l_chars"]
 
 
 def rouge_l_chars(pred: str, gold: str) -> float:
     """ROUGE-L F1 over lower-cased non-space characters."""
-    p = "".join(pred.lower().split())
-    g = "".join(gold.lower().split())
-    lcs = lcs_length(p, g)
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(g)
-    return 2 * prec * rec / (prec + rec)
+    return lcs_f1("".join(pred.lower().split()), "".join(gold.lower().split()))
 
 
 def authors_row_metric(kind: str) -> Callable[[str, str], float]:
