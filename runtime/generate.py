@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
            eos_id: int, pad_id: int, params: SamplingParams | Sequence[SamplingParams],
            done: np.ndarray | None = None, yield_eos: bool = False, slots: int | None = None,
-           refill_at: int = 1) -> Iterator[tuple[int, int | None]]:
+           refill_at: int = 1, prefill_tokens: int | None = None) -> Iterator[tuple[int, int | None]]:
     """Yield ``(row, token_id)`` for every generated token, in step order; a row stops at its
     eos (not yielded, or yielded as ``(row, None)`` with ``yield_eos``) or after its
     ``max_new_tokens``. A caller may set ``done[row] = True`` between yields (a stop string) and
@@ -55,7 +55,9 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     A row that finishes frees its slot for the next waiting row (continuous refill, see
     :class:`SlotPool`); every row gets exactly the tokens it gets alone. When no row is waiting
     and a quarter or more of the slots are free, the finished slots leave the batch (their
-    cache rows with them), so a long answer does not drag finished rows along."""
+    cache rows with them), so a long answer does not drag finished rows along.
+    ``prefill_tokens``: interleave prompts with decode steps, at most this many prompt tokens a
+    step (:class:`SlotPool`); None: prompts enter in steps of their own."""
     n = len(prompts)
     if n == 0:
         return
@@ -64,7 +66,7 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
     pickers: dict[SamplingParams, TokenPicker] = {}  # rows with the same params share one (row = stream)
     B = n if slots is None else min(int(slots), n)
     longest = max(len(p) + q.max_new_tokens for p, q in zip(prompts, row_params, strict=True))
-    pool = SlotPool(runner, eos_id, pad_id, B, longest, refill_at)
+    pool = SlotPool(runner, eos_id, pad_id, B, longest, refill_at, prefill_tokens)
     for i, (p, t, q) in enumerate(zip(prompts, tids.tolist(), row_params, strict=True)):
         pool.add(i, p, t, q, pickers.setdefault(q, TokenPicker(q)), i, done[i])
     pool.close()

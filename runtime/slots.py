@@ -45,8 +45,12 @@ class SlotPool:
     pool drops its whole cache once nothing runs or waits (at the end of a step)."""
 
     def __init__(self, runner: GraphRunner, eos_id: int, pad_id: int, size: int, max_len: int,
-                 refill_at: int = 1):
+                 refill_at: int = 1, prefill_tokens: int | None = None):
         self.runner, self.eos_id, self.pad_id, self.refill_at = runner, eos_id, pad_id, refill_at
+        if prefill_tokens is not None and (not isinstance(prefill_tokens, int) or prefill_tokens < 1):
+            raise ConfigError(f"prefill_tokens must be an integer >= 1 or None, got {prefill_tokens!r}")
+        self.prefill_tokens = prefill_tokens  # None: prompts enter in steps of their own
+        self.partial: dict[object, int] = {}  # interleaved: rows whose prompt is part fed -> tokens fed
         self.max_len = max_len
         self.capacity = size  # slots at most
         self._limit_check(max_len)
@@ -127,9 +131,14 @@ class SlotPool:
     def step(self) -> Iterator[tuple[object, int | None]]:
         """One graph run: the next waiting rows' prompts (when enough slots are free) or one
         token for every running row; yields ``(key, token or None at eos)`` per row. A caller
-        may :meth:`cancel` a row between yields."""
+        may :meth:`cancel` a row between yields. With ``prefill_tokens`` a step is interleaved
+        instead (:meth:`_interleaved`): at most that many prompt tokens, then one token for
+        every running row."""
         while self.waiting and self.waiting[0].done:
             self.waiting.popleft()
+        if self.prefill_tokens is not None:
+            yield from self._interleaved()
+            return
         n_wait = len(self._queued)
         if n_wait and self.free >= min(self.refill_at, n_wait, self.size):
             self._reserve(min(n_wait, self.free))
@@ -141,6 +150,38 @@ class SlotPool:
             if self.closed and not n_wait and 4 * (self.allocated - self.running) >= self.allocated:
                 self._compact()
             take, logits = self._decode_step()
+        yield from self._emit(take, logits)
+        self._drop()
+
+    def _interleaved(self) -> Iterator[tuple[object, int | None]]:
+        """Waiting rows take the free slots at once (their prompts not fed yet); then up to
+        ``prefill_tokens`` prompt tokens run, the first part-fed rows first, each row its own
+        step from where it stopped (a long prompt in chunks over several steps; a row that
+        starts with its task's cached prefix copies it first); then one decode token for every
+        row whose prompt was done before this step (run first: a part-fed row gets a pad at its
+        next position there, which its chunk then overwrites). Running rows so wait for one
+        bounded chunk of prompt per token, never for whole prompts."""
+        n_wait = len(self._queued)
+        if n_wait and self.free >= min(self.refill_at, n_wait, self.size):
+            self._reserve(min(n_wait, self.free))
+            self._admit(np.asarray([j for j, k in enumerate(self.key) if k is None]))
+        if not self.slot_of:
+            self._drop()
+            return
+        if len(self.slot_of) > len(self.partial):  # rows decoding: their token first
+            if self.closed and not n_wait and not self.partial and \
+                    4 * (self.allocated - self.running) >= self.allocated:
+                self._compact()
+            take, logits = self._decode_step()
+            yield from self._emit(take, logits)
+        take, logits = self._prefill_chunks()
+        yield from self._emit(take, logits)
+        self._drop()
+
+    def _emit(self, take: np.ndarray, logits: np.ndarray) -> Iterator[tuple[object, int | None]]:
+        """Pick a token for each of the slots ``take`` from its logits row and hand it out."""
+        if not len(take):
+            return
         rows = [self.key[j] for j in take.tolist()]
         for j, r, t in zip(take.tolist(), rows, self._pick(rows, take, logits).tolist(), strict=True):
             if r.done or self.key[j] is not r:
@@ -155,7 +196,6 @@ class SlotPool:
             if last:
                 self._release(j)
             yield r.key, t
-        self._drop()
 
     def _pick(self, rows: list[_Waiting], take: np.ndarray, logits: np.ndarray) -> np.ndarray:
         first = rows[0].picker
@@ -190,6 +230,54 @@ class SlotPool:
         self.task[take], self.count[take] = tids, 0
         return take, logits
 
+    def _admit(self, free: np.ndarray) -> None:
+        """Interleaved: the next waiting rows take the ``free`` slots, their prompts not fed yet
+        (a row whose prompt starts with its task's cached prefix takes that prefix's KV now)."""
+        prefixes = self.runner.prefixes
+        for j in free.tolist():
+            if not self.waiting:
+                break
+            r = self.waiting.popleft()
+            while r.done and self.waiting:
+                r = self.waiting.popleft()
+            if r.done:
+                break
+            del self._queued[r.key]
+            n, kv = (0, None) if prefixes is None else prefixes.lookup(self.runner, r.task, r.prompt)
+            if n:
+                for dst, src in zip(self.cache.row(j).arrays, kv, strict=True):
+                    dst[:, :, :n] = src[:, :, :n]
+            self.key[j], self.slot_of[r.key], self.partial[r.key] = r, j, n
+            self.lengths[j], self.task[j], self.count[j], self.cur[j] = n, r.task, 0, self.pad_id
+
+    def _prefill_chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``prefill_tokens`` prompt tokens of the part-fed rows, in the order they came,
+        each row one step (batch 1: onnxruntime's GroupQueryAttention takes several new tokens
+        after past context only at batch 1) from where its prompt stopped: (the slots whose
+        prompts are now done, their last-position logits)."""
+        budget = self.prefill_tokens
+        take, logits = [], []
+        for key, fed in list(self.partial.items()):
+            if budget <= 0:
+                break
+            j = self.slot_of[key]
+            r = self.key[j]
+            n = min(len(r.prompt) - fed, budget)
+            out = self.runner.step(np.asarray([r.prompt[fed:fed + n]], dtype=np.int64),
+                                   np.asarray([fed + n], dtype=np.int64), self.task[j:j + 1],
+                                   self.cache.row(j), copy=False)
+            budget -= n
+            self.lengths[j] = fed + n
+            if fed + n < len(r.prompt):
+                self.partial[key] = fed + n
+                continue
+            del self.partial[key]
+            take.append(j)
+            logits.append(out[0, 0].copy())
+        if not take:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return np.asarray(take, dtype=np.int64), np.stack(logits)
+
     def _reserve(self, n: int) -> None:
         """At least ``n`` free allocated slots: the cache grows (by doubling, up to ``size``; the
         running rows' entries copied into the new one)."""
@@ -222,6 +310,7 @@ class SlotPool:
         if r is not None:
             r.done = True
             self.slot_of.pop(r.key, None)
+            self.partial.pop(r.key, None)
         self.key[slot], self.lengths[slot], self.cur[slot] = None, 1, self.pad_id
 
     def _compact(self) -> None:
@@ -234,11 +323,16 @@ class SlotPool:
         self.slot_of = {r.key: j for j, r in enumerate(self.key)}
 
     def _decode_step(self) -> tuple[np.ndarray, np.ndarray]:
-        """One token per live slot, written at that row's own position: (the live slots, their logits)."""
+        """One token per live slot, written at that row's own position: (the live slots, their
+        logits). A part-fed row (interleaved) is fed a pad at the position after its fed
+        tokens, which its next chunk overwrites; a free slot, at position 0."""
         live = np.asarray([k is not None for k in self.key])
-        self.lengths = np.where(live, self.lengths + 1, 1)
-        out = self.runner.step(np.where(live, self.cur, self.pad_id)[:, None], self.lengths, self.task,
+        grow = live.copy()
+        if self.partial:
+            live[[self.slot_of[k] for k in self.partial]] = False
+        step_len = np.where(grow, self.lengths + 1, 1)
+        self.lengths = np.where(live, step_len, self.lengths)
+        out = self.runner.step(np.where(live, self.cur, self.pad_id)[:, None], step_len, self.task,
                                self.cache, copy=False)[:, 0]
         take = np.flatnonzero(live)
         return take, (out[take] if len(take) < self.size else out)
-
