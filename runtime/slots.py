@@ -160,7 +160,9 @@ class SlotPool:
         starts with its task's cached prefix copies it first); then one decode token for every
         row whose prompt was done before this step (run first: a part-fed row gets a pad at its
         next position there, which its chunk then overwrites). Running rows so wait for one
-        bounded chunk of prompt per token, never for whole prompts."""
+        bounded chunk of prompt per token, never for whole prompts. While fewer than half of the
+        slots in use decode (a burst of arrivals), a step feeds prompts only: a decode step costs
+        about the same for every allocated row, fed or not, and would mostly run pads."""
         n_wait = len(self._queued)
         if n_wait and self.free >= min(self.refill_at, n_wait, self.size):
             self._reserve(min(n_wait, self.free))
@@ -168,7 +170,8 @@ class SlotPool:
         if not self.slot_of:
             self._drop()
             return
-        if len(self.slot_of) > len(self.partial):  # rows decoding: their token first
+        live = len(self.slot_of) - len(self.partial)
+        if live and 2 * live >= len(self.slot_of):  # rows decoding, most slots: their token first
             if self.closed and not n_wait and not self.partial and \
                     4 * (self.allocated - self.running) >= self.allocated:
                 self._compact()
