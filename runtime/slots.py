@@ -27,6 +27,11 @@ class _Waiting:
     done: bool = False
 
 
+# interleaved: a step decodes when at least this share of the slots in use decode (else it feeds
+# prompts only); 0: every step decodes
+DECODE_SHARE = 0.5
+
+
 class SlotPool:
     """The rows decoding together in up to ``size`` slots of one KV cache of ``max_len``
     positions, allocated on demand (slots on demand: the cache has a row per slot in use or
@@ -42,7 +47,12 @@ class SlotPool:
     every slot, in the cache itself), and decode on with the others, each token written at that row's own position. A row that
     ends (eos, its ``max_new_tokens``, or :meth:`cancel`) frees its slot at once. A pool that is
     closed (no more rows will come) drops finished slots when a quarter or more are free; any
-    pool drops its whole cache once nothing runs or waits (at the end of a step)."""
+    pool drops its whole cache once nothing runs or waits (at the end of a step).
+
+    ``prefill_tokens``: steps interleave prompts with decoding instead (the server): rows enter
+    free slots at once, and each step feeds at most this many prompt tokens (a long prompt in
+    chunks over several steps) besides one token for every row whose prompt is done
+    (:meth:`_interleaved`)."""
 
     def __init__(self, runner: GraphRunner, eos_id: int, pad_id: int, size: int, max_len: int,
                  refill_at: int = 1, prefill_tokens: int | None = None):
@@ -51,6 +61,7 @@ class SlotPool:
             raise ConfigError(f"prefill_tokens must be an integer >= 1 or None, got {prefill_tokens!r}")
         self.prefill_tokens = prefill_tokens  # None: prompts enter in steps of their own
         self.partial: dict[object, int] = {}  # interleaved: rows whose prompt is part fed -> tokens fed
+        self.decode_share = DECODE_SHARE
         self.max_len = max_len
         self.capacity = size  # slots at most
         self._limit_check(max_len)
@@ -158,11 +169,12 @@ class SlotPool:
         ``prefill_tokens`` prompt tokens run, the first part-fed rows first, each row its own
         step from where it stopped (a long prompt in chunks over several steps; a row that
         starts with its task's cached prefix copies it first); then one decode token for every
-        row whose prompt was done before this step (run first: a part-fed row gets a pad at its
-        next position there, which its chunk then overwrites). Running rows so wait for one
-        bounded chunk of prompt per token, never for whole prompts. While fewer than half of the
-        slots in use decode (a burst of arrivals), a step feeds prompts only: a decode step costs
-        about the same for every allocated row, fed or not, and would mostly run pads."""
+        row whose prompt was done before this step (a row whose prompt is done in it has its
+        first token from the prompt's logits; the decode step writes a pad at its next position,
+        which its next step overwrites). Running rows so wait for one
+        bounded chunk of prompt per token, never for whole prompts. While fewer than
+        ``decode_share`` of the slots in use decode (a burst of arrivals), a step feeds prompts
+        only: a decode step costs about the same for every allocated row, fed or not."""
         n_wait = len(self._queued)
         if n_wait and self.free >= min(self.refill_at, n_wait, self.size):
             self._reserve(min(n_wait, self.free))
@@ -171,14 +183,16 @@ class SlotPool:
             self._drop()
             return
         live = len(self.slot_of) - len(self.partial)
-        if live and 2 * live >= len(self.slot_of):  # rows decoding, most slots: their token first
-            if self.closed and not n_wait and not self.partial and \
-                    4 * (self.allocated - self.running) >= self.allocated:
-                self._compact()
-            take, logits = self._decode_step()
+        decoding = live and live >= self.decode_share * len(self.slot_of)
+        if decoding and self.closed and not n_wait and not self.partial and \
+                4 * (self.allocated - self.running) >= self.allocated:
+            self._compact()
+        mask = self._live()  # the rows decoding this step: those whose prompt was done before it
+        take_p, logits_p = self._prefill_chunks()
+        if decoding:
+            take, logits = self._decode_step(mask)
             yield from self._emit(take, logits)
-        take, logits = self._prefill_chunks()
-        yield from self._emit(take, logits)
+        yield from self._emit(take_p, logits_p)
         self._drop()
 
     def _emit(self, take: np.ndarray, logits: np.ndarray) -> Iterator[tuple[object, int | None]]:
@@ -325,15 +339,21 @@ class SlotPool:
                                                          self.count[keep])
         self.slot_of = {r.key: j for j, r in enumerate(self.key)}
 
-    def _decode_step(self) -> tuple[np.ndarray, np.ndarray]:
-        """One token per live slot, written at that row's own position: (the live slots, their
-        logits). A part-fed row (interleaved) is fed a pad at the position after its fed
-        tokens, which its next chunk overwrites; a free slot, at position 0."""
-        live = np.asarray([k is not None for k in self.key])
-        grow = live.copy()
+    def _live(self) -> np.ndarray:
+        """Which slots hold a row whose prompt is done."""
+        live = np.asarray([k is not None for k in self.key], dtype=bool)
         if self.partial:
             live[[self.slot_of[k] for k in self.partial]] = False
-        step_len = np.where(grow, self.lengths + 1, 1)
+        return live
+
+    def _decode_step(self, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One token per ``live`` slot (default: every row whose prompt is done), written at that
+        row's own position: (the live slots, their logits). Any other row holding a slot (a
+        part-fed one, or one whose prompt was done in this step) is fed a pad at the position
+        after its tokens, which its next step overwrites; a free slot, at position 0."""
+        live = self._live() if live is None else live
+        held = np.asarray([k is not None for k in self.key], dtype=bool)
+        step_len = np.where(held, self.lengths + 1, 1)
         self.lengths = np.where(live, step_len, self.lengths)
         out = self.runner.step(np.where(live, self.cur, self.pad_id)[:, None], step_len, self.task,
                                self.cache, copy=False)[:, 0]
