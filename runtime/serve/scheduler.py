@@ -31,7 +31,7 @@ DEADLINE = "deadline"  # the finish reason of a request whose deadline passed
 SHUTDOWN = "shutdown"  # ... of one still queued or running when the scheduler stopped
 # prompt tokens fed between two decode steps (SlotPool prefill_tokens; None: each arriving
 # prompt runs whole in a step of its own while the running rows wait)
-PREFILL_TOKENS = 64
+PREFILL_TOKENS = 128
 
 
 class Overloaded(Exception):
