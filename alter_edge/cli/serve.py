@@ -41,7 +41,7 @@ from .run import _session_options, no_prefix_cache_option
               help="The server's log level, uvicorn's and alter-edge's (request bodies are never logged).")
 @click.option("--prefill-chunk", type=click.IntRange(min=0), default=None,
               help="Prompt tokens fed between two decode steps (a longer prompt runs in chunks); "
-                   "0: each prompt whole, in a step of its own [default: 64].")
+                   "0: each prompt whole, in a step of its own [default: 128].")
 @no_prefix_cache_option
 @_session_options
 @handle_errors(extra="serve")
