@@ -1,9 +1,10 @@
 """The server's scheduler: one thread owns the multi-task graph's session and one KV cache.
 
 Requests of every task wait in one bounded queue and enter the running batch (a
-:class:`~alter_edge.runtime.generate.SlotPool`, the runtime's continuous refill) at the next
+:class:`~alter_edge.runtime.slots.SlotPool`, the runtime's continuous refill) at the next
 step with a free slot; each row is fed its own ``task_ids``, so requests of different tasks
-decode together. A request that is cancelled (its client went away) or past its deadline
+decode together. Their prompts enter interleaved with the decode steps, at most
+``prefill_tokens`` prompt tokens a step (a longer prompt in chunks over several steps). A request that is cancelled (its client went away) or past its deadline
 leaves its slot before the next step. A classify request runs on the same session in chunks of
 ``max_batch`` inputs, one chunk between two decode steps, so it neither stalls the running
 rows nor outlives its deadline; one runs at a time (the next ones wait in the queue), and it
