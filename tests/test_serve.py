@@ -101,14 +101,15 @@ def _alone(m, row) -> tuple[str, list[int]]:
     return g.text, g.token_ids
 
 
-def test_slot_pool_rows_added_while_it_runs_equal_their_own_runs(edge_model):
+@pytest.mark.parametrize("prefill_tokens", [None, 2])  # the server's interleaved prefill, in small chunks
+def test_slot_pool_rows_added_while_it_runs_equal_their_own_runs(edge_model, prefill_tokens):
     m = edge_model
     runner = m.runner_for(m.tasks.names)
     rows = [(m.encode(r["input"], r["task"])[0], m.tasks.id_of(r["task"]), SamplingParams(1 + (3 * i) % 9))
             for i, r in enumerate(TINY_ROWS[:10])]
 
     def run(items, size, late_every=0):
-        pool = SlotPool(runner, m.bundle.eos_id, m.bundle.pad_id, size, 64)
+        pool = SlotPool(runner, m.bundle.eos_id, m.bundle.pad_id, size, 64, prefill_tokens=prefill_tokens)
         out: dict[int, list] = {i: [] for i in range(len(items))}
         pending = list(enumerate(items))
         steps = 0

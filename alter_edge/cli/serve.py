@@ -38,11 +38,15 @@ from .common import CONTEXT, handle_errors, no_prefix_cache_option, threads_prec
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="warning", show_default=True,
               help="The server's log level, uvicorn's and alter-edge's (request bodies are never logged).")
+@click.option("--prefill-chunk", type=click.IntRange(min=0), default=None,
+              help="Prompt tokens fed between two decode steps (a longer prompt runs in chunks); "
+                   "0: each prompt whole, in a step of its own [default: 128].")
 @no_prefix_cache_option
 @threads_precision_options
 @handle_errors(extra="serve")
 def serve_cmd(bundle, host, port, api_key_file, insecure, max_batch, max_queue, max_tokens, timeout,
-              max_body_bytes, max_classify_inputs, grace, log_level, no_prefix_cache, threads, precision) -> None:
+              max_body_bytes, max_classify_inputs, grace, log_level, prefill_chunk, no_prefix_cache, threads,
+              precision) -> None:
     """Serve a bundle over HTTP in OpenAI's wire format, one model per task.
 
     \b
@@ -78,4 +82,6 @@ def serve_cmd(bundle, host, port, api_key_file, insecure, max_batch, max_queue, 
                            max_body_bytes=max_body_bytes, api_key=key)
     if max_classify_inputs is not None:
         options = dataclasses.replace(options, max_classify_inputs=max_classify_inputs)
+    if prefill_chunk is not None:
+        options = dataclasses.replace(options, prefill_tokens=prefill_chunk or None)
     serve(model, host, port, options, grace=grace, log_level=log_level)

@@ -47,7 +47,7 @@ from .protocol import (
     parse_json,
     usage,
 )
-from .scheduler import DEADLINE, SHUTDOWN, Job, Overloaded, Scheduler
+from .scheduler import DEADLINE, PREFILL_TOKENS, SHUTDOWN, Job, Overloaded, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class ServeOptions:
     max_body_bytes: int = 1 << 20
     max_classify_inputs: int = MAX_CLASSIFY_INPUTS  # /v1/classify inputs per request; more get 400
     api_key: str | None = None  # None: no key needed (loopback, or --insecure)
+    prefill_tokens: int | None = PREFILL_TOKENS  # prompt tokens between two decode steps (None: whole prompts)
 
 
 class Metrics:
@@ -128,7 +129,8 @@ class Server:
     def __init__(self, model: EdgeModel, options: ServeOptions):
         self.model, self.options = model, options
         self.metrics = Metrics()
-        self.scheduler = Scheduler(model, options.max_batch, options.max_queue, options.max_tokens, self.metrics)
+        self.scheduler = Scheduler(model, options.max_batch, options.max_queue, options.max_tokens, self.metrics,
+                                   options.prefill_tokens)
         self.tasks = list(model.tasks.names)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.key = options.api_key.encode("utf-8") if options.api_key else None

@@ -1,9 +1,10 @@
 """The server's scheduler: one thread owns the multi-task graph's session and one KV cache.
 
 Requests of every task wait in one bounded queue and enter the running batch (a
-:class:`~alter_edge.runtime.generate.SlotPool`, the runtime's continuous refill) at the next
+:class:`~alter_edge.runtime.slots.SlotPool`, the runtime's continuous refill) at the next
 step with a free slot; each row is fed its own ``task_ids``, so requests of different tasks
-decode together. A request that is cancelled (its client went away) or past its deadline
+decode together. Their prompts enter interleaved with the decode steps, at most
+``prefill_tokens`` prompt tokens a step (a longer prompt in chunks over several steps). A request that is cancelled (its client went away) or past its deadline
 leaves its slot before the next step. A classify request runs on the same session in chunks of
 ``max_batch`` inputs, one chunk between two decode steps, so it neither stalls the running
 rows nor outlives its deadline; one runs at a time (the next ones wait in the queue), and it
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 DEADLINE = "deadline"  # the finish reason of a request whose deadline passed
 SHUTDOWN = "shutdown"  # ... of one still queued or running when the scheduler stopped
+# prompt tokens fed between two decode steps (SlotPool prefill_tokens; None: each arriving
+# prompt runs whole in a step of its own while the running rows wait)
+PREFILL_TOKENS = 128
 
 
 class Overloaded(Exception):
@@ -69,10 +73,12 @@ class Scheduler:
     """``submit`` (any thread) queues a job or raises :class:`Overloaded`; ``cancel`` marks one
     to leave at the next step; ``stop`` ends the thread (queued and running jobs finish with
     :data:`SHUTDOWN`). ``metrics``: an object with ``observe_step(queued, running, tokens)``,
-    ``first_token(job, seconds)`` and ``finished(job, reason, seconds)`` (or None)."""
+    ``first_token(job, seconds)`` and ``finished(job, reason, seconds)`` (or None).
+    ``prefill_tokens``: prompt tokens fed between two decode steps (a longer prompt runs in
+    chunks over several steps); None: each prompt runs whole in a step of its own."""
 
     def __init__(self, model: EdgeModel, max_batch: int = 8, max_queue: int = 64,
-                 max_tokens: int | None = None, metrics=None):
+                 max_tokens: int | None = None, metrics=None, prefill_tokens: int | None = PREFILL_TOKENS):
         if max_batch < 1 or max_queue < 0:
             raise ConfigError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model = model
@@ -87,7 +93,8 @@ class Scheduler:
             raise ConfigError(f"max_prompt_tokens {model.bundle.max_prompt_tokens} plus `max_tokens` "
                               f"{self.max_tokens} exceed the {limit} positions the graph covers; "
                               f"use at most {limit - model.bundle.max_prompt_tokens}")
-        self.pool = SlotPool(self.runner, model.bundle.eos_id, model.bundle.pad_id, max_batch, max_len)
+        self.pool = SlotPool(self.runner, model.bundle.eos_id, model.bundle.pad_id, max_batch, max_len,
+                             prefill_tokens=prefill_tokens)
         self.max_queue = max_queue
         self.metrics = metrics
         self._queue: deque[Job] = deque()
