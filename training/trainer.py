@@ -308,7 +308,8 @@ def _open_run(out: Path, cfg: TrainConfig, dist: Collective, train_rows: list[Ex
             raise CheckpointError(f"`resume`: the data's tasks differ from those in {out}/tasks.json")
     else:
         with dist.main_first():  # rank 0 converts/caches the base model once
-            # a family that cannot be exported is refused here, before its weights load or any step
+            # a family that cannot train is refused here, before its weights load or any step (T5
+            # trains; export refuses it later)
             arch_spec(base_model_type(cfg.base_model))
             base, tokenizer, info = load_base_model(cfg.base_model)
         model = MTAModel(base, mta_config(cfg, tasks))
