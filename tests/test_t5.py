@@ -176,3 +176,33 @@ def test_unsupported_families_name_t5_as_training_only():
 
     with pytest.raises(ConfigError, match="t5 .encoder-decoders: they train"):
         arch_spec("bart")
+
+
+def test_resume_equals_an_uninterrupted_run(t5_dir, tiny_data, tmp_path):
+    cfg = _cfg(t5_dir, stages=1, stage1_steps=4, stage2_steps=0, eval_max_rows=2)
+    run_training(tiny_data, tmp_path / "whole", cfg, progress=False)
+    part = run_training(tiny_data, tmp_path / "parts", cfg, progress=False, stop_after=2)
+    assert not part["complete"]
+    run_training(tiny_data, tmp_path / "parts", cfg, resume=True, progress=False)
+    a, b = (load_checkpoint(tmp_path / d).model.mta_state_dict() for d in ("whole", "parts"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_micro_batches_accumulate_the_whole_batch(t5_dir):
+    """Parts of a batch (``micro_batch_tokens``) add up to its loss and gradients; ``packed``
+    trains a T5 padded, with the same result."""
+    from alter_edge.training.batching import accumulate_batch
+
+    m = _model(t5_dir, adapter_kind="lora")
+    _randomize_mixture(m)
+    params = m.set_trainable(["adapters", "mixture"])
+    rows = [Encoded(i % 3, [5 + i] * (2 + i), [10 + i, 1]) for i in range(6)]
+    got = []
+    for budget, layout in ((0, "padded"), (32, "padded"), (32, "packed")):
+        for p in params:
+            p.grad = None
+        loss = accumulate_batch(m, rows, list(range(6)), 0, None, "float32", budget, layout=layout)
+        got.append((loss, [p.grad.clone() for p in params]))
+    for loss, grads in got[1:]:
+        assert loss == pytest.approx(got[0][0], rel=1e-5)
+        assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(grads, got[0][1], strict=True))
