@@ -162,14 +162,18 @@ def special_ids(config) -> tuple[int, int]:
 
 
 def load_base_model(reference: str):
-    """(model in eval mode, fp32; tokenizer; BaseModelInfo)."""
+    """(model in eval mode, fp32; tokenizer; BaseModelInfo). A causal LM, or an
+    encoder-decoder (T5: ``alter_edge.families.SEQ2SEQ_FAMILIES``) with its LM head."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
+
+    from .families import is_seq2seq
 
     hf_logging.disable_progress_bar()  # a 135M load takes ~1 s: no bar needed
     path = resolve_base_model(reference)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    auto = AutoModelForSeq2SeqLM if is_seq2seq(base_model_type(str(path))) else AutoModelForCausalLM
+    model = auto.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
     tok = load_tokenizer(path)
     info = BaseModelInfo(reference, str(path), model.config.model_type, weights_hash(path))

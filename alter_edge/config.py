@@ -45,7 +45,8 @@ class MTAConfig(_JsonConfig):
     layers: list[int] | None = None  # adapted block indices; None = by `placement`
     # where the adapted blocks sit when `layers` is None: top = the top `num_top_layers`; middle =
     # the one block in the middle (num_layers // 2: block 15 of SmolLM2's 30, the authors' choice
-    # of block 11 of T5-large's 24 per stack)
+    # of block 11 of T5-large's 24 per stack). An encoder-decoder (T5) places blocks in each stack
+    # on its own: the middle of each, the top num_top_layers of each, the `layers` indices in each.
     placement: str = "top"
     # top blocks only: everything below is a cacheable frozen prefix. 12 of SmolLM2's 30: with 4,
     # nli stayed at chance; 8 -> 0.57, 12 -> 0.77 on nli alone (docs/results.md, "adapter depth")

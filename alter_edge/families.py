@@ -89,3 +89,44 @@ FAMILIES: dict[str, Family] = {
                     mlp_out="post_feedforward_layernorm", qk_norm="full"),
 }
 SUPPORTED = tuple(FAMILIES)
+
+
+# -- encoder-decoder families (training only for now: the graph builder writes decoders) ------
+@dataclass(frozen=True)
+class Stack:
+    """One stack of an encoder-decoder: where its blocks are and, inside a block, its FFN and
+    attentions. Paths are dotted module paths (``layer.1.DenseReluDense``: T5's block holds its
+    sub-layers in a ModuleList)."""
+
+    name: str  # "encoder" | "decoder"
+    layers: str  # from the model: the block list
+    mlp: str  # from a block: the FFN module (MTA replaces it)
+    attns: tuple[str, ...]  # from a block: its attention modules (self, and the decoder's cross)
+
+
+@dataclass(frozen=True)
+class Seq2SeqFamily:
+    """An encoder-decoder family: MTA goes into the FFN of blocks of every stack.
+
+    ``mlp_names``: the FFN's projections the projection-adapting kinds adapt, those present in
+    a given model (T5 v1.0's ReLU ``wi``/``wo``; v1.1 / flan's gated-GELU ``wi_0``, ``wi_1``,
+    ``wo``: the config's ``feed_forward_proj``)."""
+
+    stacks: tuple[Stack, ...]
+    mlp_names: tuple[str, ...]
+    attn_names: tuple[str, ...]
+
+
+T5 = Seq2SeqFamily(
+    stacks=(Stack("encoder", "encoder.block", "layer.1.DenseReluDense", ("layer.0.SelfAttention",)),
+            Stack("decoder", "decoder.block", "layer.2.DenseReluDense",
+                  ("layer.0.SelfAttention", "layer.1.EncDecAttention"))),
+    mlp_names=("wi", "wi_0", "wi_1", "wo"),
+    attn_names=("q", "k", "v", "o"),
+)
+SEQ2SEQ_FAMILIES: dict[str, Seq2SeqFamily] = {"t5": T5}
+TRAINS = SUPPORTED + tuple(SEQ2SEQ_FAMILIES)  # what `alter-edge train` takes; SUPPORTED: what exports too
+
+
+def is_seq2seq(model_type: str) -> bool:
+    return model_type in SEQ2SEQ_FAMILIES

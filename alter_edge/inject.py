@@ -1,8 +1,10 @@
-"""Injecting MTA blocks into a Hugging Face causal LM, and the MTAModel wrapper (torch).
+"""Injecting MTA blocks into a Hugging Face causal LM (or an encoder-decoder: T5), and the
+MTAModel wrapper (torch).
 
 Targets come from a table keyed by ``config.model_type``; nothing forks a modeling file.
 The wrapper's ``forward(input_ids, attention_mask, task_ids, ...)`` is the one the trainer,
-the evaluator and the ONNX exporter all call.
+the evaluator and the ONNX exporter all call. An encoder-decoder gets MTA blocks in the FFNs of
+both stacks; every block reads the same task context, so ``task_ids`` reach both.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 
 from .config import MTAConfig
 from .errors import ConfigError
-from .families import FAMILIES, Family
+from .families import FAMILIES, SEQ2SEQ_FAMILIES, Family, Seq2SeqFamily
 from .mta import MTABlock, TaskContext, prior_logits
 
 
@@ -28,23 +30,47 @@ class ArchSpec:
     lora_targets: tuple[str, ...]  # MLP projections the projection-adapting kinds adapt
     attn: str = ""  # attribute of a block holding its attention
     attn_targets: tuple[str, ...] = ()  # attention projections (lora_attention=True)
+    seq2seq: Seq2SeqFamily | None = None  # an encoder-decoder: its stacks (the fields above unused)
 
     @classmethod
     def of(cls, fam: Family) -> ArchSpec:
         return cls(fam.layers, fam.mlp, fam.mlp_names, fam.attn, fam.attn_names)
+
+    @classmethod
+    def of_seq2seq(cls, fam: Seq2SeqFamily) -> ArchSpec:
+        return cls("", "", fam.mlp_names, "", fam.attn_names, seq2seq=fam)
 
 
 # derived from the one family table (alter_edge.families): every family that trains is one the
 # graph builder writes. Llama-family MLPs share gate/up/down (Gemma 3, Granite, OLMo 2 too);
 # Phi-3 fuses q/k/v and gate/up; GPT-2 uses Conv1D c_attn/c_proj and c_fc/c_proj.
 ARCH_TABLE: dict[str, ArchSpec] = {name: ArchSpec.of(fam) for name, fam in FAMILIES.items()}
+# encoder-decoders (T5): they train; the graph builder does not write them yet
+SEQ2SEQ_TABLE: dict[str, ArchSpec] = {name: ArchSpec.of_seq2seq(fam) for name, fam in SEQ2SEQ_FAMILIES.items()}
 
 
 def arch_spec(model_type: str) -> ArchSpec:
+    if model_type in SEQ2SEQ_TABLE:
+        return SEQ2SEQ_TABLE[model_type]
     if model_type not in ARCH_TABLE:
         raise ConfigError(f"base model type {model_type!r} is not supported; supported: "
-                          f"{', '.join(sorted(ARCH_TABLE))} (the families that train and export)")
+                          f"{', '.join(sorted(ARCH_TABLE))} (the families that train and export), and "
+                          f"{', '.join(sorted(SEQ2SEQ_TABLE))} (encoder-decoders: they train, export is not built yet)")
     return ARCH_TABLE[model_type]
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where one MTA block goes: its key in ``MTAModel.blocks``, its stack ("" for a decoder
+    LM), its block index there, the block (layer) module, the FFN's path in it and the
+    attention modules in it."""
+
+    key: str
+    stack: str
+    index: int
+    layer: nn.Module
+    mlp: str
+    attns: tuple[str, ...]
 
 
 class _StopForward(Exception):
@@ -84,26 +110,42 @@ class MTAModel(nn.Module):
         self.cfg = cfg
         self.spec = arch_spec(base.config.model_type)
         self.context = TaskContext()
-        n_layers = len(self._layers())
-        self.adapted_layers = cfg.resolve_layers(n_layers)
-        targets = list(cfg.target_modules or self.spec.lora_targets)
+        self.seq2seq = self.spec.seq2seq is not None
+        # per stack, the adapted block indices; a decoder LM has one stack, ""
+        self.adapted_by_stack: dict[str, list[int]] = {}
+        sites: list[_Site] = []
+        for stack, layers, mlp_path, attns in self._stack_paths():
+            idx = cfg.resolve_layers(len(layers))
+            self.adapted_by_stack[stack] = idx
+            sites += [_Site(f"{stack}_{i}" if stack else str(i), stack, i, layers[i], mlp_path, attns) for i in idx]
+        # a decoder LM's adapted blocks; an encoder-decoder's are per stack (adapted_by_stack)
+        self.adapted_layers = [] if self.seq2seq else self.adapted_by_stack[""]
+        self._sites = sites
         self.blocks = nn.ModuleDict()
-        for i in self.adapted_layers:
-            layer = self._layers()[i]
-            mlp = getattr(layer, self.spec.mlp, None)
-            if mlp is None:
-                raise ConfigError(f"block {i} of {base.config.model_type} has no {self.spec.mlp!r}")
-            attn = getattr(layer, self.spec.attn, None) if cfg.lora_attention else None
-            if cfg.lora_attention and attn is None:  # (the config checked that the kind adapts projections)
-                raise ConfigError(f"lora_attention: block {i} of {base.config.model_type} has no {self.spec.attn!r}")
+        for site in sites:
+            where = f"{site.stack} block {site.index}" if site.stack else f"block {site.index}"
+            try:
+                mlp = site.layer.get_submodule(site.mlp)
+            except AttributeError:
+                raise ConfigError(f"{where} of {base.config.model_type} has no {site.mlp!r}") from None
+            attn = None
+            if cfg.lora_attention:  # (the config checked that the kind adapts projections)
+                try:
+                    attn = [site.layer.get_submodule(a) for a in site.attns]
+                except AttributeError:
+                    raise ConfigError(f"lora_attention: {where} of {base.config.model_type} has no "
+                                      f"{' / '.join(site.attns)!r}") from None
+            targets = list(cfg.target_modules or [n for n in self.spec.lora_targets
+                                                  if not self.seq2seq or hasattr(mlp, n)])
             block = MTABlock(mlp, cfg, targets, self.context, attn, self.spec.attn_targets)
-            setattr(layer, self.spec.mlp, block)
-            self.blocks[str(i)] = block
+            parent, _, name = site.mlp.rpartition(".")
+            setattr(site.layer.get_submodule(parent) if parent else site.layer, name, block)
+            self.blocks[site.key] = block
         if not self.blocks:
             raise ConfigError("MTA injection matched no block")
         if cfg.gate == "token":  # the gate reads the hidden state entering each adapted block
-            for i in self.adapted_layers:
-                self._layers()[i].register_forward_pre_hook(_gate_hook(self.blocks[str(i)]), with_kwargs=True)
+            for site in sites:
+                site.layer.register_forward_pre_hook(_gate_hook(self.blocks[site.key]), with_kwargs=True)
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.base.eval()
@@ -115,7 +157,16 @@ class MTAModel(nn.Module):
         return self.base.base_model
 
     def _layers(self) -> nn.ModuleList:
+        if self.seq2seq:
+            raise ValueError("an encoder-decoder has a block list per stack (adapted_by_stack)")
         return getattr(self._backbone(), self.spec.layers)
+
+    def _stack_paths(self) -> list[tuple[str, nn.ModuleList, str, tuple[str, ...]]]:
+        """(stack name, its block list, the FFN's path in a block, the attentions' paths)."""
+        fam = self.spec.seq2seq
+        if fam is None:
+            return [("", self._layers(), self.spec.mlp, (self.spec.attn,))]
+        return [(st.name, self.base.get_submodule(st.layers), st.mlp, st.attns) for st in fam.stacks]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The MTA parameters: ``adapters`` and ``mixture`` (what a checkpoint's adapter file holds)."""
@@ -204,11 +255,39 @@ class MTAModel(nn.Module):
         with self.tasks(task_ids), self._prefix(prefix_hidden):
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               use_cache=False).last_hidden_state
-        h = hidden[positions]  # (N, H)
+        return self._head(hidden[positions])  # (N, V)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
         head = self.base.get_output_embeddings()
         if self._head_weight is not None and torch.is_autocast_enabled("cpu"):
             return F.linear(h, self._head_weight, head.bias)  # the head's low-precision copy
         return head(h)
+
+    def decoder_start_id(self) -> int:
+        """An encoder-decoder's first decoder token (T5: the pad token)."""
+        start = getattr(self.base.config, "decoder_start_token_id", None)
+        if start is None:
+            raise ConfigError(f"{self.base.config.model_type}: the config has no decoder_start_token_id")
+        return int(start)
+
+    def seq2seq_logits_at(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, task_ids,
+                          positions):
+        """An encoder-decoder's logits only at decoder ``positions`` (a (batch_idx, pos_idx) pair):
+        (N, V). The prompt goes to the encoder, ``decoder_input_ids`` (the decoder start token,
+        then the target shifted right) to the decoder; ``task_ids`` ([batch]) reach the blocks of
+        both stacks."""
+        if not self.seq2seq:
+            raise ValueError("seq2seq_logits_at: not an encoder-decoder (use logits_at)")
+        with self.tasks(task_ids):
+            enc = self.base.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.base.get_decoder()(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
+                                             encoder_hidden_states=enc, encoder_attention_mask=attention_mask,
+                                             use_cache=False).last_hidden_state
+        h = hidden[positions]  # (N, H)
+        cfg = self.base.config
+        if getattr(cfg, "scale_decoder_outputs", getattr(cfg, "tie_word_embeddings", True)):
+            h = h * (cfg.d_model ** -0.5)  # T5 with a tied head scales before it (as its forward does)
+        return self._head(h)
 
     @contextmanager
     def frozen_weights_in(self, dtype: torch.dtype, layers: Sequence[int] | None = None) -> Iterator[None]:
@@ -222,7 +301,8 @@ class MTAModel(nn.Module):
             yield
             return
         mta = {id(p) for ps in self.parameter_groups().values() for p in ps}
-        frozen = [m for i in (self.adapted_layers if layers is None else layers) for m in self._layers()[i].modules()
+        modules = [s.layer for s in self._sites] if layers is None else [self._layers()[i] for i in layers]
+        frozen = [m for layer in modules for m in layer.modules()
                   if isinstance(m, nn.Linear) and id(m.weight) not in mta and m.weight.dtype != dtype]
         originals = [m.weight for m in frozen]
         head = self._head_weight

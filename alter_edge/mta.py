@@ -93,7 +93,7 @@ class MTABlock(nn.Module):
     """Replaces a block's MLP. Holds the mixture and the K adapters of one kind."""
 
     def __init__(self, mlp: nn.Module, cfg: MTAConfig, lora_targets: list[str], context: TaskContext,
-                 attention: nn.Module | None = None, attention_targets: tuple[str, ...] = ()):
+                 attention: nn.Module | list[nn.Module] | None = None, attention_targets: tuple[str, ...] = ()):
         super().__init__()
         self.kind = cfg.adapter_kind
         self.impl = kinds.load(self.kind)  # the kind's module: not a submodule, no state
@@ -107,8 +107,10 @@ class MTABlock(nn.Module):
         if cfg.gate == "token":  # before a kind wraps the output projection
             self.gate_weight = nn.Parameter(torch.zeros(K, hidden_size_of(mlp)))
         targets = [(mlp, n) for n in lora_targets]
-        if attention is not None:  # optional: the block's attention projections too
-            targets += [(attention, n) for n in attention_targets]
+        # optional: the block's attention projections too (an encoder-decoder's decoder block
+        # has two attentions: self and cross)
+        for attn in [] if attention is None else attention if isinstance(attention, list) else [attention]:
+            targets += [(attn, n) for n in attention_targets]
         self.impl.build(self, mlp, cfg, targets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, H)

@@ -4,7 +4,8 @@ it win.
 
 - ``reference``: the authors' configuration (alibaba/EasyNLP ``examples/mta``: ``modeling_MTA.py``,
   ``train.sh``) on a decoder LM. ``ffn`` experts, 5 upcycled copies of the MLP of one middle
-  block (block 15 of SmolLM2's 30; ``--layers`` overrides); no shared expert; one mixture per task
+  block (block 15 of SmolLM2's 30; on T5 the middle block of each stack, as the authors placed it;
+  ``--layers`` overrides); no shared expert; one mixture per task
   group (nli / classify / generate, the overall score's groups from the task registry); the
   code's gate start, logits ``(.22, .22, .2, .2, .2)`` shifted per group under ``softmax(g / 0.1)``
   (the ``overlap`` prior at strength 0.02: softmax ignores the common 0.2); one stage training

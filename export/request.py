@@ -17,11 +17,16 @@ from .options import ExportOptions
 def check_request(checkpoint: Path, out: Path, opts: ExportOptions) -> None:
     """What fails before any torch work: an ``out`` that is, holds or lies in an input, an
     existing ``out`` (without ``overwrite``, or that is not a bundle), a missing or incomplete
-    checkpoint, tasks.json against the adapters' task count, per-task graphs of a per-token
-    gate, an unknown task name."""
+    checkpoint, an encoder-decoder's (not built yet), tasks.json against the adapters' task
+    count, per-task graphs of a per-token gate, an unknown task name."""
+    from alter_edge.families import is_seq2seq
     from alter_edge.training.checkpoint import check_task_count, read_checkpoint_meta
 
     meta = read_checkpoint_meta(checkpoint)
+    model_type = meta["base_model"].get("model_type")
+    if is_seq2seq(str(model_type)):
+        raise CheckpointError(f"{checkpoint} is an encoder-decoder ({model_type}) checkpoint: encoder-decoder export "
+                              "is not built yet (it trains and evaluates: `alter-edge eval`)")
     inputs = [("checkpoint", checkpoint), ("`data` file", opts.data)]
     base_path = meta["base_model"].get("path")
     if opts.base_model is None and isinstance(base_path, str) and base_path:

@@ -91,6 +91,29 @@ def make_tiny_base(arch: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0,
     return _save_base(model, out_dir, tokenizer_dir)
 
 
+def make_tiny_t5(version: str, out_dir: Path, tokenizer_dir: Path, seed: int = 0, num_layers: int = 3,
+                 init_factor: float = 1.0) -> Path:
+    """Save a random T5 (``version`` "1.0": ReLU FFN, tied head; "1.1": gated-GELU FFN, untied
+    head, as flan-T5) with the tiny tokenizer, its ``T5Config`` built in-process (no network).
+    ``num_layers`` blocks in each stack."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    if version not in ("1.0", "1.1"):
+        raise ValueError(version)
+    vocab = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+    V = max(vocab.values()) + 1
+    eos, pad = vocab["<eos>"], vocab["<pad>"]
+    cfg = T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=num_layers, num_decoder_layers=num_layers,
+                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                   dropout_rate=0.0, feed_forward_proj="relu" if version == "1.0" else "gated-gelu",
+                   tie_word_embeddings=version == "1.0", eos_token_id=eos, pad_token_id=pad,
+                   decoder_start_token_id=pad, initializer_factor=init_factor)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(cfg)
+    return _save_base(model, out_dir, tokenizer_dir)
+
+
 # a tiny config of each decoder family the builder writes (2 layers, hidden 64), with each
 # family's peculiarities switched on: sliding windows shorter than the test prompts, partial
 # rotary, multipliers and softcaps away from 1

@@ -14,6 +14,11 @@ Two layouts compute the same loss and the same gradients (a test holds them equa
   here, because question_gen rows run to 300 tokens and the rest to about 45.
 
 Logits are computed only at target positions in both.
+
+An encoder-decoder (T5) lays a batch out its own way (:func:`seq2seq_loss`): the prompts
+right-padded into the encoder, the decoder start token and the targets shifted right into the
+decoder, the loss on the decoder's target. It has no packed layout yet: ``packed`` trains it
+padded (the loss is the same).
 """
 
 from __future__ import annotations
@@ -131,6 +136,10 @@ def batch_loss(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int],
                lane_tokens: int = 256) -> torch.Tensor:
     """Mean over rows of the mean target-token cross-entropy; logits only at target positions;
     with ``cache``, the blocks below the first adapted one are skipped."""
+    if model.seq2seq:
+        if cache is not None:
+            raise ValueError("an encoder-decoder has no frozen-prefix cache yet")
+        return seq2seq_loss(model, examples, idx, pad_id)
     batch = layout_rows(examples, idx, pad_id, layout, lane_tokens)
     b_idx, p_idx, labels, owner = [], [], [], []
     for j, i in enumerate(idx):
@@ -146,10 +155,34 @@ def batch_loss(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int],
     logits = model.logits_at(batch.ids, batch.mask, batch.task_ids, positions, prefix_hidden=prefix,
                              position_ids=batch.position_ids)  # (N, V)
     tok_loss = F.cross_entropy(logits.float(), torch.tensor(labels), reduction="none")  # (N,)
+    return _row_mean(tok_loss, owner, len(idx))
+
+
+def _row_mean(tok_loss: torch.Tensor, owner: list[int], rows: int) -> torch.Tensor:
+    """The mean over rows of each row's mean token loss (``owner``: each token's row)."""
     owner_t = torch.tensor(owner)
-    per_row = torch.zeros(len(idx)).index_add(0, owner_t, tok_loss)
-    counts = torch.zeros(len(idx)).index_add(0, owner_t, torch.ones_like(tok_loss))
+    per_row = torch.zeros(rows).index_add(0, owner_t, tok_loss)
+    counts = torch.zeros(rows).index_add(0, owner_t, torch.ones_like(tok_loss))
     return (per_row / counts).mean()
+
+
+def seq2seq_loss(model: MTAModel, examples: Sequence[Encoded], idx: Sequence[int], pad_id: int) -> torch.Tensor:
+    """:func:`batch_loss` for an encoder-decoder: the prompt (as the decoder LMs get it) into the
+    encoder, ``[decoder start] + target[:-1]`` into the decoder, the loss on ``target``."""
+    start = model.decoder_start_id()
+    ids, mask = right_pad([examples[i].prompt for i in idx], pad_id, PAD_MULTIPLE)
+    dec, dec_mask = right_pad([[start] + examples[i].target[:-1] for i in idx], pad_id, PAD_MULTIPLE)
+    task_ids = torch.tensor([examples[i].task_id for i in idx], dtype=torch.long)
+    b_idx, p_idx, labels, owner = [], [], [], []
+    for j, i in enumerate(idx):
+        n = len(examples[i].target)
+        b_idx += [j] * n
+        p_idx += range(n)
+        labels += examples[i].target
+        owner += [j] * n
+    logits = model.seq2seq_logits_at(ids, mask, dec, dec_mask, task_ids, (torch.tensor(b_idx), torch.tensor(p_idx)))
+    tok_loss = F.cross_entropy(logits.float(), torch.tensor(labels), reduction="none")  # (N,)
+    return _row_mean(tok_loss, owner, len(idx))
 
 
 def micro_batches(examples: Sequence[Encoded], idx: Sequence[int], max_tokens: int, layout: str = "packed",
@@ -194,6 +227,8 @@ def accumulate_batch(model: MTAModel, examples: Sequence[Encoded], idx: Sequence
     batch_rows = batch_rows or len(idx)
     if not idx:
         return 0.0
+    if model.seq2seq:  # no packed layout for an encoder-decoder yet: its rows are padded
+        layout = "padded"
     parts = micro_batches(examples, idx, max_tokens, layout, lane_tokens)
     total = 0.0
     for part in parts:

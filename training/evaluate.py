@@ -41,7 +41,9 @@ def greedy_generate(
     max_new_tokens: int = 32,
 ) -> list[list[int]]:
     """Greedy decoding with the KV cache for a left-padded batch; each row stops at its eos
-    (the eos is not returned)."""
+    (the eos is not returned). An encoder-decoder: :func:`greedy_generate_seq2seq`."""
+    if model.seq2seq:
+        return greedy_generate_seq2seq(model, prompts, task_ids, eos_id, pad_id, max_new_tokens)
     ids, mask = left_pad(prompts, pad_id)
     tids = torch.tensor(list(task_ids), dtype=torch.long)
     B = ids.shape[0]
@@ -69,11 +71,75 @@ def greedy_generate(
     return out
 
 
+def _encode(model: MTAModel, prompts: Sequence[Sequence[int]], tids: torch.Tensor, pad_id: int):
+    """An encoder-decoder's encoder output for right-padded prompts: (output, attention mask)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    ids, lengths = pad_rows(prompts, pad_id, "right")
+    ids, mask = torch.from_numpy(ids), torch.from_numpy(length_mask(lengths, ids.shape[1]))
+    with model.tasks(tids):
+        hidden = model.base.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    return BaseModelOutput(last_hidden_state=hidden), mask
+
+
+@torch.no_grad()
+def greedy_generate_seq2seq(model: MTAModel, prompts: Sequence[Sequence[int]], task_ids: Sequence[int], eos_id: int,
+                            pad_id: int, max_new_tokens: int = 32) -> list[list[int]]:
+    """Greedy decoding for an encoder-decoder (T5): the encoder runs once on the prompts, the
+    decoder from its start token with its KV cache, one step per token; ``task_ids`` reach the
+    blocks of both stacks. Each row stops at its eos (not returned)."""
+    tids = torch.tensor(list(task_ids), dtype=torch.long)
+    enc, mask = _encode(model, prompts, tids, pad_id)
+    B = tids.shape[0]
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool)
+    cur = torch.full((B, 1), model.decoder_start_id(), dtype=torch.long)
+    past = None
+    cache_kw = kv_cache_kwarg(model)
+    for _ in range(max_new_tokens):
+        with model.tasks(tids):
+            res = model.base(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=cur, use_cache=True,
+                             **{cache_kw: past})
+        past = kv_cache_out(res)
+        nxt = res.logits[:, -1].argmax(-1)  # (B,)
+        for i in range(B):
+            if not done[i]:
+                if int(nxt[i]) == eos_id:
+                    done[i] = True
+                else:
+                    out[i].append(int(nxt[i]))
+        if bool(done.all()):
+            break
+        cur = torch.where(done, torch.full_like(nxt, pad_id), nxt)[:, None]
+    return out
+
+
+@torch.no_grad()
+def _label_scores_seq2seq(model: MTAModel, prompt: Sequence[int], task_id: int,
+                          label_ids: Sequence[Sequence[int]], pad_id: int) -> list[float]:
+    """:func:`label_scores` for an encoder-decoder: each label (with eos) as the decoder's target."""
+    n = len(label_ids)
+    tids = torch.full((n,), task_id, dtype=torch.long)
+    enc, mask = _encode(model, [list(prompt)] * n, tids, pad_id)
+    start = model.decoder_start_id()
+    dec, lengths = pad_rows([[start] + list(lab[:-1]) for lab in label_ids], pad_id, "right")
+    dec = torch.from_numpy(dec)
+    with model.tasks(tids):
+        logits = model.base(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec,
+                            decoder_attention_mask=torch.from_numpy(length_mask(lengths, dec.shape[1])),
+                            use_cache=False).logits
+    logp = torch.log_softmax(logits.float(), -1)
+    return [float(logp[i, : len(lab)].gather(-1, torch.tensor(list(lab))[:, None]).sum())
+            for i, lab in enumerate(label_ids)]
+
+
 @torch.no_grad()
 def label_scores(
     model: MTAModel, prompt: Sequence[int], task_id: int, label_ids: Sequence[Sequence[int]], pad_id: int
 ) -> list[float]:
     """Sum of log-probabilities of each label's tokens (with eos) after ``prompt``."""
+    if model.seq2seq:
+        return _label_scores_seq2seq(model, prompt, task_id, label_ids, pad_id)
     seqs = [list(prompt) + list(lab) for lab in label_ids]
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
@@ -195,4 +261,4 @@ def _scores(tasks: TaskRegistry, rows: Sequence[Example], preds: dict[int, str],
     return {t: sums[t] / counts[t] for t in sorted(sums)}, counts
 
 
-__all__ = ["evaluate", "greedy_generate", "label_scores", "left_pad", "prompt_text", "token_budget", "EvalResult"]
+__all__ = ["evaluate", "greedy_generate", "greedy_generate_seq2seq", "label_scores", "left_pad", "prompt_text", "token_budget", "EvalResult"]

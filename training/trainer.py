@@ -272,6 +272,10 @@ def run_training(data: Path | None, out: Path, cfg: TrainConfig, resume: bool = 
             log.warning("the frozen-prefix cache is off: the base model trains (train_base), so the hidden states "
                         "below the adapted blocks change every step")
             run.state["cache"] = {"off": "train_base: the base model trains"}
+        elif cfg.use_cache and run.model.seq2seq:
+            log.info("the frozen-prefix cache is off: an encoder-decoder (%s) has none yet",
+                     run.model.base.config.model_type)
+            run.state["cache"] = {"off": "encoder-decoder: no frozen-prefix cache yet"}
         elif cfg.use_cache and run.model.adapted_layers[0] > 0:
             run.cache = _prefix_cache(run)
         run.steps_left = stop_after
@@ -304,7 +308,8 @@ def _open_run(out: Path, cfg: TrainConfig, dist: Collective, train_rows: list[Ex
             raise CheckpointError(f"`resume`: the data's tasks differ from those in {out}/tasks.json")
     else:
         with dist.main_first():  # rank 0 converts/caches the base model once
-            # a family that cannot be exported is refused here, before its weights load or any step
+            # a family that cannot train is refused here, before its weights load or any step (T5
+            # trains; export refuses it later)
             arch_spec(base_model_type(cfg.base_model))
             base, tokenizer, info = load_base_model(cfg.base_model)
         model = MTAModel(base, mta_config(cfg, tasks))
@@ -320,8 +325,10 @@ def _open_run(out: Path, cfg: TrainConfig, dist: Collective, train_rows: list[Ex
     state["compute_dtype"] = dtype
     log.info("compute dtype: %s (compute_dtype %s)", dtype, cfg.compute_dtype)
     params = count_parameters(model)
-    log.info("MTA: %s, blocks %s, K=%s; trainable adapters %d, mixture %d",
-             model.cfg.adapter_kind, model.adapted_layers, model.cfg.num_adapters,
+    if model.seq2seq and cfg.layout == "packed":
+        log.info("layout packed: an encoder-decoder trains padded (no packed layout for it yet; the same loss)")
+    log.info("MTA: %s, blocks %s, K=%s; trainable adapters %d, mixture %d", model.cfg.adapter_kind,
+             model.adapted_by_stack if model.seq2seq else model.adapted_layers, model.cfg.num_adapters,
              params["adapters"], params["mixture"])
     pools, guard = stage_pools(train_rows, cfg, len(cfg.stage_plan()))
     return _Run(out, cfg, dist, model, tokenizer, info, tasks, state,

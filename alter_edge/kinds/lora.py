@@ -47,6 +47,11 @@ class MixedLoRA(nn.Module):
         """A as K stacked factors ``(K*r, in)``."""
         return self.lora_A
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base projection's weight (T5's FFN reads ``wo.weight.dtype`` before ``wo``)."""
+        return self.base_layer.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
         y = self.base_layer(x)
         return y + F.linear(self.mixed_input(x, self._block.weights()), self.lora_B) * self.scaling
