@@ -26,9 +26,9 @@ from .sampling import (
     MIN_TEMPERATURE,
     SamplingParams,
     TokenPicker,
-    _is_int,
-    _nucleus,
+    is_int,
     log_softmax,
+    nucleus,
     shown_value,
 )
 from .session import GraphRunner
@@ -36,7 +36,7 @@ from .slots import SlotPool
 from .text import RowText
 
 __all__ = ["GREEDY", "MAX_SEED", "MAX_TEMPERATURE", "MIN_TEMPERATURE", "RowText", "SamplingParams", "SlotPool",
-           "TokenPicker", "_nucleus", "decode", "decode_args", "log_softmax", "shown_value"]
+           "TokenPicker", "nucleus", "decode", "decode_args", "log_softmax", "shown_value"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
                  refill_at: int) -> tuple[list[SamplingParams], np.ndarray]:
     """:func:`decode_args` plus the own loop's ``refill_at``."""
     checked = decode_args(prompts, task_ids, params, slots)
-    if not _is_int(refill_at) or refill_at < 1:
+    if not is_int(refill_at) or refill_at < 1:
         raise ConfigError(f"refill_at must be an integer >= 1, got {shown_value(refill_at)}")
     return checked
 
@@ -117,7 +117,7 @@ def decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],
         raise ConfigError("task_ids must be integers, one per prompt") from None
     if tids.ndim != 1 or len(row_params) != n or len(tids) != n:
         raise ConfigError(f"{n} prompts need {n} task ids and params, got {tids.size} and {len(row_params)}")
-    if slots is not None and (not _is_int(slots) or slots < 1):
+    if slots is not None and (not is_int(slots) or slots < 1):
         raise ConfigError(f"slots must be an integer >= 1 or None (all rows), got {shown_value(slots)}")
     return row_params, tids
 

@@ -31,17 +31,17 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # one stop string, not its letters
             object.__setattr__(self, "stop", (self.stop,))
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {shown_value(self.max_new_tokens)}")
         if not _is_real(self.temperature) or not (
                 self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
             raise ConfigError(f"temperature must be 0 (greedy) or a number in {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}, "
                               f"got {shown_value(self.temperature)}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {shown_value(self.top_k)}")
         if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be a number in (0, 1], got {shown_value(self.top_p)}")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             raise ConfigError(f"seed must be an integer in 0..2**63-1 or None, got {shown_value(self.seed)}")
         try:
             stop = tuple(self.stop)
@@ -59,7 +59,7 @@ class SamplingParams:
 def shown_value(v: object) -> str:
     """``v`` for a message, short and on one line: an integer of more than 20 digits by its
     length, else its repr (cut to 80 characters; one that cannot be shown, by its type)."""
-    if _is_int(v) and abs(v) >= 10**20:  # str() of one over Python's 4,300-digit limit raises
+    if is_int(v) and abs(v) >= 10**20:  # str() of one over Python's 4,300-digit limit raises
         return f"an integer of {_digits(int(abs(v)))} digits"
     try:
         text = repr(v)
@@ -74,7 +74,7 @@ def _digits(n: int) -> int:
     return d + 1 if n >= 10**d else d
 
 
-def _is_int(v: object) -> bool:
+def is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
@@ -123,7 +123,7 @@ class TokenPicker:
         probs /= probs.sum(-1, keepdims=True)
         out = np.empty(len(probs), dtype=np.int64)
         for i, (p, r) in enumerate(zip(probs, rows, strict=True)):
-            keep = _nucleus(p, self.p.top_p) if self.p.top_p < 1.0 else None
+            keep = nucleus(p, self.p.top_p) if self.p.top_p < 1.0 else None
             u = self.rng(int(r)).random()
             if keep is None:
                 c = np.cumsum(p)
@@ -135,7 +135,7 @@ class TokenPicker:
         return out
 
 
-def _nucleus(p: np.ndarray, top_p: float, first: int = 1024) -> np.ndarray:
+def nucleus(p: np.ndarray, top_p: float, first: int = 1024) -> np.ndarray:
     """The ids (ascending) of the smallest set of most likely tokens whose probability reaches
     ``top_p``: the most likely always, then each next one while the mass before it is below
     ``top_p``. Sorts only the ``first`` most likely tokens (equal probabilities in id order),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from alter_edge.runtime.generate import RowText, SamplingParams, TokenPicker, _nucleus
+from alter_edge.runtime.generate import RowText, SamplingParams, TokenPicker, nucleus
 from alter_edge.testing import TINY_ROWS
 
 
@@ -69,10 +69,10 @@ def test_nucleus_is_the_smallest_most_likely_set():
             order = np.argsort(-p, kind="stable")
             before = np.cumsum(p[order]) - p[order]
             want = np.sort(order[before < top_p])
-            assert _nucleus(p, top_p, first=4).tolist() == want.tolist()
+            assert nucleus(p, top_p, first=4).tolist() == want.tolist()
     tie = np.full(2000, 0.05 / 1997)
     tie[[5, 7, 9]] = 0.3, 0.35, 0.3
-    assert _nucleus(tie, 0.6).tolist() == [5, 7]  # equal candidates at the edge: the lower id first
+    assert nucleus(tie, 0.6).tolist() == [5, 7]  # equal candidates at the edge: the lower id first
 
 
 # -- incremental detokenization -------------------------------------------------------------
