@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # what pyproject.toml builds from: a clean copy, so no stale build/ folder reaches the wheel
-SOURCES = ("pyproject.toml", "README.md", "alter_edge", "training", "export", "runtime")
+SOURCES = ("pyproject.toml", "README.md", "alter_edge", "training", "export", "runtime", "testing")
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_export_extra_alone_exports_the_builtin_model(tmp_path):
         r = _pip(py, "install", "-q", *args, cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
     # an install from a wheel: only alter_edge.* imports, and the corpora came with it
-    for module in ("runtime", "export", "training", "tests", "benchmarks"):
+    for module in ("runtime", "export", "training", "testing", "tests", "benchmarks"):
         r = subprocess.run([str(py), "-c", f"import {module}"], capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode != 0, f"{module} imports in the [export] venv"
     r = subprocess.run([str(py), "-c", "from alter_edge.default_mix import PAPER_ROWS; assert PAPER_ROWS.is_file()"],
