@@ -3,10 +3,13 @@ scored the same way against the same fp32 reference on one checkpoint's dev spli
 
     bash scripts/anchors.sh genai llama-quantize
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/int4_anchors.py runs/quickstart/checkpoint \\
-        --out runs/int4-anchors \\
+        --out runs/int4-anchors --max-rows 50 \\
         --ours "gptq+zp (default)=runs/int4-new/model.int4.onnx" \\
         --ours "rtn, symmetric=runs/int4-rtn/model.int4.onnx" \\
-        --build "rtn+zp:--int4-method rtn"
+        --build "rtn+zp:--int4-method rtn" --build "gptq+zp, lm_head 8-bit:--int4-8bit lm_head"
+
+(docs/export.md has the table and the full command.) An anchor whose tool or runtime fails on a
+model gets a row saying so; the others go on.
 
 The reference is our fp32 multi-task graph (checked against PyTorch by every export): per dev row
 (the checkpoint's whole dev split, ``--max-rows`` caps it per task) its greedy answer, up to the
