@@ -476,8 +476,10 @@ def speed_table(plan: dict[str, tuple[str, dict]], runs: dict[str, list[dict]], 
     return table
 
 
-def speed_ratios(table: dict[str, dict], precisions: list[str]) -> dict[str, float]:
-    """Tokens/s of our graphs against onnxruntime-genai, our own plain base and llama.cpp; printed."""
+def speed_ratios(table: dict[str, dict], precisions: list[str], also: list[str] = ()) -> dict[str, float]:
+    """Tokens/s of our graphs against onnxruntime-genai, our own plain base and llama.cpp; printed.
+    ``also`` (``--also LABEL=GRAPH``): each such graph against onnxruntime-genai's graph of the
+    precision its file name says (``*.int4.onnx``: genai's int4)."""
     ratios = {}
 
     def ratio(a: str, b: str, key: str) -> None:
@@ -498,6 +500,11 @@ def speed_ratios(table: dict[str, dict], precisions: list[str]) -> dict[str, flo
         for key in ("b1_tok_s", "b8_tok_s"):  # the genai engine against onnxruntime-genai's own figure
             ratio(f"alter-edge {p} plain base, genai engine", f"onnxruntime-genai {p} plain base", key)
             ratio(f"alter-edge {p} multi-task graph, genai engine", f"alter-edge {p} multi-task graph", key)
+    for spec in also:
+        label, _, graph = spec.partition("=")
+        p = next((q for q in ("int8", "int4") if f".{q}." in Path(graph).name), None)
+        for key in ("b1_tok_s", "b8_tok_s") if p else ():
+            ratio(label, f"onnxruntime-genai {p} plain base", key)
     print("\nratios (tokens/s):")
     for k, v in ratios.items():
         print(f"  {v:6.3f}  {k}")
@@ -542,7 +549,7 @@ def main() -> None:
           f"greedy tokens; medians of {args.rounds} interleaved rounds (each engine its own process)")
     print(f"read bandwidth measured here: {bw:.1f} GB/s ({args.threads} threads)")
     table = speed_table(plan, runs, bw)
-    ratios = speed_ratios(table, args.precisions)
+    ratios = speed_ratios(table, args.precisions, args.also)
     cold = cold_starts(paths, args.precisions, args.threads)
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu_flags(), "threads": args.threads, "bandwidth_gbs": bw,

@@ -3,6 +3,9 @@
 #   bash scripts/anchors.sh genai   # .venv-genai: onnxruntime-genai 0.18.0 + its model builder
 #   bash scripts/anchors.sh llama   # .venv-llama: llama-cpp-python[server] 0.3.36, built from source (~7 min)
 #   bash scripts/anchors.sh llama-server   # .llama-server/bin/llama-server: llama.cpp's own server, same sources
+#   bash scripts/anchors.sh llama-quantize # .llama-quantize: llama-quantize + convert_hf_to_gguf.py + llama_cpp's
+#                                          # bindings on the library built beside it, same sources (~10 min);
+#                                          # its Python side runs in .venv-genai (made first when missing)
 # Benchmarks skip an anchor whose venv is missing, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +39,26 @@ for what in "${@:-genai}"; do
       rm -rf "$src"
       echo "llama-server: $(pwd)/.llama-server/bin/llama-server"
       ;;
-    *) echo "unknown anchor $what (genai, llama, llama-server)" >&2; exit 2 ;;
+    llama-quantize)
+      # benchmarks/int4_anchors.py: GGUFs made from an fp32 Hugging Face folder with llama.cpp's own
+      # converter and quantize tool, scored through llama_cpp's ctypes bindings (LLAMA_CPP_LIB_PATH ->
+      # the libllama.so built here), all from the sources llama-cpp-python 0.3.36's sdist vendors
+      [ -x .venv-genai/bin/python ] || bash "$0" genai
+      .venv-genai/bin/python -m pip install -q sentencepiece diskcache  # the converter's / bindings' imports
+      src=$(mktemp -d)
+      "$PY" -m pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d "$src"
+      tar xzf "$src"/llama_cpp_python-0.3.36.tar.gz -C "$src"
+      vendor="$src"/llama_cpp_python-0.3.36/vendor/llama.cpp
+      cmake -S "$vendor" -B .llama-quantize -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF >/dev/null
+      cmake --build .llama-quantize --target llama-quantize -j "${JOBS:-$(nproc)}" >/dev/null
+      rm -rf .llama-quantize/py && mkdir -p .llama-quantize/py
+      cp -r "$src"/llama_cpp_python-0.3.36/llama_cpp "$vendor"/convert_hf_to_gguf.py "$vendor"/conversion \
+        "$vendor"/gguf-py .llama-quantize/py/
+      rm -rf "$src"
+      echo "llama-quantize: $(pwd)/.llama-quantize/bin/llama-quantize"
+      ;;
+    *) echo "unknown anchor $what (genai, llama, llama-server, llama-quantize)" >&2; exit 2 ;;
   esac
 done
