@@ -7,7 +7,8 @@
   all, lazily, and nothing imports it: tests/test_cli_layer.py), and ``alter_edge.testing``
   (the fixtures, folder ``testing/``) sits on top of training and export;
 - every file path README.md and docs/*.md name exists;
-- a built graph's inputs and outputs are ``KVLayout``'s lists, in order.
+- a built graph's inputs and outputs are ``KVLayout``'s lists, in order;
+- no module in runtime/ or export/ is over 400 lines, no library function over 60.
 """
 
 from __future__ import annotations
@@ -121,3 +122,17 @@ def test_manifest_and_validation_report_read_and_write_the_same_bytes(runtime_bu
     report = ValidationReport.read(runtime_bundle)
     assert json.dumps(report.to_json(), indent=2) + "\n" == raw
     assert report.passed and report.checks and "build" in report.facts
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def test_modules_and_functions_stay_small():
+    long_modules = [f"{p.relative_to(ROOT)}: {n}" for d in ("runtime", "export") for p in sorted((ROOT / d).rglob("*.py"))
+                    if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    long_functions = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}"
+        for path in _modules() for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert long_modules == [] and long_functions == []
