@@ -58,17 +58,23 @@ def greedy_generate(
                     **{cache_kw: past})  # only the last position: (B, 1, V), not (B, T, V)
         past = kv_cache_out(res)
         nxt = res.logits[:, -1].argmax(-1)  # (B,)
-        for i in range(B):
-            if not done[i]:
-                if int(nxt[i]) == eos_id:
-                    done[i] = True
-                else:
-                    out[i].append(int(nxt[i]))
-        if bool(done.all()):
+        if _take(nxt, done, out, eos_id):
             break
         cur = torch.where(done, torch.full_like(nxt, pad_id), nxt)[:, None]
         mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
     return out
+
+
+def _take(nxt: torch.Tensor, done: torch.Tensor, out: list[list[int]], eos_id: int) -> bool:
+    """Append each unfinished row's greedy token (an eos finishes the row instead); True when
+    every row is done."""
+    for i in range(len(out)):
+        if not done[i]:
+            if int(nxt[i]) == eos_id:
+                done[i] = True
+            else:
+                out[i].append(int(nxt[i]))
+    return bool(done.all())
 
 
 def _encode(model: MTAModel, prompts: Sequence[Sequence[int]], tids: torch.Tensor, pad_id: int):
@@ -102,13 +108,7 @@ def greedy_generate_seq2seq(model: MTAModel, prompts: Sequence[Sequence[int]], t
                              **{cache_kw: past})
         past = kv_cache_out(res)
         nxt = res.logits[:, -1].argmax(-1)  # (B,)
-        for i in range(B):
-            if not done[i]:
-                if int(nxt[i]) == eos_id:
-                    done[i] = True
-                else:
-                    out[i].append(int(nxt[i]))
-        if bool(done.all()):
+        if _take(nxt, done, out, eos_id):
             break
         cur = torch.where(done, torch.full_like(nxt, pad_id), nxt)[:, None]
     return out
