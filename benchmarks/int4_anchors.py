@@ -62,7 +62,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GENAI_PY = ROOT / ".venv-genai" / "bin" / "python"
-LLAMA_DIR = ROOT / ".llama-quantize"  # bin/llama-quantize, py/ (llama_cpp, gguf-py, convert_hf_to_gguf.py)
+LLAMA_DIR = ROOT / ".llama-quantize"  # bin/llama-quantize and libllama, py/ (convert_hf_to_gguf.py, conversion/)
 # genai builder 0.18 int4 options (--extra_options), by label
 GENAI_OPTIONS = {
     "default": [],
@@ -389,8 +389,7 @@ def gguf_models(s: Setup, hf: dict[str, Path], qtype: str) -> dict[str, Path]:
         d.mkdir(parents=True, exist_ok=True)
         f32 = d / f"{task}.f32.gguf"
         if not f32.is_file():
-            env = anchor_env()
-            env["PYTHONPATH"] = str(LLAMA_DIR / "py" / "gguf-py")
+            env = anchor_env()  # gguf is installed in the anchor venv (scripts/anchors.sh llama-quantize)
             cmd = [str(GENAI_PY), str(LLAMA_DIR / "py" / "convert_hf_to_gguf.py"), str(src), "--outtype", "f32",
                    "--outfile", str(f32) + ".tmp"]
             r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -421,8 +420,7 @@ def score_anchor(s: Setup, engine: str, models: dict[str, Path], ref: list[list[
     jp = cache.with_suffix(".job.json")
     jp.write_text(json.dumps(job))
     env = anchor_env()
-    if engine == "llama":
-        env["PYTHONPATH"] = str(LLAMA_DIR / "py")
+    if engine == "llama":  # llama_cpp's bindings (in the anchor venv) load the libllama built beside llama-quantize
         env["LLAMA_CPP_LIB_PATH"] = str(LLAMA_DIR / "bin")
     r = subprocess.run([str(GENAI_PY), str(Path(__file__).resolve()), "x", "--worker", str(jp)], env=env,
                        capture_output=True, text=True)

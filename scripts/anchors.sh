@@ -54,8 +54,11 @@ for what in "${@:-genai}"; do
         -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF >/dev/null
       cmake --build .llama-quantize --target llama-quantize -j "${JOBS:-$(nproc)}" >/dev/null
       rm -rf .llama-quantize/py && mkdir -p .llama-quantize/py
-      cp -r "$src"/llama_cpp_python-0.3.36/llama_cpp "$vendor"/convert_hf_to_gguf.py "$vendor"/conversion \
-        "$vendor"/gguf-py .llama-quantize/py/
+      cp -r "$vendor"/convert_hf_to_gguf.py "$vendor"/conversion .llama-quantize/py/
+      # the converter's gguf package and the pure-Python llama_cpp bindings, installed into the anchor venv
+      .venv-genai/bin/python -m pip install -q "$vendor"/gguf-py
+      site=$(.venv-genai/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+      rm -rf "$site"/llama_cpp && cp -r "$src"/llama_cpp_python-0.3.36/llama_cpp "$site"/
       rm -rf "$src"
       echo "llama-quantize: $(pwd)/.llama-quantize/bin/llama-quantize"
       ;;
