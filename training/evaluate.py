@@ -56,25 +56,27 @@ def greedy_generate(
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -cur.shape[1]:]
         res = model(cur, mask, tids, position_ids=pos, use_cache=True, logits_to_keep=1,
                     **{cache_kw: past})  # only the last position: (B, 1, V), not (B, T, V)
-        past = kv_cache_out(res)
-        nxt = res.logits[:, -1].argmax(-1)  # (B,)
-        if _take(nxt, done, out, eos_id):
+        past, cur = _take(res, done, out, eos_id, pad_id)
+        if cur is None:
             break
-        cur = torch.where(done, torch.full_like(nxt, pad_id), nxt)[:, None]
         mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
     return out
 
 
-def _take(nxt: torch.Tensor, done: torch.Tensor, out: list[list[int]], eos_id: int) -> bool:
-    """Append each unfinished row's greedy token (an eos finishes the row instead); True when
-    every row is done."""
+def _take(res, done: torch.Tensor, out: list[list[int]], eos_id: int, pad_id: int):
+    """One greedy step's bookkeeping: append each unfinished row's token (an eos finishes the row
+    instead). Returns the KV cache and the next input tokens (B, 1), or None for them when every
+    row is done."""
+    nxt = res.logits[:, -1].argmax(-1)  # (B,)
     for i in range(len(out)):
         if not done[i]:
             if int(nxt[i]) == eos_id:
                 done[i] = True
             else:
                 out[i].append(int(nxt[i]))
-    return bool(done.all())
+    if bool(done.all()):
+        return kv_cache_out(res), None
+    return kv_cache_out(res), torch.where(done, torch.full_like(nxt, pad_id), nxt)[:, None]
 
 
 def _encode(model: MTAModel, prompts: Sequence[Sequence[int]], tids: torch.Tensor, pad_id: int):
@@ -106,11 +108,9 @@ def greedy_generate_seq2seq(model: MTAModel, prompts: Sequence[Sequence[int]], t
         with model.tasks(tids):
             res = model.base(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=cur, use_cache=True,
                              **{cache_kw: past})
-        past = kv_cache_out(res)
-        nxt = res.logits[:, -1].argmax(-1)  # (B,)
-        if _take(nxt, done, out, eos_id):
+        past, cur = _take(res, done, out, eos_id, pad_id)
+        if cur is None:
             break
-        cur = torch.where(done, torch.full_like(nxt, pad_id), nxt)[:, None]
     return out
 
 

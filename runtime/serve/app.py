@@ -14,18 +14,9 @@ import hmac
 import json
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -35,6 +26,7 @@ from starlette.routing import Route
 from alter_edge.errors import AlterEdgeError, DataError
 
 from ..model import EdgeModel
+from .metrics import Metrics
 from .protocol import (
     MAX_CLASSIFY_INPUTS,
     ApiError,
@@ -51,7 +43,6 @@ from .scheduler import DEADLINE, PREFILL_TOKENS, SHUTDOWN, Job, Overloaded, Sche
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 @dataclass(frozen=True)
@@ -64,51 +55,6 @@ class ServeOptions:
     max_classify_inputs: int = MAX_CLASSIFY_INPUTS  # /v1/classify inputs per request; more get 400
     api_key: str | None = None  # None: no key needed (loopback, or --insecure)
     prefill_tokens: int | None = PREFILL_TOKENS  # prompt tokens between two decode steps (None: whole prompts)
-
-
-class Metrics:
-    """Prometheus metrics of one server (its own registry, the process's RSS and CPU with it)."""
-
-    def __init__(self):
-        self.registry = r = CollectorRegistry()
-        ProcessCollector(registry=r)
-        self.queue = Gauge("alter_edge_queue_depth", "Requests waiting for a slot", registry=r)
-        self.running = Gauge("alter_edge_running_rows", "Requests running: rows decoding in the batch and "
-                             "the classify request being scored", registry=r)
-        self.tps = Gauge("alter_edge_tokens_per_second", "Generated tokens per second over the last 5 s",
-                         registry=r)
-        self.tokens = Counter("alter_edge_generated_tokens", "Generated tokens", registry=r)
-        self.requests = Counter("alter_edge_requests", "Finished requests by endpoint and finish reason",
-                                ["endpoint", "reason"], registry=r)
-        self.rejected = Counter("alter_edge_rejected_requests", "Requests answered 429 (queue full)", registry=r)
-        self.ttft = Histogram("alter_edge_time_to_first_token_seconds", "Arrival to first token",
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.latency = Histogram("alter_edge_request_latency_seconds", "Arrival to last token or result",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.step_rows = Histogram("alter_edge_step_rows", "Rows that got a token, per decode step",
-                                   buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
-        self._window: deque[tuple[float, int]] = deque()
-
-    def observe_step(self, queued: int, running: int, tokens: int) -> None:  # scheduler thread
-        now = time.monotonic()
-        self.queue.set(queued)
-        self.running.set(running)
-        if tokens:
-            self.tokens.inc(tokens)
-            self.step_rows.observe(tokens)
-            self._window.append((now, tokens))
-        while self._window and self._window[0][0] < now - 5.0:
-            self._window.popleft()
-        self.tps.set(sum(n for _, n in self._window) / 5.0)
-
-    def first_token(self, job: Job, seconds: float) -> None:
-        self.ttft.observe(seconds)
-
-    def finished(self, job: Job, reason: str, seconds: float) -> None:
-        endpoint = job.sink.endpoint if job.sink is not None else "unknown"
-        self.requests.labels(endpoint, reason).inc()
-        if reason not in ("cancelled", SHUTDOWN):
-            self.latency.labels(endpoint).observe(seconds)
 
 
 class _Sink:
@@ -230,18 +176,22 @@ class Server:
         return JSONResponse({"status": "ok", "tasks": self.tasks, "running": self.scheduler.running,
                              "queued": self.scheduler.queued})
 
-    async def metrics_endpoint(self, request: Request) -> Response:
+    def _refused(self, request: Request) -> Response | None:
+        """The 401 answer for a request without the API key, or None."""
         try:
             self._authorize(request)
         except ApiError as e:
             return _error(e)
+        return None
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def models(self, request: Request) -> JSONResponse:
-        try:
-            self._authorize(request)
-        except ApiError as e:
-            return _error(e)
+    async def models(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         data = [{"id": t.name, "object": "model", "created": 0, "owned_by": "alter-edge", "kind": t.kind}
                 for t in self.model.tasks]
         return JSONResponse({"object": "list", "data": data})
