@@ -72,6 +72,15 @@ def runtime_bundle(tmp_path_factory, runtime_ckpt_dir):
 
 
 @pytest.fixture(scope="session")
+def merged_bundle(tmp_path_factory, runtime_ckpt_dir):
+    """The same checkpoint with a merged one-task graph for 'echo' (the LoRA folded into the weights)."""
+    from alter_edge.testing import build_bundle
+
+    return build_bundle(runtime_ckpt_dir, tmp_path_factory.mktemp("merged") / "bundle", task_graphs=("echo",),
+                        merged=True)
+
+
+@pytest.fixture(scope="session")
 def runtime_ckpt(runtime_ckpt_dir):
     """The same checkpoint in PyTorch: the reference the runtime must match."""
     from alter_edge.training.checkpoint import load_checkpoint

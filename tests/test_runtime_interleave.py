@@ -41,14 +41,6 @@ def off(runtime_bundle):
     return EdgeModel.load(runtime_bundle, threads=1, prefix_cache=False)
 
 
-@pytest.fixture(scope="module")
-def merged_bundle(tmp_path_factory, runtime_ckpt_dir):
-    from alter_edge.testing import build_bundle
-
-    return build_bundle(runtime_ckpt_dir, tmp_path_factory.mktemp("merged") / "bundle", task_graphs=("echo",),
-                        merged=True)
-
-
 @pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize("chunk,slots", [(1, 3), (5, 3), (7, 8), (1000, 4)])
 def test_multitask_mixed_tasks_equal_alone(runtime_bundle, off, cached, chunk, slots):

@@ -63,14 +63,6 @@ def on(runtime_bundle):
     return EdgeModel.load(runtime_bundle, threads=1, preload=True)
 
 
-@pytest.fixture(scope="module")
-def merged_bundle(tmp_path_factory, runtime_ckpt_dir):
-    from alter_edge.testing import build_bundle
-
-    return build_bundle(runtime_ckpt_dir, tmp_path_factory.mktemp("merged") / "bundle", task_graphs=("echo",),
-                        merged=True)
-
-
 def test_off_means_no_cache(off):
     assert off.runner_for(["echo", "colour"]).prefixes is None
     assert off.runner_for(["echo"]).prefixes is None
