@@ -498,8 +498,8 @@ def child_main(job_dir: Path, quiet: bool) -> int:
     from alter_edge.runtime.bench import peak_rss_mb  # late: onnxruntime's import is not the row's
 
     res = {"spec": spec, "row": spec["row"], "seed": spec.get("seed"), **res,
-           "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+           "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time(), 1),
+           "peak_rss_mb": round(peak_rss_mb(), 1), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(job_dir / "result.json", json.dumps(res, indent=2) + "\n")
     return 0
 
@@ -901,7 +901,8 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
                  {"kind": "train", "row": r, "seed": s, "fold": f, **common, "data": str(tr),
                   "data_sha256": sha256_file(tr), "eval_data": str(te), "eval_sha256": sha256_file(te),
                   "train_config": configs[(r, s)].to_dict()}, f)
-             for s in seeds for r in rows if (r, s) in configs for f, (tr, te) in enumerate(fold_files)]
+             # fold-major (every row's fold 0, then fold 1, ...): a partly done run already holds paired folds
+             for s in seeds for f, (tr, te) in enumerate(fold_files) for r in rows if (r, s) in configs]
     done: dict[tuple[str, int, int | None], dict] = {}
     for job in jobs:  # a folder made with other settings fails here, before anything runs
         res = job.finished()

@@ -71,3 +71,64 @@ class KVLayout:
         names = {k: d[k] for k in ("past_key", "past_value", "present_key", "present_value") if k in d}
         return cls(int(d["num_layers"]), int(d["num_kv_heads"]), int(d["head_dim"]), **names,
                    max_sequence_length=int(d.get("max_sequence_length", 0)))
+
+
+# -- encoder-decoder (T5) bundles: two graphs per precision and task --------------------------
+#
+# The encoder graph runs once per prompt row:
+#   inputs  input_ids int64 [batch, enc_seq] (right-padded), attention_mask int64 [batch, enc_seq],
+#           task_ids int64 [batch] (multi-task graphs only)
+#   outputs cross_key_values.{i}.key / .value float32 [batch, num_heads, enc_seq, head_dim]: each
+#           decoder layer's cross-attention k/v projections of the encoder output, computed once.
+# The decoder graph runs every decode step (MultiHeadAttention; the present self cache is the past
+# concatenated with this step's entries, so it has past_len + seq positions):
+#   inputs  input_ids int64 [batch, seq] (decoder tokens; the first step is decoder_start_token_id),
+#           attention_mask int64 [batch, past_len + seq] (1 for every valid decoder position so far;
+#           a row's positions are the running count of its ones, so holes left by refill are skipped),
+#           encoder_attention_mask int64 [batch, enc_seq], task_ids int64 [batch] (multi-task only),
+#           past_key_values.{i}.key / .value [batch, num_heads, past_len, head_dim],
+#           cross_key_values.{i}.key / .value [batch, num_heads, enc_seq, head_dim]
+#   outputs logits float32 [batch, seq, vocab] (every position of the step: label scoring reads them
+#           all; a one-token decode step has seq = 1), present.{i}.key / .value.
+SEQ2SEQ_CONTRACT = "t5-mha"
+ENCODER_ATTENTION_MASK = "encoder_attention_mask"
+CROSS_KEY, CROSS_VALUE = "cross_key_values.{i}.key", "cross_key_values.{i}.value"
+ENCODER_ROLE, DECODER_ROLE = "encoder", "decoder"
+
+
+@dataclass(frozen=True)
+class Seq2SeqLayout:
+    """Names and shapes of an encoder-decoder pair: the decoder's self cache (``kv``, MHA: its
+    ``num_kv_heads`` is the head count) and the cross cache (one key and value per decoder layer,
+    the encoder length as its sequence axis)."""
+
+    kv: KVLayout
+    cross_key: str = CROSS_KEY
+    cross_value: str = CROSS_VALUE
+
+    @property
+    def cross_names(self) -> tuple[str, ...]:
+        return tuple(p.format(i=i) for i in range(self.kv.num_layers) for p in (self.cross_key, self.cross_value))
+
+    def encoder_input_names(self, multitask: bool) -> list[str]:
+        return [INPUT_IDS, ATTENTION_MASK, *([TASK_IDS] if multitask else [])]
+
+    def encoder_output_names(self) -> list[str]:
+        return list(self.cross_names)
+
+    def decoder_input_names(self, multitask: bool) -> list[str]:
+        return [INPUT_IDS, ATTENTION_MASK, ENCODER_ATTENTION_MASK, *([TASK_IDS] if multitask else []),
+                *self.kv.past_names, *self.cross_names]
+
+    def decoder_output_names(self) -> list[str]:
+        return self.kv.output_names()
+
+    def to_dict(self) -> dict:
+        return {"self": {**self.kv.to_dict(), "shared_buffer": False},
+                "cross": {"cross_key": self.cross_key, "cross_value": self.cross_value, "dtype": "float32",
+                          "shape": ["batch", "num_heads", "enc_seq", "head_dim"]}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Seq2SeqLayout:
+        cross = d.get("cross", {})
+        return cls(KVLayout.from_dict(d["self"]), **{k: cross[k] for k in ("cross_key", "cross_value") if k in cross})
