@@ -10,7 +10,11 @@ paired) and an exact sign test on the classify rows that differ.
 
 A ``results.py --folds K`` folder compares the same way: its ``dev.jsonl`` is every train row
 (each scored by the fold run that did not train on it) and each ``<row>-s<seed>/result.json``
-holds the K folds' predictions in that order.
+holds the K folds' predictions in that order. While such a run is still going,
+``--partial-folds`` compares on the folds both rows have finished (``folds/<row>-s<seed>-f<f>``),
+each fold's test rows paired as they are::
+
+    python benchmarks/paired.py runs/results-cv shared_lora mta --partial-folds
 
 Predictions come from each run's ``result.json`` (``eval.predictions``, written since
 session 4); a run scored before that is scored again from its checkpoint with the dtype it
@@ -171,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("row_b")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: every seed both rows have")
     ap.add_argument("--rounds", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--partial-folds", action="store_true",
+                    help="a results.py --folds folder still running: compare on the folds both rows finished")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
@@ -194,6 +200,9 @@ def _run(args) -> int:
                               "the same export, without --seeds")
         return _report(args, *_export_scores(args, out, eval_file))
 
+    if args.partial_folds:
+        return _report(args, *_partial_fold_scores(args, out))
+
     def seeds_of(row: str) -> set[int]:
         return {int(p.parent.name.rsplit("-s", 1)[1]) for p in out.glob(f"{row}-s*/result.json")}
 
@@ -211,6 +220,29 @@ def _run(args) -> int:
     scores = {r: np.stack([row_scores(rows, run_predictions(out / f"{r}-s{s}", eval_file, not args.quiet), tasks)
                            for s in seeds]) for r in (args.row_a, args.row_b)}
     return _report(args, rows, tasks, scores, seeds)
+
+
+def _partial_fold_scores(args, out: Path) -> tuple:
+    """The rows of the folds that both rows finished for every seed, and their per-row scores."""
+    folds_dir = out / "folds"
+    tests = sorted(folds_dir.glob("fold*-test.jsonl"), key=lambda p: int(p.name[4:-len("-test.jsonl")]))
+    seeds = args.seeds if args.seeds is not None else sorted(
+        {int(p.parent.name[len(args.row_a) + 2:].split("-f")[0]) for p in folds_dir.glob(f"{args.row_a}-s*-f*/result.json")})
+    done = [f for f in range(len(tests)) if all(
+        (folds_dir / f"{r}-s{s}-f{f}" / "result.json").is_file() for r in (args.row_a, args.row_b) for s in seeds)]
+    if not seeds or not done:
+        raise PairedError(f"no fold of {folds_dir} is finished by both {args.row_a} and {args.row_b} "
+                          f"for seeds {seeds or 'any'}")
+    rows = [r for f in done for r in load_jsonl(tests[f])]
+    tasks = TaskRegistry.load(folds_dir / f"{args.row_a}-s{seeds[0]}-f{done[0]}" / "checkpoint" / "tasks.json")
+
+    def preds(row: str, seed: int) -> list[str]:
+        return [p for f in done
+                for p in read_json(folds_dir / f"{row}-s{seed}-f{f}" / "result.json", PairedError)["eval"]["predictions"]]
+
+    scores = {r: np.stack([row_scores(rows, preds(r, s), tasks) for s in seeds]) for r in (args.row_a, args.row_b)}
+    print(f"folds {done} of {len(tests)} finished by both rows", file=sys.stderr)
+    return rows, tasks, scores, seeds
 
 
 def _export_scores(args, out: Path, eval_file: Path) -> tuple:

@@ -61,3 +61,13 @@ def test_cross_validation_scores_every_train_row_and_pairs(tmp_path, trainable_l
     assert cmp["overall_diff"] == pytest.approx(a["overall"] - b["overall"], abs=2e-4)
     assert "overall (char)" in (out / "results.md").read_text()
     assert results.main(argv) == 0  # again: every fold reused
+    # a run still going: only fold 0 finished by both rows
+    (out / "folds" / "shared_lora-s0-f1" / "result.json").rename(out / "f1-result.json")
+    capsys.readouterr()
+    assert paired.main([str(out), "mta_one_stage", "shared_lora", "--partial-folds", "--json", "--quiet",
+                        "--rounds", "200"]) == 0
+    part = json.loads(capsys.readouterr().out)
+    assert part["dev_rows"] == len(folds[0]) == sum(r["pairs"] for r in part["per_task"].values())
+    f0 = {r: json.loads((out / "folds" / f"{r}-s0-f0" / "result.json").read_text())["eval"]
+          for r in ("mta_one_stage", "shared_lora")}
+    assert part["overall_diff"] == pytest.approx(f0["mta_one_stage"]["overall"] - f0["shared_lora"]["overall"], abs=2e-4)
