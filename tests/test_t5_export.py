@@ -89,6 +89,20 @@ def test_fp32_pair_equals_torch(t5_dir, tmp_path, kind):
     assert greedy_generate_seq2seq(m, PROMPTS, TASKS, 1, 0, 8) == r.greedy(PROMPTS, TASKS, 8, eos_id=1)
 
 
+def test_distances_past_max_distance_share_the_last_bucket(t5_dir, tmp_path):
+    """A 45-token prompt and 40 decoder positions (the tiny T5's max_distance is 32): the graph's
+    clipped distance table equals transformers' buckets."""
+    from alter_edge.export.seq2seq_check import pair_outputs, torch_pair_reference
+
+    m = _model(t5_dir, "bottleneck")
+    r = _pair(m, tmp_path)
+    case = Case("long", [[(5 + 7 * j) % 30 + 2 for j in range(45)], [4, 5, 6]], [0, 2])
+    ref = torch_pair_reference(m, case, 0, 40)
+    got = pair_outputs(r, case, 0, ref["tokens"])
+    assert np.abs(ref["logits"] - got["logits"]).max() <= ATOL
+    assert np.abs(ref["logits"] - got["logits_whole"]).max() <= ATOL
+
+
 def test_mixed_batch_equals_rows_alone_and_holes_are_skipped(t5_dir, tmp_path):
     m = _model(t5_dir)
     r = _pair(m, tmp_path)
@@ -203,3 +217,36 @@ def test_export_refuses_merged_graphs_of_a_t5(t5_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="merged per-task graphs are not built"):
         export_checkpoint(t5_checkpoint, tmp_path / "b", ExportOptions(merged=True, progress=False))
     assert not (tmp_path / "b").exists()
+
+
+def test_manifest_schema_of_an_encoder_decoder_bundle(t5_checkpoint, tmp_path):
+    """The export's manifest passes; a graph without its role, a decoder contract on an
+    encoder-decoder, a missing layout, a decoder entry lacking a cross input are refused."""
+    import copy
+
+    from alter_edge.errors import BundleError
+    from alter_edge.export.options import ExportOptions
+    from alter_edge.export.pipeline import export_checkpoint
+    from alter_edge.runtime.manifest import validate_manifest
+
+    out = tmp_path / "b"
+    raw = export_checkpoint(t5_checkpoint, out, ExportOptions(tasks=None, progress=False))
+    assert [g["path"] for g in raw["graphs"]] == ["model.encoder.fp32.onnx", "model.decoder.fp32.onnx"]
+    validate_manifest(raw, out)
+    bad = copy.deepcopy(raw)
+    del bad["graphs"][0]["role"]
+    with pytest.raises(BundleError, match="lacks its role"):
+        validate_manifest(bad, out)
+    bad = {**copy.deepcopy(raw), "graph_contract": "gqa-right-pad"}
+    with pytest.raises(BundleError, match="is not 't5-mha'"):
+        validate_manifest(bad, out)
+    bad = {k: v for k, v in copy.deepcopy(raw).items() if k != "seq2seq"}
+    with pytest.raises(BundleError, match="lacks 'seq2seq'"):
+        validate_manifest(bad, out)
+    bad = copy.deepcopy(raw)
+    bad["graphs"][1]["inputs"] = ["input_ids", "past_key_values.0.key", "past_key_values.0.value"]
+    with pytest.raises(BundleError, match="lacks past_key_values.1.key"):
+        validate_manifest(bad, out)
+    bad["graphs"][1]["inputs"] = [f"past_key_values.{i}.{p}" for i in range(3) for p in ("key", "value")]
+    with pytest.raises(BundleError, match="lacks cross_key_values.0.key"):
+        validate_manifest(bad, out)
