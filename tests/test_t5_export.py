@@ -121,6 +121,24 @@ def test_mixed_batch_equals_rows_alone_and_holes_are_skipped(t5_dir, tmp_path):
     assert np.abs(ref[:, 2:] - b).max() <= ATOL
 
 
+def test_right_padded_decoder_rows_score_as_alone(t5_dir, tmp_path):
+    """Label scoring's layout: decoder paths of different lengths right-padded in one call (mask
+    0 after each), every valid position's logits as the row's alone and as PyTorch's."""
+    m = _model(t5_dir)
+    r = _pair(m, tmp_path)
+    prompt, tid = [PROMPTS[0]] * 2, [1, 1]
+    ids, mask = pad_prompts(prompt, 0)
+    cross = r.encode(ids, mask, tid)
+    rows = [[0, 9, 14, 3], [0, 21]]
+    dec = np.array([rows[0], rows[1] + [0, 0]])
+    both, _ = r.step(dec, np.array([[1, 1, 1, 1], [1, 1, 0, 0]]), mask, cross, r.empty_past(2), tid)
+    for i, row in enumerate(rows):
+        alone, _ = r.step(np.array([row]), np.ones((1, len(row)), np.int64), mask[i:i + 1],
+                          [c[i:i + 1] for c in cross], r.empty_past(1), tid[:1])
+        assert np.abs(both[i, :len(row)] - alone[0]).max() <= 1e-5
+        assert np.abs(_torch_logits(m, prompt[:1], tid[:1], [row])[0] - alone[0]).max() <= ATOL
+
+
 def test_per_task_pair_equals_the_multitask_pair_with_that_task(t5_dir, tmp_path):
     m = _model(t5_dir, "ffn")
     multi = _pair(m, tmp_path)
