@@ -36,6 +36,9 @@ options=None, providers=None)``
     argmax; a row stops at ``eos_id`` (default the bundle's; not returned; ``-1``: never) and is
     fed the pad token after it. Equal to ``training.evaluate.greedy_generate_seq2seq``.
 ``pad_prompts(prompts, pad_id) -> (input_ids, attention_mask)``: right padding.
+``pad_cross(cross, encoder_attention_mask, enc_seq) -> (cross, encoder_attention_mask)``: a cross
+cache widened to ``enc_seq`` encoder positions (zeros, mask 0), so caches of different prompt
+lengths can be stacked into one batch.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ from .contract import (
 from .session import check_providers, session_options
 
 PREFERENCE = ("int8", "int4", "fp32")
-__all__ = ["Seq2SeqRunner", "pad_prompts", "pick_pair"]
+__all__ = ["Seq2SeqRunner", "pad_cross", "pad_prompts", "pick_pair"]
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +77,16 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarr
         ids[i, :len(p)] = p
         mask[i, :len(p)] = 1
     return ids, mask
+
+
+def pad_cross(cross: Sequence[np.ndarray], encoder_attention_mask: np.ndarray,
+              enc_seq: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``cross`` and its mask widened to ``enc_seq`` positions: the new ones zero and masked out."""
+    extra = enc_seq - encoder_attention_mask.shape[1]
+    if extra < 0:
+        raise ConfigError(f"cannot narrow a cross cache of {encoder_attention_mask.shape[1]} positions to {enc_seq}")
+    wide = [np.pad(c, ((0, 0), (0, 0), (0, extra), (0, 0))) for c in cross]
+    return wide, np.pad(np.asarray(encoder_attention_mask, np.int64), ((0, 0), (0, extra)))
 
 
 def pick_pair(graphs: Sequence[dict], task: str | None, precision: str | None) -> dict[str, dict]:

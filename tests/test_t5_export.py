@@ -119,6 +119,16 @@ def test_mixed_batch_equals_rows_alone_and_holes_are_skipped(t5_dir, tmp_path):
     assert np.abs(a - b).max() <= 1e-5
     ref = _torch_logits(m, PROMPTS[:1], [1], [toks])
     assert np.abs(ref[:, 2:] - b).max() <= ATOL
+    # a cross cache widened (pad_cross) and stacked with a longer row's gives the same logits
+    from alter_edge.runtime.seq2seq import pad_cross
+
+    short, short_mask = r.encode(*pad_prompts(PROMPTS[1:2], 0), [1]), pad_prompts(PROMPTS[1:2], 0)[1]
+    wide, wide_mask = pad_cross(short, short_mask, mask.shape[1])
+    joined = [np.concatenate([x, y]) for x, y in zip(cross, wide, strict=True)]
+    dec = np.array([toks[:2]] * 2)
+    both, _ = r.step(dec, np.ones((2, 2), np.int64), np.concatenate([mask, wide_mask]), joined, r.empty_past(2), [1, 1])
+    alone, _ = r.step(dec[:1], np.ones((1, 2), np.int64), short_mask, short, r.empty_past(1), [1])
+    assert np.abs(both[1] - alone[0]).max() <= 1e-5
 
 
 def test_right_padded_decoder_rows_score_as_alone(t5_dir, tmp_path):
