@@ -45,7 +45,7 @@ class ArchSpec:
 # graph builder writes. Llama-family MLPs share gate/up/down (Gemma 3, Granite, OLMo 2 too);
 # Phi-3 fuses q/k/v and gate/up; GPT-2 uses Conv1D c_attn/c_proj and c_fc/c_proj.
 ARCH_TABLE: dict[str, ArchSpec] = {name: ArchSpec.of(fam) for name, fam in FAMILIES.items()}
-# encoder-decoders (T5): they train; the graph builder does not write them yet
+# encoder-decoders (T5): export/seq2seq.py writes their encoder and decoder graphs
 SEQ2SEQ_TABLE: dict[str, ArchSpec] = {name: ArchSpec.of_seq2seq(fam) for name, fam in SEQ2SEQ_FAMILIES.items()}
 
 
@@ -54,8 +54,8 @@ def arch_spec(model_type: str) -> ArchSpec:
         return SEQ2SEQ_TABLE[model_type]
     if model_type not in ARCH_TABLE:
         raise ConfigError(f"base model type {model_type!r} is not supported; supported: "
-                          f"{', '.join(sorted(ARCH_TABLE))} (the families that train and export), and "
-                          f"{', '.join(sorted(SEQ2SEQ_TABLE))} (encoder-decoders: they train, export is not built yet)")
+                          f"{', '.join(sorted(ARCH_TABLE))} (decoder LMs), and "
+                          f"{', '.join(sorted(SEQ2SEQ_TABLE))} (encoder-decoders)")
     return ARCH_TABLE[model_type]
 
 
