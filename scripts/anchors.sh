@@ -74,7 +74,7 @@ for what in "${@:-genai}"; do
       ort=$( [ -x .venv/bin/python ] && .venv/bin/python -c 'import onnxruntime; print(onnxruntime.__version__)' \
              2>/dev/null || echo 1.32.0)
       .venv-optimum/bin/python -m pip install -q torch==2.13.0 "optimum-onnx[onnxruntime]==0.1.0" \
-        "optimum~=2.1.0" "transformers>=4.57,<4.58" "onnxruntime==$ort" onnx safetensors
+        "optimum~=2.1.0" "transformers>=4.57,<4.58" "onnxruntime==$ort" onnx safetensors accelerate
       .venv-optimum/bin/python -c 'import optimum.onnxruntime, optimum.exporters.onnx, torch, transformers, onnxruntime
 print("optimum-onnx ok: torch", torch.__version__, "transformers", transformers.__version__, "onnxruntime",
       onnxruntime.__version__)'
