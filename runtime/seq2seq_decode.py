@@ -49,8 +49,9 @@ class _Row:
 
 def encode_rows(runner, prompts: Sequence[Sequence[int]], task_ids: np.ndarray,
                 pad_id: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The encoder on right-padded ``prompts``: (the cross cache, one array per name of
-    ``layout.cross_names``, [k, heads, enc_len, head_dim]; the encoder mask [k, enc_len])."""
+    """The encoder on right-padded ``prompts`` (``runtime.seq2seq.Seq2SeqRunner.encode``): (the cross
+    cache, one array per name of ``layout.cross_names``, [k, heads, enc_len, head_dim]; the
+    encoder mask [k, enc_len])."""
     ids, lengths = pad_rows(prompts, pad_id)
     mask = length_mask(lengths, ids.shape[1])
     cross = runner.encode(ids.astype(np.int64), mask, task_ids)
@@ -185,8 +186,8 @@ class Seq2SeqPool:
         """One token per row, at the end of the self cache: the rows' logits (n, V)."""
         n = len(self.rows)
         mask = np.concatenate([self.mask, np.ones((n, 1), np.int64)], axis=1)
-        logits, present = self.runner.step(self.cur[:, None], mask, self.enc_mask, self.task, self.past,
-                                           self.cross)
+        logits, present = self.runner.step(self.cur[:, None], mask, self.enc_mask, self.cross, self.past,
+                                           self.task)
         self.past, self.mask = list(present), mask
         return logits[:, -1]
 

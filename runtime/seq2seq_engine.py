@@ -17,6 +17,9 @@ import numpy as np
 
 from alter_edge.padding import length_mask, pad_rows
 
+from alter_edge.errors import BundleError
+
+from .bundle import Bundle, GraphInfo, check_vocab
 from .generate import SamplingParams
 from .sampling import log_softmax
 from .seq2seq_decode import Seq2SeqPool, decode_seq2seq, encode_rows
@@ -64,8 +67,28 @@ class Seq2SeqEngine:
                         cross: list[np.ndarray]) -> np.ndarray:
         """The decoder on whole right-padded sequences from an empty self cache: logits
         (n, seq, V) at every position."""
-        kv = self.runner.layout.kv
-        empty = np.zeros((len(ids), kv.num_kv_heads, 0, kv.head_dim), np.float32)
-        logits, _ = self.runner.step(ids.astype(np.int64), mask, enc_mask, tids, [empty] * len(kv.past_names),
-                                     cross)
+        logits, _ = self.runner.step(ids.astype(np.int64), mask, enc_mask, cross, self.runner.empty_past(len(ids)),
+                                     tids)
         return logits
+
+
+def open_seq2seq(bundle: Bundle, graph: GraphInfo, tokenizer, options, providers) -> Seq2SeqEngine:
+    """The engine on a T5 bundle's decoder ``graph`` and its encoder graph (same task and
+    precision), after both graphs' hash checks; the tokenizer must fit the logits, and a
+    multi-task pair must run every task id of tasks.json (checked once, here)."""
+    from .seq2seq import Seq2SeqRunner
+
+    encoder = bundle.encoder_for(graph)
+    paths = [bundle.check_graph(g) for g in (encoder, graph)]
+    runner = Seq2SeqRunner(paths[0], paths[1], bundle.seq2seq, bundle.decoder_start_id, bundle.eos_id,
+                           bundle.pad_id, options, providers)
+    check_vocab(bundle, tokenizer.get_vocab_size(with_added_tokens=True), runner.vocab_size, graph.path)
+    if runner.takes_task_ids and len(bundle.tasks):
+        n = len(bundle.tasks)
+        try:
+            engine = Seq2SeqEngine(runner, bundle.decoder_start_id)
+            engine.score_labels([[bundle.pad_id]] * n, np.arange(n), [[bundle.eos_id]], bundle.pad_id)
+        except Exception as e:  # onnxruntime raises its own types (a Gather index out of range)
+            raise BundleError(f"{graph.path}: the encoder-decoder pair cannot run task ids 0..{n - 1} of tasks.json "
+                              f"({str(e).splitlines()[0][:160]}): tasks.json does not belong to these graphs") from e
+    return Seq2SeqEngine(runner, bundle.decoder_start_id)

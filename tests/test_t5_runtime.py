@@ -37,7 +37,10 @@ class ExactPair:
         k = (self.emb[ids] * mask[:, :, None] + task_ids[:, None, None])[:, None]  # [b, 1, e, D]
         return [k * mask[:, None, :, None], 2 * k * mask[:, None, :, None]]
 
-    def step(self, ids, mask, enc_mask, task_ids, past, cross):
+    def empty_past(self, batch):
+        return [np.zeros((batch, 1, 0, D), np.float32)] * 2
+
+    def step(self, ids, mask, enc_mask, cross, past, task_ids):
         b, seq = ids.shape
         P = past[0].shape[2]
         assert mask.shape == (b, P + seq) and enc_mask.shape[1] == cross[0].shape[2]
@@ -131,6 +134,6 @@ def test_exact_pair_label_scores_equal_one_token_steps():
             total, fed = 0.0, [START, *lab[:-1]]
             for k, tok in enumerate(fed):
                 logits, past = pair.step(np.asarray([[tok]]), np.ones((1, k + 1), np.int64),
-                                         np.ones((1, len(p)), np.int64), np.asarray([t]), past, cross)
+                                         np.ones((1, len(p)), np.int64), cross, past, np.asarray([t]))
                 total += log_softmax(logits[:, -1])[0, lab[k]]
             assert got[b, j] == pytest.approx(total, abs=1e-9)
