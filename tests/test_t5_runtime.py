@@ -15,6 +15,7 @@ from alter_edge.runtime.contract import KVLayout, Seq2SeqLayout
 from alter_edge.runtime.generate import SamplingParams
 from alter_edge.runtime.seq2seq_decode import Seq2SeqPool, decode_seq2seq
 from alter_edge.runtime.seq2seq_engine import Seq2SeqEngine
+from alter_edge.testing import TINY_ROWS
 
 EOS, PAD, START, V, D = 1, 0, 0, 13, 4
 
@@ -137,3 +138,223 @@ def test_exact_pair_label_scores_equal_one_token_steps():
                                          np.ones((1, len(p)), np.int64), cross, past, np.asarray([t]))
                 total += log_softmax(logits[:, -1])[0, lab[k]]
             assert got[b, j] == pytest.approx(total, abs=1e-9)
+
+
+# -- tiny random T5 bundles ------------------------------------------------------------------
+def _write_t5_bundle(ckpt_dir, out, task_graphs=("echo",)):
+    """A format-2 encoder-decoder bundle of the checkpoint: the multi-task pair and a per-task pair
+    for each of ``task_graphs``, fp32, written with the exporter's graph builder."""
+    import hashlib
+    import json
+    import shutil
+
+    from alter_edge.export.builder import BuildSpec
+    from alter_edge.export.seq2seq import Seq2SeqBuilder
+    from alter_edge.training.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(ckpt_dir)
+    builder = Seq2SeqBuilder(ck.model.eval())
+    out.mkdir(parents=True)
+    for name in ("tokenizer.json", "tasks.json"):
+        shutil.copy(ckpt_dir / name, out / name)
+    graphs = []
+    specs = [(None, BuildSpec("multitask"))] + [(t, BuildSpec("task", ck.tasks.id_of(t))) for t in task_graphs]
+    for task, spec in specs:
+        for role in ("encoder", "decoder"):
+            path = f"{role}.onnx" if task is None else f"task-{task}.{role}.onnx"
+            builder.build(out / path, role, spec, "fp32", None)
+            graphs.append({"path": path, "task": task, "precision": "fp32", "role": role,
+                           "mode": "multitask" if task is None else "task",
+                           "sha256": hashlib.sha256((out / path).read_bytes()).hexdigest()})
+    files = {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in ("tokenizer.json", "tasks.json")}
+    manifest = {"format": "alter-edge-bundle", "format_version": 2, "architecture": "encoder-decoder",
+                "eos_token_id": ck.eos_id, "pad_token_id": ck.pad_id,
+                "decoder_start_token_id": builder.decoder_start_token_id,
+                "kv_cache": builder.layout.kv.to_dict(), "seq2seq": builder.layout.to_dict(),
+                "generation": {"max_new_tokens": 12, "max_prompt_tokens": 64}, "tasks": ck.tasks.names,
+                "graphs": graphs, "files": files}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+MAX_NEW = 10
+MIXED = TINY_ROWS[:12]  # colour, echo, parity interleaved
+
+
+def _t5_checkpoint(tmp_path_factory, tokenizer_dir, version: str, init_factor: float):
+    """A T5 checkpoint with random adapters and mixtures; the wide initial weights make a random
+    model's greedy answers differ from row to row (and some end at eos)."""
+    from alter_edge.testing import make_tiny_checkpoint, make_tiny_t5
+
+    base = make_tiny_t5(version, tmp_path_factory.mktemp("t5-base"), tokenizer_dir, init_factor=init_factor)
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("t5-ckpt") / "ckpt", base, kind="lora", init_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def t5_ckpt_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return _t5_checkpoint(tmp_path_factory, tiny_tokenizer_dir, "1.0", 10.0)  # ReLU FFN, tied head
+
+
+@pytest.fixture(scope="module")
+def t5_ckpt(t5_ckpt_dir):
+    from alter_edge.training.checkpoint import load_checkpoint
+
+    return load_checkpoint(t5_ckpt_dir)
+
+
+@pytest.fixture(scope="module")
+def t5_bundle(tmp_path_factory, t5_ckpt_dir):
+    return _write_t5_bundle(t5_ckpt_dir, tmp_path_factory.mktemp("t5-bundle") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def t5_model(t5_bundle):
+    from alter_edge.runtime import EdgeModel
+
+    return EdgeModel.load(t5_bundle, threads=1)
+
+
+def _ids(m, rows):
+    return [m.encode(r["input"], r["task"])[0] for r in rows], [m.tasks.id_of(r["task"]) for r in rows]
+
+
+def _assert_generate_equals_pytorch(m, ck):
+    from alter_edge.training.evaluate import greedy_generate
+
+    assert m.bundle.architecture == "encoder-decoder"
+    prompts, tids = _ids(m, MIXED)
+    ref = greedy_generate(ck.model, prompts, tids, ck.eos_id, ck.pad_id, MAX_NEW)
+    got = m.generate([r["input"] for r in MIXED], tasks=[r["task"] for r in MIXED], max_new_tokens=MAX_NEW)
+    assert [g.token_ids for g in got] == ref
+    assert len({tuple(r) for r in ref}) > 3  # not vacuous: the rows differ
+    for g, r in zip(got, ref, strict=True):
+        assert g.finish_reason == ("length" if len(r) == MAX_NEW else "eos")
+        assert g.text == m.tokenizer.decode(r, skip_special_tokens=True).strip()
+
+
+def test_generate_equals_pytorch_greedy(t5_model, t5_ckpt):
+    _assert_generate_equals_pytorch(t5_model, t5_ckpt)
+
+
+def test_generate_equals_pytorch_greedy_t5_v11(tmp_path_factory, tiny_tokenizer_dir):
+    """T5 v1.1 / flan: gated-GELU FFN, untied head."""
+    from alter_edge.runtime import EdgeModel
+    from alter_edge.training.checkpoint import load_checkpoint
+
+    ckpt = _t5_checkpoint(tmp_path_factory, tiny_tokenizer_dir, "1.1", 3.0)
+    bundle = _write_t5_bundle(ckpt, tmp_path_factory.mktemp("t5-v11") / "bundle", task_graphs=())
+    _assert_generate_equals_pytorch(EdgeModel.load(bundle, threads=1), load_checkpoint(ckpt))
+
+
+@pytest.mark.parametrize("slots", [1, 2, 5])
+def test_mixed_batch_with_refill_equals_rows_alone(t5_model, slots):
+    m = t5_model
+    prompts, tids = _ids(m, MIXED)
+    engine = m.engine_for(["colour", "echo"])
+    params = [SamplingParams(max_new_tokens=1 + (5 * i) % 11) for i in range(len(prompts))]
+    eos, pad = m.bundle.eos_id, m.bundle.pad_id
+    alone = [[t for _, t in engine.decode([p], [k], eos, pad, [q])] for p, k, q in zip(prompts, tids, params,
+                                                                                       strict=True)]
+    out: list[list[int]] = [[] for _ in prompts]
+    for i, t in engine.decode(prompts, tids, eos, pad, params, slots=slots):
+        out[i].append(t)
+    assert out == alone and len({len(a) for a in alone}) > 3
+
+
+def test_per_task_pair_and_sampling(t5_model, t5_bundle):
+    from alter_edge.runtime import EdgeModel
+
+    texts = [r["input"] for r in TINY_ROWS if r["task"] == "echo"][:4]
+    own = EdgeModel.load(t5_bundle, threads=1, tasks=["echo"])  # the echo pair, no task_ids
+    assert own.graph_for_request(["echo"]).path == "task-echo.decoder.onnx"
+    assert [g.token_ids for g in own.generate(texts, task="echo", max_new_tokens=MAX_NEW)] == \
+        [g.token_ids for g in t5_model.generate(texts, task="echo", max_new_tokens=MAX_NEW)]
+    kw = {"task": "echo", "max_new_tokens": 8, "temperature": 0.9, "seed": 5}
+    a = t5_model.generate(texts, **kw)
+    b = t5_model.generate(texts, batch_size=1, **kw)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_classify_matches_pytorch_label_scores(tmp_path_factory, tiny_tokenizer_dir):
+    """On T5's default initial weights: the wide ones of the other tests make label scores of
+    hundreds of nats, where fp32 rounding alone moves them by 1e-2 (both here and in PyTorch)."""
+    from alter_edge.runtime import EdgeModel
+    from alter_edge.training.checkpoint import load_checkpoint
+    from alter_edge.training.evaluate import label_scores
+
+    ckpt = _t5_checkpoint(tmp_path_factory, tiny_tokenizer_dir, "1.0", 1.0)
+    m = EdgeModel.load(_write_t5_bundle(ckpt, tmp_path_factory.mktemp("t5-cls") / "bundle", ()), threads=1)
+    t5_ckpt = load_checkpoint(ckpt)
+    rows = [r for r in TINY_ROWS if r["task"] == "colour"][:5]
+    got = m.classify([r["input"] for r in rows], task="colour")
+    labels = m.label_ids("colour")
+    tid = m.tasks.id_of("colour")
+    for r, c in zip(rows, got, strict=True):
+        ref = label_scores(t5_ckpt.model, m.encode(r["input"], "colour")[0], tid, labels, t5_ckpt.pad_id)
+        assert list(c.scores.values()) == pytest.approx(ref, abs=1e-4)
+        assert c.label == m.tasks.get("colour").labels[int(np.argmax(ref))]
+
+
+def test_stream_gives_the_generated_text(t5_model):
+    texts = [r["input"] for r in MIXED[:4]]
+    tasks = [r["task"] for r in MIXED[:4]]
+    want = t5_model.generate(texts, tasks=tasks, max_new_tokens=MAX_NEW)
+    parts: dict[int, list[str]] = {i: [] for i in range(4)}
+    ends = {}
+    for ev in t5_model.stream(texts, tasks=tasks, max_new_tokens=MAX_NEW, batch_size=2):
+        parts[ev.row].append(ev.text)
+        if ev.finish_reason:
+            ends[ev.row] = ev.finish_reason
+    assert ["".join(parts[i]).strip() for i in range(4)] == [g.text for g in want]
+    assert [ends[i] for i in range(4)] == [g.finish_reason for g in want]
+
+
+def test_batch_job_keeps_good_rows_and_reports_the_bad(t5_model, t5_bundle, tmp_path):
+    import json
+
+    from alter_edge.runtime.batch import BatchOptions, run_jsonl
+
+    rows = [{"id": f"r{i}", "task": r["task"], "input": r["input"]} for i, r in enumerate(MIXED[:6])]
+    lines = [json.dumps(r) for r in rows[:3]] + ['{"task": "nope", "input": "x"}', "not json"] + \
+        [json.dumps(r) for r in rows[3:]]
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    summary = run_jsonl(t5_model, src, dst, BatchOptions(batch_size=2, max_new_tokens=MAX_NEW), progress=False)
+    assert (summary.rows, summary.ok, summary.failed) == (8, 6, 2)
+    out = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert [o.get("id") for o in out if "error" not in o] == [r["id"] for r in rows]
+    by_id = {o["id"]: o for o in out if "error" not in o}
+    for r in rows:
+        spec = t5_model.tasks.get(r["task"])
+        if spec.kind == "classify" and spec.labels:
+            assert by_id[r["id"]]["output"] == t5_model.classify(r["input"], task=r["task"]).label
+        else:
+            assert by_id[r["id"]]["output"] == t5_model.generate(r["input"], task=r["task"],
+                                                                 max_new_tokens=MAX_NEW).text
+    assert sum("error" in o for o in out) == 2
+
+
+def test_unknown_architecture_is_refused(t5_bundle, tmp_path):
+    import json
+    import shutil
+
+    from alter_edge.errors import BundleError
+    from alter_edge.runtime import EdgeModel
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(t5_bundle, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps({**man, "architecture": "state-space"}))
+    with pytest.raises(BundleError, match=r"architecture 'state-space'.*serves: decoder.*encoder-decoder"):
+        EdgeModel.load(bad)
+    (bad / "manifest.json").write_text(json.dumps({**man, "graph_contract": "gqa-right-pad"}))
+    with pytest.raises(BundleError, match=r"architecture 'encoder-decoder' with graph_contract 'gqa-right-pad'"):
+        EdgeModel.load(bad)
+
+
+def test_genai_engine_refuses_an_encoder_decoder_bundle(t5_bundle):
+    from alter_edge.errors import ConfigError
+    from alter_edge.runtime import EdgeModel
+
+    with pytest.raises(ConfigError, match="engine 'genai' does not run encoder-decoder bundles"):
+        EdgeModel.load(t5_bundle, engine="genai")
