@@ -358,3 +358,77 @@ def test_genai_engine_refuses_an_encoder_decoder_bundle(t5_bundle):
 
     with pytest.raises(ConfigError, match="engine 'genai' does not run encoder-decoder bundles"):
         EdgeModel.load(t5_bundle, engine="genai")
+
+
+@pytest.mark.server
+def test_server_answers_chat_completions_on_a_t5_bundle(t5_model, t5_bundle):
+    """`alter-edge serve` on the T5 bundle: a chat request, a streamed one and a concurrent
+    mixed-task burst (rows of three tasks in one batch) each answer what the model answers alone."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "alter_edge.cli", "serve", str(t5_bundle), "--port", "0",
+                             "--threads", "1", "--max-batch", "3"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    try:
+        url = None
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "".join(lines)[-2000:]
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        row = MIXED[1]
+        want = t5_model.generate(row["input"], task=row["task"], max_new_tokens=7)
+        msgs = [{"role": "user", "content": row["input"]}]
+        got = c.chat.completions.create(model=row["task"], messages=msgs, max_tokens=7)
+        assert got.choices[0].message.content == want.text
+        assert got.usage.completion_tokens == len(want.token_ids)
+        chunks = list(c.chat.completions.create(model=row["task"], messages=msgs, max_tokens=7, stream=True))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want.text
+
+        def ask(r):
+            return c.completions.create(model=r["task"], prompt=r["input"], max_tokens=6).choices[0].text
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(ask, MIXED[:6]))
+        assert answers == [t5_model.generate(r["input"], task=r["task"], max_new_tokens=6).text for r in MIXED[:6]]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.ray
+def test_ray_job_on_a_t5_bundle_writes_the_local_jobs_bytes(t5_model, t5_bundle, tmp_path):
+    import json
+
+    pytest.importorskip("ray.data", reason="the Ray job needs the [ray] extra")
+    import ray
+
+    from alter_edge.runtime.batch import BatchOptions, run_jsonl
+    from alter_edge.runtime.ray import RayOptions, run_file
+
+    rows = [{"id": f"r{i}", "task": r["task"], "input": r["input"]} for i, r in enumerate(TINY_ROWS[:12])]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([json.dumps(r) for r in rows] + ['{"task": "nope", "input": "x"}']) + "\n")
+    opts = BatchOptions(batch_size=3, max_new_tokens=6)
+    local = tmp_path / "local.jsonl"
+    assert run_jsonl(t5_model, src, local, opts, progress=False).failed == 1
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        out = tmp_path / "ray.jsonl"
+        s = run_file(t5_bundle, src, out, opts, RayOptions(actors=2, threads_per_actor=1), progress=False)
+    finally:
+        ray.shutdown()
+    assert out.read_bytes() == local.read_bytes() and (s.rows, s.failed) == (13, 1)
