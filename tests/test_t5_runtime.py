@@ -332,6 +332,20 @@ def test_batch_job_keeps_good_rows_and_reports_the_bad(t5_model, t5_bundle, tmp_
             assert by_id[r["id"]]["output"] == t5_model.generate(r["input"], task=r["task"],
                                                                  max_new_tokens=MAX_NEW).text
     assert sum("error" in o for o in out) == 2
+    from click.testing import CliRunner
+
+    from alter_edge.cli import main
+
+    cli_out = tmp_path / "cli.jsonl"
+    r = CliRunner().invoke(main, ["run", str(t5_bundle), "--input", str(src), "--output", str(cli_out),
+                                  "--batch-size", "2", "--max-new-tokens", str(MAX_NEW), "--threads", "1"])
+    assert r.exit_code == 3, r.output  # some rows failed
+    assert cli_out.read_bytes() == dst.read_bytes()
+    r = CliRunner().invoke(main, ["run", str(t5_bundle), "--task", "echo", "--generate", "--json", "--threads", "1",
+                                  "--max-new-tokens", str(MAX_NEW), MIXED[2]["input"]])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["output"] == t5_model.generate(MIXED[2]["input"], task="echo",
+                                                               max_new_tokens=MAX_NEW).text
 
 
 def test_unknown_architecture_is_refused(t5_bundle, tmp_path):
