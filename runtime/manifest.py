@@ -281,8 +281,8 @@ def kv_mismatch(names: Collection[str], kv: dict, role: str) -> str | None:
 
 # manifest.json's fields in the order the exporter writes them (``Manifest.to_json``)
 FIELD_ORDER = ("format", "format_version", "created", "checkpoint_sha256", "base_model", "adapter_kind",
-               "graph_contract", "opset", "eos_token_id", "pad_token_id", "kv_cache", "generation", "tasks",
-               "graphs", "files")
+               "architecture", "graph_contract", "opset", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+               "kv_cache", "seq2seq", "generation", "tasks", "graphs", "files")
 
 
 @dataclass
@@ -309,6 +309,9 @@ class Manifest:
     opset: int | None = None
     generation: dict | None = None
     tasks: list[str] | None = None
+    architecture: str | None = None  # "encoder-decoder" (T5: two graphs a precision and task); None: "decoder"
+    decoder_start_token_id: int | None = None  # encoder-decoder: the decoder's first token
+    seq2seq: dict | None = None  # encoder-decoder: ``runtime.contract.Seq2SeqLayout.to_dict()``
     extra: dict = field(default_factory=dict)  # fields the table above does not name, as read
     order: tuple[str, ...] = ()  # the keys as read (empty: FIELD_ORDER, the fields that are set)
 
