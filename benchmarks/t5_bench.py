@@ -31,10 +31,10 @@ stack, tasks of a small synthetic mix in the tokenizer's words) is what our side
   ids (batch 1: the first; batch 8: eight different ones), ``--threads`` intra-op threads in every
   onnxruntime session (inter-op 1, sequential). Engines: optimum-onnx's
   ``ORTModelForSeq2SeqLM.generate`` on its fp32 export (its defaults: the merged decoder with
-  past; torch ops between steps on one thread); ours through the runtime's encoder-decoder decode
-  loop (``runtime.seq2seq_decode.decode_seq2seq``, what ``EdgeModel.generate`` runs; where that
-  module is absent, a greedy loop on ``runtime.seq2seq.Seq2SeqRunner``'s ``encode``/``step``) on
-  the bundle's multi-task pair (``task_ids`` fed) and per-task pair, fp32 and int8. Each round
+  past; torch ops between steps on one thread); ours through the runtime: the engine ``EdgeModel``
+  serves the task with (``EdgeModel.load(...).engine_for([task]).decode``: the encoder-decoder
+  loop of ``runtime.seq2seq_decode`` that ``EdgeModel.generate`` runs, fed ids; where the runtime
+  lacks it, a greedy loop on ``runtime.seq2seq.Seq2SeqRunner``'s ``encode``/``step``) on the bundle's multi-task pair (``task_ids`` fed) and per-task pair, fp32 and int8. Each round
   starts every engine once in its own fresh process (rotating order); a process loads, warms up,
   then times batch 1 and batch 8. Printed: medians over rounds of decode tokens/s after the first
   token (all rows), time to the first token, peak RSS; ratios ours-int8 / optimum-fp32 and
@@ -147,42 +147,61 @@ def rows_for(prompts: list[list[int]], batch: int) -> list[list[int]]:
     return [prompts[i % len(prompts)] for i in range(batch)]
 
 
-def worker_ours(job: dict):
-    """Our bundle's encoder-decoder pair through the runtime's decode loop (or the primitive
-    runner's greedy steps where the runtime has no encoder-decoder loop yet)."""
+def _ours_edge(job: dict):
+    """(load s, stream(batch, n_new), loop name) through ``EdgeModel``: the engine serving the
+    task (the multi-task pair, or the task's own pair when ``job["task"]`` is set), whose decode
+    yields (row, token) pairs as ``runtime.generate.decode`` does."""
     import numpy as np
 
-    from alter_edge.runtime.seq2seq import Seq2SeqRunner
+    from alter_edge.runtime import EdgeModel
+    from alter_edge.runtime.generate import SamplingParams
+
+    t0 = time.perf_counter()
+    m = EdgeModel.load(job["bundle"], threads=job["threads"], precision=job["precision"], verify=False,
+                       tasks=[job["task"]] if job.get("task") else None)
+    engine = m.engine_for([job["task_name"]])
+    load = time.perf_counter() - t0
+    if engine is None or type(engine).__name__ != "Seq2SeqEngine":
+        raise RuntimeError(f"EdgeModel gave {type(engine).__name__} for an encoder-decoder bundle")
+
+    def stream(batch: int, n_new: int):
+        params = SamplingParams(max_new_tokens=n_new, ignore_eos=True)
+        return engine.decode(rows_for(job["prompts"], batch), np.full(batch, job["task_id"], np.int64),
+                             m.bundle.eos_id, m.bundle.pad_id, params)
+    return load, stream, "EdgeModel engine (runtime.seq2seq_decode)"
+
+
+def _ours_runner(job: dict):
+    """(load s, stream, loop name) on ``runtime.seq2seq.Seq2SeqRunner``'s primitives: a plain
+    greedy loop (the runtime's encoder-decoder loop not there)."""
+    import numpy as np
+
+    from alter_edge.runtime.seq2seq import Seq2SeqRunner, pad_prompts
 
     t0 = time.perf_counter()
     runner = Seq2SeqRunner.from_bundle(job["bundle"], task=job.get("task"), precision=job["precision"],
                                        threads=job["threads"], verify=False)
     load = time.perf_counter() - t0
-    tid = job["task_id"]
-    try:
-        from alter_edge.runtime.generate import SamplingParams
-        from alter_edge.runtime.seq2seq_decode import decode_seq2seq
-    except ImportError:
-        decode_seq2seq = None
 
     def stream(batch: int, n_new: int):
-        """(row, token) pairs, every row once a step, as ``runtime.generate.decode`` yields them."""
-        prompts, tids = rows_for(job["prompts"], batch), np.full(batch, tid, np.int64)
-        if decode_seq2seq is not None:
-            params = SamplingParams(max_new_tokens=n_new, ignore_eos=True)
-            yield from decode_seq2seq(runner, runner.decoder_start_token_id, prompts, tids, runner.eos_id,
-                                      runner.pad_id, params)
-            return
-        from alter_edge.runtime.seq2seq import pad_prompts
-
-        ids, enc_mask = pad_prompts(prompts, runner.pad_id)
-        feed_tids = tids if runner.takes_task_ids else None
-        cross, past = runner.encode(ids, enc_mask, feed_tids), runner.empty_past(batch)
+        ids, enc_mask = pad_prompts(rows_for(job["prompts"], batch), runner.pad_id)
+        tids = np.full(batch, job["task_id"], np.int64) if runner.takes_task_ids else None
+        cross, past = runner.encode(ids, enc_mask, tids), runner.empty_past(batch)
         cur = np.full((batch, 1), runner.decoder_start_token_id, np.int64)
         for n in range(n_new):
-            logits, past = runner.step(cur, np.ones((batch, n + 1), np.int64), enc_mask, cross, past, feed_tids)
+            logits, past = runner.step(cur, np.ones((batch, n + 1), np.int64), enc_mask, cross, past, tids)
             cur = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
             yield from enumerate(cur[:, 0].tolist())
+    return load, stream, "primitive Seq2SeqRunner loop"
+
+
+def worker_ours(job: dict):
+    """Our bundle's encoder-decoder pair through the runtime (EdgeModel's engine; the primitive
+    runner's greedy steps where the runtime cannot open it)."""
+    try:
+        load, stream, loop = _ours_edge(job)
+    except ImportError:
+        load, stream, loop = _ours_runner(job)
 
     def timer(batch: int, n_new: int):
         tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -194,7 +213,7 @@ def worker_ours(job: dict):
                     yield tok
         ttft, tps = _timing().timed_run(steps, batch, n_new)
         return ttft, tps, tokens
-    return load, timer, "runtime decode_seq2seq" if decode_seq2seq is not None else "primitive runner loop"
+    return load, timer, loop
 
 
 WORKERS = {"optimum": worker_optimum, "ours": worker_ours}
@@ -362,7 +381,8 @@ def export_rounds(paths: dict, rounds: int, work: Path) -> dict:
 
 
 def fmt(v, spec: str) -> str:
-    return format(v, spec) if v is not None else "-"
+    """``v`` formatted by ``spec``; "-" at the same width when there is none."""
+    return format(v, spec) if v is not None else "-".rjust(int(spec.split(".")[0] or 0))
 
 
 # -- decode ----------------------------------------------------------------------------------------
@@ -379,7 +399,7 @@ def decode_plan(paths: dict, args, prompts: list[list[int]]) -> dict[str, tuple[
     else:
         print("optimum-onnx: .venv-optimum missing (bash scripts/anchors.sh optimum); its rows are skipped")
     for p in ("fp32", "int8"):
-        ours = {**common, "engine": "ours", "bundle": str(paths["bundle"]), "precision": p,
+        ours = {**common, "engine": "ours", "bundle": str(paths["bundle"]), "precision": p, "task_name": task,
                 "task_id": bundle.tasks.get(task).id}
         plan[f"alter-edge {p} multi-task pair"] = (sys.executable, {**ours, "task": None})
         plan[f"alter-edge {p} per-task pair"] = (sys.executable, {**ours, "task": task})
