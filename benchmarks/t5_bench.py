@@ -545,6 +545,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--kind", default="lora+attn", help="adapter kind of the random checkpoint (+attn: attention LoRA)")
     ap.add_argument("--top-layers", type=int, default=6, help="adapted blocks in each stack")
     ap.add_argument("--init-std", type=float, default=0.02, help="std of the random adapter weights")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="make the model, checkpoint, our bundle and optimum's export under --work; time nothing")
     ap.add_argument("--skip-export", action="store_true", help="no export-time rounds")
     ap.add_argument("--skip-decode", action="store_true", help="no decode rounds")
     ap.add_argument("--quick", action="store_true",
@@ -568,6 +570,8 @@ def main(argv=None) -> dict | None:
 
     work = args.work / f"v{args.t5_version}{'-quick' if args.quick else ''}"
     paths = prepare(work, args)
+    if args.prepare_only:
+        return None
     shape = paths["shape"]
     result = {"cpu": cpu_flags(), "threads": args.threads, "t5_version": args.t5_version, "t5_config": shape,
               "quick": args.quick, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
