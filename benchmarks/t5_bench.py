@@ -14,8 +14,9 @@ an untied head), seeded, saved as a Hugging Face folder with a word-level tokeni
 (``<pad>``, ``<eos>``, ``<unk>``, then ``t3`` .. ``t32127``: one token per word, no network). A stock
 random T5 greedily repeats one token, which makes a token-agreement check say little, so the
 embedding is scaled by ``--embed-scale`` (0.1) and every attention/FFN projection by
-``--weight-scale`` (2.0) after the seeded init: greedy paths then wander through the vocabulary.
-Neither changes any cost. An MTA checkpoint over it (``alter_edge.testing.make_tiny_checkpoint``:
+``--weight-scale`` (2.0 for v1.0, 1.25 for v1.1) after the seeded init: greedy paths then wander
+through the vocabulary, and int8 keeps fp32's greedy token on about 84% of steps (more scale makes
+the random network chaotic: any rounding flips its tokens). Neither changes any cost. An MTA checkpoint over it (``alter_edge.testing.make_tiny_checkpoint``:
 random non-zero adapters and mixtures, ``--kind`` lora+attn in ``--top-layers`` blocks of each
 stack, tasks of a small synthetic mix in the tokenizer's words) is what our side exports.
 
@@ -25,7 +26,8 @@ stack, tasks of a small synthetic mix in the tokenizer's words) is what our side
   decoder, its own validation against PyTorch) in ``.venv-optimum``; ``alter-edge export CKPT
   --task all`` (fp32) and ``alter-edge export CKPT --task all --int8`` (fp32 reference built and
   checked, int8 graphs checked against it on the dev split) in this venv. The accuracy gates are
-  lifted (``--int8-budget 100 --int8-min-top1 0``: random adapters) but every check still runs.
+  lifted (``--int8-budget 100 --int8-min-top1 0``: random adapters; ``--atol 2e-3``: v1.1's
+  logits reach ~10) but every check still runs.
   Printed: median wall seconds (and the children's CPU seconds), ratios ours / optimum.
 - **Decode.** Greedy, exactly ``--new-tokens`` tokens a row (optimum: ``min_new_tokens =
   max_new_tokens``; ours: ``ignore_eos``), on ``--prompt-tokens``-token prompts of seeded random
@@ -86,12 +88,18 @@ T5_SMALL = dict(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_
                 vocab_size=32128, relative_attention_num_buckets=32, relative_attention_max_distance=128)
 QUICK = dict(d_model=64, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16,
              vocab_size=512, relative_attention_num_buckets=32, relative_attention_max_distance=128)
+# the projections' scale after the seeded init (see the docstring): at these, fake int8 blocks of 32
+# kept fp32's greedy token on 84% (v1.0) and 83% (v1.1) of steps in PyTorch; v1.1 at 2.0 kept 11%
+# (a gated FFN multiplies two scaled projections: a random network that chaotic flips on any noise)
+WEIGHT_SCALE = {"1.0": 2.0, "1.1": 1.25}
 # optimum's other way to run its export: the first-step decoder and the decoder with past as two
 # sessions (use_merged=False) instead of the merged decoder with its If node (the default)
 UNMERGED = "optimum-onnx fp32 unmerged decoders"
 BEST = "optimum-onnx fp32, the faster way"  # per batch size: the better of the two
-# the export's accuracy gates, lifted for random adapters (every check still runs)
-LIFTED = ["--int8-budget", "100", "--int8-min-top1", "0"]
+# the export's accuracy gates, lifted for random adapters (every check still runs); the fp32
+# parity tolerance 2e-3: v1.1's untied head gives logits up to ~10, and PyTorch and onnxruntime
+# differed by 6e-4 on them (above the default 3e-4; 6e-5 of the logits' size)
+LIFTED = ["--int8-budget", "100", "--int8-min-top1", "0", "--atol", "2e-3"]
 
 
 # -- workers: each runs in its own process; stdlib + numpy + its engine only ---------------------
@@ -323,6 +331,13 @@ def prepare(work: Path, args) -> dict:
 
     shape = QUICK if args.quick else T5_SMALL
     work.mkdir(parents=True, exist_ok=True)
+    spec = {"t5_version": args.t5_version, "shape": shape, "seed": args.seed, "embed_scale": args.embed_scale,
+            "weight_scale": args.weight_scale, "kind": args.kind, "top_layers": args.top_layers,
+            "init_std": args.init_std}
+    made = work / "made-with.json"
+    if made.is_file() and json.loads(made.read_text()) != spec:
+        raise SystemExit(f"{work} was made with other settings ({made.read_text().strip()}): use another --work")
+    made.write_text(json.dumps(spec) + "\n")
     env = clean_env()
     base = work / "base"
     if not (base / "config.json").is_file():
@@ -549,7 +564,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embed-scale", type=float, default=0.1)
-    ap.add_argument("--weight-scale", type=float, default=2.0)
+    ap.add_argument("--weight-scale", type=float, default=None,
+                    help="default 2.0 for v1.0, 1.25 for v1.1 (its gated FFN multiplies two scaled projections)")
     ap.add_argument("--kind", default="lora+attn", help="adapter kind of the random checkpoint (+attn: attention LoRA)")
     ap.add_argument("--top-layers", type=int, default=6, help="adapted blocks in each stack")
     ap.add_argument("--init-std", type=float, default=0.02, help="std of the random adapter weights")
@@ -562,6 +578,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "16-token prompts, 8 new tokens")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    if args.weight_scale is None:
+        args.weight_scale = WEIGHT_SCALE[args.t5_version]
     if args.quick:
         args.rounds, args.export_rounds = 1, 1
         args.prompt_tokens, args.new_tokens = 16, 8
@@ -583,7 +601,7 @@ def main(argv=None) -> dict | None:
     shape = paths["shape"]
     result = {"cpu": cpu_flags(), "threads": args.threads, "t5_version": args.t5_version, "t5_config": shape,
               "quick": args.quick, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-              "checkpoint": {"kind": args.kind, "top_layers": args.top_layers, "init_std": args.init_std},
+              "made_with": json.loads((work / "made-with.json").read_text()),
               "versions": {"ours": versions(sys.executable, ("onnxruntime", "torch", "transformers", "numpy")),
                            "optimum": (versions(str(OPTIMUM_PY), ("optimum-onnx", "optimum", "onnxruntime", "torch",
                                                                   "transformers", "onnx", "numpy"))

@@ -41,6 +41,14 @@ def test_quick_shrinks_the_run():
     assert (full.rounds, full.prompt_tokens, full.new_tokens, full.batches, full.threads) == (5, 64, 32, [1, 8], 2)
 
 
+def test_a_work_folder_made_with_other_settings_is_refused(tmp_path):
+    args = bench.parse_args(["--quick", "--t5-version", "1.1"])
+    assert args.weight_scale == bench.WEIGHT_SCALE["1.1"]
+    (tmp_path / "made-with.json").write_text('{"t5_version": "1.0"}')
+    with pytest.raises(SystemExit, match="made with other settings"):
+        bench.prepare(tmp_path, args)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not bench.OPTIMUM_PY.is_file(), reason=".venv-optimum is missing (bash scripts/anchors.sh optimum)")
 def test_quick_run_end_to_end(tmp_path):
