@@ -446,3 +446,41 @@ def test_ray_job_on_a_t5_bundle_writes_the_local_jobs_bytes(t5_model, t5_bundle,
     finally:
         ray.shutdown()
     assert out.read_bytes() == local.read_bytes() and (s.rows, s.failed) == (13, 1)
+
+
+def test_t5_bundle_runs_without_torch(t5_model, t5_bundle, tmp_path):
+    """A fresh interpreter with torch, transformers and onnx blocked loads the T5 bundle, generates
+    a mixed-task batch and classifies: the runtime's encoder-decoder path is torch-free."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    blocker = textwrap.dedent("""
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers", "safetensors", "onnx", "onnxscript"):
+                    raise ImportError(f"blocked: {name}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+    """)
+    texts, tasks = [r["input"] for r in MIXED[:4]], [r["task"] for r in MIXED[:4]]
+    code = blocker + textwrap.dedent(f"""
+        import json
+        from alter_edge.runtime import EdgeModel
+        m = EdgeModel.load({str(t5_bundle)!r}, threads=1)
+        g = m.generate({texts!r}, tasks={tasks!r}, max_new_tokens=6)
+        c = m.classify({texts[1]!r}, "colour")
+        print(json.dumps({{"gen": [x.token_ids for x in g], "label": c.label}}))
+    """)
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["gen"] == [x.token_ids for x in t5_model.generate(texts, tasks=tasks, max_new_tokens=6)]
+    assert res["label"] == t5_model.classify(texts[1], "colour").label
