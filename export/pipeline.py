@@ -69,6 +69,10 @@ def export_checkpoint(checkpoint: Path, out: Path, opts: ExportOptions) -> dict:
     # what to build at each precision: the multi-task graph, then per task (folded or merged)
     plan = [BuildSpec("multitask")] + [BuildSpec("merged" if opts.merged else "task", s.id) for s in specs]
     names = {s.id: s.name for s in specs}
+    if ck.model.seq2seq:  # T5: an encoder and a decoder graph per precision and task
+        from .seq2seq_export import export_seq2seq
+
+        return export_seq2seq(ck, checkpoint, out, opts, plan, names, t_start)
     for precision in {"fp32", *opts.precisions}:  # every file name, before anything is written
         for spec in plan:
             confined(out, graph_path(names.get(spec.task_id), precision, spec.mode))

@@ -17,16 +17,16 @@ from .options import ExportOptions
 def check_request(checkpoint: Path, out: Path, opts: ExportOptions) -> None:
     """What fails before any torch work: an ``out`` that is, holds or lies in an input, an
     existing ``out`` (without ``overwrite``, or that is not a bundle), a missing or incomplete
-    checkpoint, an encoder-decoder's (not built yet), tasks.json against the adapters' task
-    count, per-task graphs of a per-token gate, an unknown task name."""
+    checkpoint, what an encoder-decoder's export does not build (merged graphs, int4 8-bit
+    groups), tasks.json against the adapters' task count, per-task graphs of a per-token gate,
+    an unknown task name."""
     from alter_edge.families import is_seq2seq
     from alter_edge.training.checkpoint import check_task_count, read_checkpoint_meta
 
     meta = read_checkpoint_meta(checkpoint)
     model_type = meta["base_model"].get("model_type")
     if is_seq2seq(str(model_type)):
-        raise CheckpointError(f"{checkpoint} is an encoder-decoder ({model_type}) checkpoint: encoder-decoder export "
-                              "is not built yet (it trains and evaluates: `alter-edge eval`)")
+        check_seq2seq_request(checkpoint, str(model_type), opts)
     inputs = [("checkpoint", checkpoint), ("`data` file", opts.data)]
     base_path = meta["base_model"].get("path")
     if opts.base_model is None and isinstance(base_path, str) and base_path:
@@ -46,6 +46,17 @@ def check_request(checkpoint: Path, out: Path, opts: ExportOptions) -> None:
                               "it does not fold into per-task graphs; export the multi-task graph only")
     if opts.tasks:
         tasks.resolve(opts.tasks)
+
+
+def check_seq2seq_request(checkpoint: Path, model_type: str, opts: ExportOptions) -> None:
+    """What the encoder-decoder export does not build: merged per-task graphs, int4 groups kept
+    at 8 bits."""
+    if opts.merged:
+        raise CheckpointError(f"{checkpoint} is an encoder-decoder ({model_type}): merged per-task graphs are not "
+                              "built for it; export the per-task graphs (without `merged`)")
+    if opts.int4_8bit:
+        raise CheckpointError(f"{checkpoint} is an encoder-decoder ({model_type}): int4 groups kept at 8 bits "
+                              "(`int4_8bit`) are built for decoder graphs only")
 
 
 def check_not_an_input(out: Path, inputs: list[tuple[str, Path | None]]) -> None:

@@ -23,7 +23,18 @@ from pathlib import Path, PureWindowsPath
 from alter_edge.errors import BundleError
 from alter_edge.io import shown as _shown
 
-from .contract import CONTRACT, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
+from .contract import (
+    CONTRACT,
+    CROSS_KEY,
+    CROSS_VALUE,
+    DECODER_ROLE,
+    ENCODER_ROLE,
+    PAST_KEY,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_VALUE,
+    SEQ2SEQ_CONTRACT,
+)
 
 BUNDLE_FORMAT = "alter-edge-bundle"
 SUPPORTED_FORMAT_VERSIONS = (2,)
@@ -104,6 +115,7 @@ GRAPH = {
     "mode": Field(STR, check=one_of(("multitask", "task", "merged"))),
     "external_data": Field(LIST, items=Field(STR, path=True)),  # weight files, listed in `files`
     "quantization": Field(DICT, fields={"matrix_bits": Field(DICT, items=Field(INT, check=one_of_ints((4, 8))))}),
+    "role": Field(STR, check=one_of((ENCODER_ROLE, DECODER_ROLE))),  # encoder-decoder bundles only
 }
 KV_CACHE = {
     "num_layers": Field(INT, required=True, check=between(1, MAX_LAYERS)),
@@ -113,6 +125,12 @@ KV_CACHE = {
        for name in ("past_key", "past_value", "present_key", "present_value")},
     # positions the graphs' rotary cache covers: every prompt plus its new tokens must fit
     "max_sequence_length": Field(INT, required=True, check=between(2, MAX_TOKENS)),
+}
+ARCHITECTURES = ("decoder", "encoder-decoder")  # manifest "architecture"; absent: "decoder"
+SEQ2SEQ = {  # ``runtime.contract.Seq2SeqLayout.to_dict()``
+    "self": Field(DICT, required=True, fields=KV_CACHE),
+    "cross": Field(DICT, required=True, fields={name: Field(STR, check=layer_pattern)
+                                                for name in ("cross_key", "cross_value")}),
 }
 GENERATION = {
     "max_new_tokens": Field(INT, check=between(1, MAX_TOKENS)),
@@ -130,6 +148,9 @@ MANIFEST = {
     "eos_token_id": Field(INT, required=True, check=at_least(0)),
     "pad_token_id": Field(INT, required=True, check=at_least(0)),
     "kv_cache": Field(DICT, required=True, fields=KV_CACHE),
+    "architecture": Field(STR, check=one_of(ARCHITECTURES)),
+    "decoder_start_token_id": Field(INT, check=at_least(0)),
+    "seq2seq": Field(DICT, fields=SEQ2SEQ),
     "generation": Field(DICT, fields=GENERATION),
     "graphs": Field(LIST, required=True, check=non_empty, items=Field(DICT, fields=GRAPH)),
     "files": Field(DICT, required=True, items=Field(STR, check=sha256_hex), path_keys=True),
@@ -165,9 +186,7 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
     where = f"{root}/manifest.json"
     confine(root, "manifest.json", "manifest.json itself")  # not a symlink leading out
     _check_object(manifest, schema, root, where, "")
-    if manifest.get("graph_contract", CONTRACT) != CONTRACT:
-        raise BundleError(f"{where}: graph_contract {_shown(manifest.get('graph_contract'))} is not "
-                          f"{CONTRACT!r}, the one this runtime runs")
+    seq2seq = check_architecture(manifest, where)
     missing = [f for f in REQUIRED_FILES if f not in manifest["files"]]
     if missing:
         raise BundleError(f"{where}: files does not list {', '.join(missing)}")
@@ -181,11 +200,48 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
             if ext not in manifest["files"]:
                 raise BundleError(f"{where}: graphs[{i}].external_data[{j}] {_shown(ext)} (a weight file of "
                                   f"{_shown(g['path'])}) is not listed in files")
+        if seq2seq:
+            check_pair_entry(g, i, manifest["seq2seq"], where)
+            continue
         for key, role in (("inputs", "past"), ("outputs", "present")):
             if key in g:
                 problem = kv_mismatch(g[key], kv, role)
                 if problem:
                     raise BundleError(f"{where}: graphs[{i}] ({_shown(g['path'])}) {key}: {problem}")
+
+
+def check_architecture(manifest: dict, where: str) -> bool:
+    """The contract fits the architecture (a decoder's ``gqa-right-pad``, an encoder-decoder's
+    ``t5-mha`` with its ``seq2seq`` layout and ``decoder_start_token_id``); True for an
+    encoder-decoder."""
+    arch = manifest.get("architecture", "decoder")
+    contract = SEQ2SEQ_CONTRACT if arch == "encoder-decoder" else CONTRACT
+    if manifest.get("graph_contract", contract) != contract:
+        raise BundleError(f"{where}: graph_contract {_shown(manifest.get('graph_contract'))} is not "
+                          f"{contract!r}, the one this runtime runs for architecture {arch!r}")
+    if arch != "encoder-decoder":
+        return False
+    for key in ("seq2seq", "decoder_start_token_id"):
+        if key not in manifest:
+            raise BundleError(f"{where}: an encoder-decoder manifest lacks {key!r}")
+    return True
+
+
+def check_pair_entry(g: dict, i: int, layout: dict, where: str) -> None:
+    """An encoder-decoder graph entry: its role, and its listed names against the layout (an
+    encoder outputs the cross cache; a decoder reads the past and the cross cache, outputs the
+    present)."""
+    if "role" not in g:
+        raise BundleError(f"{where}: graphs[{i}] ({_shown(g['path'])}) lacks its role (encoder or decoder)")
+    kv = layout["self"]
+    cross = {"past_key": layout["cross"].get("cross_key", CROSS_KEY),
+             "past_value": layout["cross"].get("cross_value", CROSS_VALUE), "num_layers": kv["num_layers"]}
+    checks = [("outputs", cross, "past")] if g["role"] == ENCODER_ROLE else \
+        [("inputs", kv, "past"), ("inputs", cross, "past"), ("outputs", kv, "present")]
+    for key, names, role in checks:
+        problem = kv_mismatch(g[key], names, role) if key in g else None
+        if problem:
+            raise BundleError(f"{where}: graphs[{i}] ({_shown(g['path'])}) {key}: {problem}")
 
 
 def _type_name(types: tuple[type, ...]) -> str:

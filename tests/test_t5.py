@@ -1,6 +1,6 @@
 """T5 (the paper's backbone), training side: MTA in the FFNs of both stacks, task ids into both,
-the loss on the decoder's target, two-stage training, checkpoints, evaluation; export refuses
-it until the encoder-decoder graphs are built. Tiny random T5s (v1.0 ReLU, v1.1 gated-GELU) built
+the loss on the decoder's target, two-stage training, checkpoints, evaluation (the export:
+tests/test_t5_export.py). Tiny random T5s (v1.0 ReLU, v1.1 gated-GELU) built
 from ``T5Config`` in-process."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alter_edge.config import MTAConfig, TrainConfig
-from alter_edge.errors import CheckpointError, ConfigError
+from alter_edge.errors import ConfigError
 from alter_edge.testing import make_tiny_t5
 from alter_edge.training.batching import Encoded, batch_loss
 from alter_edge.training.checkpoint import load_checkpoint
@@ -157,18 +157,6 @@ def test_train_base_saves_and_loads_the_whole_t5(t5_dir, tiny_data, tmp_path):
     for name in ("shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight",
                  "decoder.block.0.layer.1.EncDecAttention.o.weight"):  # the trained base came back
         assert not torch.equal(fresh.get_parameter(name), ck.model.base.get_parameter(name)), name
-
-
-def test_export_refuses_a_t5_checkpoint(t5_dir, tiny_data, tmp_path):
-    from alter_edge.export.options import ExportOptions
-    from alter_edge.export.pipeline import export_checkpoint
-
-    out = tmp_path / "run"
-    run_training(tiny_data, out, _cfg(t5_dir, stages=1, stage1_steps=2, stage2_steps=0, eval_max_rows=2),
-                 progress=False)
-    with pytest.raises(CheckpointError, match="encoder-decoder export is not built yet"):
-        export_checkpoint(out, tmp_path / "bundle", ExportOptions())
-    assert not (tmp_path / "bundle").exists()
 
 
 def test_unsupported_families_name_t5_as_training_only():
