@@ -15,15 +15,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from alter_edge.padding import length_mask, pad_rows
-
 from alter_edge.errors import BundleError
+from alter_edge.padding import length_mask, pad_rows
 
 from .bundle import Bundle, GraphInfo, check_vocab
 from .generate import SamplingParams
 from .sampling import log_softmax
-from .seq2seq_decode import Seq2SeqPool, decode_seq2seq, encode_rows
 from .scoring import MAX_LABEL_ROWS
+from .seq2seq_decode import Seq2SeqPool, decode_seq2seq, encode_rows
 
 
 class Seq2SeqEngine:

@@ -113,7 +113,7 @@ def test_pool_cancel_and_sampling_streams():
     assert a == b  # each row draws from its own seeded stream, whatever the batch
     done = np.zeros(2, dtype=bool)
     got = []
-    for i, tok in decode_seq2seq(pair, START, EXACT_PROMPTS[:2], [0, 1], EOS, PAD,
+    for i, _tok in decode_seq2seq(pair, START, EXACT_PROMPTS[:2], [0, 1], EOS, PAD,
                                  SamplingParams(max_new_tokens=8, ignore_eos=True), done):
         got.append(i)
         if len(got) == 3:
