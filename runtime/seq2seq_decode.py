@@ -168,6 +168,8 @@ class Seq2SeqPool:
             if not r.done:
                 new.append(r)
                 del self._queued[r.key]
+        if not new:
+            return
         tids = np.asarray([r.task for r in new], np.int64)
         cross, enc_mask = encode_rows(self.runner, [r.prompt for r in new], tids, self.pad_id)
         width = max(self.enc_mask.shape[1], enc_mask.shape[1])

@@ -242,6 +242,12 @@ def test_per_task_pair_and_sampling(t5_model, t5_bundle):
     assert own.graph_for_request(["echo"]).path == "task-echo.decoder.fp32.onnx"
     assert [g.token_ids for g in own.generate(texts, task="echo", max_new_tokens=MAX_NEW)] == \
         [g.token_ids for g in t5_model.generate(texts, task="echo", max_new_tokens=MAX_NEW)]
+    full = t5_model.generate(texts, task="echo", max_new_tokens=MAX_NEW)
+    word = next(g.text.split()[1] for g in full if len(g.text.split()) > 1)
+    cut = t5_model.generate(texts, task="echo", max_new_tokens=MAX_NEW, stop=word, batch_size=2)
+    for f, c in zip(full, cut, strict=True):  # a stop string ends its row (the text ends before it)
+        assert c.text.strip() == f.text.split(word)[0].strip()
+        assert c.finish_reason == ("stop" if word in f.text else f.finish_reason)
     kw = {"task": "echo", "max_new_tokens": 8, "temperature": 0.9, "seed": 5}
     a = t5_model.generate(texts, **kw)
     b = t5_model.generate(texts, batch_size=1, **kw)
@@ -337,6 +343,13 @@ def test_unknown_architecture_is_refused(t5_bundle, tmp_path):
     (bad / "manifest.json").write_text(json.dumps({**man, "graph_contract": "gqa-right-pad"}))
     with pytest.raises(BundleError, match=r"architecture 'encoder-decoder' with graph_contract 'gqa-right-pad'"):
         EdgeModel.load(bad)
+
+
+def test_verify_bundle_opens_every_pair(t5_bundle):
+    from alter_edge.runtime.model import verify_bundle
+
+    manifest = verify_bundle(t5_bundle)
+    assert manifest["architecture"] == "encoder-decoder" and manifest["graph_contract"] == "t5-mha"
 
 
 def test_genai_engine_refuses_an_encoder_decoder_bundle(t5_bundle):
