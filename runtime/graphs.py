@@ -58,7 +58,8 @@ class GraphSet:
 
             check_genai_options(ort_format, providers)
         self.engine = engine
-        self.prefix_cache = bool(prefix_cache)
+        # an encoder-decoder has no prompt prefix of its own to cache (its encoder is bidirectional)
+        self.prefix_cache = bool(prefix_cache) and bundle.architecture == DECODER_LM
         self._threads = threads
         self._decoders: dict[str, Decoder] = {}  # graph path -> what decodes on it (``engine``)
         self.bundle = bundle

@@ -254,16 +254,36 @@ def test_per_task_pair_and_sampling(t5_model, t5_bundle):
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
 
 
-def test_classify_matches_pytorch_label_scores(tmp_path_factory, tiny_tokenizer_dir):
-    """On T5's default initial weights: the wide ones of the other tests make label scores of
-    hundreds of nats, where fp32 rounding alone moves them by 1e-2 (both here and in PyTorch)."""
+@pytest.fixture(scope="module")
+def t5_plain(tmp_path_factory, tiny_tokenizer_dir):
+    """T5's default initial weights (the wide ones of the other tests make label scores of hundreds
+    of nats, where fp32 rounding alone moves them by 1e-2, here and in PyTorch): (checkpoint,
+    a bundle with fp32 and int8 pairs)."""
+    from alter_edge.testing import build_bundle
+
+    ckpt = _t5_checkpoint(tmp_path_factory, tiny_tokenizer_dir, "1.0", 1.0)
+    return ckpt, build_bundle(ckpt, tmp_path_factory.mktemp("t5-plain") / "bundle", fp32=True, int8=True)
+
+
+def test_int8_pair_refill_equals_rows_alone(t5_plain):
+    from alter_edge.runtime import EdgeModel
+
+    m = EdgeModel.load(t5_plain[1], threads=1)
+    assert m.graph_for_request(["echo", "colour"]).path == "model.decoder.int8.onnx"
+    assert not m.prefix_cache  # nothing to cache: off for an encoder-decoder
+    texts, tasks = [r["input"] for r in MIXED], [r["task"] for r in MIXED]
+    together = m.generate(texts, tasks=tasks, max_new_tokens=MAX_NEW, batch_size=3)
+    alone = [m.generate(t, task=k, max_new_tokens=MAX_NEW) for t, k in zip(texts, tasks, strict=True)]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+
+
+def test_classify_matches_pytorch_label_scores(t5_plain):
     from alter_edge.runtime import EdgeModel
     from alter_edge.training.checkpoint import load_checkpoint
     from alter_edge.training.evaluate import label_scores
 
-    ckpt = _t5_checkpoint(tmp_path_factory, tiny_tokenizer_dir, "1.0", 1.0)
-    m = EdgeModel.load(_write_t5_bundle(ckpt, tmp_path_factory.mktemp("t5-cls") / "bundle", ()), threads=1)
-    t5_ckpt = load_checkpoint(ckpt)
+    m = EdgeModel.load(t5_plain[1], threads=1, precision="fp32")
+    t5_ckpt = load_checkpoint(t5_plain[0])
     rows = [r for r in TINY_ROWS if r["task"] == "colour"][:5]
     got = m.classify([r["input"] for r in rows], task="colour")
     labels = m.label_ids("colour")
