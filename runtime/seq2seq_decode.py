@@ -4,8 +4,8 @@ rows of the cross cache and of the self cache.
 A :class:`Seq2SeqPool` holds up to ``size`` rows. A row that enters runs the encoder alone with
 the other rows entering at that step (right-padded, ``task_ids`` per row) and appends its rows
 of the cross cache (the encoder length axis zero-padded to the longest prompt in the batch,
-``encoder_attention_mask`` masking the padding); its decoder starts from
-``decoder_start_token_id`` at the next step, beside the rows already decoding. Every step feeds
+``encoder_attention_mask`` masking the padding); in the same step its decoder starts from
+``decoder_start_token_id``, beside the rows already decoding. Every step feeds
 one token per row; the decoder graph returns the past concatenated with the new entries, and a
 row that entered late has zeros in its mask for the positions before it (the graph counts a
 row's positions by its ones, so those holes are skipped). A finished row leaves the batch at
