@@ -382,8 +382,9 @@ def test_genai_engine_refuses_an_encoder_decoder_bundle(t5_bundle):
 
 @pytest.mark.server
 def test_server_answers_chat_completions_on_a_t5_bundle(t5_model, t5_bundle):
-    """`alter-edge serve` on the T5 bundle: a chat request, a streamed one and a concurrent
-    mixed-task burst (rows of three tasks in one batch) each answer what the model answers alone."""
+    """`alter-edge serve` on the T5 bundle: a chat request, a streamed one, a concurrent mixed-task
+    burst (rows of three tasks in one batch) and /v1/classify each answer what the model answers
+    alone."""
     import os
     import re
     import subprocess
@@ -424,6 +425,13 @@ def test_server_answers_chat_completions_on_a_t5_bundle(t5_model, t5_bundle):
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(ask, MIXED[:6]))
         assert answers == [t5_model.generate(r["input"], task=r["task"], max_new_tokens=6).text for r in MIXED[:6]]
+        httpx = pytest.importorskip("httpx")
+        colour = [r["input"] for r in TINY_ROWS if r["task"] == "colour"][:3]
+        got = httpx.post(url + "/v1/classify", json={"model": "colour", "input": colour}, timeout=60).json()
+        want = t5_model.classify(colour, "colour")
+        assert [d["label"] for d in got["data"]] == [c.label for c in want]
+        for d, c in zip(got["data"], want, strict=True):
+            assert d["scores"] == pytest.approx(c.scores, abs=1e-5)
     finally:
         proc.terminate()
         proc.wait(30)
