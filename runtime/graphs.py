@@ -189,7 +189,7 @@ class GraphSet:
     def _seq2seq_decoder(self, graph: GraphInfo) -> Engine:
         from .seq2seq_engine import open_seq2seq
 
-        return open_seq2seq(self.bundle, graph, self.tokenizer, self._options, self._providers)
+        return open_seq2seq(self.bundle, graph, self.tokenizer, self._options, self._providers, self.ort_format)
 
     # (architecture, engine) -> how a graph's decoder opens
     _OPEN = {(DECODER_LM, "onnxruntime"): _own_decoder, (DECODER_LM, "genai"): _genai_decoder,

@@ -373,9 +373,11 @@ def test_verify_bundle_opens_every_pair(t5_bundle):
 
 
 def test_genai_engine_refuses_an_encoder_decoder_bundle(t5_bundle):
-    from alter_edge.errors import ConfigError
+    from alter_edge.errors import BundleError, ConfigError
     from alter_edge.runtime import EdgeModel
 
+    with pytest.raises(BundleError, match=r"encoder\.fp32\.onnx has no \.ort twin"):
+        EdgeModel.load(t5_bundle, ort_format=True)
     with pytest.raises(ConfigError, match="engine 'genai' does not run encoder-decoder bundles"):
         EdgeModel.load(t5_bundle, engine="genai")
 
