@@ -115,6 +115,9 @@ class GraphSet:
         self._tokenizer = value
 
     def _runner(self, graph: GraphInfo) -> GraphRunner:
+        if self.bundle.architecture != DECODER_LM:
+            raise ConfigError(f"{graph.path} is an {self.bundle.architecture} graph: it has no single-graph "
+                              "GraphRunner (use engine_for, the pair's engine)")
         with self._lock:
             r = self._runners.get(graph.path)
             if r is None:

@@ -378,6 +378,8 @@ def test_genai_engine_refuses_an_encoder_decoder_bundle(t5_bundle):
 
     with pytest.raises(BundleError, match=r"encoder\.fp32\.onnx has no \.ort twin"):
         EdgeModel.load(t5_bundle, ort_format=True)
+    with pytest.raises(ConfigError, match="encoder-decoder graph: it has no single-graph GraphRunner"):
+        EdgeModel.load(t5_bundle, threads=1).runner_for(["echo"])
     with pytest.raises(ConfigError, match="engine 'genai' does not run encoder-decoder bundles"):
         EdgeModel.load(t5_bundle, engine="genai")
 
