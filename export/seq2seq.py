@@ -170,8 +170,8 @@ class Seq2SeqBuilder:
 
     def _self_attention(self, g: GraphBuilder, e: Emit, stack: str, i: int, x: str, resid: str, bias: str,
                         past: tuple[str, str] | None = None) -> str:
-        attn, ad = self.enc[i].layer[0].SelfAttention if stack == "encoder" else self.dec[i].layer[0].SelfAttention, \
-            self.adapters.get((stack, i))
+        blocks = self.enc if stack == "encoder" else self.dec
+        attn, ad = blocks[i].layer[0].SelfAttention, self.adapters.get((stack, i))
         qkv = self._project(g, e, ad, f"{stack}.{i}.qkv", ("q", "k", "v"), [attn.q, attn.k, attn.v], x, resid)
         q, k, v = g.op("Split", [qkv, g.const(np.array([self.inner] * 3, np.int64), "split")], outputs=3, axis=-1)
         if past is None:

@@ -21,7 +21,14 @@ from alter_edge.errors import BundleError, ConfigError, TaskError
 from alter_edge.io import read_json, sha256_file, shown
 from alter_edge.tasks import TaskRegistry, task_name_problem
 
-from .contract import CONTRACT, DECODER_ROLE, ENCODER_ROLE, SEQ2SEQ_CONTRACT, KVLayout, Seq2SeqLayout
+from .contract import (
+    CONTRACT,
+    DECODER_ROLE,
+    ENCODER_ROLE,
+    SEQ2SEQ_CONTRACT,
+    KVLayout,
+    Seq2SeqLayout,
+)
 from .manifest import (
     BUNDLE_FORMAT,
     PRECISIONS,

@@ -58,7 +58,8 @@ class GraphSet:
 
             check_genai_options(ort_format, providers)
         self.engine = engine
-        self.prefix_cache = bool(prefix_cache)
+        # an encoder-decoder has no prompt prefix of its own to cache (its encoder is bidirectional)
+        self.prefix_cache = bool(prefix_cache) and bundle.architecture == DECODER_LM
         self._threads = threads
         self._decoders: dict[str, Decoder] = {}  # graph path -> what decodes on it (``engine``)
         self.bundle = bundle
@@ -114,6 +115,9 @@ class GraphSet:
         self._tokenizer = value
 
     def _runner(self, graph: GraphInfo) -> GraphRunner:
+        if self.bundle.architecture != DECODER_LM:
+            raise ConfigError(f"{graph.path} is an {self.bundle.architecture} graph: it has no single-graph "
+                              "GraphRunner (use engine_for, the pair's engine)")
         with self._lock:
             r = self._runners.get(graph.path)
             if r is None:
@@ -188,7 +192,7 @@ class GraphSet:
     def _seq2seq_decoder(self, graph: GraphInfo) -> Engine:
         from .seq2seq_engine import open_seq2seq
 
-        return open_seq2seq(self.bundle, graph, self.tokenizer, self._options, self._providers)
+        return open_seq2seq(self.bundle, graph, self.tokenizer, self._options, self._providers, self.ort_format)
 
     # (architecture, engine) -> how a graph's decoder opens
     _OPEN = {(DECODER_LM, "onnxruntime"): _own_decoder, (DECODER_LM, "genai"): _genai_decoder,

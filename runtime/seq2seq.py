@@ -7,7 +7,8 @@ The graphs follow ``runtime.contract.Seq2SeqLayout`` (docs/bundle-format.md). Th
 verify=True)``
     Opens the encoder and decoder graphs of ``task`` (None: the multi-task pair, which takes
     ``task_ids``) at ``precision`` (None: int8, int4, fp32, the first the bundle has) after
-    ``runtime.bundle.load_bundle``'s checks (schema, files, hashes, tasks). ``runner.bundle`` is
+    ``runtime.bundle.load_bundle``'s checks (schema, files, hashes, tasks) and one step with every
+    task id of ``tasks.json`` (``check_task_ids``). ``runner.bundle`` is
     the loaded bundle, ``runner.graphs`` the two manifest entries (``{"encoder": ..., "decoder": ...}``).
 ``Seq2SeqRunner(encoder_path, decoder_path, layout, decoder_start_token_id, eos_id, pad_id,
 options=None, providers=None)``
@@ -35,6 +36,9 @@ options=None, providers=None)``
     argmax; a row stops at ``eos_id`` (default the bundle's; not returned; ``-1``: never) and is
     fed the pad token after it. Equal to ``training.evaluate.greedy_generate_seq2seq``.
 ``pad_prompts(prompts, pad_id) -> (input_ids, attention_mask)``: right padding.
+``pad_cross(cross, encoder_attention_mask, enc_seq) -> (cross, encoder_attention_mask)``: a cross
+cache widened to ``enc_seq`` encoder positions (zeros, mask 0), so caches of different prompt
+lengths can be stacked into one batch.
 """
 from __future__ import annotations
 
@@ -59,7 +63,7 @@ from .contract import (
 from .session import check_providers, session_options
 
 PREFERENCE = ("int8", "int4", "fp32")
-__all__ = ["Seq2SeqRunner", "pad_prompts", "pick_pair"]
+__all__ = ["Seq2SeqRunner", "pad_cross", "pad_prompts", "pick_pair"]
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +77,16 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarr
         ids[i, :len(p)] = p
         mask[i, :len(p)] = 1
     return ids, mask
+
+
+def pad_cross(cross: Sequence[np.ndarray], encoder_attention_mask: np.ndarray,
+              enc_seq: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``cross`` and its mask widened to ``enc_seq`` positions: the new ones zero and masked out."""
+    extra = enc_seq - encoder_attention_mask.shape[1]
+    if extra < 0:
+        raise ConfigError(f"cannot narrow a cross cache of {encoder_attention_mask.shape[1]} positions to {enc_seq}")
+    wide = [np.pad(c, ((0, 0), (0, 0), (0, extra), (0, 0))) for c in cross]
+    return wide, np.pad(np.asarray(encoder_attention_mask, np.int64), ((0, 0), (0, extra)))
 
 
 def pick_pair(graphs: Sequence[dict], task: str | None, precision: str | None) -> dict[str, dict]:
@@ -153,7 +167,21 @@ class Seq2SeqRunner:
         runner = cls(paths[ENCODER_ROLE], paths[DECODER_ROLE], Seq2SeqLayout.from_dict(m.seq2seq),
                      m.decoder_start_token_id, bundle.eos_id, bundle.pad_id, session_options(threads), providers)
         runner.bundle, runner.graphs = bundle, pair
+        runner.check_task_ids(len(bundle.tasks))
         return runner
+
+    def check_task_ids(self, n_tasks: int) -> None:
+        """Both graphs run task ids ``0..n_tasks-1`` (a multi-task pair; one token a row): an id past
+        the graphs' task table is a BundleError here, not an onnxruntime error mid-request."""
+        if not self.takes_task_ids or n_tasks < 1:
+            return
+        ids, mask, tids = np.zeros((n_tasks, 1), np.int64), np.ones((n_tasks, 1), np.int64), np.arange(n_tasks)
+        try:
+            cross = self.encode(ids, mask, tids)
+            self.step(ids, mask, mask, cross, self.empty_past(n_tasks), tids)
+        except Exception as e:  # onnxruntime raises its own types (a Gather index out of range)
+            raise BundleError(f"the pair cannot run task ids 0..{n_tasks - 1} of tasks.json "
+                              f"({str(e).splitlines()[0][:160]}): tasks.json does not belong to these graphs") from e
 
     # -- primitives -------------------------------------------------------------------------
     def _task_feed(self, task_ids, batch: int) -> dict:

@@ -4,8 +4,8 @@ rows of the cross cache and of the self cache.
 A :class:`Seq2SeqPool` holds up to ``size`` rows. A row that enters runs the encoder alone with
 the other rows entering at that step (right-padded, ``task_ids`` per row) and appends its rows
 of the cross cache (the encoder length axis zero-padded to the longest prompt in the batch,
-``encoder_attention_mask`` masking the padding); its decoder starts from
-``decoder_start_token_id`` at the next step, beside the rows already decoding. Every step feeds
+``encoder_attention_mask`` masking the padding); in the same step its decoder starts from
+``decoder_start_token_id``, beside the rows already decoding. Every step feeds
 one token per row; the decoder graph returns the past concatenated with the new entries, and a
 row that entered late has zeros in its mask for the positions before it (the graph counts a
 row's positions by its ones, so those holes are skipped). A finished row leaves the batch at
@@ -31,6 +31,7 @@ from alter_edge.padding import length_mask, pad_rows
 
 from .generate import decode_args
 from .sampling import GREEDY, SamplingParams, TokenPicker
+from .seq2seq import pad_cross
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,6 @@ def encode_rows(runner, prompts: Sequence[Sequence[int]], task_ids: np.ndarray,
     mask = length_mask(lengths, ids.shape[1])
     cross = runner.encode(ids.astype(np.int64), mask, task_ids)
     return list(cross), mask
-
-
-def _pad_axis(a: np.ndarray, axis: int, width: int) -> np.ndarray:
-    """``a`` zero-padded along ``axis`` to ``width``."""
-    if a.shape[axis] >= width:
-        return a
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (0, width - a.shape[axis])
-    return np.pad(a, pad)
 
 
 class Seq2SeqPool:
@@ -168,12 +160,15 @@ class Seq2SeqPool:
             if not r.done:
                 new.append(r)
                 del self._queued[r.key]
+        if not new:
+            return
         tids = np.asarray([r.task for r in new], np.int64)
         cross, enc_mask = encode_rows(self.runner, [r.prompt for r in new], tids, self.pad_id)
         width = max(self.enc_mask.shape[1], enc_mask.shape[1])
-        self.cross = [np.concatenate([_pad_axis(a, 2, width), _pad_axis(b, 2, width)])
-                      for a, b in zip(self.cross, cross, strict=True)]
-        self.enc_mask = np.concatenate([_pad_axis(self.enc_mask, 1, width), _pad_axis(enc_mask, 1, width)])
+        old, old_mask = pad_cross(self.cross, self.enc_mask, width)
+        cross, enc_mask = pad_cross(cross, enc_mask, width)
+        self.cross = [np.concatenate([a, b]) for a, b in zip(old, cross, strict=True)]
+        self.enc_mask = np.concatenate([old_mask, enc_mask])
         W, n = self.mask.shape[1], len(new)
         self.past = [np.concatenate([p, np.zeros((n, *p.shape[1:]), np.float32)]) for p in self.past]
         self.mask = np.concatenate([self.mask, np.zeros((n, W), np.int64)])

@@ -15,15 +15,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from alter_edge.padding import length_mask, pad_rows
-
 from alter_edge.errors import BundleError
+from alter_edge.padding import length_mask, pad_rows
 
 from .bundle import Bundle, GraphInfo, check_vocab
 from .generate import SamplingParams
 from .sampling import log_softmax
-from .seq2seq_decode import Seq2SeqPool, decode_seq2seq, encode_rows
 from .scoring import MAX_LABEL_ROWS
+from .seq2seq_decode import Seq2SeqPool, decode_seq2seq, encode_rows
 
 
 class Seq2SeqEngine:
@@ -72,14 +71,16 @@ class Seq2SeqEngine:
         return logits
 
 
-def open_seq2seq(bundle: Bundle, graph: GraphInfo, tokenizer, options, providers) -> Seq2SeqEngine:
+def open_seq2seq(bundle: Bundle, graph: GraphInfo, tokenizer, options, providers,
+                 ort_format: bool = False) -> Seq2SeqEngine:
     """The engine on a T5 bundle's decoder ``graph`` and its encoder graph (same task and
-    precision), after both graphs' hash checks; the tokenizer must fit the logits, and a
-    multi-task pair must run every task id of tasks.json (checked once, here)."""
+    precision; their ``.ort`` twins with ``ort_format``), after both graphs' hash checks; the
+    tokenizer must fit the logits, and a multi-task pair must run every task id of tasks.json
+    (checked once, here)."""
     from .seq2seq import Seq2SeqRunner
 
     encoder = bundle.encoder_for(graph)
-    paths = [bundle.check_graph(g) for g in (encoder, graph)]
+    paths = [bundle.check_graph(g, ort_format) for g in (encoder, graph)]
     runner = Seq2SeqRunner(paths[0], paths[1], bundle.seq2seq, bundle.decoder_start_id, bundle.eos_id,
                            bundle.pad_id, options, providers)
     check_vocab(bundle, tokenizer.get_vocab_size(with_added_tokens=True), runner.vocab_size, graph.path)

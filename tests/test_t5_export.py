@@ -89,6 +89,20 @@ def test_fp32_pair_equals_torch(t5_dir, tmp_path, kind):
     assert greedy_generate_seq2seq(m, PROMPTS, TASKS, 1, 0, 8) == r.greedy(PROMPTS, TASKS, 8, eos_id=1)
 
 
+def test_distances_past_max_distance_share_the_last_bucket(t5_dir, tmp_path):
+    """A 45-token prompt and 40 decoder positions (the tiny T5's max_distance is 32): the graph's
+    clipped distance table equals transformers' buckets."""
+    from alter_edge.export.seq2seq_check import pair_outputs, torch_pair_reference
+
+    m = _model(t5_dir, "bottleneck")
+    r = _pair(m, tmp_path)
+    case = Case("long", [[(5 + 7 * j) % 30 + 2 for j in range(45)], [4, 5, 6]], [0, 2])
+    ref = torch_pair_reference(m, case, 0, 40)
+    got = pair_outputs(r, case, 0, ref["tokens"])
+    assert np.abs(ref["logits"] - got["logits"]).max() <= ATOL
+    assert np.abs(ref["logits"] - got["logits_whole"]).max() <= ATOL
+
+
 def test_mixed_batch_equals_rows_alone_and_holes_are_skipped(t5_dir, tmp_path):
     m = _model(t5_dir)
     r = _pair(m, tmp_path)
@@ -105,6 +119,34 @@ def test_mixed_batch_equals_rows_alone_and_holes_are_skipped(t5_dir, tmp_path):
     assert np.abs(a - b).max() <= 1e-5
     ref = _torch_logits(m, PROMPTS[:1], [1], [toks])
     assert np.abs(ref[:, 2:] - b).max() <= ATOL
+    # a cross cache widened (pad_cross) and stacked with a longer row's gives the same logits
+    from alter_edge.runtime.seq2seq import pad_cross
+
+    short, short_mask = r.encode(*pad_prompts(PROMPTS[1:2], 0), [1]), pad_prompts(PROMPTS[1:2], 0)[1]
+    wide, wide_mask = pad_cross(short, short_mask, mask.shape[1])
+    joined = [np.concatenate([x, y]) for x, y in zip(cross, wide, strict=True)]
+    dec = np.array([toks[:2]] * 2)
+    both, _ = r.step(dec, np.ones((2, 2), np.int64), np.concatenate([mask, wide_mask]), joined, r.empty_past(2), [1, 1])
+    alone, _ = r.step(dec[:1], np.ones((1, 2), np.int64), short_mask, short, r.empty_past(1), [1])
+    assert np.abs(both[1] - alone[0]).max() <= 1e-5
+
+
+def test_right_padded_decoder_rows_score_as_alone(t5_dir, tmp_path):
+    """Label scoring's layout: decoder paths of different lengths right-padded in one call (mask
+    0 after each), every valid position's logits as the row's alone and as PyTorch's."""
+    m = _model(t5_dir)
+    r = _pair(m, tmp_path)
+    prompt, tid = [PROMPTS[0]] * 2, [1, 1]
+    ids, mask = pad_prompts(prompt, 0)
+    cross = r.encode(ids, mask, tid)
+    rows = [[0, 9, 14, 3], [0, 21]]
+    dec = np.array([rows[0], rows[1] + [0, 0]])
+    both, _ = r.step(dec, np.array([[1, 1, 1, 1], [1, 1, 0, 0]]), mask, cross, r.empty_past(2), tid)
+    for i, row in enumerate(rows):
+        alone, _ = r.step(np.array([row]), np.ones((1, len(row)), np.int64), mask[i:i + 1],
+                          [c[i:i + 1] for c in cross], r.empty_past(1), tid[:1])
+        assert np.abs(both[i, :len(row)] - alone[0]).max() <= 1e-5
+        assert np.abs(_torch_logits(m, prompt[:1], tid[:1], [row])[0] - alone[0]).max() <= ATOL
 
 
 def test_per_task_pair_equals_the_multitask_pair_with_that_task(t5_dir, tmp_path):
@@ -203,3 +245,36 @@ def test_export_refuses_merged_graphs_of_a_t5(t5_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="merged per-task graphs are not built"):
         export_checkpoint(t5_checkpoint, tmp_path / "b", ExportOptions(merged=True, progress=False))
     assert not (tmp_path / "b").exists()
+
+
+def test_manifest_schema_of_an_encoder_decoder_bundle(t5_checkpoint, tmp_path):
+    """The export's manifest passes; a graph without its role, a decoder contract on an
+    encoder-decoder, a missing layout, a decoder entry lacking a cross input are refused."""
+    import copy
+
+    from alter_edge.errors import BundleError
+    from alter_edge.export.options import ExportOptions
+    from alter_edge.export.pipeline import export_checkpoint
+    from alter_edge.runtime.manifest import validate_manifest
+
+    out = tmp_path / "b"
+    raw = export_checkpoint(t5_checkpoint, out, ExportOptions(tasks=None, progress=False))
+    assert [g["path"] for g in raw["graphs"]] == ["model.encoder.fp32.onnx", "model.decoder.fp32.onnx"]
+    validate_manifest(raw, out)
+    bad = copy.deepcopy(raw)
+    del bad["graphs"][0]["role"]
+    with pytest.raises(BundleError, match="lacks its role"):
+        validate_manifest(bad, out)
+    bad = {**copy.deepcopy(raw), "graph_contract": "gqa-right-pad"}
+    with pytest.raises(BundleError, match="is not 't5-mha'"):
+        validate_manifest(bad, out)
+    bad = {k: v for k, v in copy.deepcopy(raw).items() if k != "seq2seq"}
+    with pytest.raises(BundleError, match="lacks 'seq2seq'"):
+        validate_manifest(bad, out)
+    bad = copy.deepcopy(raw)
+    bad["graphs"][1]["inputs"] = ["input_ids", "past_key_values.0.key", "past_key_values.0.value"]
+    with pytest.raises(BundleError, match="lacks past_key_values.1.key"):
+        validate_manifest(bad, out)
+    bad["graphs"][1]["inputs"] = [f"past_key_values.{i}.{p}" for i in range(3) for p in ("key", "value")]
+    with pytest.raises(BundleError, match="lacks cross_key_values.0.key"):
+        validate_manifest(bad, out)

@@ -113,7 +113,7 @@ def test_pool_cancel_and_sampling_streams():
     assert a == b  # each row draws from its own seeded stream, whatever the batch
     done = np.zeros(2, dtype=bool)
     got = []
-    for i, tok in decode_seq2seq(pair, START, EXACT_PROMPTS[:2], [0, 1], EOS, PAD,
+    for i, _tok in decode_seq2seq(pair, START, EXACT_PROMPTS[:2], [0, 1], EOS, PAD,
                                  SamplingParams(max_new_tokens=8, ignore_eos=True), done):
         got.append(i)
         if len(got) == 3:
@@ -141,40 +141,13 @@ def test_exact_pair_label_scores_equal_one_token_steps():
 
 
 # -- tiny random T5 bundles ------------------------------------------------------------------
-def _write_t5_bundle(ckpt_dir, out, task_graphs=("echo",)):
-    """A format-2 encoder-decoder bundle of the checkpoint: the multi-task pair and a per-task pair
-    for each of ``task_graphs``, fp32, written with the exporter's graph builder."""
-    import hashlib
-    import json
-    import shutil
+def _write_t5_bundle(ckpt_dir, out, task_graphs=("echo",), atol=3e-4):
+    """The exporter's validated fp32 encoder-decoder bundle of the checkpoint: the multi-task pair
+    and a per-task pair for each of ``task_graphs``. ``atol``: the export's fp32 parity bound (the
+    wide initial weights give logits in the hundreds, about 1e-6 of them apart from PyTorch's)."""
+    from alter_edge.testing import build_bundle
 
-    from alter_edge.export.builder import BuildSpec
-    from alter_edge.export.seq2seq import Seq2SeqBuilder
-    from alter_edge.training.checkpoint import load_checkpoint
-
-    ck = load_checkpoint(ckpt_dir)
-    builder = Seq2SeqBuilder(ck.model.eval())
-    out.mkdir(parents=True)
-    for name in ("tokenizer.json", "tasks.json"):
-        shutil.copy(ckpt_dir / name, out / name)
-    graphs = []
-    specs = [(None, BuildSpec("multitask"))] + [(t, BuildSpec("task", ck.tasks.id_of(t))) for t in task_graphs]
-    for task, spec in specs:
-        for role in ("encoder", "decoder"):
-            path = f"{role}.onnx" if task is None else f"task-{task}.{role}.onnx"
-            builder.build(out / path, role, spec, "fp32", None)
-            graphs.append({"path": path, "task": task, "precision": "fp32", "role": role,
-                           "mode": "multitask" if task is None else "task",
-                           "sha256": hashlib.sha256((out / path).read_bytes()).hexdigest()})
-    files = {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in ("tokenizer.json", "tasks.json")}
-    manifest = {"format": "alter-edge-bundle", "format_version": 2, "architecture": "encoder-decoder",
-                "eos_token_id": ck.eos_id, "pad_token_id": ck.pad_id,
-                "decoder_start_token_id": builder.decoder_start_token_id,
-                "kv_cache": builder.layout.kv.to_dict(), "seq2seq": builder.layout.to_dict(),
-                "generation": {"max_new_tokens": 12, "max_prompt_tokens": 64}, "tasks": ck.tasks.names,
-                "graphs": graphs, "files": files}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return out
+    return build_bundle(ckpt_dir, out, task_graphs=tuple(task_graphs), atol=atol)
 
 
 MAX_NEW = 10
@@ -204,7 +177,7 @@ def t5_ckpt(t5_ckpt_dir):
 
 @pytest.fixture(scope="module")
 def t5_bundle(tmp_path_factory, t5_ckpt_dir):
-    return _write_t5_bundle(t5_ckpt_dir, tmp_path_factory.mktemp("t5-bundle") / "bundle")
+    return _write_t5_bundle(t5_ckpt_dir, tmp_path_factory.mktemp("t5-bundle") / "bundle", atol=5e-2)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +215,7 @@ def test_generate_equals_pytorch_greedy_t5_v11(tmp_path_factory, tiny_tokenizer_
     from alter_edge.training.checkpoint import load_checkpoint
 
     ckpt = _t5_checkpoint(tmp_path_factory, tiny_tokenizer_dir, "1.1", 3.0)
-    bundle = _write_t5_bundle(ckpt, tmp_path_factory.mktemp("t5-v11") / "bundle", task_graphs=())
+    bundle = _write_t5_bundle(ckpt, tmp_path_factory.mktemp("t5-v11") / "bundle", task_graphs=(), atol=5e-2)
     _assert_generate_equals_pytorch(EdgeModel.load(bundle, threads=1), load_checkpoint(ckpt))
 
 
@@ -266,25 +239,51 @@ def test_per_task_pair_and_sampling(t5_model, t5_bundle):
 
     texts = [r["input"] for r in TINY_ROWS if r["task"] == "echo"][:4]
     own = EdgeModel.load(t5_bundle, threads=1, tasks=["echo"])  # the echo pair, no task_ids
-    assert own.graph_for_request(["echo"]).path == "task-echo.decoder.onnx"
+    assert own.graph_for_request(["echo"]).path == "task-echo.decoder.fp32.onnx"
     assert [g.token_ids for g in own.generate(texts, task="echo", max_new_tokens=MAX_NEW)] == \
         [g.token_ids for g in t5_model.generate(texts, task="echo", max_new_tokens=MAX_NEW)]
+    full = t5_model.generate(texts, task="echo", max_new_tokens=MAX_NEW)
+    word = next(g.text.split()[1] for g in full if len(g.text.split()) > 1)
+    cut = t5_model.generate(texts, task="echo", max_new_tokens=MAX_NEW, stop=word, batch_size=2)
+    for f, c in zip(full, cut, strict=True):  # a stop string ends its row (the text ends before it)
+        assert c.text.strip() == f.text.split(word)[0].strip()
+        assert c.finish_reason == ("stop" if word in f.text else f.finish_reason)
     kw = {"task": "echo", "max_new_tokens": 8, "temperature": 0.9, "seed": 5}
     a = t5_model.generate(texts, **kw)
     b = t5_model.generate(texts, batch_size=1, **kw)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
 
 
-def test_classify_matches_pytorch_label_scores(tmp_path_factory, tiny_tokenizer_dir):
-    """On T5's default initial weights: the wide ones of the other tests make label scores of
-    hundreds of nats, where fp32 rounding alone moves them by 1e-2 (both here and in PyTorch)."""
+@pytest.fixture(scope="module")
+def t5_plain(tmp_path_factory, tiny_tokenizer_dir):
+    """T5's default initial weights (the wide ones of the other tests make label scores of hundreds
+    of nats, where fp32 rounding alone moves them by 1e-2, here and in PyTorch): (checkpoint,
+    a bundle with fp32 and int8 pairs)."""
+    from alter_edge.testing import build_bundle
+
+    ckpt = _t5_checkpoint(tmp_path_factory, tiny_tokenizer_dir, "1.0", 1.0)
+    return ckpt, build_bundle(ckpt, tmp_path_factory.mktemp("t5-plain") / "bundle", fp32=True, int8=True)
+
+
+def test_int8_pair_refill_equals_rows_alone(t5_plain):
+    from alter_edge.runtime import EdgeModel
+
+    m = EdgeModel.load(t5_plain[1], threads=1)
+    assert m.graph_for_request(["echo", "colour"]).path == "model.decoder.int8.onnx"
+    assert not m.prefix_cache  # nothing to cache: off for an encoder-decoder
+    texts, tasks = [r["input"] for r in MIXED], [r["task"] for r in MIXED]
+    together = m.generate(texts, tasks=tasks, max_new_tokens=MAX_NEW, batch_size=3)
+    alone = [m.generate(t, task=k, max_new_tokens=MAX_NEW) for t, k in zip(texts, tasks, strict=True)]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+
+
+def test_classify_matches_pytorch_label_scores(t5_plain):
     from alter_edge.runtime import EdgeModel
     from alter_edge.training.checkpoint import load_checkpoint
     from alter_edge.training.evaluate import label_scores
 
-    ckpt = _t5_checkpoint(tmp_path_factory, tiny_tokenizer_dir, "1.0", 1.0)
-    m = EdgeModel.load(_write_t5_bundle(ckpt, tmp_path_factory.mktemp("t5-cls") / "bundle", ()), threads=1)
-    t5_ckpt = load_checkpoint(ckpt)
+    m = EdgeModel.load(t5_plain[1], threads=1, precision="fp32")
+    t5_ckpt = load_checkpoint(t5_plain[0])
     rows = [r for r in TINY_ROWS if r["task"] == "colour"][:5]
     got = m.classify([r["input"] for r in rows], task="colour")
     labels = m.label_ids("colour")
@@ -366,18 +365,30 @@ def test_unknown_architecture_is_refused(t5_bundle, tmp_path):
         EdgeModel.load(bad)
 
 
+def test_verify_bundle_opens_every_pair(t5_bundle):
+    from alter_edge.runtime.model import verify_bundle
+
+    manifest = verify_bundle(t5_bundle)
+    assert manifest["architecture"] == "encoder-decoder" and manifest["graph_contract"] == "t5-mha"
+
+
 def test_genai_engine_refuses_an_encoder_decoder_bundle(t5_bundle):
-    from alter_edge.errors import ConfigError
+    from alter_edge.errors import BundleError, ConfigError
     from alter_edge.runtime import EdgeModel
 
+    with pytest.raises(BundleError, match=r"encoder\.fp32\.onnx has no \.ort twin"):
+        EdgeModel.load(t5_bundle, ort_format=True)
+    with pytest.raises(ConfigError, match="encoder-decoder graph: it has no single-graph GraphRunner"):
+        EdgeModel.load(t5_bundle, threads=1).runner_for(["echo"])
     with pytest.raises(ConfigError, match="engine 'genai' does not run encoder-decoder bundles"):
         EdgeModel.load(t5_bundle, engine="genai")
 
 
 @pytest.mark.server
 def test_server_answers_chat_completions_on_a_t5_bundle(t5_model, t5_bundle):
-    """`alter-edge serve` on the T5 bundle: a chat request, a streamed one and a concurrent
-    mixed-task burst (rows of three tasks in one batch) each answer what the model answers alone."""
+    """`alter-edge serve` on the T5 bundle: a chat request, a streamed one, a concurrent mixed-task
+    burst (rows of three tasks in one batch) and /v1/classify each answer what the model answers
+    alone."""
     import os
     import re
     import subprocess
@@ -418,6 +429,13 @@ def test_server_answers_chat_completions_on_a_t5_bundle(t5_model, t5_bundle):
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(ask, MIXED[:6]))
         assert answers == [t5_model.generate(r["input"], task=r["task"], max_new_tokens=6).text for r in MIXED[:6]]
+        httpx = pytest.importorskip("httpx")
+        colour = [r["input"] for r in TINY_ROWS if r["task"] == "colour"][:3]
+        got = httpx.post(url + "/v1/classify", json={"model": "colour", "input": colour}, timeout=60).json()
+        want = t5_model.classify(colour, "colour")
+        assert [d["label"] for d in got["data"]] == [c.label for c in want]
+        for d, c in zip(got["data"], want, strict=True):
+            assert d["scores"] == pytest.approx(c.scores, abs=1e-5)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -446,3 +464,41 @@ def test_ray_job_on_a_t5_bundle_writes_the_local_jobs_bytes(t5_model, t5_bundle,
     finally:
         ray.shutdown()
     assert out.read_bytes() == local.read_bytes() and (s.rows, s.failed) == (13, 1)
+
+
+def test_t5_bundle_runs_without_torch(t5_model, t5_bundle, tmp_path):
+    """A fresh interpreter with torch, transformers and onnx blocked loads the T5 bundle, generates
+    a mixed-task batch and classifies: the runtime's encoder-decoder path is torch-free."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    blocker = textwrap.dedent("""
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers", "safetensors", "onnx", "onnxscript"):
+                    raise ImportError(f"blocked: {name}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+    """)
+    texts, tasks = [r["input"] for r in MIXED[:4]], [r["task"] for r in MIXED[:4]]
+    code = blocker + textwrap.dedent(f"""
+        import json
+        from alter_edge.runtime import EdgeModel
+        m = EdgeModel.load({str(t5_bundle)!r}, threads=1)
+        g = m.generate({texts!r}, tasks={tasks!r}, max_new_tokens=6)
+        c = m.classify({texts[1]!r}, "colour")
+        print(json.dumps({{"gen": [x.token_ids for x in g], "label": c.label}}))
+    """)
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["gen"] == [x.token_ids for x in t5_model.generate(texts, tasks=tasks, max_new_tokens=6)]
+    assert res["label"] == t5_model.classify(texts[1], "colour").label

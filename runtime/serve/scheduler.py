@@ -86,6 +86,7 @@ class Scheduler:
         if engine is None:
             raise ConfigError("serving several tasks needs the bundle's multi-task graph, and this bundle "
                               "has per-task graphs only")
+        self.runner = engine.runner  # the graph's GraphRunner (a T5 bundle: its Seq2SeqRunner)
         self.max_tokens = model.bundle.max_new_tokens if max_tokens is None else max_tokens
         limit = model.bundle.kv.max_sequence_length
         max_len = model.bundle.max_prompt_tokens + self.max_tokens
