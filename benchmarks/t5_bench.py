@@ -604,7 +604,7 @@ def main(argv=None) -> dict | None:
               "made_with": json.loads((work / "made-with.json").read_text()),
               "versions": {"ours": versions(sys.executable, ("onnxruntime", "torch", "transformers", "numpy")),
                            "optimum": (versions(str(OPTIMUM_PY), ("optimum-onnx", "optimum", "onnxruntime", "torch",
-                                                                  "transformers", "onnx", "numpy"))
+                                                                  "transformers", "onnx", "accelerate", "numpy"))
                                        if OPTIMUM_PY.is_file() else None)}}
     print(f"CPU: {result['cpu']}; {args.threads} threads; T5 v{args.t5_version} {shape}")
     print(f"versions: {result['versions']}")
