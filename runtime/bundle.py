@@ -21,7 +21,14 @@ from alter_edge.errors import BundleError, ConfigError, TaskError
 from alter_edge.io import read_json, sha256_file, shown
 from alter_edge.tasks import TaskRegistry, task_name_problem
 
-from .contract import KVLayout
+from .contract import (
+    CONTRACT,
+    DECODER_ROLE,
+    ENCODER_ROLE,
+    SEQ2SEQ_CONTRACT,
+    KVLayout,
+    Seq2SeqLayout,
+)
 from .manifest import (
     BUNDLE_FORMAT,
     PRECISIONS,
@@ -53,6 +60,7 @@ class GraphInfo:
     ort: str | None = None  # the graph's ORT-format twin (optional; hashed in `files`)
     mode: str = "multitask"  # multitask | task (adapters folded) | merged (adapters in the weights)
     external_data: tuple[str, ...] = ()  # weight files the graph reads (listed in `files`)
+    role: str | None = None  # encoder-decoder bundles: "encoder" or "decoder" (None: a decoder LM's graph)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,9 @@ class Bundle:
     manifest_sha256: str = ""  # names this bundle's exact contents (the manifest hashes every file)
     verify: bool = True  # check each graph's sha256 when it is opened
     hash_cache: HashCache | None = field(default=None, compare=False, repr=False)  # verify="cached"
+    architecture: str = "decoder"  # manifest "architecture": decoder | encoder-decoder
+    seq2seq: Seq2SeqLayout | None = None  # an encoder-decoder's self and cross cache layout
+    decoder_start_id: int | None = None  # an encoder-decoder's first decoder token
     _verified: set = field(default_factory=set, compare=False, repr=False)  # weight files hashed so far
 
     def check_graph(self, graph: GraphInfo, ort_format: bool = False, weights: bool = True) -> Path:
@@ -99,14 +110,15 @@ class Bundle:
     def graph_for(self, task: str | None, precision: str | None = None) -> GraphInfo:
         """The per-task graph of ``task`` when the bundle has one, else the multi-task graph
         (``task=None`` asks for the multi-task graph). Raises when neither exists."""
+        routed = self.decoding_graphs
         if task is not None:
-            found = self._pick([g for g in self.graphs if g.task == task], precision)
+            found = self._pick([g for g in routed if g.task == task], precision)
             if found is not None:
                 return found
-        found = self._pick([g for g in self.graphs if g.task is None], precision)
+        found = self._pick([g for g in routed if g.task is None], precision)
         if found is None:
-            have = ", ".join(f"{g.path} ({g.precision})" for g in self.graphs)
-            serving = [g for g in self.graphs if g.task is None or g.task == task]
+            have = ", ".join(f"{g.path} ({g.precision})" for g in routed)
+            serving = [g for g in routed if g.task is None or g.task == task]
             if serving:  # the graphs are there, at other precisions
                 there = ", ".join(sorted({g.precision for g in serving}))
                 what = f"task {task!r}" if task else "the multi-task graph"
@@ -118,6 +130,21 @@ class Bundle:
                 f"graph; the bundle has: {have}"
             )
         return found
+
+    @property
+    def decoding_graphs(self) -> tuple[GraphInfo, ...]:
+        """The graphs a request is routed to: every graph of a decoder LM; an encoder-decoder's
+        decoder graphs (each opens with its encoder graph, :meth:`encoder_for`)."""
+        return tuple(g for g in self.graphs if g.role != ENCODER_ROLE)
+
+    def encoder_for(self, graph: GraphInfo) -> GraphInfo:
+        """The encoder graph paired with an encoder-decoder bundle's decoder ``graph``: the one of
+        the same task and precision."""
+        for g in self.graphs:
+            if g.role == ENCODER_ROLE and g.task == graph.task and g.precision == graph.precision:
+                return g
+        raise BundleError(f"{self.root}: decoder graph {graph.path} has no encoder graph of its task "
+                          f"({graph.task or 'multi-task'}) and precision {graph.precision} in manifest.json")
 
     @property
     def has_multi_task_graph(self) -> bool:
@@ -165,6 +192,22 @@ def _names(names: list) -> str:
     return ", ".join(t if task_name_problem(t) is None else shown(t, 40) for t in names) or "none"
 
 
+# the bundles this runtime serves: manifest "architecture" -> the "graph_contract" it reads for it
+ARCHITECTURES = {"decoder": CONTRACT, "encoder-decoder": SEQ2SEQ_CONTRACT}
+
+
+def check_architecture(manifest: dict, root: Path) -> str:
+    """The manifest's ``architecture`` (default: a decoder LM) when this runtime serves it with
+    the manifest's ``graph_contract``; else one BundleError naming both and what is served."""
+    arch = manifest.get("architecture", "decoder")
+    contract = manifest.get("graph_contract", ARCHITECTURES.get(arch) if isinstance(arch, str) else None)
+    if isinstance(arch, str) and arch in ARCHITECTURES and contract == ARCHITECTURES[arch]:
+        return arch
+    served = ", ".join(f"{a} (graph_contract {c!r})" for a, c in ARCHITECTURES.items())
+    raise BundleError(f"{root}/manifest.json: architecture {shown(arch)} with graph_contract {shown(contract)} "
+                      f"is not a bundle this runtime serves; it serves: {served} (re-export, or upgrade alter-edge)")
+
+
 def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
     """Read and check a bundle directory; ``verify=False`` skips the sha256 checks (faster
     start for a bundle already verified, e.g. on a read-only app partition); ``verify="cached"``
@@ -178,12 +221,13 @@ def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
         raise BundleError(f"bundle not found: {root} is not a directory")
     m = _read_json(root / "manifest.json", "the manifest")
     check_format(m, root)
+    architecture = check_architecture(m, root)
     validate_manifest(m, root)  # schema + path confinement, before any file is opened
     m = Manifest.from_json(m)
     graphs = tuple(GraphInfo(g["path"], g.get("task"), g.get("precision", "fp32"), g["sha256"],
                              tuple(g.get("inputs", ())), tuple(g.get("outputs", ())), g.get("ort"),
                              g.get("mode", "multitask" if g.get("task") is None else "task"),
-                             tuple(g.get("external_data", ()))) for g in m.graphs)
+                             tuple(g.get("external_data", ())), g.get("role")) for g in m.graphs)
     _check_files(root, m.files, graphs, verify, cache)
     tasks = _load_tasks(root, m, graphs)
     bundle = Bundle(
@@ -191,9 +235,31 @@ def load_bundle(root: str | Path, verify: bool | str = True) -> Bundle:
         eos_id=m.eos_token_id, pad_id=m.pad_token_id,
         max_new_tokens=m.max_new_tokens, max_prompt_tokens=m.max_prompt_tokens,
         manifest_sha256=sha256_file(root / "manifest.json"), verify=verify, hash_cache=cache,
+        architecture=architecture, **_seq2seq_fields(root, m, architecture, graphs),
     )
     log.info("bundle %s: %d graph(s), %d task(s)", root, len(graphs), len(tasks))
     return bundle
+
+
+def _seq2seq_fields(root: Path, m: Manifest, architecture: str, graphs: tuple[GraphInfo, ...]) -> dict:
+    """An encoder-decoder bundle's layout and decoder start token (checked: present, and every
+    graph has a role); nothing for a decoder LM."""
+    if architecture != "encoder-decoder":
+        return {}
+    where = f"{root}/manifest.json"
+    if not isinstance(m.seq2seq, dict) or not isinstance(m.decoder_start_token_id, int) or \
+            isinstance(m.decoder_start_token_id, bool):
+        raise BundleError(f"{where}: an encoder-decoder bundle needs seq2seq (the cache layout) and "
+                          "decoder_start_token_id (an integer)")
+    roles = [g for g in graphs if g.role not in (ENCODER_ROLE, DECODER_ROLE)]
+    if roles:
+        raise BundleError(f"{where}: graph {roles[0].path} has role {shown(roles[0].role)}; an encoder-decoder "
+                          f"bundle's graphs are each {ENCODER_ROLE!r} or {DECODER_ROLE!r}")
+    try:
+        layout = Seq2SeqLayout.from_dict(m.seq2seq)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: seq2seq is not a cache layout ({shown(e)})") from e
+    return {"seq2seq": layout, "decoder_start_id": m.decoder_start_token_id}
 
 
 def _check_files(root: Path, files: dict, graphs: tuple[GraphInfo, ...], verify: bool,

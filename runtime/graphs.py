@@ -6,6 +6,13 @@ session, KV layout, vocabulary, task ids; the weight files hash while the sessio
 keeps one :class:`~runtime.decoder.Decoder` per graph (the own loop, or onnxruntime-genai with
 ``engine="genai"``), the per-task prompt-prefix cache, and routes a request to the graph
 serving its tasks. ``EdgeModel`` adds prompts, generation and classification on top.
+
+What opens a graph's decoder depends on the bundle's architecture and the engine asked for, one
+table (``_OPEN``): a decoder LM's graph runs on the own loop (``runtime.generate``) or
+onnxruntime-genai; an encoder-decoder (T5) bundle's decoder graph with its encoder graph runs
+on ``runtime.seq2seq_engine`` (a request is routed by its decoder graph; the encoder graph of
+the same task and precision goes with it). A combination the table lacks is refused when the
+model is made.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ from alter_edge.errors import ConfigError
 from alter_edge.tasks import TaskRegistry, TaskSpec
 
 from .bundle import PRECISIONS, Bundle, GraphInfo, check_vocab
-from .decoder import Decoder, OwnDecoder
+from .decoder import Decoder, Engine, OwnDecoder
 from .generate import SamplingParams, shown_value
 from .prefix import PrefixCache, common_prefix, template_prefix_ids
 from .session import GraphRunner, check_providers, session_options
 
 ENGINES = ("onnxruntime", "genai")
+DECODER_LM, ENCODER_DECODER = "decoder", "encoder-decoder"  # manifest "architecture" values
 
 
 class GraphSet:
@@ -41,12 +49,17 @@ class GraphSet:
             raise ConfigError(f"{shown_value(precision)} is not a precision; valid precisions: {', '.join(PRECISIONS)}")
         if engine not in ENGINES:
             raise ConfigError(f"engine {shown_value(engine)} is not one of {', '.join(ENGINES)}")
+        if (bundle.architecture, engine) not in self._OPEN:
+            runs = [e for a, e in self._OPEN if a == bundle.architecture]
+            raise ConfigError(f"engine {engine!r} does not run {bundle.architecture} bundles ({bundle.root}); "
+                              f"engines for them: {', '.join(runs)} (docs/runtime.md)")
         if engine == "genai":
             from .genai_engine import check_genai_options
 
             check_genai_options(ort_format, providers)
         self.engine = engine
-        self.prefix_cache = bool(prefix_cache)
+        # an encoder-decoder has no prompt prefix of its own to cache (its encoder is bidirectional)
+        self.prefix_cache = bool(prefix_cache) and bundle.architecture == DECODER_LM
         self._threads = threads
         self._decoders: dict[str, Decoder] = {}  # graph path -> what decodes on it (``engine``)
         self.bundle = bundle
@@ -74,19 +87,22 @@ class GraphSet:
     def verify_graphs(self) -> None:
         """Open every graph of the bundle once, one at a time (hash, onnxruntime session, KV
         layout, vocabulary: what a request would do), and hash every ``.ort`` twin."""
+        for g in self.bundle.decoding_graphs:  # an encoder graph opens with its decoder graph
+            with self._lock:
+                self._runners.pop(g.path, None)
+                self._decoders.pop(g.path, None)
+            self._own(g)
+            with self._lock:
+                self._runners.pop(g.path, None)
+                self._decoders.pop(g.path, None)
         for g in self.bundle.graphs:
-            with self._lock:
-                self._runners.pop(g.path, None)
-            self._runner(g)
-            with self._lock:
-                self._runners.pop(g.path, None)
             if g.ort is not None:
                 self.bundle.check_graph(g, ort_format=True)
 
     def _default_graph(self) -> GraphInfo:
         if self.bundle.has_multi_task_graph:
             return self.bundle.graph_for(None, self.precision)
-        return self.bundle.graph_for(self.bundle.graphs[0].task, self.precision)
+        return self.bundle.graph_for(self.bundle.decoding_graphs[0].task, self.precision)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -99,6 +115,9 @@ class GraphSet:
         self._tokenizer = value
 
     def _runner(self, graph: GraphInfo) -> GraphRunner:
+        if self.bundle.architecture != DECODER_LM:
+            raise ConfigError(f"{graph.path} is an {self.bundle.architecture} graph: it has no single-graph "
+                              "GraphRunner (use engine_for, the pair's engine)")
         with self._lock:
             r = self._runners.get(graph.path)
             if r is None:
@@ -155,7 +174,7 @@ class GraphSet:
         with self._open_lock:  # one decoder per graph, however many threads ask at once
             d = self._decoders.get(graph.path)
             if d is None:
-                d = self._OPEN[self.engine](self, graph)
+                d = self._OPEN[self.bundle.architecture, self.engine](self, graph)
                 with self._lock:
                     self._decoders[graph.path] = d
             return d
@@ -170,7 +189,27 @@ class GraphSet:
         return GenaiRunner(self.bundle.root, graph.path, graph.task is None, self._threads,
                            self.bundle.kv.max_sequence_length)
 
-    _OPEN = {"onnxruntime": _own_decoder, "genai": _genai_decoder}  # engine -> how a graph's decoder opens
+    def _seq2seq_decoder(self, graph: GraphInfo) -> Engine:
+        from .seq2seq_engine import open_seq2seq
+
+        return open_seq2seq(self.bundle, graph, self.tokenizer, self._options, self._providers, self.ort_format)
+
+    # (architecture, engine) -> how a graph's decoder opens
+    _OPEN = {(DECODER_LM, "onnxruntime"): _own_decoder, (DECODER_LM, "genai"): _genai_decoder,
+             (ENCODER_DECODER, "onnxruntime"): _seq2seq_decoder}
+
+    def _own(self, graph: GraphInfo) -> Engine:
+        """The runtime's own engine on ``graph`` (label scoring, the server's pool), whatever
+        engine decodes: a decoder LM's GraphRunner, or the encoder-decoder engine."""
+        if self.bundle.architecture == DECODER_LM:
+            return OwnDecoder(self._runner(graph))
+        return self._decoder(graph)
+
+    def engine_for(self, task_names: Sequence[str]) -> Engine | None:
+        """The runtime's own engine on the graph serving a request of these tasks (see
+        :meth:`graph_for_request`), or None when rows must be split by task."""
+        graph = self.graph_for_request(task_names)
+        return None if graph is None else self._own(graph)
 
     def graph_for_request(self, task_names: Sequence[str]) -> GraphInfo | None:
         """The graph serving a request of these tasks, or None when rows must be split by

@@ -43,7 +43,7 @@ from .results import (
     input_problem,
     row_events,
 )
-from .scoring import label_probabilities, score_labels
+from .scoring import label_probabilities
 
 # the API's result types and argument checks live in runtime.results; they are named here too
 __all__ = ["ENGINES", "Classification", "EdgeModel", "Generation", "TokenEvent", "as_texts", "check_batch_size",
@@ -97,7 +97,7 @@ class EdgeModel(GraphSet):
                 for name in tasks:
                     model._decoder(bundle.graph_for(bundle.tasks.get(name).name, precision))
             else:
-                graphs = list(bundle.graphs) if preload else [model._default_graph()]
+                graphs = list(bundle.decoding_graphs) if preload else [model._default_graph()]
                 for g in graphs:
                     if precision is None or g.precision == precision:
                         model._decoder(g)
@@ -232,8 +232,8 @@ class EdgeModel(GraphSet):
         label_ids = self.label_ids(task)
         if not prompts:
             return []
-        runner = self.runner_for([task])
-        scores = score_labels(runner, prompts, [spec.id] * len(prompts), label_ids, self.bundle.pad_id)
+        engine = self.engine_for([task])
+        scores = engine.score_labels(prompts, [spec.id] * len(prompts), label_ids, self.bundle.pad_id)
         probs = label_probabilities(scores)
         out = []
         for s, p in zip(scores, probs, strict=True):

@@ -6,6 +6,8 @@
 #   bash scripts/anchors.sh llama-quantize # .llama-quantize: llama-quantize + convert_hf_to_gguf.py + llama_cpp's
 #                                          # bindings on the library built beside it, same sources (~10 min);
 #                                          # its Python side runs in .venv-genai (made first when missing)
+#   bash scripts/anchors.sh optimum # .venv-optimum: optimum-onnx 0.1.0 (ORTModelForSeq2SeqLM, its ONNX exporter)
+#                                   # for benchmarks/t5_bench.py; transformers 4.57 (it pins < 4.58), CPU torch
 # Benchmarks skip an anchor whose venv is missing, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +64,21 @@ for what in "${@:-genai}"; do
       rm -rf "$src"
       echo "llama-quantize: $(pwd)/.llama-quantize/bin/llama-quantize"
       ;;
-    *) echo "unknown anchor $what (genai, llama, llama-server, llama-quantize)" >&2; exit 2 ;;
+    optimum)
+      # benchmarks/t5_bench.py: Hugging Face's own T5 -> ONNX export (main_export, encoder + decoder with
+      # past) and its onnxruntime generate loop. optimum-onnx 0.1.0 asks for optimum ~= 2.1 and
+      # transformers < 4.58; torch is the CPU build the project pins (a bare torch pulls a CUDA one);
+      # onnxruntime is the project venv's version when there is one, so both sides run the same kernels
+      [ -x .venv-optimum/bin/python ] || "$PY" -m venv .venv-optimum
+      .venv-optimum/bin/python -m pip install -q --upgrade pip
+      ort=$( [ -x .venv/bin/python ] && .venv/bin/python -c 'import onnxruntime; print(onnxruntime.__version__)' \
+             2>/dev/null || echo 1.32.0)
+      .venv-optimum/bin/python -m pip install -q torch==2.13.0 "optimum-onnx[onnxruntime]==0.1.0" \
+        "optimum~=2.1.0" "transformers>=4.57,<4.58" "onnxruntime==$ort" onnx safetensors accelerate
+      .venv-optimum/bin/python -c 'import optimum.onnxruntime, optimum.exporters.onnx, torch, transformers, onnxruntime
+print("optimum-onnx ok: torch", torch.__version__, "transformers", transformers.__version__, "onnxruntime",
+      onnxruntime.__version__)'
+      ;;
+    *) echo "unknown anchor $what (genai, llama, llama-server, llama-quantize, optimum)" >&2; exit 2 ;;
   esac
 done

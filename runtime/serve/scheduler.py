@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from alter_edge.errors import ConfigError
 
-from ..generate import GREEDY, RowText, SamplingParams, SlotPool, TokenPicker
+from ..generate import GREEDY, RowText, SamplingParams, TokenPicker
 from ..model import EdgeModel, TokenEvent, row_events
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,11 @@ class Scheduler:
         if max_batch < 1 or max_queue < 0:
             raise ConfigError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model = model
-        self.runner = model.runner_for(model.tasks.names)
-        if self.runner is None:
+        engine = model.engine_for(model.tasks.names)
+        if engine is None:
             raise ConfigError("serving several tasks needs the bundle's multi-task graph, and this bundle "
                               "has per-task graphs only")
+        self.runner = engine.runner  # the graph's GraphRunner (a T5 bundle: its Seq2SeqRunner)
         self.max_tokens = model.bundle.max_new_tokens if max_tokens is None else max_tokens
         limit = model.bundle.kv.max_sequence_length
         max_len = model.bundle.max_prompt_tokens + self.max_tokens
@@ -93,8 +94,12 @@ class Scheduler:
             raise ConfigError(f"max_prompt_tokens {model.bundle.max_prompt_tokens} plus `max_tokens` "
                               f"{self.max_tokens} exceed the {limit} positions the graph covers; "
                               f"use at most {limit - model.bundle.max_prompt_tokens}")
-        self.pool = SlotPool(self.runner, model.bundle.eos_id, model.bundle.pad_id, max_batch, max_len,
-                             prefill_tokens=prefill_tokens)
+        # a decoder LM's SlotPool, or an encoder-decoder's Seq2SeqPool (whose prompts run whole in
+        # the encoder: prefill_tokens does not apply to it)
+        self.pool = engine.new_pool(model.bundle.eos_id, model.bundle.pad_id, max_batch, max_len, prefill_tokens)
+        if prefill_tokens is not None and self.pool.prefill_tokens is None:
+            log.info("prompt interleaving (prefill_tokens %d) does not apply to this %s bundle: each prompt runs "
+                     "whole in the encoder", prefill_tokens, model.bundle.architecture)
         self.max_queue = max_queue
         self.metrics = metrics
         self._queue: deque[Job] = deque()
