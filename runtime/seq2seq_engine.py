@@ -84,12 +84,8 @@ def open_seq2seq(bundle: Bundle, graph: GraphInfo, tokenizer, options, providers
     runner = Seq2SeqRunner(paths[0], paths[1], bundle.seq2seq, bundle.decoder_start_id, bundle.eos_id,
                            bundle.pad_id, options, providers)
     check_vocab(bundle, tokenizer.get_vocab_size(with_added_tokens=True), runner.vocab_size, graph.path)
-    if runner.takes_task_ids and len(bundle.tasks):
-        n = len(bundle.tasks)
-        try:
-            engine = Seq2SeqEngine(runner, bundle.decoder_start_id)
-            engine.score_labels([[bundle.pad_id]] * n, np.arange(n), [[bundle.eos_id]], bundle.pad_id)
-        except Exception as e:  # onnxruntime raises its own types (a Gather index out of range)
-            raise BundleError(f"{graph.path}: the encoder-decoder pair cannot run task ids 0..{n - 1} of tasks.json "
-                              f"({str(e).splitlines()[0][:160]}): tasks.json does not belong to these graphs") from e
+    try:
+        runner.check_task_ids(len(bundle.tasks))
+    except BundleError as e:
+        raise BundleError(f"{bundle.root}: {graph.path}: {e}") from e
     return Seq2SeqEngine(runner, bundle.decoder_start_id)

@@ -365,6 +365,27 @@ def test_unknown_architecture_is_refused(t5_bundle, tmp_path):
         EdgeModel.load(bad)
 
 
+def test_an_extra_task_the_pair_cannot_run_is_refused_at_load(t5_bundle, tmp_path):
+    import json
+    import shutil
+
+    from alter_edge.errors import BundleError
+    from alter_edge.io import sha256_file
+    from alter_edge.runtime import EdgeModel
+
+    b = tmp_path / "bundle"
+    shutil.copytree(t5_bundle, b)
+    tasks = json.loads((b / "tasks.json").read_text())
+    tasks["tasks"].append({**tasks["tasks"][-1], "name": "extra", "id": len(tasks["tasks"])})
+    (b / "tasks.json").write_text(json.dumps(tasks))
+    man = json.loads((b / "manifest.json").read_text())
+    man["files"]["tasks.json"] = sha256_file(b / "tasks.json")
+    man["tasks"].append("extra")
+    (b / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match=r"model\.decoder\.fp32\.onnx: the pair cannot run task ids 0\.\.3"):
+        EdgeModel.load(b, threads=1)
+
+
 def test_verify_bundle_opens_every_pair(t5_bundle):
     from alter_edge.runtime.model import verify_bundle
 
