@@ -42,14 +42,12 @@ from .sensitivity import choose_8bit, measure_sensitivity
 from .validate import (
     ExportValidationError,
     ValidationReport,
-    build_cases,
-    build_heldout,
     check_against,
     check_quantized,
     describe_failure,
-    load_heldout_rows,
     reference_outputs,
     torch_reference,
+    validation_inputs,
 )
 
 log = logging.getLogger(__name__)
@@ -152,14 +150,7 @@ class _Export:
         self.dims = {"vocab_size": self.builder.vocab, "hidden_size": int(self.builder.cfg.hidden_size),
                      "num_attention_heads": self.builder.heads}  # for genai_config.json
         self.pad, self.eos = ck.pad_id, ck.eos_id
-        tc = ck.train_config
-        rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"),
-                                 recorded_sha256=ck.state.get("data_sha256"))
-        inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
-        self.cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
-        self.heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, self.cases,
-                                     opts.heldout_rows)
-        self.new_tokens = {s.name: _answer_tokens(ck.tokenizer, s, tc.eval_max_new_tokens) for s in ck.tasks}
+        self.cases, self.heldout, self.new_tokens = validation_inputs(ck, opts)
         self.report = ValidationReport(opts.atol, opts.steps)
         self.info: dict = {"build": {}, "quantization": {}}
         self.session_options = session_options(opts.threads)
@@ -374,13 +365,6 @@ class _Export:
         return write_manifest(tmp, manifest).to_json()
 
 
-def _answer_tokens(tokenizer, spec, default: int) -> int:
-    """Greedy steps for a task's held-out answers: its longest label (+ eos) for classify tasks."""
-    if spec.kind == "classify" and spec.labels:
-        from alter_edge.prompts import label_token_ids
-
-        return max(len(x) for x in label_token_ids(tokenizer, spec.labels, -1)) + 1
-    return default
 
 
 def _entry(spec: BuildSpec, path: Path, precision: str, names: dict) -> dict:

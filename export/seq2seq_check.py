@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from alter_edge.metrics import row_metric
 from alter_edge.runtime.seq2seq import Seq2SeqRunner, pad_prompts
 
-from .validate import Case, HeldOut, over_budget, paired_interval
+from .validate import Case, HeldOut, quantized_record
 
 __all__ = ["check_pair", "check_quantized_pair", "pair_outputs", "torch_pair_reference"]
 
@@ -129,24 +128,6 @@ def check_quantized_pair(src: Seq2SeqRunner, q: Seq2SeqRunner, name: str, precis
     """A quantized pair against the fp32 multi-task pair; the record (the caller decides if it
     is fatal). ``src_preds``: the fp32 pair's held-out answers per task, filled when missing."""
     top1, total, by_case = _top1(src, q, cases, pad_id, steps)
-    scores, drops, intervals, reference = {}, {}, {}, {}
-    for h in heldout:
-        if h.task not in src_preds:
-            src_preds[h.task] = _predictions(src, h, tokenizer, new_tokens[h.task])
-        q_preds = _predictions(q, h, tokenizer, new_tokens[h.task])
-        golds = h.golds if h.golds is not None else src_preds[h.task]
-        reference[h.task] = "held-out targets" if h.golds is not None else "fp32 predictions (no held-out data)"
-        fn = row_metric(h.kind)
-        s_src = np.asarray([fn(p, g) for p, g in zip(src_preds[h.task], golds, strict=True)], np.float64)
-        s_q = np.asarray([fn(p, g) for p, g in zip(q_preds, golds, strict=True)], np.float64)
-        lo, hi = paired_interval((s_src - s_q) * 100)
-        scores[h.task] = {"fp32": round(float(s_src.mean()), 4), precision: round(float(s_q.mean()), 4),
-                          "rows": len(h.prompts),
-                          "changed_answers": int(sum(a != b for a, b in zip(src_preds[h.task], q_preds, strict=True)))}
-        drops[h.task] = round(float((s_src - s_q).mean() * 100), 2)
-        intervals[h.task] = [round(lo, 2), round(hi, 2)]
-    passed = top1 >= min_top1 and not over_budget(drops, intervals, budget)
-    return {"check": "quantized_vs_fp32", "graph": name, "precision": precision, "case": "all",
-            "top1_agreement": round(top1, 4), "top1_by_case": by_case, "min_top1": min_top1, "positions": total,
-            "metric": scores, "metric_reference": reference, "metric_drop_points": drops,
-            "metric_drop_interval95": intervals, "budget_points": budget, "passed": passed}
+    return quantized_record(name, precision, top1, total, by_case, heldout, src_preds,
+                            lambda h: _predictions(src, h, tokenizer, new_tokens[h.task]),
+                            lambda h: _predictions(q, h, tokenizer, new_tokens[h.task]), budget, min_top1)

@@ -32,7 +32,7 @@ from .quant import QuantPlan
 from .report import ExportValidationError, ValidationReport, describe_failure
 from .seq2seq import Seq2SeqBuilder
 from .seq2seq_check import check_pair, check_quantized_pair, pair_outputs, torch_pair_reference
-from .validate import build_cases, build_heldout, load_heldout_rows
+from .validate import validation_inputs
 
 log = logging.getLogger(__name__)
 ROLES = (ENCODER_ROLE, DECODER_ROLE)
@@ -86,14 +86,7 @@ class _Seq2SeqExport:
         self.layout = self.builder.layout
         self.start = self.builder.decoder_start_token_id
         self.pad, self.eos = ck.pad_id, ck.eos_id
-        tc = ck.train_config
-        rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"),
-                                 recorded_sha256=ck.state.get("data_sha256"))
-        inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
-        self.cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
-        self.heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, self.cases,
-                                     opts.heldout_rows)
-        self.new_tokens = {s.name: _answer_tokens(ck.tokenizer, s, tc.eval_max_new_tokens) for s in ck.tasks}
+        self.cases, self.heldout, self.new_tokens = validation_inputs(ck, opts)
         self.report = ValidationReport(opts.atol, opts.steps)
         self.info: dict = {"build": {}, "quantization": {}}
         self.options = session_options(opts.threads)
@@ -224,9 +217,3 @@ def _own_reference(runner: Seq2SeqRunner, case, pad: int, steps: int) -> dict:
     return {"tokens": tokens, **pair_outputs(runner, case, pad, tokens)}
 
 
-def _answer_tokens(tokenizer, spec, default: int) -> int:
-    if spec.kind == "classify" and spec.labels:
-        from alter_edge.prompts import label_token_ids
-
-        return max(len(x) for x in label_token_ids(tokenizer, spec.labels, -1)) + 1
-    return default

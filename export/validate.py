@@ -219,12 +219,22 @@ def check_quantized(src: GraphRunner, q: GraphRunner, name: str, precision: str,
             n += len(toks)
         by_case[case.name] = round(a / max(n, 1), 4)
         agree, total = agree + a, total + n
-    top1 = agree / max(total, 1)
+    return quantized_record(name, precision, agree / max(total, 1), total, by_case, heldout, src_preds,
+                            lambda h: heldout_predictions(src, h, tokenizer, pad_id, eos_id, new_tokens[h.task]),
+                            lambda h: heldout_predictions(q, h, tokenizer, pad_id, eos_id, new_tokens[h.task]),
+                            budget, min_top1)
+
+
+def quantized_record(name: str, precision: str, top1: float, total: int, by_case: dict, heldout: list[HeldOut],
+                     src_preds: dict[str, list[str]], src_predict, q_predict, budget: float, min_top1: float) -> dict:
+    """The ``quantized_vs_fp32`` record: the top-1 agreement measured by the caller, and each
+    held-out task's metric under the fp32 (``src_predict``, kept in ``src_preds``) and the
+    quantized answers (``q_predict``), with the paired drop and its interval against ``budget``."""
     scores, drops, intervals, reference = {}, {}, {}, {}
     for h in heldout:
         if h.task not in src_preds:
-            src_preds[h.task] = heldout_predictions(src, h, tokenizer, pad_id, eos_id, new_tokens[h.task])
-        q_preds = heldout_predictions(q, h, tokenizer, pad_id, eos_id, new_tokens[h.task])
+            src_preds[h.task] = src_predict(h)
+        q_preds = q_predict(h)
         golds = h.golds if h.golds is not None else src_preds[h.task]
         reference[h.task] = "held-out targets" if h.golds is not None else "fp32 predictions (no held-out data)"
         s_src, s_q = _score(h.kind, src_preds[h.task], golds), _score(h.kind, q_preds, golds)
@@ -264,3 +274,25 @@ def load_heldout_rows(data: Path | None, tasks: TaskRegistry, dev_fraction: floa
     rows, source = load_task_rows(data)
     tasks.check_names(sorted({r.task for r in rows}))
     return split_task_rows(rows, source, dev_fraction, seed)[1]
+
+
+def answer_tokens(tokenizer, spec, default: int) -> int:
+    """Greedy steps for a task's held-out answers: its longest label (+ eos) for classify tasks."""
+    if spec.kind == "classify" and spec.labels:
+        from alter_edge.prompts import label_token_ids
+
+        return max(len(x) for x in label_token_ids(tokenizer, spec.labels, -1)) + 1
+    return default
+
+
+def validation_inputs(ck, opts) -> tuple[list, list, dict[str, int]]:
+    """An export's validation cases, its held-out rows and each task's greedy answer steps, from the
+    checkpoint's own split (``opts.data`` or the data it recorded)."""
+    tc = ck.train_config
+    rows = load_heldout_rows(opts.data, ck.tasks, tc.dev_fraction, tc.split_seed, recorded=ck.state.get("data"),
+                             recorded_sha256=ck.state.get("data_sha256"))
+    inputs = {t: [r.input for r in rows if r.task == t] for t in ck.tasks.names} if rows else None
+    cases = build_cases(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, inputs)
+    heldout = build_heldout(ck.tokenizer, ck.tasks, ck.eos_id, tc.max_prompt_tokens, rows, cases, opts.heldout_rows)
+    return cases, heldout, {s.name: answer_tokens(ck.tokenizer, s, tc.eval_max_new_tokens) for s in ck.tasks}
+

@@ -32,7 +32,7 @@ from .sampling import (
     shown_value,
 )
 from .session import GraphRunner
-from .slots import SlotPool
+from .slots import SlotPool, drive_pool
 from .text import RowText
 
 __all__ = ["GREEDY", "MAX_SEED", "MAX_TEMPERATURE", "MIN_TEMPERATURE", "RowText", "SamplingParams", "SlotPool",
@@ -63,23 +63,10 @@ def decode(runner: GraphRunner, prompts: Sequence[Sequence[int]], task_ids: Sequ
         return
     row_params, tids = _decode_args(prompts, task_ids, params, slots, refill_at)
     done = np.zeros(n, dtype=bool) if done is None else done
-    pickers: dict[SamplingParams, TokenPicker] = {}  # rows with the same params share one (row = stream)
     B = n if slots is None else min(int(slots), n)
     longest = max(len(p) + q.max_new_tokens for p, q in zip(prompts, row_params, strict=True))
     pool = SlotPool(runner, eos_id, pad_id, B, longest, refill_at, prefill_tokens)
-    for i, (p, t, q) in enumerate(zip(prompts, tids.tolist(), row_params, strict=True)):
-        pool.add(i, p, t, q, pickers.setdefault(q, TokenPicker(q)), i, done[i])
-    pool.close()
-    while pool.busy:
-        for i, tok in pool.step():
-            if tok is None:
-                done[i] = True
-                if yield_eos:
-                    yield i, None
-                continue
-            yield i, tok
-            if done[i]:
-                pool.cancel(i)
+    yield from drive_pool(pool, prompts, tids, row_params, done, yield_eos)
 
 
 def _decode_args(prompts: Sequence[Sequence[int]], task_ids: Sequence[int],

@@ -32,6 +32,7 @@ from alter_edge.padding import length_mask, pad_rows
 from .generate import decode_args
 from .sampling import GREEDY, SamplingParams, TokenPicker
 from .seq2seq import pad_cross
+from .slots import drive_pool
 
 log = logging.getLogger(__name__)
 
@@ -249,18 +250,5 @@ def decode_seq2seq(runner, start_id: int, prompts: Sequence[Sequence[int]], task
         return
     row_params, tids = decode_args(prompts, task_ids, params, slots)
     done = np.zeros(n, dtype=bool) if done is None else done
-    pickers: dict[SamplingParams, TokenPicker] = {}  # rows with the same params share one (row = stream)
     pool = Seq2SeqPool(runner, eos_id, pad_id, start_id, n if slots is None else min(int(slots), n))
-    for i, (p, t, q) in enumerate(zip(prompts, tids.tolist(), row_params, strict=True)):
-        pool.add(i, p, t, q, GREEDY if q.greedy else pickers.setdefault(q, TokenPicker(q)), i, done[i])
-    pool.close()
-    while pool.busy:
-        for i, tok in pool.step():
-            if tok is None:
-                done[i] = True
-                if yield_eos:
-                    yield i, None
-                continue
-            yield i, tok
-            if done[i]:
-                pool.cancel(i)
+    yield from drive_pool(pool, prompts, tids, row_params, done, yield_eos)

@@ -359,3 +359,25 @@ class SlotPool:
                                self.cache, copy=False)[:, 0]
         take = np.flatnonzero(live)
         return take, (out[take] if len(take) < self.size else out)
+
+
+def drive_pool(pool, prompts: Sequence[Sequence[int]], tids: np.ndarray, row_params: Sequence[SamplingParams],
+               done: np.ndarray, yield_eos: bool) -> Iterator[tuple[int, int | None]]:
+    """Queue every row on ``pool`` (a :class:`SlotPool` or an encoder-decoder pool: ``add``,
+    ``close``, ``busy``, ``step``, ``cancel``) and run it to the end: ``(row, token)`` per token,
+    ``(row, None)`` at a row's eos with ``yield_eos``; a row the caller marks ``done`` leaves."""
+    pickers: dict[SamplingParams, TokenPicker] = {}  # rows with the same params share one (row = stream)
+    for i, (p, t, q) in enumerate(zip(prompts, tids.tolist(), row_params, strict=True)):
+        pool.add(i, p, t, q, GREEDY if q.greedy else pickers.setdefault(q, TokenPicker(q)), i, done[i])
+    pool.close()
+    while pool.busy:
+        for i, tok in pool.step():
+            if tok is None:
+                done[i] = True
+                if yield_eos:
+                    yield i, None
+                continue
+            yield i, tok
+            if done[i]:
+                pool.cancel(i)
+
