@@ -8,7 +8,9 @@ The format is docs/bundle-format.md; reading and checking a bundle is the runtim
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import shutil
+import time
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,3 +68,27 @@ def describe(manifest: dict) -> list[str]:
     lines.append("files:")
     lines += [f"  {rel:<40} {digest[:12]}" for rel, digest in manifest["files"].items()]
     return lines
+
+
+def bundle_files(exp, checkpoint: Path, tmp: Path, t_start: float, entries: list[dict], **fields) -> Manifest:
+    """What every export writes beside its graphs: the checkpoint's tokenizer and tasks,
+    ``validation.json`` (``exp.report`` with ``exp.info`` and the options as its facts); returns
+    the manifest with the checkpoint's facts and ``fields`` (the graph contract's own)."""
+    from alter_edge.training.checkpoint import checkpoint_hash
+
+    ck, tc = exp.ck, exp.ck.train_config
+    shutil.copy(checkpoint / "tokenizer.json", tmp / "tokenizer.json")
+    shutil.copy(checkpoint / "tasks.json", tmp / "tasks.json")
+    exp.info["seconds"] = round(time.perf_counter() - t_start, 1)
+    exp.info["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(exp.opts).items()}
+    exp.report.facts = exp.info
+    exp.report.write(tmp)
+    base = ck.base_info
+    return Manifest(
+        checkpoint_sha256=checkpoint_hash(checkpoint),
+        base_model={"reference": base.reference, "model_type": base.model_type, "sha256": ck.base_sha256,
+                    **({"fine_tuned": True} if ck.base_trained else {})},
+        adapter_kind=ck.mta_config.adapter_kind, eos_token_id=exp.eos, pad_token_id=exp.pad,
+        generation={"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
+        tasks=ck.tasks.names, graphs=entries, **fields)
+

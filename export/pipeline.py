@@ -15,20 +15,17 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from alter_edge.errors import ConfigError, OutputError
 from alter_edge.io import atomic_dir, disk_full_error, is_disk_full, tree_bytes
 from alter_edge.runtime.contract import CONTRACT
-from alter_edge.runtime.manifest import Manifest
 from alter_edge.runtime.session import GraphRunner, session_options
 
 from .builder import BuildSpec, DecoderBuilder
-from .bundle import write_manifest
+from .bundle import bundle_files, write_manifest
 from .genai import write_genai_files
 from .graph import OPSET, WeightFile
 from .options import ExportOptions, confined, graph_path
@@ -342,25 +339,8 @@ class _Export:
     def write_files(self, checkpoint: Path, tmp: Path, entries: list[dict], t_start: float) -> dict:
         """Tokenizer, tasks, validation.json, the onnxruntime-genai files and the manifest;
         returns the manifest."""
-        from alter_edge.training.checkpoint import checkpoint_hash
-
-        ck, tc = self.ck, self.ck.train_config
-        shutil.copy(checkpoint / "tokenizer.json", tmp / "tokenizer.json")
-        shutil.copy(checkpoint / "tasks.json", tmp / "tasks.json")
-        self.info["seconds"] = round(time.perf_counter() - t_start, 1)
-        self.info["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
-        self.report.facts = self.info
-        self.report.write(tmp)
-        base = ck.base_info
-        manifest = Manifest(
-            checkpoint_sha256=checkpoint_hash(checkpoint),
-            base_model={"reference": base.reference, "model_type": base.model_type, "sha256": ck.base_sha256,
-                        **({"fine_tuned": True} if ck.base_trained else {})},
-            adapter_kind=ck.mta_config.adapter_kind, graph_contract=CONTRACT,
-            opset=OPSET, eos_token_id=self.eos, pad_token_id=self.pad, kv_cache=self.kv.to_dict(),
-            generation={"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
-            tasks=ck.tasks.names, graphs=entries,
-        )
+        manifest = bundle_files(self, checkpoint, tmp, t_start, entries, graph_contract=CONTRACT, opset=OPSET,
+                                kv_cache=self.kv.to_dict())
         write_genai_files(tmp, manifest.to_json(), entries, **self.dims)  # listed in the manifest's files below
         return write_manifest(tmp, manifest).to_json()
 

@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import gc
 import logging
-import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from alter_edge.io import atomic_dir
 from alter_edge.runtime.contract import DECODER_ROLE, ENCODER_ROLE, SEQ2SEQ_CONTRACT
-from alter_edge.runtime.manifest import Manifest
 from alter_edge.runtime.seq2seq import Seq2SeqRunner
 from alter_edge.runtime.session import session_options
 
 from .builder import BuildSpec
-from .bundle import write_manifest
+from .bundle import bundle_files, write_manifest
 from .graph import OPSET, WeightFile
 from .options import ExportOptions, confined
 from .quant import QuantPlan
@@ -188,26 +185,10 @@ class _Seq2SeqExport:
 
     def write_files(self, checkpoint: Path, tmp: Path, entries: list[dict], t_start: float) -> dict:
         """Tokenizer, tasks, validation.json and the manifest; returns the manifest."""
-        from alter_edge.training.checkpoint import checkpoint_hash
-
-        ck, tc = self.ck, self.ck.train_config
-        shutil.copy(checkpoint / "tokenizer.json", tmp / "tokenizer.json")
-        shutil.copy(checkpoint / "tasks.json", tmp / "tasks.json")
-        self.info["seconds"] = round(time.perf_counter() - t_start, 1)
-        self.info["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
-        self.report.facts = self.info
-        self.report.write(tmp)
-        base = ck.base_info
-        manifest = Manifest(
-            checkpoint_sha256=checkpoint_hash(checkpoint),
-            base_model={"reference": base.reference, "model_type": base.model_type, "sha256": ck.base_sha256,
-                        **({"fine_tuned": True} if ck.base_trained else {})},
-            adapter_kind=ck.mta_config.adapter_kind, architecture=ARCHITECTURE, graph_contract=SEQ2SEQ_CONTRACT,
-            opset=OPSET, eos_token_id=self.eos, pad_token_id=self.pad, decoder_start_token_id=self.start,
-            kv_cache=self.layout.kv.to_dict() | {"shared_buffer": False}, seq2seq=self.layout.to_dict(),
-            generation={"max_new_tokens": tc.eval_max_new_tokens, "max_prompt_tokens": tc.max_prompt_tokens},
-            tasks=ck.tasks.names, graphs=entries,
-        )
+        manifest = bundle_files(self, checkpoint, tmp, t_start, entries, architecture=ARCHITECTURE,
+                                graph_contract=SEQ2SEQ_CONTRACT, opset=OPSET, decoder_start_token_id=self.start,
+                                kv_cache=self.layout.kv.to_dict() | {"shared_buffer": False},
+                                seq2seq=self.layout.to_dict())
         return write_manifest(tmp, manifest).to_json()
 
 
