@@ -20,7 +20,6 @@ prompt in one pass, and the decoder has no prompt to feed. :func:`decode_seq2seq
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,22 +29,15 @@ from alter_edge.errors import ConfigError
 from alter_edge.padding import length_mask, pad_rows
 
 from .generate import decode_args
-from .sampling import GREEDY, SamplingParams, TokenPicker
+from .sampling import SamplingParams
 from .seq2seq import pad_cross
-from .slots import drive_pool
+from .slots import QueuedRow, RowQueue, drive_pool
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)  # rows compare by identity
-class _Row:
-    key: object  # the caller's name for the row (decode: its index; the server: its request)
-    prompt: Sequence[int]
-    task: int
-    params: SamplingParams
-    picker: TokenPicker
-    stream: int  # the row's random stream in its picker
-    done: bool = False
+class _Row(QueuedRow):
     count: int = 0  # tokens generated
 
 
@@ -60,7 +52,7 @@ def encode_rows(runner, prompts: Sequence[Sequence[int]], task_ids: np.ndarray,
     return list(cross), mask
 
 
-class Seq2SeqPool:
+class Seq2SeqPool(RowQueue):
     """The rows decoding together on one encoder-decoder pair (see the module's docstring), with
     :class:`~runtime.slots.SlotPool`'s interface: :meth:`add` queues a row, :meth:`step` runs
     the decoder once (after the encoder for the rows entering) and yields ``(key, token)`` per
@@ -68,18 +60,18 @@ class Seq2SeqPool:
     ``running``/``size`` say how full it is. ``prefill_tokens`` is accepted and ignored (no
     prompt is fed to the decoder)."""
 
+    row_type = _Row
+
     def __init__(self, runner, eos_id: int, pad_id: int, start_id: int, size: int, max_len: int = 0,
                  refill_at: int = 1, prefill_tokens: int | None = None):
         if not isinstance(size, int) or size < 1:
             raise ConfigError(f"slots must be an integer >= 1, got {size!r}")
         self.runner, self.eos_id, self.pad_id, self.start_id = runner, eos_id, pad_id, start_id
-        self.capacity, self.max_len, self.refill_at = size, max_len, refill_at
+        self.max_len, self.refill_at = max_len, refill_at
         self.prefill_tokens = None  # kept for the scheduler's sake: prompts are never interleaved
         self.rows: list[_Row] = []  # the running rows, in batch order
-        self.waiting: deque[_Row] = deque()
-        self._queued: dict[object, _Row] = {}
         self.slot_of: dict[object, int] = {}
-        self.closed = False
+        self._init_queue(size)
         self._clear()
 
     def _clear(self) -> None:
@@ -93,16 +85,8 @@ class Seq2SeqPool:
         self.cur = np.zeros(0, np.int64)  # the token each row feeds next
 
     @property
-    def size(self) -> int:
-        return self.capacity
-
-    @property
     def running(self) -> int:
         return sum(not r.done for r in self.rows)
-
-    @property
-    def queued(self) -> int:
-        return len(self._queued)
 
     @property
     def free(self) -> int:
@@ -111,21 +95,6 @@ class Seq2SeqPool:
     @property
     def busy(self) -> bool:
         return bool(self.running or self._queued)
-
-    def add(self, key: object, prompt: Sequence[int], task: int, params: SamplingParams,
-            picker: TokenPicker | None = None, stream: int = 0, done: bool = False) -> None:
-        """Queue a row; it enters at a step when a slot is free."""
-        if not prompt:
-            raise ConfigError("every prompt needs at least one token")
-        if picker is None:
-            picker = GREEDY if params.greedy else TokenPicker(params)
-        r = _Row(key, prompt, int(task), params, picker, stream, done)
-        self.waiting.append(r)
-        if not done:
-            self._queued[key] = r
-
-    def close(self) -> None:
-        self.closed = True
 
     def cancel(self, key: object) -> None:
         """The row gets no more tokens: a running row leaves before the next step, a waiting one

@@ -17,7 +17,7 @@ from .session import GraphRunner, KVCache
 
 
 @dataclass(eq=False)  # rows compare by identity
-class _Waiting:
+class QueuedRow:
     key: object  # the caller's name for the row (decode: its index; the server: its request)
     prompt: Sequence[int]
     task: int
@@ -32,7 +32,50 @@ class _Waiting:
 DECODE_SHARE = 0.5
 
 
-class SlotPool:
+class RowQueue:
+    """Rows added (:meth:`add`) and not entered yet: the part of a pool's interface that every pool
+    shares. A pool sets ``capacity`` and calls :meth:`_init_queue`; ``row_type`` is its row record,
+    :meth:`_check_row` its limits on a row."""
+
+    row_type: type = QueuedRow
+
+    def _init_queue(self, capacity: int) -> None:
+        self.capacity = capacity  # slots at most
+        self.waiting: deque = deque()
+        self._queued: dict[object, QueuedRow] = {}  # waiting rows not cancelled: key -> row
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        """Slots: rows that may decode at once."""
+        return self.capacity
+
+    @property
+    def queued(self) -> int:
+        """Rows added that have not entered yet (and are not cancelled)."""
+        return len(self._queued)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _check_row(self, prompt: Sequence[int], params: SamplingParams) -> None:
+        if not prompt:
+            raise ConfigError("every prompt needs at least one token")
+
+    def add(self, key: object, prompt: Sequence[int], task: int, params: SamplingParams,
+            picker: TokenPicker | None = None, stream: int = 0, done: bool = False) -> None:
+        """Queue a row; it enters at a step when a slot is free. ``picker``: the TokenPicker the
+        row draws with, from its random ``stream`` (default: greedy, or one of its own)."""
+        self._check_row(prompt, params)
+        if picker is None:
+            picker = GREEDY if params.greedy else TokenPicker(params)
+        w = self.row_type(key, prompt, int(task), params, picker, stream, done)
+        self.waiting.append(w)
+        if not done:
+            self._queued[key] = w
+
+
+class SlotPool(RowQueue):
     """The rows decoding together in up to ``size`` slots of one KV cache of ``max_len``
     positions, allocated on demand (slots on demand: the cache has a row per slot in use or
     recently used, grown by doubling, up to ``size``, as rows enter, and dropped when no row runs
@@ -63,29 +106,21 @@ class SlotPool:
         self.partial: dict[object, int] = {}  # interleaved: rows whose prompt is part fed -> tokens fed
         self.decode_share = DECODE_SHARE
         self.max_len = max_len
-        self.capacity = size  # slots at most
+        self._init_queue(size)
         self._limit_check(max_len)
         self.cache: KVCache | None = None  # one row per allocated slot (None: none allocated)
-        self.key: list[_Waiting | None] = []  # the row each allocated slot holds
+        self.key: list[QueuedRow | None] = []  # the row each allocated slot holds
         self.lengths = np.ones(0, dtype=np.int64)  # a free slot: 1, the cheapest
         self.task = np.zeros(0, dtype=np.int64)
         self.cur = np.full(0, pad_id, dtype=np.int64)
         self.count = np.zeros(0, dtype=np.int64)  # tokens generated
-        self.waiting: deque[_Waiting] = deque()
-        self._queued: dict[object, _Waiting] = {}  # waiting rows not cancelled: key -> row
         self.slot_of: dict[object, int] = {}  # running rows: key -> slot
-        self.closed = False
 
     def _limit_check(self, max_len: int) -> None:
         """The graph covers ``max_len`` positions (the error a cache of them would raise, now)."""
         limit = self.runner.kv.max_sequence_length
         if limit and max_len > limit:
             self.runner.new_cache(1, max_len)  # raises its ConfigError
-
-    @property
-    def size(self) -> int:
-        """Slots: rows that may decode at once."""
-        return self.capacity
 
     @property
     def allocated(self) -> int:
@@ -97,11 +132,6 @@ class SlotPool:
         return len(self.slot_of)
 
     @property
-    def queued(self) -> int:
-        """Rows added that have not entered yet (and are not cancelled)."""
-        return len(self._queued)
-
-    @property
     def free(self) -> int:
         return self.size - len(self.slot_of)
 
@@ -109,24 +139,11 @@ class SlotPool:
     def busy(self) -> bool:
         return bool(self.slot_of or self._queued)
 
-    def add(self, key: object, prompt: Sequence[int], task: int, params: SamplingParams,
-            picker: TokenPicker | None = None, stream: int = 0, done: bool = False) -> None:
-        """Queue a row; it enters at a step when a slot is free. ``picker``: the TokenPicker the
-        row draws with, from its random ``stream`` (default: greedy, or one of its own)."""
-        if not prompt:
-            raise ConfigError("every prompt needs at least one token")
+    def _check_row(self, prompt: Sequence[int], params: SamplingParams) -> None:
+        super()._check_row(prompt, params)
         if len(prompt) + params.max_new_tokens > self.max_len:
             raise ConfigError(f"{len(prompt)} prompt tokens plus max_new_tokens {params.max_new_tokens} exceed "
                               f"the {self.max_len} positions of this batch's KV cache")
-        if picker is None:
-            picker = GREEDY if params.greedy else TokenPicker(params)
-        w = _Waiting(key, prompt, int(task), params, picker, stream, done)
-        self.waiting.append(w)
-        if not done:
-            self._queued[key] = w
-
-    def close(self) -> None:
-        self.closed = True
 
     def cancel(self, key: object) -> None:
         """The row gets no more tokens: a running row frees its slot before the next step, a
@@ -214,7 +231,7 @@ class SlotPool:
                 self._release(j)
             yield r.key, t
 
-    def _pick(self, rows: list[_Waiting], take: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def _pick(self, rows: list[QueuedRow], take: np.ndarray, logits: np.ndarray) -> np.ndarray:
         first = rows[0].picker
         streams = np.asarray([r.stream for r in rows], dtype=np.int64)
         if all(r.picker is first for r in rows):
@@ -230,7 +247,7 @@ class SlotPool:
 
     def _enter(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The next waiting rows take the ``free`` slots: (their slots, their prompt logits (k, V))."""
-        rows: list[_Waiting] = []
+        rows: list[QueuedRow] = []
         while self.waiting and len(rows) < len(free):
             w = self.waiting.popleft()
             if not w.done:
