@@ -57,6 +57,13 @@ class ExportOptions:
     overwrite: bool = False
     progress: bool = True
 
+    def levels(self, precision: str) -> int | dict[int, int]:
+        """MatMulNBits ``accuracy_level`` at ``precision``: one level, or per bit width for int4 when
+        ``int4_accuracy_level`` is set."""
+        if precision == "int4" and self.int4_accuracy_level is not None:
+            return {4: self.int4_accuracy_level, 8: self.accuracy_level}
+        return self.accuracy_level
+
     def __post_init__(self) -> None:
         if not self.atol > 0:
             raise ConfigError(f"atol must be > 0, got {self.atol}")

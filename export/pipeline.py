@@ -247,9 +247,7 @@ class _Export:
         o = self.opts
         wf = WeightFile(where / f"weights.{precision}.bin")
         self._open.append(wf)
-        levels = o.accuracy_level
-        if precision == "int4" and o.int4_accuracy_level is not None:
-            levels = {4: o.int4_accuracy_level, 8: o.accuracy_level}
+        levels = o.levels(precision)
         built = []
         for spec in specs:
             rel = graph_path(self.names.get(spec.task_id), precision, spec.mode)

@@ -109,9 +109,7 @@ class _Seq2SeqExport:
         plan = self.quant_plan(precision)
         wf = WeightFile(where / f"weights.{precision}.bin")
         self._open.append(wf)
-        levels = o.accuracy_level
-        if precision == "int4" and o.int4_accuracy_level is not None:
-            levels = {4: o.int4_accuracy_level, 8: o.accuracy_level}
+        levels = o.levels(precision)
         built = []
         for spec in specs:
             paths = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,3 +168,18 @@ def _nucleus_size(sp: np.ndarray, top_p: float) -> int | None:
 
 GREEDY = TokenPicker(SamplingParams())  # argmax: keeps no state, shared by every greedy row
 
+def pick_tokens(rows: Sequence, logits: np.ndarray) -> np.ndarray:
+    """Each row's next token from ``logits`` [rows, V] with its own ``picker`` and random ``stream``
+    (rows sharing a picker pick together, in one call)."""
+    first = rows[0].picker
+    streams = np.asarray([r.stream for r in rows], dtype=np.int64)
+    if all(r.picker is first for r in rows):
+        return first(logits, streams)
+    out = np.empty(len(rows), dtype=np.int64)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(id(r.picker), []).append(i)
+    for idx in groups.values():
+        ix = np.asarray(idx)
+        out[ix] = rows[idx[0]].picker(logits[ix], streams[ix])
+    return out

@@ -29,7 +29,7 @@ from alter_edge.errors import ConfigError
 from alter_edge.padding import length_mask, pad_rows
 
 from .generate import decode_args
-from .sampling import SamplingParams
+from .sampling import SamplingParams, pick_tokens
 from .seq2seq import pad_cross
 from .slots import QueuedRow, RowQueue, drive_pool
 
@@ -158,7 +158,7 @@ class Seq2SeqPool(RowQueue):
 
     def _emit(self, logits: np.ndarray) -> Iterator[tuple[object, int | None]]:
         rows = list(self.rows)
-        for j, (r, t) in enumerate(zip(rows, self._pick(rows, logits).tolist(), strict=True)):
+        for j, (r, t) in enumerate(zip(rows, pick_tokens(rows, logits).tolist(), strict=True)):
             if r.done:
                 continue
             if t == self.eos_id and not r.params.ignore_eos:
@@ -170,18 +170,6 @@ class Seq2SeqPool(RowQueue):
             if r.count >= r.params.max_new_tokens:
                 r.done = True
             yield r.key, t
-
-    def _pick(self, rows: list[_Row], logits: np.ndarray) -> np.ndarray:
-        """Each row's token from its picker (rows sharing a picker pick together)."""
-        streams = np.asarray([r.stream for r in rows], np.int64)
-        out = np.empty(len(rows), np.int64)
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(id(r.picker), []).append(i)
-        for idx in groups.values():
-            ix = np.asarray(idx)
-            out[ix] = rows[idx[0]].picker(logits[ix], streams[ix])
-        return out
 
     def _leave(self) -> None:
         """Rows that ended leave the batch, their cache rows with them; the self cache's leading

@@ -12,7 +12,7 @@ import numpy as np
 
 from alter_edge.errors import ConfigError
 
-from .sampling import GREEDY, SamplingParams, TokenPicker
+from .sampling import GREEDY, SamplingParams, TokenPicker, pick_tokens
 from .session import GraphRunner, KVCache
 
 
@@ -232,18 +232,7 @@ class SlotPool(RowQueue):
             yield r.key, t
 
     def _pick(self, rows: list[QueuedRow], take: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        first = rows[0].picker
-        streams = np.asarray([r.stream for r in rows], dtype=np.int64)
-        if all(r.picker is first for r in rows):
-            return first(logits, streams)
-        out = np.empty(len(rows), dtype=np.int64)
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(id(r.picker), []).append(i)
-        for idx in groups.values():
-            ix = np.asarray(idx)
-            out[ix] = rows[idx[0]].picker(logits[ix], streams[ix])
-        return out
+        return pick_tokens(rows, logits)
 
     def _enter(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The next waiting rows take the ``free`` slots: (their slots, their prompt logits (k, V))."""

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
-from alter_edge.testing import TINY_ROWS, make_tiny_base, make_tokenizer  # noqa: E402
+from alter_edge.testing import TINY_ROWS, make_tiny_base, make_tiny_t5, make_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +93,10 @@ def edge_model(runtime_bundle):
     from alter_edge.runtime import EdgeModel
 
     return EdgeModel.load(runtime_bundle, threads=1)
+
+
+@pytest.fixture(scope="module", params=["1.0", "1.1"])
+def t5_dir(request, tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny random T5 folder, v1.0 (ReLU, tied head) and v1.1 (gated-GELU, untied), per module."""
+    return make_tiny_t5(request.param, tmp_path_factory.mktemp(f"t5-{request.param}"), tiny_tokenizer_dir)
+

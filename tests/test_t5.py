@@ -10,7 +10,6 @@ import torch
 
 from alter_edge.config import MTAConfig, TrainConfig
 from alter_edge.errors import ConfigError
-from alter_edge.testing import make_tiny_t5
 from alter_edge.training.batching import Encoded, batch_loss
 from alter_edge.training.checkpoint import load_checkpoint
 from alter_edge.training.evaluate import greedy_generate, label_scores
@@ -20,11 +19,6 @@ from alter_edge.training.trainer import evaluate_checkpoint, run_training
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ALTER_EDGE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module", params=["1.0", "1.1"])
-def t5_dir(request, tmp_path_factory, tiny_tokenizer_dir):
-    return make_tiny_t5(request.param, tmp_path_factory.mktemp(f"t5-{request.param}"), tiny_tokenizer_dir)
 
 
 def _model(path, **mta):

@@ -30,11 +30,6 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ALTER_EDGE_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="module", params=["1.0", "1.1"])
-def t5_dir(request, tmp_path_factory, tiny_tokenizer_dir):
-    return make_tiny_t5(request.param, tmp_path_factory.mktemp(f"t5-{request.param}"), tiny_tokenizer_dir)
-
-
 def _model(path, kind="lora", seed=0, init_std=0.3):
     from alter_edge.base_model import load_base_model
     from alter_edge.inject import MTAModel
