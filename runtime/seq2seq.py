@@ -49,6 +49,7 @@ import numpy as np
 import onnxruntime as ort
 
 from alter_edge.errors import BundleError, ConfigError
+from alter_edge.padding import length_mask, pad_rows
 
 from .contract import (
     ATTENTION_MASK,
@@ -70,13 +71,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarr
     """Right-padded ``input_ids`` and ``attention_mask`` int64 ``[b, longest]``."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ConfigError("every prompt needs at least one token")
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad_id, np.int64)
-    mask = np.zeros((len(prompts), width), np.int64)
-    for i, p in enumerate(prompts):
-        ids[i, :len(p)] = p
-        mask[i, :len(p)] = 1
-    return ids, mask
+    ids, lengths = pad_rows(prompts, pad_id)
+    return ids, length_mask(lengths, ids.shape[1])
 
 
 def pad_cross(cross: Sequence[np.ndarray], encoder_attention_mask: np.ndarray,
