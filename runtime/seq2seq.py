@@ -10,6 +10,8 @@ verify=True)``
     ``runtime.bundle.load_bundle``'s checks (schema, files, hashes, tasks) and one step with every
     task id of ``tasks.json`` (``check_task_ids``). ``runner.bundle`` is
     the loaded bundle, ``runner.graphs`` the two manifest entries (``{"encoder": ..., "decoder": ...}``).
+``Seq2SeqRunner.open(bundle, decoder, options=None, providers=None, ort_format=False)``
+    The same from an already loaded bundle and one of its decoder graphs (``GraphInfo``).
 ``Seq2SeqRunner(encoder_path, decoder_path, layout, decoder_start_token_id, eos_id, pad_id,
 options=None, providers=None)``
     The same from two graph files.
@@ -156,14 +158,26 @@ class Seq2SeqRunner:
         if m.graph_contract != SEQ2SEQ_CONTRACT:
             raise BundleError(f"{bundle.root}: graph_contract {m.graph_contract!r} is not {SEQ2SEQ_CONTRACT!r}")
         pair = pick_pair(m.graphs, task, precision)
-        paths = {}
-        for role, entry in pair.items():
-            info = next(gi for gi in bundle.graphs if gi.path == entry["path"])
-            paths[role] = bundle.check_graph(info)
-        runner = cls(paths[ENCODER_ROLE], paths[DECODER_ROLE], Seq2SeqLayout.from_dict(m.seq2seq),
-                     m.decoder_start_token_id, bundle.eos_id, bundle.pad_id, session_options(threads), providers)
-        runner.bundle, runner.graphs = bundle, pair
-        runner.check_task_ids(len(bundle.tasks))
+        decoder = next(gi for gi in bundle.graphs if gi.path == pair[DECODER_ROLE]["path"])
+        runner = cls.open(bundle, decoder, session_options(threads), providers)
+        runner.graphs = pair
+        return runner
+
+    @classmethod
+    def open(cls, bundle, decoder, options: ort.SessionOptions | None = None,
+             providers: Sequence[str] | None = None, ort_format: bool = False) -> Seq2SeqRunner:
+        """The pair of a loaded bundle's decoder graph (a ``runtime.bundle.GraphInfo``) and its
+        encoder graph (``Bundle.encoder_for``; their ``.ort`` twins with ``ort_format``), after both
+        graphs' hash checks and one step with every task id of ``tasks.json``."""
+        encoder = bundle.encoder_for(decoder)
+        paths = [bundle.check_graph(g, ort_format) for g in (encoder, decoder)]
+        runner = cls(paths[0], paths[1], bundle.seq2seq, bundle.decoder_start_id, bundle.eos_id,
+                     bundle.pad_id, options, providers)
+        try:
+            runner.check_task_ids(len(bundle.tasks))
+        except BundleError as e:
+            raise BundleError(f"{bundle.root}: {decoder.path}: {e}") from e
+        runner.bundle = bundle
         return runner
 
     def check_task_ids(self, n_tasks: int) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from alter_edge.errors import BundleError
 from alter_edge.padding import length_mask, pad_rows
 
 from .bundle import Bundle, GraphInfo, check_vocab
@@ -79,13 +78,6 @@ def open_seq2seq(bundle: Bundle, graph: GraphInfo, tokenizer, options, providers
     (checked once, here)."""
     from .seq2seq import Seq2SeqRunner
 
-    encoder = bundle.encoder_for(graph)
-    paths = [bundle.check_graph(g, ort_format) for g in (encoder, graph)]
-    runner = Seq2SeqRunner(paths[0], paths[1], bundle.seq2seq, bundle.decoder_start_id, bundle.eos_id,
-                           bundle.pad_id, options, providers)
+    runner = Seq2SeqRunner.open(bundle, graph, options, providers, ort_format)
     check_vocab(bundle, tokenizer.get_vocab_size(with_added_tokens=True), runner.vocab_size, graph.path)
-    try:
-        runner.check_task_ids(len(bundle.tasks))
-    except BundleError as e:
-        raise BundleError(f"{bundle.root}: {graph.path}: {e}") from e
     return Seq2SeqEngine(runner, bundle.decoder_start_id)
