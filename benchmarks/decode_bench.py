@@ -52,14 +52,6 @@ FILLER_IDS_TEXT = "the quick brown fox jumps over the lazy dog while the answer 
 
 
 # -- workers: each runs in its own process (and venv); stdlib + numpy + its engine only ---------
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @functools.cache
 def _timing():
     """runtime/timing.py, the loop ``alter-edge bench`` times too, loaded by path: it needs
@@ -192,7 +184,7 @@ def run_worker(job: dict) -> dict:
         ttft, tps = timer(batch, job["new_tokens"])
         out[f"b{batch}_tok_s"] = round(tps, 2)
         out[f"b{batch}_ttft_ms"] = round(1000 * ttft, 1)
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["peak_rss_mb"] = round(_timing().peak_rss_mb(), 1)
     return out
 
 

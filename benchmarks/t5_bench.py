@@ -103,14 +103,6 @@ LIFTED = ["--int8-budget", "100", "--int8-min-top1", "0", "--atol", "2e-3"]
 
 
 # -- workers: each runs in its own process; stdlib + numpy + its engine only ---------------------
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @functools.cache
 def _timing():
     """runtime/timing.py (standard library only) loaded by path: the optimum venv lacks alter_edge."""
@@ -253,7 +245,7 @@ def run_worker(job: dict) -> dict:
         out[f"b{batch}_tok_s"] = round(tps, 2)
         out[f"b{batch}_ttft_ms"] = round(1000 * ttft, 1)
         out[f"b{batch}_tokens"] = tokens
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["peak_rss_mb"] = round(_timing().peak_rss_mb(), 1)
     return out
 
 

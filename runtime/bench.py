@@ -3,30 +3,14 @@ classification rows/s and peak RSS, for one bundle in this process."""
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 
 from .generate import SamplingParams
 from .model import EdgeModel
-from .timing import per_step, timed_run
+from .timing import peak_rss_mb, per_step, timed_run  # noqa: F401  (peak_rss_mb: re-exported)
 
 FILLER = "the quick brown fox jumps over the lazy dog while the answer waits . "
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB). On Linux, VmHWM: getrusage's ru_maxrss
-    survives fork + exec, so a child started by a big parent would report the parent's peak."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KB on Linux
 
 
 def synthetic_prompt(model: EdgeModel, n_tokens: int) -> list[int]:

@@ -1,4 +1,5 @@
-"""The decode timing loop that ``alter-edge bench`` and ``benchmarks/decode_bench.py`` share.
+"""The decode timing loop and the peak-memory reading that ``alter-edge bench``,
+``benchmarks/decode_bench.py`` and ``benchmarks/t5_bench.py`` share.
 
 Standard library only: decode_bench loads this file by path in the anchors' own environments
 (onnxruntime-genai's, llama.cpp's), which lack alter_edge, so every engine is timed by the same
@@ -7,6 +8,8 @@ code.
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -32,3 +35,17 @@ def per_step(tokens: Iterable[tuple[int, int | None]], batch: int) -> Iterator[i
     for row, tok in tokens:
         if row == batch - 1:
             yield tok
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB). On Linux, VmHWM: getrusage's ru_maxrss
+    survives fork + exec, so a child started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KB on Linux
