@@ -82,6 +82,12 @@ class Bundle:
     decoder_start_id: int | None = None  # an encoder-decoder's first decoder token
     _verified: set = field(default_factory=set, compare=False, repr=False)  # weight files hashed so far
 
+    def positions(self, prompt_tokens: int, after: int) -> int:
+        """The self-cache positions a request occupies: a decoder LM's prompt and the ``after``
+        tokens that follow it (new tokens, or a label); an encoder-decoder's decoder positions
+        only (its prompt runs in the encoder). ``kv.max_sequence_length`` bounds it."""
+        return after if self.architecture == "encoder-decoder" else prompt_tokens + after
+
     def check_graph(self, graph: GraphInfo, ort_format: bool = False, weights: bool = True) -> Path:
         """The graph's path (its ``.ort`` twin with ``ort_format``), after its hash check
         (when ``verify``); ``weights=False`` leaves its weight files to :meth:`check_weights`."""

@@ -192,7 +192,7 @@ def validate_manifest(manifest: object, root: Path, schema: dict[str, Field] = M
         raise BundleError(f"{where}: files does not list {', '.join(missing)}")
     kv = manifest["kv_cache"]
     prompt = manifest.get("generation", {}).get("max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS)
-    if prompt >= kv["max_sequence_length"]:
+    if not seq2seq and prompt >= kv["max_sequence_length"]:  # an encoder-decoder's prompt is not in it
         raise BundleError(f"{where}: generation.max_prompt_tokens {prompt} leaves no room for a new token "
                           f"in kv_cache.max_sequence_length {kv['max_sequence_length']} (it must be smaller)")
     for i, g in enumerate(manifest["graphs"]):

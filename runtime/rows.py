@@ -147,9 +147,13 @@ def check_positions(model: EdgeModel, prompt: list[int], task: str, opts: BatchO
         after, what = max(len(x) for x in model.label_ids(task)), "tokens of its longest label"
     else:
         after, what = budget(model, opts), "new tokens"
-    if len(prompt) + after > limit:
-        raise DataError(f"its prompt of {len(prompt)} tokens plus {after} {what} exceed the {limit} positions "
-                        "the bundle's graphs cover (ask for fewer `max_new_tokens`, or shorten the input)")
+    if model.bundle.positions(len(prompt), after) <= limit:
+        return
+    if model.bundle.architecture == "encoder-decoder":  # the prompt runs in the encoder
+        raise DataError(f"its {after} {what} exceed the {limit} decoder positions the bundle's graphs cover "
+                        "(ask for fewer `max_new_tokens`)")
+    raise DataError(f"its prompt of {len(prompt)} tokens plus {after} {what} exceed the {limit} positions "
+                    "the bundle's graphs cover (ask for fewer `max_new_tokens`, or shorten the input)")
 
 
 def read_rows(model: EdgeModel, path: Path, opts: BatchOptions) -> tuple[list[Row], dict[int, dict]]:

@@ -365,6 +365,37 @@ def test_unknown_architecture_is_refused(t5_bundle, tmp_path):
         EdgeModel.load(bad)
 
 
+def test_only_the_answer_counts_against_the_decoder_positions(t5_bundle, tmp_path):
+    """kv_cache.max_sequence_length bounds T5's decoder positions: a prompt longer than it runs
+    (it is in the encoder), new tokens past it are refused (a batch row; the server at start)."""
+    import json
+    import shutil
+
+    from alter_edge.errors import ConfigError
+    from alter_edge.runtime import EdgeModel
+    from alter_edge.runtime.batch import BatchOptions, run_jsonl
+    from alter_edge.runtime.serve.scheduler import Scheduler
+
+    small = tmp_path / "bundle"
+    shutil.copytree(t5_bundle, small)
+    man = json.loads((small / "manifest.json").read_text())
+    man["kv_cache"]["max_sequence_length"] = 8
+    (small / "manifest.json").write_text(json.dumps(man))
+    m = EdgeModel.load(small, threads=1)
+    long_input = " ".join(["word"] * 12)
+    assert len(m.encode(long_input, "echo")[0]) > 8  # the prompt alone is past the limit
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"id": "a", "task": "echo", "input": long_input}) + "\n")
+    summary = run_jsonl(m, src, dst, BatchOptions(max_new_tokens=8), progress=False)
+    assert (summary.ok, summary.failed) == (1, 0)
+    run_jsonl(m, src, dst, BatchOptions(max_new_tokens=9), progress=False)
+    err = json.loads(dst.read_text())["error"]
+    assert "9 new tokens exceed the 8 decoder positions" in err and "prompt" not in err
+    Scheduler(m, max_batch=2, max_tokens=8)  # the prompt does not count
+    with pytest.raises(ConfigError, match=r"`max_tokens` 9 exceeds the 8 decoder positions.*at most 8"):
+        Scheduler(m, max_batch=2, max_tokens=9)
+
+
 def test_an_extra_task_the_pair_cannot_run_is_refused_at_load(t5_bundle, tmp_path):
     import json
     import shutil

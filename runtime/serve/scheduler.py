@@ -89,11 +89,13 @@ class Scheduler:
         self.runner = engine.runner  # the graph's GraphRunner (a T5 bundle: its Seq2SeqRunner)
         self.max_tokens = model.bundle.max_new_tokens if max_tokens is None else max_tokens
         limit = model.bundle.kv.max_sequence_length
-        max_len = model.bundle.max_prompt_tokens + self.max_tokens
+        max_len = model.bundle.positions(model.bundle.max_prompt_tokens, self.max_tokens)
         if limit and max_len > limit:
-            raise ConfigError(f"max_prompt_tokens {model.bundle.max_prompt_tokens} plus `max_tokens` "
-                              f"{self.max_tokens} exceed the {limit} positions the graph covers; "
-                              f"use at most {limit - model.bundle.max_prompt_tokens}")
+            prompt = max_len - self.max_tokens  # 0 for an encoder-decoder: its prompt is not in the cache
+            raise ConfigError(f"max_prompt_tokens {model.bundle.max_prompt_tokens} plus `max_tokens` {self.max_tokens} "
+                              f"exceed the {limit} positions the graph covers; use at most {limit - prompt}"
+                              if prompt else f"`max_tokens` {self.max_tokens} exceeds the {limit} decoder "
+                              f"positions the graph covers; use at most {limit}")
         # a decoder LM's SlotPool, or an encoder-decoder's Seq2SeqPool (whose prompts run whole in
         # the encoder: prefill_tokens does not apply to it)
         self.pool = engine.new_pool(model.bundle.eos_id, model.bundle.pad_id, max_batch, max_len, prefill_tokens)
