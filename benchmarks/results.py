@@ -115,6 +115,11 @@ ROWS: dict[str, tuple[dict, str]] = {
     # one LoRA under Adam, so this row divides the adapters' lr by K = 5 (the mixture's stays 0.3)
     "poly_lr": ({**preset_row("poly"), "stage1_lr": 6e-4, "mixture_lr_scale": 500.0},
                 "Poly-style as poly, the adapters' lr divided by K (6e-4; the mixture's lr kept at 0.3)"),
+    # the reference preset at the shared LoRA's training time: full fine-tuning costs ~25 CPU-s a step
+    # here against ~2.7 for the shared LoRA's 640, so ~70 steps (~0.7 of an epoch), not its 10 epochs
+    "reference_eq": ({**preset_row("reference", keep=("batch_size",)), "stage1_steps": 70, "stage2_steps": 0},
+                     "the authors' configuration (as reference) at about the shared LoRA's training time: 70 steps "
+                     "of 16"),
     "hydra": (preset_row("hydra"), "shared A, per-task B heads (rank 6: one shared rank-16 LoRA's trainable "
                                    "count); one stage"),
 }
@@ -836,6 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "seed trains K times, each on all train rows but one fold, and is scored on that fold; "
                          "every train row is scored once (paired rows for benchmarks/paired.py). Folds are "
                          f"stratified by task; training's own dev split then defaults to {CV_CONFIG}")
+    ap.add_argument("--only-folds", type=int, nargs="+", default=None, metavar="F",
+                    help="with --folds: train only these folds (0-based); the others are reused when finished "
+                         "and listed as not run otherwise (two processes may split the folds of one --out)")
     ap.add_argument("--report-only", action="store_true",
                     help="train and export nothing: tabulate the finished (row, seed) runs in --out and "
                          "list the missing ones")
@@ -855,6 +863,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in ALL_ROWS if r in args.rows]  # table order, no repeats
     if args.folds:  # cross-validation scores training runs; the export row exports one dev-split run
         rows = [r for r in rows if r != EXPORT]
+    if args.only_folds is not None and not all(0 <= f < args.folds for f in args.only_folds):
+        ap.error(f"--only-folds takes folds 0..{args.folds - 1} of --folds {args.folds}, got {args.only_folds}"
+                 if args.folds else "--only-folds needs --folds K")
     if EXPORT in rows and not any(r in MTA_ROWS for r in rows):
         ap.error(f"--rows {EXPORT} exports the best of {', '.join(MTA_ROWS)}: name at least one of them")
     try:
@@ -939,7 +950,7 @@ def run_table(args, rows: list[str], argv: list[str] | None) -> int:
     for job in jobs:
         res = done.get((job.row, job.seed, job.fold))
         reused = res is not None
-        if not reused and args.report_only:
+        if not reused and (args.report_only or (args.only_folds is not None and job.fold not in args.only_folds)):
             meta["not_run"].append(job.name)
             bar.update()
             continue

@@ -71,3 +71,15 @@ def test_cross_validation_scores_every_train_row_and_pairs(tmp_path, trainable_l
     f0 = {r: json.loads((out / "folds" / f"{r}-s0-f0" / "result.json").read_text())["eval"]
           for r in ("mta_one_stage", "shared_lora")}
     assert part["overall_diff"] == pytest.approx(f0["mta_one_stage"]["overall"] - f0["shared_lora"]["overall"], abs=2e-4)
+    # two processes may split the folds: --only-folds 0 reuses fold 0 and leaves the missing fold 1 alone
+    assert results.main(argv + ["--only-folds", "0"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["not_run"] == ["shared_lora-s0-f1"]
+    assert not (out / "folds" / "shared_lora-s0-f1" / "result.json").exists()
+    assert [r["row"] for r in res["rows"]] == ["mta_one_stage"]  # shared_lora lacks a fold
+    assert results.main(argv + ["--only-folds", "1"]) == 0  # trains it
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["not_run"] == [] and [r["row"] for r in res["rows"]] == ["shared_lora", "mta_one_stage"]
+    with pytest.raises(SystemExit):
+        results.main(argv + ["--only-folds", "2"])
+    assert "--only-folds takes folds 0..1" in capsys.readouterr().err
