@@ -79,11 +79,10 @@ class PartialFile:
         if torn:
             log.info("%s: dropped a torn last line (%d bytes) left by an interrupted write", self.path, len(torn))
         for k, raw in enumerate(body, start=2):
-            problem = record_problem(raw, rows, done)
+            rec, problem = parse_record(raw, rows, done)
             if problem:
                 raise DataError(f"{self.path}: line {k} {problem}; the file was changed by something other "
                                 "than this job: delete it to start over")
-            rec = json.loads(raw)
             done[rec["line"]] = rec
         self._write(done.values())
         return done
@@ -108,7 +107,16 @@ def record_problem(raw: bytes, rows: Mapping[int, Row] | None, done: Mapping[int
     whose ``line`` is an integer naming a good row of the input (``rows``; None: any line),
     not saved before (``done``), with that row's ``id`` and ``task`` and a string ``output``, or
     the error record :func:`jsonl` writes for a result it cannot write (id null, an ``error``)."""
+    return parse_record(raw, rows, done)[1]
+
+
+def parse_record(raw: bytes, rows: Mapping[int, Row] | None, done: Mapping[int, dict]) -> tuple[dict, str | None]:
+    """(the saved line decoded, :func:`record_problem`'s answer for it): one JSON decode."""
     rec, problem = json_line_problem(raw)
+    return rec, _problem(rec, problem, rows, done)
+
+
+def _problem(rec, problem, rows: Mapping[int, Row] | None, done: Mapping[int, dict]) -> str | None:
     if problem:
         return "is not a record (not JSON)"
     if not isinstance(rec, dict):
