@@ -219,7 +219,8 @@ def _run(args) -> int:
     tasks = TaskRegistry.load(run / "checkpoint" / "tasks.json" if (run / "checkpoint").is_dir() else run / "tasks.json")
     scores = {r: np.stack([row_scores(rows, run_predictions(out / f"{r}-s{s}", eval_file, not args.quiet), tasks)
                            for s in seeds]) for r in (args.row_a, args.row_b)}
-    return _report(args, rows, tasks, scores, seeds)
+    times = {r: run_times([out / f"{r}-s{s}" for s in seeds]) for r in (args.row_a, args.row_b)}
+    return _report(args, rows, tasks, scores, seeds, times)
 
 
 def _partial_fold_scores(args, out: Path) -> tuple:
@@ -241,8 +242,9 @@ def _partial_fold_scores(args, out: Path) -> tuple:
                 for p in read_json(folds_dir / f"{row}-s{seed}-f{f}" / "result.json", PairedError)["eval"]["predictions"]]
 
     scores = {r: np.stack([row_scores(rows, preds(r, s), tasks) for s in seeds]) for r in (args.row_a, args.row_b)}
+    times = {r: run_times([folds_dir / f"{r}-s{s}-f{f}" for s in seeds for f in done]) for r in (args.row_a, args.row_b)}
     print(f"folds {done} of {len(tests)} finished by both rows", file=sys.stderr)
-    return rows, tasks, scores, seeds
+    return rows, tasks, scores, seeds, times
 
 
 def _export_scores(args, out: Path, eval_file: Path) -> tuple:
@@ -256,9 +258,20 @@ def _export_scores(args, out: Path, eval_file: Path) -> tuple:
     return rows, tasks, scores, [res["source"]["seed"]]
 
 
-def _report(args, rows, tasks, scores: dict, seeds: list) -> int:
+def run_times(run_dirs: list[Path]) -> dict | None:
+    """Training seconds and CPU seconds (results.py's ``train_s`` / ``cpu_s``) summed over the
+    compared runs; None where a run lacks one (``cpu_s``: runs from before it was recorded)."""
+    recs = [read_json(d / "result.json", PairedError) for d in run_dirs]
+    out = {}
+    for k in ("train_s", "cpu_s"):
+        vals = [r.get(k) for r in recs]
+        out[k] = None if any(v is None for v in vals) else round(sum(vals), 1)
+    return out
+
+
+def _report(args, rows, tasks, scores: dict, seeds: list, times: dict | None = None) -> int:
     res = compare(scores[args.row_a], scores[args.row_b], [r.task for r in rows], tasks, args.rounds)
-    res.update({"a": args.row_a, "b": args.row_b, "seed_list": seeds, "dev_rows": len(rows)})
+    res.update({"a": args.row_a, "b": args.row_b, "seed_list": seeds, "dev_rows": len(rows), "time": times})
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -274,6 +287,11 @@ def _report(args, rows, tasks, scores: dict, seeds: list) -> int:
     lo, hi = res["overall_ci95"]
     print(f"overall A - B {res['overall_diff']:+.4f}, 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}] "
           f"({args.rounds} resamples of the dev rows within each task, seeds paired)")
+    if times:
+        for k, what in (("train_s", "training seconds"), ("cpu_s", "CPU seconds of the runs")):
+            ta, tb = times[args.row_a][k], times[args.row_b][k]
+            if ta is not None and tb is not None and tb > 0:
+                print(f"{what}: A {ta:,.0f}, B {tb:,.0f}, A / B {ta / tb:.2f}")
     return 0
 
 

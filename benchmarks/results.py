@@ -117,7 +117,7 @@ ROWS: dict[str, tuple[dict, str]] = {
                 "Poly-style as poly, the adapters' lr divided by K (6e-4; the mixture's lr kept at 0.3)"),
     # the reference preset at the shared LoRA's training time: full fine-tuning costs ~25 CPU-s a step
     # here against ~2.7 for the shared LoRA's 640, so ~70 steps (~0.7 of an epoch), not its 10 epochs
-    "reference_eq": ({**preset_row("reference", keep=("batch_size",)), "stage1_steps": 70, "stage2_steps": 0},
+    "reference_eq": ({**preset_row("reference", keep=("batch_size",)), STEPS_SCALE: 70 / 640},
                      "the authors' configuration (as reference) at about the shared LoRA's training time: 70 steps "
                      "of 16"),
     "hydra": (preset_row("hydra"), "shared A, per-task B heads (rank 6: one shared rank-16 LoRA's trainable "
@@ -580,7 +580,7 @@ def write_folds(out: Path, rows: list, k: int, seed: int) -> tuple[list, list[tu
 def combine_folds(row: str, seed: int, runs: list[dict], fold_dirs: list[Path], scored: list, out: Path) -> dict:
     """One (row, seed)'s K fold runs as one run scored on every train row: per-row predictions in
     the order of ``scored`` (``OUT/dev.jsonl``), per-task scores recomputed from them, label
-    scoring weighted by each fold's rows; training seconds and wall time summed, peak memory the
+    scoring weighted by each fold's rows; training seconds, wall time and CPU seconds summed, peak memory the
     highest. Written to ``OUT/<row>-s<seed>/result.json`` (with its ``tasks.json``), where
     benchmarks/paired.py reads it."""
     import shutil
@@ -605,6 +605,7 @@ def combine_folds(row: str, seed: int, runs: list[dict], fold_dirs: list[Path], 
                                                 "predictions": preds, "dtype": runs[0]["eval"].get("dtype")},
            "trainable_params": runs[0]["trainable_params"], "parameters": runs[0]["parameters"],
            "train_s": round(sum(r["train_s"] or 0.0 for r in runs), 1), "wall_s": round(sum(r["wall_s"] for r in runs), 1),
+           "cpu_s": round(sum(r["cpu_s"] for r in runs), 1) if all("cpu_s" in r for r in runs) else None,
            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
            "fold_overall": [r["eval"]["overall"] for r in runs], "train_evals": {}}
     d = out / f"{row}-s{seed}"

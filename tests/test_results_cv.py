@@ -59,6 +59,11 @@ def test_cross_validation_scores_every_train_row_and_pairs(tmp_path, trainable_l
     a = json.loads((out / "mta_one_stage-s0" / "result.json").read_text())["eval"]
     b = json.loads((out / "shared_lora-s0" / "result.json").read_text())["eval"]
     assert cmp["overall_diff"] == pytest.approx(a["overall"] - b["overall"], abs=2e-4)
+    for row in ("mta_one_stage", "shared_lora"):  # training time beside the scores: the folds' sums
+        fold_runs = [json.loads((out / "folds" / f"{row}-s0-f{f}" / "result.json").read_text()) for f in range(2)]
+        assert cmp["time"][row]["cpu_s"] == pytest.approx(sum(r["cpu_s"] for r in fold_runs), abs=0.2)
+        assert cmp["time"][row]["train_s"] == pytest.approx(sum(r["train_s"] for r in fold_runs), abs=0.2)
+        assert cmp["time"][row]["train_s"] > 0
     assert "overall (char)" in (out / "results.md").read_text()
     assert results.main(argv) == 0  # again: every fold reused
     # a run still going: only fold 0 finished by both rows
@@ -68,6 +73,8 @@ def test_cross_validation_scores_every_train_row_and_pairs(tmp_path, trainable_l
                         "--rounds", "200"]) == 0
     part = json.loads(capsys.readouterr().out)
     assert part["dev_rows"] == len(folds[0]) == sum(r["pairs"] for r in part["per_task"].values())
+    assert part["time"]["shared_lora"]["cpu_s"] == json.loads(
+        (out / "folds" / "shared_lora-s0-f0" / "result.json").read_text())["cpu_s"]
     f0 = {r: json.loads((out / "folds" / f"{r}-s0-f0" / "result.json").read_text())["eval"]
           for r in ("mta_one_stage", "shared_lora")}
     assert part["overall_diff"] == pytest.approx(f0["mta_one_stage"]["overall"] - f0["shared_lora"]["overall"], abs=2e-4)
