@@ -5,7 +5,7 @@
 
 export { EdgeModel } from "./model.js";
 export { AbortError, AlterEdgeError, BundleError, ConfigError, DataError, TaskError } from "./errors.js";
-export { fileMapSource, resolveSource, urlSource } from "./sources.js";
+export { CACHE_PREFIX, fileMapSource, resolveSource, urlSource } from "./sources.js";
 export { RowText, RowRandom, TokenPicker, samplingParams } from "./generate.js";
 export { PRECISIONS, PRECISION_PREFERENCE, pathProblem } from "./manifest.js";
 export { Sha256, sha256Hex } from "./sha256.js";

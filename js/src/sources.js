@@ -26,8 +26,12 @@ import { sha256Hex } from "./sha256.js";
  */
 
 /**
- * @typedef {{file: string, loaded: number, total: number|null, done: boolean}} ProgressEvent
+ * @typedef {{file: string, loaded: number, total: number|null, done: boolean, cached?: boolean}} ProgressEvent
+ * `cached`: read from a URL source's Cache Storage, not downloaded
  */
+
+/** The prefix of every Cache Storage cache a URL source keeps (`${CACHE_PREFIX}${base} ${manifest sha256}`). */
+export const CACHE_PREFIX = "alter-edge ";
 
 const asBytes = async (v) => {
   if (v instanceof Uint8Array) return v;
@@ -63,15 +67,20 @@ export function fileMapSource(files, { label = "bundle files" } = {}) {
  *
  * `cache`: keep the files in the browser's Cache Storage (`true`: `globalThis.caches`, or a
  * CacheStorage-like object with `open`, `keys` and `delete`), so a second load fetches only
- * `manifest.json`. Entries live in a cache named after the base URL and the manifest's sha256
- * (each file's own hash is listed there and checked on every load, as on a first one); a new
- * manifest at the same URL starts a new cache and deletes the old one.
+ * `manifest.json`. Entries live in a cache named after the base URL and the manifest's sha256,
+ * and each file is checked against the sha256 that manifest.json lists for it when it is
+ * downloaded, before it goes into the cache: a file found in that cache is the file the manifest
+ * names. `EdgeModel.load` checks the files again on every load unless `verify: false` (what
+ * the browser build does: the check at download is the one that counts); a cached copy that
+ * fails that check is dropped and fetched again. A new manifest at the same URL starts a new
+ * cache and deletes the old one. With a cache, `raw` hands the backend a Blob read from the
+ * cache, and `stats` lists the files downloaded and the files read from the cache.
  * @param {string|URL} base the bundle folder's URL (a trailing "/" is added when missing)
  * @param {{fetch?: typeof fetch, init?: RequestInit, onProgress?: (e: ProgressEvent) => void,
- *          cache?: boolean|any}} [options]
- * @returns {BundleSource}
+ *          cache?: boolean|any, label?: string}} [options]
+ * @returns {BundleSource & {stats: {network: string[], cached: string[]}}}
  */
-export function urlSource(base, { fetch: fetchFn = globalThis.fetch, init, onProgress, cache = false } = {}) {
+export function urlSource(base, { fetch: fetchFn = globalThis.fetch, init, onProgress, cache = false, label } = {}) {
   let root = String(base);
   if (!root.endsWith("/")) root += "/";
   if (typeof fetchFn !== "function") throw new ConfigError("urlSource needs fetch (pass options.fetch on this platform)");
@@ -79,15 +88,20 @@ export function urlSource(base, { fetch: fetchFn = globalThis.fetch, init, onPro
   if (cache && typeof storage?.open !== "function") {
     throw new ConfigError("urlSource cache: this platform has no Cache Storage (globalThis.caches); pass cache: false");
   }
-  const prefix = `alter-edge ${root} `;
-  let opened = null; // the Cache of this manifest's files, once manifest.json is read
-  const url = (name) => new URL(name, root).href;
+  const prefix = `${CACHE_PREFIX}${root} `;
+  const stats = { network: [], cached: [] };
+  let opened = null; // {cache, hashes}: this manifest's Cache and the sha256 it lists for each file
+  const url = (name) => {
+    const u = new URL(name, root).href;
+    if (!u.startsWith(root)) throw new BundleError(`${root}manifest.json: ${show(name)} leads outside the bundle`);
+    return u;
+  };
 
-  async function body(res, name) {
+  async function body(res, name, cached) {
     const total = Number(res.headers.get("content-length")) || null;
     if (!onProgress || !res.body?.getReader) {
       const bytes = new Uint8Array(await res.arrayBuffer());
-      onProgress?.({ file: name, loaded: bytes.length, total: bytes.length, done: true });
+      onProgress?.({ file: name, loaded: bytes.length, total: bytes.length, done: true, cached });
       return bytes;
     }
     const reader = res.body.getReader();
@@ -98,12 +112,12 @@ export function urlSource(base, { fetch: fetchFn = globalThis.fetch, init, onPro
       if (done) break;
       chunks.push(value);
       loaded += value.length;
-      onProgress({ file: name, loaded, total, done: false });
+      onProgress?.({ file: name, loaded, total, done: false, cached });
     }
     const bytes = new Uint8Array(loaded);
     let at = 0;
     for (const c of chunks) { bytes.set(c, at); at += c.length; }
-    onProgress({ file: name, loaded, total: loaded, done: true });
+    onProgress?.({ file: name, loaded, total: loaded, done: true, cached });
     return bytes;
   }
 
@@ -112,11 +126,13 @@ export function urlSource(base, { fetch: fetchFn = globalThis.fetch, init, onPro
     try {
       res = await fetchFn(url(name), init);
     } catch (e) {
+      if (e instanceof BundleError) throw e;
       throw new BundleError(`${root}: ${name} cannot be fetched (${String(e?.message ?? e)})`);
     }
     if (res.status === 404) return null;
     if (!res.ok) throw new BundleError(`${root}: ${name} cannot be fetched (HTTP ${res.status})`);
-    return body(res, name);
+    stats.network.push(name);
+    return body(res, name, false);
   }
 
   async function openCache(manifest) {
@@ -124,12 +140,43 @@ export function urlSource(base, { fetch: fetchFn = globalThis.fetch, init, onPro
     for (const old of (await storage.keys?.()) ?? []) {
       if (old.startsWith(prefix) && old !== name) await storage.delete(old);
     }
-    return storage.open(name);
+    const hashes = new Map();
+    try {
+      const m = JSON.parse(new TextDecoder().decode(manifest));
+      for (const [f, h] of Object.entries(m?.files ?? {})) hashes.set(f, h);
+      for (const g of m?.graphs ?? []) if (g?.path) hashes.set(g.path, g.sha256);
+    } catch {
+      // not JSON: EdgeModel.load names the problem; nothing is cached for it
+    }
+    return { cache: await storage.open(name), hashes };
+  }
+
+  // a file through the cache: {hit} (its cached Response), or {bytes} downloaded, checked against
+  // manifest.json and stored; null when the server has no such file
+  async function throughCache(name) {
+    const hit = await opened.cache.match(url(name));
+    if (hit) {
+      stats.cached.push(name);
+      return { hit };
+    }
+    const bytes = await fetchBytes(name);
+    if (bytes === null) return null;
+    const expected = opened.hashes.get(name);
+    if (expected === undefined) throw new BundleError(`${root}: file ${name} is not listed in manifest.json`);
+    const got = await sha256Hex(bytes);
+    if (got !== expected) {
+      throw new BundleError(`${root}: file ${name} does not match manifest.json (sha256 ${got.slice(0, 12)}..., ` +
+                            `expected ${String(expected).slice(0, 12)}...): the bundle was modified or is incomplete`);
+    }
+    const headers = { "content-type": "application/octet-stream", "content-length": String(bytes.length) };
+    await opened.cache.put(url(name), new Response(bytes, { headers }));
+    return { bytes };
   }
 
   return {
-    label: root,
+    label: label ?? root,
     reportsProgress: Boolean(onProgress),
+    stats,
     async read(name) {
       if (!storage) return fetchBytes(name);
       if (name === "manifest.json") {
@@ -137,19 +184,24 @@ export function urlSource(base, { fetch: fetchFn = globalThis.fetch, init, onPro
         opened = bytes === null ? null : await openCache(bytes);
         return bytes;
       }
-      const hit = opened && (await opened.match(url(name)));
-      if (hit) return body(hit, name);
-      const bytes = await fetchBytes(name);
-      if (bytes !== null && opened) {
-        await opened.put(url(name), new Response(bytes, { headers: { "content-length": String(bytes.length) } }));
-      }
-      return bytes;
+      if (!opened) return fetchBytes(name);
+      const got = await throughCache(name);
+      return got === null ? null : (got.bytes ?? body(got.hit, name, true));
     },
     async evict(name) { // a cached copy that failed its hash check: the next read fetches it
-      await opened?.delete?.(url(name));
+      await opened?.cache.delete?.(url(name));
     },
+    // with a cache, a Blob read from it (the backend reads it straight into its own memory, and
+    // JavaScript keeps no copy); else the file's URL
     async raw(name) {
-      return url(name);
+      if (!opened) return url(name);
+      const got = await throughCache(name);
+      if (got === null) return null;
+      const res = got.hit ?? (await opened.cache.match(url(name)));
+      if (!res) return got.bytes;
+      const blob = await res.blob();
+      if (got.hit) onProgress?.({ file: name, loaded: blob.size, total: blob.size, done: true, cached: true });
+      return blob;
     },
   };
 }

@@ -9,11 +9,30 @@ import { after, before, describe, test } from "node:test";
 
 import * as ort from "onnxruntime-web";
 
-import { BundleError, ConfigError, EdgeModel, fileMapSource } from "alter-edge/core";
+import { BundleError, ConfigError, EdgeModel, fileMapSource, urlSource } from "alter-edge/core";
 
 import { bundle, expected, needs } from "../test-support/fixtures.js";
 
 ort.env.wasm.numThreads = 1;
+
+// a CacheStorage stand-in (Node.js has none): open(name) -> {match, put, delete}, keys(), delete(name)
+function memoryCacheStorage() {
+  const stores = new Map();
+  const storage = {
+    async open(name) {
+      if (!stores.has(name)) stores.set(name, new Map());
+      const entries = stores.get(name);
+      return {
+        async match(url) { return entries.has(url) ? new Response(entries.get(url)) : undefined; },
+        async put(url, res) { entries.set(url, new Uint8Array(await res.arrayBuffer())); },
+        async delete(url) { return entries.delete(url); },
+      };
+    },
+    async keys() { return [...stores.keys()]; },
+    async delete(name) { return stores.delete(name); },
+  };
+  return { stores, storage };
+}
 
 describe("onnxruntime-web (WASM) backend", needs, () => {
   let server, base;
@@ -72,21 +91,7 @@ describe("onnxruntime-web (WASM) backend", needs, () => {
   });
 
   test("with a cache, a second load from the URL fetches only manifest.json, and gives the same tokens", async () => {
-    // a CacheStorage stand-in (Node.js has none): open(name) -> {match, put}, keys(), delete(name)
-    const stores = new Map();
-    const storage = {
-      async open(name) {
-        if (!stores.has(name)) stores.set(name, new Map());
-        const entries = stores.get(name);
-        return {
-          async match(url) { return entries.has(url) ? new Response(entries.get(url)) : undefined; },
-          async put(url, res) { entries.set(url, new Uint8Array(await res.arrayBuffer())); },
-          async delete(url) { return entries.delete(url); },
-        };
-      },
-      async keys() { return [...stores.keys()]; },
-      async delete(name) { return stores.delete(name); },
-    };
+    const { stores, storage } = memoryCacheStorage();
     const row = expected.precisions.int8.alone.find((r) => r.graph === "multi" && r.task === "echo");
     const run = async () => {
       const model = await EdgeModel.load(base, { backend: ort, precision: "int8", cache: storage });
@@ -109,6 +114,38 @@ describe("onnxruntime-web (WASM) backend", needs, () => {
     assert.deepEqual(await run(), row.token_ids);
     assert.deepEqual(requests, ["manifest.json", "weights.int8.bin"]);
     assert.deepEqual(entries.get(w), new Uint8Array(readFileSync(path.join(bundle, "weights.int8.bin"))));
+  });
+
+  test("with a cache, each download is checked against manifest.json before it is stored (verify: false)", async () => {
+    const { stores, storage } = memoryCacheStorage();
+    // a server (or a proxy) that hands out a changed weight file
+    const tampering = async (url, init) => {
+      const res = await fetch(url, init);
+      if (!String(url).endsWith("weights.int8.bin")) return res;
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      bytes[7] ^= 1;
+      return new Response(bytes, { status: 200, headers: { "content-length": String(bytes.length) } });
+    };
+    const load = (fetchFn) => EdgeModel.load(urlSource(base, { cache: storage, fetch: fetchFn }),
+                                             { backend: ort, precision: "int8", verify: false });
+    await assert.rejects(load(tampering), (e) => e instanceof BundleError &&
+                         /file weights\.int8\.bin does not match manifest\.json/.test(e.message));
+    const [entries] = stores.values();
+    assert.ok(![...entries.keys()].some((u) => u.endsWith("weights.int8.bin"))); // nothing stored for it
+    const first = urlSource(base, { cache: storage });
+    const row = expected.precisions.int8.alone.find((r) => r.graph === "multi" && r.task === "echo");
+    const model = await EdgeModel.load(first, { backend: ort, precision: "int8", verify: false });
+    assert.deepEqual((await model.generate(row.input, { task: row.task, maxNewTokens: expected.max_new_tokens }))[0].tokenIds,
+                     row.token_ids);
+    assert.ok(first.stats.network.includes("weights.int8.bin") && first.stats.network.includes("manifest.json"));
+    const events = [];
+    const second = urlSource(base, { cache: storage, onProgress: (e) => events.push(e) });
+    await EdgeModel.load(second, { backend: ort, precision: "int8", verify: false });
+    assert.deepEqual(second.stats.network, ["manifest.json"]);
+    assert.ok(second.stats.cached.includes("weights.int8.bin"));
+    const w = events.filter((e) => e.file === "weights.int8.bin");
+    assert.ok(w.length > 0 && w.every((e) => e.cached === true));
+    assert.equal(w.at(-1).loaded, readFileSync(path.join(bundle, "weights.int8.bin")).length);
   });
 
   test("a map holding only what one task needs loads (no other file is asked for)", async () => {

@@ -18,6 +18,8 @@ export interface ProgressEvent {
   total: number | null;
   /** Whether the file has been read whole. */
   done: boolean;
+  /** A URL source with a cache: read from Cache Storage, not downloaded. */
+  cached?: boolean;
 }
 
 /** Where a bundle's files come from (the platform layer). */
@@ -192,8 +194,10 @@ export declare class AbortError extends AlterEdgeError {}
 
 export declare function urlSource(base: string | URL, options?: {
   fetch?: typeof fetch; init?: RequestInit; onProgress?: (event: ProgressEvent) => void;
-  cache?: boolean | CacheStorageLike;
-}): BundleSource;
+  cache?: boolean | CacheStorageLike; label?: string;
+}): BundleSource & { stats: { network: string[]; cached: string[] } };
+/** The prefix of the Cache Storage caches URL sources keep. */
+export declare const CACHE_PREFIX: string;
 export declare function fileMapSource(files: FileMap, options?: { label?: string }): BundleSource;
 export declare function resolveSource(source: unknown,
   options?: { onProgress?: (event: ProgressEvent) => void; cache?: boolean | CacheStorageLike },
