@@ -49,11 +49,7 @@ def check_request(checkpoint: Path, out: Path, opts: ExportOptions) -> None:
 
 
 def check_seq2seq_request(checkpoint: Path, model_type: str, opts: ExportOptions) -> None:
-    """What the encoder-decoder export does not build: merged per-task graphs, int4 groups kept
-    at 8 bits."""
-    if opts.merged:
-        raise CheckpointError(f"{checkpoint} is an encoder-decoder ({model_type}): merged per-task graphs are not "
-                              "built for it; export the per-task graphs (without `merged`)")
+    """What the encoder-decoder export does not build: int4 groups kept at 8 bits."""
     if opts.int4_8bit:
         raise CheckpointError(f"{checkpoint} is an encoder-decoder ({model_type}): int4 groups kept at 8 bits "
                               "(`int4_8bit`) are built for decoder graphs only")

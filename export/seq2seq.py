@@ -206,8 +206,6 @@ class Seq2SeqBuilder:
         """Write the ``role`` ("encoder" | "decoder") graph of ``spec`` to ``path``; returns facts
         about it (as ``DecoderBuilder.build``)."""
         t0 = time.perf_counter()
-        if spec.mode == "merged":
-            raise ConfigError("merged per-task graphs are not built for T5 (use the per-task graphs)")
         g = GraphBuilder("alter_edge_" + role, precision, block_size, weights, accuracy_level, adapter_bits,
                          int8_layout=int8_layout, plan=plan)
         multitask = spec.mode == "multitask" and self.mta is not None

@@ -37,10 +37,13 @@ ARCHITECTURE = "encoder-decoder"
 __all__ = ["ARCHITECTURE", "export_seq2seq", "pair_path"]
 
 
-def pair_path(task: str | None, precision: str, role: str) -> str:
+def pair_path(task: str | None, precision: str, role: str, mode: str = "multitask") -> str:
     """Where one graph of a pair sits in the bundle: ``model.<role>.<precision>.onnx`` (the
-    multi-task pair) or ``task-<name>.<role>.<precision>.onnx``."""
-    return f"{'model' if task is None else 'task-' + task}.{role}.{precision}.onnx"
+    multi-task pair), ``task-<name>.<role>.<precision>.onnx`` or, adapters merged into the
+    weights, ``task-<name>.merged.<role>.<precision>.onnx``."""
+    if task is None:
+        return f"model.{role}.{precision}.onnx"
+    return f"task-{task}{'.merged' if mode == 'merged' else ''}.{role}.{precision}.onnx"
 
 
 def export_seq2seq(ck, checkpoint: Path, out: Path, opts: ExportOptions, plan: list[BuildSpec],
@@ -49,7 +52,7 @@ def export_seq2seq(ck, checkpoint: Path, out: Path, opts: ExportOptions, plan: l
     for precision in {"fp32", *opts.precisions}:  # every file name, before anything is written
         for spec in plan:
             for role in ROLES:
-                confined(out, pair_path(names.get(spec.task_id), precision, role))
+                confined(out, pair_path(names.get(spec.task_id), precision, role, spec.mode))
     ex = _Seq2SeqExport(ck, opts, names)
     try:
         with tempfile.TemporaryDirectory(prefix="alter-edge-export-") as work, atomic_dir(out, opts.overwrite) as tmp:
@@ -71,7 +74,8 @@ def export_seq2seq(ck, checkpoint: Path, out: Path, opts: ExportOptions, plan: l
 
 def _entries(spec: BuildSpec, paths: dict[str, Path], precision: str, names: dict) -> list[dict]:
     return [{"path": paths[role].name, "task": names.get(spec.task_id), "precision": precision, "mode": spec.mode,
-             "role": role, "external_data": [f"weights.{precision}.bin"]} for role in ROLES]
+             "role": role, "external_data": [] if spec.mode == "merged" else [f"weights.{precision}.bin"]}
+            for role in ROLES]
 
 
 class _Seq2SeqExport:
@@ -104,7 +108,8 @@ class _Seq2SeqExport:
 
     def build_all(self, precision: str, where: Path, specs: list[BuildSpec],
                   shipped: bool) -> list[tuple[BuildSpec, dict[str, Path]]]:
-        """Both graphs of every spec at ``precision`` into ``where``, one weight file for all."""
+        """Both graphs of every spec at ``precision`` into ``where``, one weight file for all (a
+        merged pair holds its own weights)."""
         o = self.opts
         plan = self.quant_plan(precision)
         wf = WeightFile(where / f"weights.{precision}.bin")
@@ -114,9 +119,10 @@ class _Seq2SeqExport:
         for spec in specs:
             paths = {}
             for role in ROLES:
-                rel = pair_path(self.names.get(spec.task_id), precision, role)
+                rel = pair_path(self.names.get(spec.task_id), precision, role, spec.mode)
                 paths[role] = confined(where, rel)
-                facts = self.builder.build(paths[role], role, spec, precision, wf, o.block_size, levels,
+                facts = self.builder.build(paths[role], role, spec, precision, wf if spec.mode != "merged" else None,
+                                           o.block_size, levels,
                                            o.prune_threshold, o.adapter_bits,
                                            int8_layout="integer" if o.target == "web" else "nbits", plan=plan)
                 self.info["build"][rel if shipped else f"(reference) {rel}"] = facts
@@ -159,7 +165,8 @@ class _Seq2SeqExport:
                 name = paths[DECODER_ROLE].name
                 if task is None:
                     multi_ref = {c.name: _own_reference(q, c, self.pad, o.steps) for c in self.cases}
-                else:
+                elif spec.mode == "task":  # folded: the same tensors, the mixture a constant (a merged
+                    # pair quantizes other weights: the quantized gates below are its checks)
                     check_pair("task_vs_multitask", multi_ref, q, name, mine, self.pad, self.report)
                 rec = check_quantized_pair(src, q, name, precision, mine, held, self.ck.tokenizer, self.pad, budget,
                                            min_top1, self.new_tokens, fp32_preds, o.steps)

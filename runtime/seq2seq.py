@@ -90,7 +90,7 @@ def pad_cross(cross: Sequence[np.ndarray], encoder_attention_mask: np.ndarray,
 def pick_pair(graphs: Sequence[dict], task: str | None, precision: str | None) -> dict[str, dict]:
     """The manifest entries of the encoder and decoder of ``task`` at ``precision`` (None: the
     first of int8, int4, fp32 the bundle has for it)."""
-    mine = [g for g in graphs if g.get("task") == task and g.get("mode", "multitask") != "merged"]
+    mine = [g for g in graphs if g.get("task") == task]
     have = sorted({g.get("precision", "fp32") for g in mine}, key=PREFERENCE.index)
     if precision is None and have:
         precision = have[0]

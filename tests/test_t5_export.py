@@ -232,14 +232,43 @@ def test_export_cli_writes_a_validated_encoder_decoder_bundle(t5_checkpoint, tmp
     assert Seq2SeqRunner.from_bundle(out).graphs["decoder"]["precision"] == "int8"
 
 
-def test_export_refuses_merged_graphs_of_a_t5(t5_checkpoint, tmp_path):
-    from alter_edge.errors import CheckpointError
+def test_merged_pairs_hold_their_own_weights_and_equal_the_task(t5_checkpoint, tmp_path):
+    """`--merged` on a T5: each task's encoder and decoder with the LoRA deltas folded into the
+    base weights (no adapter op, no shared weight file); greedy tokens equal PyTorch's for that
+    task, and EdgeModel serves a task from its merged pair."""
     from alter_edge.export.options import ExportOptions
     from alter_edge.export.pipeline import export_checkpoint
+    from alter_edge.runtime import EdgeModel
+    from alter_edge.training.checkpoint import load_checkpoint
 
-    with pytest.raises(CheckpointError, match="merged per-task graphs are not built"):
-        export_checkpoint(t5_checkpoint, tmp_path / "b", ExportOptions(merged=True, progress=False))
-    assert not (tmp_path / "b").exists()
+    out = tmp_path / "b"
+    manifest = export_checkpoint(t5_checkpoint, out, ExportOptions(merged=True, tasks="all", fp32=True, int8=True,
+                                                                    progress=False))
+    assert {(g["precision"], g["mode"]) for g in manifest["graphs"]} == {
+        (p, m) for p in ("fp32", "int8") for m in ("multitask", "merged")}
+    merged = [g for g in manifest["graphs"] if g["task"] is not None and g["precision"] == "fp32"]
+    assert merged and {g["mode"] for g in merged} == {"merged"} and all(g["external_data"] == [] for g in merged)
+    assert {g["role"] for g in merged} == {"encoder", "decoder"}
+    assert all(".merged." in g["path"] for g in merged)
+    report = json.loads((out / "validation.json").read_text())
+    assert report["passed"]
+    checked = {c["graph"] for c in report["checks"] if c["check"] == "fp32_vs_torch" and c["passed"]}
+    assert {g["path"] for g in merged if g["role"] == "decoder"} <= checked
+    q = {c["graph"] for c in report["checks"] if c["check"] == "quantized_vs_fp32" and c["passed"]}
+    assert {g["path"].replace(".fp32.", ".int8.") for g in merged if g["role"] == "decoder"} <= q
+    for g in merged:  # the LoRA pieces are gone: fewer MatMuls than the multi-task graph of the role
+        ops = report["build"][g["path"]]["operators"]
+        multi = report["build"][f"model.{g['role']}.fp32.onnx"]["operators"]
+        assert ops["MatMul"] < multi["MatMul"], (ops, multi)
+    ck = load_checkpoint(t5_checkpoint)
+    task = manifest["tasks"][1]
+    one = Seq2SeqRunner.from_bundle(out, task=task, precision="fp32")
+    assert one.graphs["decoder"]["mode"] == "merged" and not one.takes_task_ids
+    assert one.greedy(PROMPTS, None, 6) == greedy_generate_seq2seq(ck.model, PROMPTS, [1] * 3, ck.eos_id, ck.pad_id, 6)
+    m = EdgeModel.load(out, tasks=[task], threads=1)
+    assert not m.engine_for([task]).runner.takes_task_ids  # the task's own (merged) pair, not the multi-task one
+    want = m.tokenizer.decode(one.greedy([m.encode("a b c", task)[0]], None, 5)[0], skip_special_tokens=True).strip()
+    assert m.generate("a b c", task=task, max_new_tokens=5).text == want
 
 
 def test_manifest_schema_of_an_encoder_decoder_bundle(t5_checkpoint, tmp_path):
