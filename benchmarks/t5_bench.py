@@ -40,7 +40,8 @@ stack, tasks of a small synthetic mix in the tokenizer's words) is what our side
   (``EdgeModel.load(...).engine_for([task]).decode``: the encoder-decoder loop of
   ``runtime.seq2seq_decode`` that ``EdgeModel.generate`` runs, fed ids; where the runtime lacks
   it, a greedy loop on ``runtime.seq2seq.Seq2SeqRunner``'s ``encode``/``step``) on the bundle's
-  multi-task pair (``task_ids`` fed) and per-task pair, fp32 and int8. Each round
+  multi-task pair (``task_ids`` fed), per-task pair and merged per-task pair (``--merged``: the
+  LoRA deltas folded into the base weights; a second bundle), fp32 and int8. Each round
   starts every engine once in its own fresh process (rotating order); a process loads, warms up,
   then times batch 1 and batch 8. Printed: medians over rounds of decode tokens/s after the first
   token (all rows), time to the first token, peak RSS; ratios ours-int8 / optimum-fp32 and
@@ -308,9 +309,10 @@ def random_prompts(vocab_size: int, n: int, length: int, seed: int) -> list[list
     return rng.integers(len(SPECIAL), vocab_size, size=(n, length)).tolist()
 
 
-def ours_export_cmd(ckpt: Path, out: Path, int8: bool, fp32: bool = False) -> list[str]:
+def ours_export_cmd(ckpt: Path, out: Path, int8: bool, fp32: bool = False, merged: bool = False) -> list[str]:
     return [sys.executable, "-m", "alter_edge.cli", "export", str(ckpt), "--task", "all", "--out", str(out),
-            "--overwrite", "--quiet", *(["--int8"] if int8 else []), *(["--fp32"] if fp32 else []), *LIFTED]
+            "--overwrite", "--quiet", *(["--int8"] if int8 else []), *(["--fp32"] if fp32 else []),
+            *(["--merged"] if merged else []), *LIFTED]
 
 
 def optimum_export_cmd(base: Path, out: Path) -> list[str]:
@@ -341,14 +343,17 @@ def prepare(work: Path, args) -> dict:
     if not (ckpt / "state.json").is_file():
         make_tiny_checkpoint(ckpt, base, kind=args.kind, num_top_layers=args.top_layers, init_std=args.init_std,
                              seed=args.seed, data=data)
-    bundle = work / "bundle"
+    bundle, merged = work / "bundle", work / "bundle-merged"
     if not (bundle / "manifest.json").is_file():
         subprocess.run(ours_export_cmd(ckpt, bundle, int8=True, fp32=True), check=True, env=env)
+    if not (merged / "manifest.json").is_file():  # per-task pairs with the LoRA deltas in the weights
+        subprocess.run(ours_export_cmd(ckpt, merged, int8=True, fp32=True, merged=True), check=True, env=env)
     opt = work / "optimum"
     if OPTIMUM_CLI.is_file() and not (opt / "encoder_model.onnx").is_file():
         shutil.rmtree(opt, ignore_errors=True)
         subprocess.run(optimum_export_cmd(base, opt), check=True, env=env, capture_output=True)
-    return {"base": base, "checkpoint": ckpt, "bundle": bundle, "optimum": opt, "shape": shape, "data": data}
+    return {"base": base, "checkpoint": ckpt, "bundle": bundle, "merged_bundle": merged, "optimum": opt,
+            "shape": shape, "data": data}
 
 
 # -- export time -----------------------------------------------------------------------------------
@@ -426,6 +431,8 @@ def decode_plan(paths: dict, args, prompts: list[list[int]]) -> dict[str, tuple[
                 "task_id": bundle.tasks.get(task).id}
         plan[f"alter-edge {p} multi-task pair"] = (sys.executable, {**ours, "task": None})
         plan[f"alter-edge {p} per-task pair"] = (sys.executable, {**ours, "task": task})
+        plan[f"alter-edge {p} merged pair"] = (sys.executable, {**ours, "task": task,
+                                                                "bundle": str(paths["merged_bundle"])})
     return plan
 
 
@@ -518,7 +525,7 @@ def agreements(runs: dict[str, list[dict]], ref: dict, batch: int) -> dict:
     checks = {"optimum-onnx fp32 vs PyTorch plain base": (toks("optimum-onnx fp32"), ref["plain"]),
               f"{UNMERGED} vs PyTorch plain base": (toks(UNMERGED), ref["plain"])}
     for p in ("fp32", "int8"):
-        for g in ("multi-task", "per-task"):
+        for g in ("multi-task", "per-task", "merged"):
             checks[f"alter-edge {p} {g} pair vs PyTorch MTA"] = (toks(f"alter-edge {p} {g} pair"), ref["mta"])
     checks["optimum-onnx fp32 vs alter-edge fp32 multi-task pair (adapters differ)"] = (
         toks("optimum-onnx fp32"), toks("alter-edge fp32 multi-task pair"))

@@ -62,8 +62,10 @@ def test_quick_run_end_to_end(tmp_path):
     ex = res["export"]["table"]
     assert all(ex[k]["wall_s"] for k in ("optimum-onnx fp32", "alter-edge fp32", "alter-edge int8")), ex
     table = res["decode"]["table"]
-    for name in ("optimum-onnx fp32", "alter-edge fp32 multi-task pair", "alter-edge int8 multi-task pair"):
+    for name in ("optimum-onnx fp32", "alter-edge fp32 multi-task pair", "alter-edge int8 multi-task pair",
+                 "alter-edge fp32 merged pair"):
         assert table[name]["b1_tok_s"] and table[name]["b8_tok_s"], (name, table[name])
     agree = res["decode"]["agreement"]
     assert agree["optimum-onnx fp32 vs PyTorch plain base"]["tokens"] >= 0.95
     assert agree["alter-edge fp32 multi-task pair vs PyTorch MTA"]["tokens"] >= 0.95
+    assert agree["alter-edge fp32 merged pair vs PyTorch MTA"]["tokens"] >= 0.95
