@@ -12,7 +12,7 @@ import {
 import { labelProbabilities, scoreLabels } from "./scoring.js";
 import { GraphRunner, KV_MODES } from "./session.js";
 import { sha256Hex } from "./sha256.js";
-import { resolveSource } from "./sources.js";
+import { checkDigest, resolveSource } from "./sources.js";
 import { parseTasks, renderPrompt, taskNamed, truncateMiddle } from "./tasks.js";
 import { loadTokenizer } from "./tokenizer.js";
 
@@ -539,13 +539,6 @@ async function readVerified(src, label, rel, expected) {
       continue;
     }
     checkDigest(label, rel, got, expected);
-  }
-}
-
-function checkDigest(label, rel, got, expected) {
-  if (got !== expected) {
-    throw new BundleError(`${label}: file ${rel} does not match manifest.json (sha256 ${got.slice(0, 12)}..., ` +
-                          `expected ${String(expected).slice(0, 12)}...): the bundle was modified or is incomplete`);
   }
 }
 

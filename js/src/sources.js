@@ -42,6 +42,14 @@ const asBytes = async (v) => {
   throw new ConfigError(`a bundle file must be a Blob, ArrayBuffer, Uint8Array or string, got ${typeof v}`);
 };
 
+/** A BundleError unless a file's sha256 (hex) is the one manifest.json lists for it. */
+export function checkDigest(label, rel, got, expected) {
+  if (got !== expected) {
+    throw new BundleError(`${label}: file ${rel} does not match manifest.json (sha256 ${got.slice(0, 12)}..., ` +
+                          `expected ${String(expected).slice(0, 12)}...): the bundle was modified or is incomplete`);
+  }
+}
+
 /**
  * The bundle's files from a map of names to contents (a Map or a plain object).
  * @param {Map<string, any>|Record<string, any>} files
@@ -163,11 +171,7 @@ export function urlSource(base, { fetch: fetchFn = globalThis.fetch, init, onPro
     if (bytes === null) return null;
     const expected = opened.hashes.get(name);
     if (expected === undefined) throw new BundleError(`${root}: file ${name} is not listed in manifest.json`);
-    const got = await sha256Hex(bytes);
-    if (got !== expected) {
-      throw new BundleError(`${root}: file ${name} does not match manifest.json (sha256 ${got.slice(0, 12)}..., ` +
-                            `expected ${String(expected).slice(0, 12)}...): the bundle was modified or is incomplete`);
-    }
+    checkDigest(root, name, await sha256Hex(bytes), expected);
     const headers = { "content-type": "application/octet-stream", "content-length": String(bytes.length) };
     await opened.cache.put(url(name), new Response(bytes, { headers }));
     return { bytes };
